@@ -1,0 +1,75 @@
+"""Where the configs live and the resolvers they use.
+
+Run and sweep directories are named after the command-line overrides, not a timestamp, so that
+rerunning the same command finds its earlier results (resume) and TensorBoard shows readable run
+names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONFIG_NAME = "config"
+# options of the hydra command line that are not config overrides (some take a value)
+_HYDRA_FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun"}
+_NOT_IN_NAME = ("hydra.", "hydra/", "name=", "resume=", "+name=", "report.")
+
+
+def config_dir() -> str:
+    """The packaged configs in an installed wheel, else the repository's conf/ (editable install)."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    if packaged.is_dir():
+        return str(packaged)
+    repo = Path(__file__).resolve().parents[2] / "conf"
+    if repo.is_dir():
+        return str(repo)
+    raise FileNotFoundError(f"densbench configs not found in {packaged} or {repo}")
+
+
+def slug(text: str, limit: int = 80) -> str:
+    """A directory-safe name; long names keep a readable prefix and a short hash."""
+    s = re.sub(r"[^A-Za-z0-9=,._+-]+", "-", str(text)).strip("-") or "default"
+    if len(s) > limit:
+        s = s[: limit - 9] + "-" + hashlib.sha1(s.encode()).hexdigest()[:8]
+    return s
+
+
+def command_overrides(argv: list[str] | None = None) -> list[str]:
+    """The config overrides typed on the command line (flags and hydra's own keys left out)."""
+    argv = sys.argv[1:] if argv is None else argv
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        if tok in _HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+            continue
+        if tok.startswith("-") or tok.startswith(_NOT_IN_NAME):
+            continue
+        out.append(tok)
+    return out
+
+
+def run_name(name: str | None) -> str:
+    """`name` if given, else a slug of the command-line overrides."""
+    if name not in (None, "", "None", "null"):
+        return slug(name)
+    return slug(" ".join(command_overrides()).replace(" ", "__")) if command_overrides() else "default"
+
+
+def register_resolvers() -> None:
+    """Register the resolvers the configs use (idempotent)."""
+    if not OmegaConf.has_resolver("densbench.name"):
+        # cached: jobs of a sweep inherit the main process's value even when run elsewhere
+        OmegaConf.register_new_resolver("densbench.name", run_name, use_cache=True)
+    if not OmegaConf.has_resolver("densbench.slug"):
+        OmegaConf.register_new_resolver("densbench.slug", lambda s: slug(s) if s else "default")
+
+
+register_resolvers()

@@ -1,0 +1,327 @@
+"""Datasets: the seed documents' synthetic problems and real tables, split and standardised.
+
+A dataset is arrays x [N, d] and y (regression and counts [N, 1] float, classes [N] int), a task,
+and for synthetic data the true conditional distribution ``truth(x)`` in original units. Splits
+are index arrays; standardisation is fitted on the training split only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Distribution, Normal, Poisson
+
+from densbench.distributions import InverseSinePosterior, NormalMixture
+
+TASKS = ("regression", "count", "binary", "multiclass")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as configured (bad file, column, value or target)."""
+
+
+@dataclass
+class Data:
+    """A dataset in original units with its splits."""
+
+    name: str
+    task: str
+    x: np.ndarray  # [N, d] float64
+    y: np.ndarray  # [N] float64 (regression, count, binary) or int64 (multiclass)
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    feature_names: list[str]
+    target_name: str
+    n_classes: int | None = None
+    truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x)
+    truth_is_gaussian: bool = False
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        """Number of input columns."""
+        return self.x.shape[1]
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Affine map z = (v - loc) / scale fitted on a training split."""
+
+    loc: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, v: np.ndarray) -> "Standardizer":
+        """Fit column means and standard deviations (constant columns get scale 1)."""
+        loc = v.mean(0)
+        scale = v.std(0)
+        scale = np.where(scale > 0, scale, 1.0)
+        return cls(loc, scale)
+
+    @classmethod
+    def identity(cls, d: int) -> "Standardizer":
+        """The map that changes nothing."""
+        return cls(np.zeros(d), np.ones(d))
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        return (v - self.loc) / self.scale
+
+
+def random_splits(n: int, val_fraction: float, test_fraction: float, seed: int):
+    """Random train/val/test index split."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(test_fraction * n))
+    n_val = int(round(val_fraction * n))
+    return perm[n_test + n_val :], perm[n_test : n_test + n_val], perm[:n_test]
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data from the seed documents. Each generator draws n_train + n_val + n_test points
+# from the same process, so held-out sets are fresh draws and the training size matches the
+# document's n.
+# ---------------------------------------------------------------------------------------------
+
+
+def _sizes(cfg) -> tuple[int, int, int]:
+    return int(cfg.n_train), int(cfg.n_val), int(cfg.n_test)
+
+
+def _assemble(name, task, x, y, cfg, truth, gaussian, target="y", n_classes=None, features=None) -> Data:
+    n_tr, n_va, n_te = _sizes(cfg)
+    idx = np.arange(n_tr + n_va + n_te)
+    return Data(
+        name=name,
+        task=task,
+        x=x.reshape(len(idx), -1).astype(np.float64),
+        y=y,
+        train=idx[:n_tr],
+        val=idx[n_tr : n_tr + n_va],
+        test=idx[n_tr + n_va :],
+        feature_names=features or ["x"],
+        target_name=target,
+        n_classes=n_classes,
+        truth=truth,
+        truth_is_gaussian=gaussian,
+    )
+
+
+# True conditionals p(y | x) in original units; module-level so that they pickle (ddp_spawn, joblib).
+def _hetero_sine_truth(x: Tensor) -> Distribution:
+    return Normal(torch.sin(x[:, 0]), 0.1 * (3 - x[:, 0].abs()))
+
+
+def _two_sines_truth(x: Tensor, offset: float, noise: float) -> Distribution:
+    s = torch.sin(x[:, 0]).unsqueeze(-1)
+    loc = torch.cat([s + offset, s - offset], -1)
+    return NormalMixture(torch.zeros_like(loc), loc, torch.full_like(loc, noise))
+
+
+def _sine_gaussian_truth(x: Tensor) -> Distribution:
+    return Normal(_glm_signal(x[:, 0]), torch.full_like(x[:, 0], 0.2))
+
+
+def _sine_bernoulli_truth(x: Tensor) -> Distribution:
+    return Bernoulli(logits=3.5 * _glm_signal(x[:, 0]))
+
+
+def _sine_poisson_truth(x: Tensor) -> Distribution:
+    return Poisson(2 * torch.exp(_glm_signal(x[:, 0])))
+
+
+def _inverse_sine_truth(v: Tensor) -> Distribution:
+    return InverseSinePosterior(v[:, 0])
+
+
+def hetero_sine(cfg) -> Data:
+    """x ~ U(-3, 3), y = sin x + N(0, (0.1 (3 - |x|))^2): the heteroscedastic document's data."""
+    rng = np.random.default_rng(cfg.seed)
+    n = sum(_sizes(cfg))
+    x = rng.uniform(-3, 3, n)
+    y = np.sin(x) + rng.normal(size=n) * 0.1 * (3 - np.abs(x))
+
+    return _assemble("hetero_sine", "regression", x, y, cfg, _hetero_sine_truth, True)
+
+
+def two_sines(cfg) -> Data:
+    """Contradictory data: y = sin x + 1 or sin x - 1 with equal odds, plus N(0, noise^2)."""
+    rng = np.random.default_rng(cfg.seed)
+    n = sum(_sizes(cfg))
+    x = rng.uniform(-3, 3, n)
+    branch = np.where(rng.random(n) < 0.5, 1.0, -1.0)
+    y = np.sin(x) + cfg.offset * branch + rng.normal(size=n) * cfg.noise
+
+    truth = partial(_two_sines_truth, offset=float(cfg.offset), noise=float(cfg.noise))
+    return _assemble("two_sines", "regression", x, y, cfg, truth, False)
+
+
+def _glm_signal(x: np.ndarray | Tensor):
+    return np.sin(10 * x) if isinstance(x, np.ndarray) else torch.sin(10 * x)
+
+
+def sine_gaussian(cfg) -> Data:
+    """GLM document: x ~ U(0, 1), y = sin(10 x) + N(0, 0.2^2)."""
+    rng = np.random.default_rng(cfg.seed)
+    n = sum(_sizes(cfg))
+    x = rng.uniform(0, 1, n)
+    y = _glm_signal(x) + rng.normal(size=n) * 0.2
+    return _assemble("sine_gaussian", "regression", x, y, cfg, _sine_gaussian_truth, True)
+
+
+def sine_bernoulli(cfg) -> Data:
+    """GLM document: x ~ U(0, 1), y ~ Bernoulli(sigmoid(3.5 sin(10 x)))."""
+    rng = np.random.default_rng(cfg.seed)
+    n = sum(_sizes(cfg))
+    x = rng.uniform(0, 1, n)
+    p = 1 / (1 + np.exp(-3.5 * _glm_signal(x)))
+    y = (rng.random(n) < p).astype(np.float64)
+    return _assemble(
+        "sine_bernoulli",
+        "binary",
+        x,
+        y,
+        cfg,
+        _sine_bernoulli_truth,
+        False,
+        n_classes=2,
+    )
+
+
+def sine_poisson(cfg) -> Data:
+    """GLM document: x ~ U(0, 1), y ~ Poisson(2 exp(sin(10 x)))."""
+    rng = np.random.default_rng(cfg.seed)
+    n = sum(_sizes(cfg))
+    x = rng.uniform(0, 1, n)
+    y = rng.poisson(2 * np.exp(_glm_signal(x))).astype(np.float64)
+    return _assemble("sine_poisson", "count", x, y, cfg, _sine_poisson_truth, False)
+
+
+def inverse_sine(cfg) -> Data:
+    """MDN document, inverted: u ~ U(-10.5, 10.5), v = 7 sin(0.75 u) + 0.5 u + N(0, 1); predict u from v."""
+    rng = np.random.default_rng(cfg.seed)
+    n = sum(_sizes(cfg))
+    u = rng.uniform(-10.5, 10.5, n)
+    v = 7 * np.sin(0.75 * u) + 0.5 * u + rng.normal(size=n)
+    return _assemble(
+        "inverse_sine",
+        "regression",
+        v,
+        u,
+        cfg,
+        _inverse_sine_truth,
+        False,
+        target="x",
+        features=["y"],
+    )
+
+
+SYNTHETIC: dict[str, Callable[..., Data]] = {
+    f.__name__: f for f in (hetero_sine, two_sines, sine_gaussian, sine_bernoulli, sine_poisson, inverse_sine)
+}
+
+
+def load(cfg) -> Data:
+    """Build the dataset named by cfg.name."""
+    from densbench import tables  # real data lives beside, imported only when asked for
+
+    if cfg.name in SYNTHETIC:
+        data = SYNTHETIC[cfg.name](cfg)
+    elif cfg.name in tables.LOADERS:
+        data = tables.LOADERS[cfg.name](cfg)
+    else:
+        allowed = ", ".join(sorted(set(SYNTHETIC) | set(tables.LOADERS)))
+        raise DataError(f"dataset.name={cfg.name!r} is unknown; allowed: {allowed}")
+    # caps for quick runs: the first rows of each split (splits are already shuffled)
+    if cfg.get("max_train"):
+        data.train = data.train[: int(cfg.max_train)]
+    if cfg.get("max_eval"):
+        data.val, data.test = data.val[: int(cfg.max_eval)], data.test[: int(cfg.max_eval)]
+    return data
+
+
+def check_finite(data: Data) -> None:
+    """Refuse NaN or infinite values in inputs or targets, naming the column."""
+    for j, col in enumerate(data.feature_names):
+        bad = ~np.isfinite(data.x[:, j])
+        if bad.any():
+            raise DataError(
+                f"dataset {data.name}: feature column {col!r} has {int(bad.sum())} NaN or infinite values "
+                f"(first at row {int(np.flatnonzero(bad)[0])}); clean or drop them"
+            )
+    bad = ~np.isfinite(data.y.astype(np.float64))
+    if bad.any():
+        raise DataError(
+            f"dataset {data.name}: target column {data.target_name!r} has {int(bad.sum())} NaN or infinite "
+            f"values (first at row {int(np.flatnonzero(bad)[0])}); clean or drop them"
+        )
+
+
+@dataclass
+class Prepared:
+    """Standardised tensors of every split, the scalers, and the truth of each split where known."""
+
+    data: Data
+    x_scaler: Standardizer
+    y_scaler: Standardizer
+    splits: dict[str, tuple[Tensor, Tensor]]  # split -> (x scaled, y scaled)
+    truth: dict[str, Distribution | None]  # split -> p(y | x) in original units
+
+    @property
+    def target_loc(self) -> float:
+        """Mean subtracted from targets."""
+        return float(self.y_scaler.loc[0])
+
+    @property
+    def target_scale(self) -> float:
+        """Scale dividing targets."""
+        return float(self.y_scaler.scale[0])
+
+
+def prepare(data: Data, scale_x: bool = True, scale_y: bool = True) -> Prepared:
+    """Fit standardisation on the training split and build float64 tensors of every split."""
+    check_finite(data)
+    if len(data.train) == 0:
+        raise DataError(f"dataset {data.name}: the training split is empty")
+    xs = Standardizer.fit(data.x[data.train]) if scale_x else Standardizer.identity(data.n_features)
+    # only continuous targets are standardised; counts and classes keep their meaning
+    ys = (
+        Standardizer.fit(data.y[data.train].reshape(-1, 1).astype(np.float64))
+        if scale_y and data.task == "regression"
+        else Standardizer.identity(1)
+    )
+    splits, truth = {}, {}
+    for name in ("train", "val", "test"):
+        idx = getattr(data, name)
+        x = torch.as_tensor(xs(data.x[idx]), dtype=torch.float64)
+        if data.task == "multiclass":
+            y = torch.as_tensor(data.y[idx], dtype=torch.long)
+        else:
+            y = torch.as_tensor(ys(data.y[idx].reshape(-1, 1).astype(np.float64)), dtype=torch.float64)
+        splits[name] = (x, y)
+        truth[name] = (
+            data.truth(torch.as_tensor(data.x[idx], dtype=torch.float64))
+            if data.truth is not None and len(idx)
+            else None
+        )
+    return Prepared(data, xs, ys, splits, truth)
+
+
+def gaussian_truth_scaled(prep: Prepared, split: str) -> tuple[Tensor, Tensor]:
+    """Mean [n, 1] and variance [n, 1] of a Gaussian truth in standardised target units."""
+    t = prep.truth[split]
+    if not isinstance(t, Normal):
+        raise DataError(f"dataset {prep.data.name} has no Gaussian truth")
+    loc = (t.loc - prep.target_loc) / prep.target_scale
+    var = (t.scale / prep.target_scale) ** 2
+    return loc.reshape(-1, 1), var.reshape(-1, 1)
+
+
+def log_jacobian(prep: Prepared) -> float:
+    """log of the target scale: NLL in original units = NLL in standardised units + this."""
+    return math.log(prep.target_scale)

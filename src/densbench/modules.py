@@ -1,0 +1,255 @@
+"""LightningModules, one per loss family over a shared base. They wire parts and log; the formulas
+live in ``losses``, ``distributions`` and ``metrics``."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from densbench import losses
+from densbench.heads import GaussianHead, GLMHead, Head, MixtureHead
+from densbench.metrics import PredictiveMetrics
+from densbench.training import Chunk, EvalBatch
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or parameter."""
+
+
+class DensityModule(pl.LightningModule):
+    """Shared wiring: backbone + head, a chunked manual-optimisation loop, evaluation and logging."""
+
+    family = "base"
+    head_type: type[Head] = Head
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: Head,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        grad: str,
+        task: str,
+        target_loc: float = 0.0,
+        target_scale: float = 1.0,
+        truth_fn: Callable[[Tensor], Distribution] | None = None,
+        reduction: str = "mean",
+        samples_per_step: int = 1,
+    ):
+        super().__init__()
+        if not isinstance(head, self.head_type):
+            raise TypeError(f"loss={self.family} needs a {self.head_type.__name__}, got {type(head).__name__}")
+        self.automatic_optimization = False
+        self.backbone, self.head = backbone, head
+        self.optimizer_factory = optimizer
+        self.grad, self.task, self.reduction = grad, task, reduction
+        self.target_loc, self.target_scale = float(target_loc), float(target_scale)
+        self.truth_fn = truth_fn
+        self.samples_per_step = samples_per_step
+        self.val_metrics = PredictiveMetrics(task, full=False)
+        self.test_metrics = PredictiveMetrics(task, full=True)
+        self.opt_steps = 0
+        self.test_samples = 0
+        self.train_loss_sum = torch.zeros(())
+        self.train_loss_count = 0
+
+    # ------------------------------------------------------------------ parts
+    def forward(self, x: Tensor):
+        """Named raw head outputs for standardised inputs."""
+        return self.head(self.backbone(x))
+
+    def loss(self, raw, y: Tensor, extra: tuple[Tensor, ...]) -> Tensor:  # pragma: no cover - abstract
+        """The family's training loss (reduced) on one minibatch."""
+        raise NotImplementedError
+
+    def predictive(self, raw) -> Distribution:
+        """Predictive distribution in original target units."""
+        return self.head.distribution(raw, self.target_loc, self.target_scale)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        # the plain loop (raw optimizer, loss.backward) is exact on one device in full precision;
+        # anything else (DDP, mixed precision) goes through Lightning's optimizer and backward
+        strategy = self.trainer.strategy
+        self._plain = isinstance(strategy, SingleDeviceStrategy) and str(self.trainer.precision) in ("32-true", "64-true")
+        self.train_loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+
+    def training_step(self, chunk: Chunk, batch_idx: int) -> None:
+        opt = self.optimizers()
+        raw_opt = opt.optimizer
+        params = list(self.parameters())
+        chunk_losses = []
+        for t in range(self.opt_steps, self.opt_steps + chunk.steps):
+            x, y, extra = chunk.source.batch(t)
+            loss = self.loss(self(x), y, extra)
+            if self._plain:
+                raw_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                # the hooks Lightning's manual loop installs around a step: they keep
+                # trainer.global_step equal to the number of optimisation steps
+                opt._on_before_step()
+                raw_opt.step()
+                opt._on_after_step()
+            else:
+                opt.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                opt.step()
+            chunk_losses.append(loss.detach())
+        losses_t = torch.stack(chunk_losses).double()
+        total = losses_t.sum()
+        # one host sync per chunk, not per step
+        if not bool(torch.isfinite(total)) or not all(bool(torch.isfinite(p).all()) for p in params):
+            self._diverged(losses_t, chunk)
+        self.opt_steps += chunk.steps
+        self.train_loss_sum += total
+        self.train_loss_count += chunk.steps
+
+    def _diverged(self, losses_t: Tensor, chunk: Chunk) -> None:
+        bad = (~torch.isfinite(losses_t)).nonzero()
+        at = self.opt_steps + (int(bad[0]) if len(bad) else chunk.steps - 1)
+        what = "loss" if len(bad) else "parameters"
+        with torch.no_grad():
+            x, _, _ = chunk.source.batch(at)
+            raw = self(x)
+            hits = int(self.head.floor_hits(raw))
+        hint = (
+            f"; {hits} spread outputs of that batch sit on the floor (variance collapse)"
+            if hits
+            else "; no spread on the floor (overflow: try a smaller optimizer.lr)"
+        )
+        raise Diverged(f"training diverged: non-finite {what} at optimisation step {at}{hint}")
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_loss_count:
+            self.log("train/loss", (self.train_loss_sum / self.train_loss_count).float())
+            self.log("step", float(self.opt_steps))
+        self.train_loss_sum.zero_()
+        self.train_loss_count = 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["opt_steps"] = self.opt_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.opt_steps = int(checkpoint.get("opt_steps", 0))
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: EvalBatch, metrics: PredictiveMetrics, truth: bool) -> None:
+        raw = self(batch.x)
+        dist = self.predictive(raw)
+        t = self.truth_fn(batch.x_orig) if (truth and self.truth_fn is not None) else None
+        metrics.update(dist, batch.y, t, batch.u)
+        return raw
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, truth=False)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict({f"val/{k}": v.float() for k, v in values.items()})
+        self.log("step", float(self.opt_steps))
+
+    def on_test_epoch_start(self) -> None:
+        self.test_floor_hits = torch.zeros((), device=self.device)
+        self.test_samples = 0
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        raw = self._evaluate(batch, self.test_metrics, truth=True)
+        self.test_floor_hits += self.head.floor_hits(raw)
+        self.test_samples += batch.x.shape[0]
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        values["floor_hits"] = self.trainer.strategy.reduce(self.test_floor_hits.double(), reduce_op="sum")
+        curves = self.test_metrics.curves()
+        self.test_metrics.reset()
+        self.log_dict({f"test/{k}": v.double() for k, v in values.items()})
+        self.log("step", float(self.opt_steps))
+        # curves and counters travel with the logged metrics (they reach the launching process
+        # under any strategy) but stay out of TensorBoard's scalars
+        f64 = partial(torch.tensor, dtype=torch.float64, device=self.device)
+        extra = {f"curve/{name}/{i:03d}": f64(v) for name, vals in curves.items() for i, v in enumerate(vals)}
+        extra["train/opt_steps"] = f64(float(self.opt_steps))
+        self.log_dict(extra, logger=False)
+
+
+class KLModule(DensityModule):
+    """Trains a Gaussian head on KL(true Gaussian || predicted Gaussian) per input."""
+
+    family = "kl"
+    head_type = GaussianHead
+
+    def loss(self, raw, y, extra):
+        m, s2 = extra
+        return losses.gaussian_kl(raw.loc, raw.spread, m, s2, self.head.spread, self.grad, self.reduction)
+
+
+class NLLModule(DensityModule):
+    """Heteroscedastic Gaussian negative log-likelihood."""
+
+    family = "nll"
+    head_type = GaussianHead
+
+    def loss(self, raw, y, extra):
+        return losses.gaussian_nll(raw.loc, raw.spread, y, self.head.spread, self.grad, self.reduction)
+
+
+class MDNModule(DensityModule):
+    """Mixture density network: Gaussian-mixture negative log-likelihood in log space."""
+
+    family = "mdn"
+    head_type = MixtureHead
+
+    def loss(self, raw, y, extra):
+        return losses.mixture_nll(raw.logits, raw.loc, raw.spread, y, self.head.spread, self.grad, self.reduction)
+
+
+class GLMModule(DensityModule):
+    """Canonical-link GLM: Gaussian/identity, Bernoulli/sigmoid, categorical/softmax, Poisson/exp."""
+
+    family = "glm"
+    head_type = GLMHead
+
+    def loss(self, raw, y, extra):
+        return losses.glm_nll(raw.eta, y, self.head.family, self.grad, self.reduction)
+
+    def _estimate_dispersion(self) -> None:
+        # the canonical Gaussian has unit dispersion; the predictive scale is its estimate from
+        # training residuals (mean squared residual, as a GLM fit reports it)
+        if self.head.family != "gaussian":
+            return
+        source = self.trainer.datamodule.source
+        with torch.no_grad():
+            x, y = source.x[source.rank :: source.world], source.y[source.rank :: source.world]
+            eta = self(x).eta
+            reduce = partial(self.trainer.strategy.reduce, reduce_op="sum")
+            sq = reduce(((y - eta) ** 2).sum().double())
+            n = reduce(torch.tensor(float(y.shape[0]), device=self.device, dtype=torch.float64))
+        self.head.dispersion.fill_(float(sq / n))
+
+    def on_validation_epoch_start(self) -> None:
+        self._estimate_dispersion()
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._estimate_dispersion()
+
+
+MODULES: dict[str, type[DensityModule]] = {m.family: m for m in (KLModule, NLLModule, MDNModule, GLMModule)}
+
+
+def module_class(family: str) -> type[DensityModule]:
+    """The LightningModule class of a loss family."""
+    try:
+        return MODULES[family]
+    except KeyError:
+        raise ValueError(f"loss must be one of {', '.join(MODULES)}, got {family!r}") from None
+

@@ -1,0 +1,110 @@
+"""Maps from an unconstrained raw output r to a positive value (a variance or a scale).
+
+Every map is value(r) = base(r) + floor with base in {softplus, exp}. Losses never need the value
+itself, only its logarithm and d log(value)/dr, and both have forms that stay finite for any finite r
+in float32: that is what lets the analytic and autograd paths agree at the floor and far from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KINDS = ("softplus", "exp")
+
+
+@dataclass(frozen=True)
+class Positivity:
+    """value(r) = base(r) + floor, base = softplus or exp, floor > 0."""
+
+    kind: str = "softplus"
+    floor: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"positivity must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not (self.floor > 0 and math.isfinite(self.floor)):
+            raise ValueError(f"floor must be a positive finite number, got {self.floor!r}")
+
+    @property
+    def log_floor(self) -> float:
+        """log(floor), a Python float."""
+        return math.log(self.floor)
+
+    def value(self, r: Tensor) -> Tensor:
+        """The positive value base(r) + floor."""
+        return self.log_value(r).exp()
+
+    def log_value(self, r: Tensor) -> Tensor:
+        """log(base(r) + floor), computed without forming base(r) when it would overflow or underflow."""
+        if self.kind == "exp":
+            return torch.logaddexp(r, r.new_tensor(self.log_floor))
+        # log(softplus(r) + f): for r far below zero softplus(r) ~ exp(r) underflows, which is harmless
+        # because the floor dominates; for large r softplus(r) ~ r, no overflow.
+        return torch.log(F.softplus(r) + self.floor)
+
+    def dlog(self, r: Tensor) -> Tensor:
+        """d log(value)/dr, in a form that is finite for any finite r."""
+        if self.kind == "exp":
+            # exp(r) / (exp(r) + f) = sigmoid(r - log f)
+            return torch.sigmoid(r - self.log_floor)
+        return torch.sigmoid(r) / (F.softplus(r) + self.floor)
+
+    def at_floor(self, r: Tensor) -> Tensor:
+        """Boolean mask: the floor dominates the value (base(r) < floor), i.e. a collapsed spread."""
+        if self.kind == "exp":
+            return r < self.log_floor
+        return F.softplus(r) < self.floor
+
+    def inverse(self, value: float) -> float:
+        """The raw output r with value(r) = value (for initialising biases)."""
+        base = value - self.floor
+        if base <= 0:
+            raise ValueError(f"value {value} is not above the floor {self.floor}")
+        if self.kind == "exp":
+            return math.log(base)
+        return base + math.log(-math.expm1(-base))  # softplus^-1
+
+
+SPREAD_TARGETS = ("variance", "scale")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A positivity map applied either to a Gaussian's variance or to its scale."""
+
+    positivity: Positivity = Positivity()
+    on: str = "variance"
+
+    def __post_init__(self) -> None:
+        if self.on not in SPREAD_TARGETS:
+            raise ValueError(f"head.spread must be one of {', '.join(SPREAD_TARGETS)}, got {self.on!r}")
+
+    @property
+    def _power(self) -> float:
+        # variance = value**power: power 1 when the map gives the variance, 2 when it gives the scale
+        return 1.0 if self.on == "variance" else 2.0
+
+    def log_var(self, r: Tensor) -> Tensor:
+        """log variance for raw output r."""
+        return self._power * self.positivity.log_value(r)
+
+    def dlog_var(self, r: Tensor) -> Tensor:
+        """d log(variance)/dr."""
+        return self._power * self.positivity.dlog(r)
+
+    def scale(self, r: Tensor) -> Tensor:
+        """Standard deviation for raw output r."""
+        return (0.5 * self.log_var(r)).exp()
+
+    def at_floor(self, r: Tensor) -> Tensor:
+        """Mask of raw outputs whose spread sits on the floor."""
+        return self.positivity.at_floor(r)
+
+    def raw_for_scale(self, scale: float) -> float:
+        """Raw output giving this standard deviation."""
+        return self.positivity.inverse(scale**2 if self.on == "variance" else scale)

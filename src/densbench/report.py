@@ -1,0 +1,335 @@
+"""Sweep reports rebuilt from result.json files alone: report.md, summary.csv and figures.
+
+Written automatically after every multirun (a Hydra callback) and by hand with
+``python -m densbench.report SWEEP_DIR [--out DIR]``. Runs that failed or were skipped are listed
+with their error; runs that differ only in seed or data split are averaged (mean +- standard error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from densbench.results import find_results
+
+GROUP_KEYS = ("dataset", "head", "loss", "grad", "device")
+# (metric, header, lower is better); the main table's columns
+MAIN_COLUMNS = [
+    ("nll", "NLL", True),
+    ("crps", "CRPS", True),
+    ("mace", "cal. error", True),
+    ("ece", "ECE", True),
+    ("coverage90", "cover@90", None),
+    ("rmse", "RMSE", True),
+    ("accuracy", "accuracy", False),
+    ("nll_gap", "NLL - oracle", True),
+    ("train_samples_per_s", "train samples/s", False),
+]
+CSV_METRICS = [
+    "nll", "rmse", "accuracy", "crps", "mace", "rmsce", "miscal_area", "quantile_mace", "ece", "sharpness",
+    "coverage50", "coverage90", "coverage95", "width50", "width90", "width95", "interval_score", "check_score",
+    "pit_ks", "oracle_nll", "kl_truth", "nll_gap", "floor_hits", "train_samples_per_s", "train_steps_per_s",
+    "step_time_ms", "eval_samples_per_s", "peak_memory_mb",
+]
+
+
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return float("nan"), None
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, None
+    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1)
+    return m, math.sqrt(var / len(vals))
+
+
+def _fmt(m: float, se: float | None, digits: int = 3) -> str:
+    if m is None or not math.isfinite(m):
+        return "-"
+    if abs(m) >= 1e4:
+        s = f"{m:.3g}"
+    else:
+        s = f"{m:.{digits}f}"
+    return s if se is None else f"{s} ± {se:.{digits}f}"
+
+
+def group_results(results: list[tuple[Path, dict]]) -> dict[tuple, list[dict]]:
+    """Ok runs grouped by configuration (everything but seed and split)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for _, res in results:
+        if res.get("status") == "ok":
+            lab = res.get("labels", {})
+            groups[tuple(lab.get(k) for k in GROUP_KEYS)].append(res)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
+
+
+def summarise(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
+    """One row per configuration with mean and standard error of every metric."""
+    rows = []
+    for key, runs in groups.items():
+        row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
+        row["runs"] = len(runs)
+        for m in CSV_METRICS:
+            vals = [r.get("metrics", {}).get(m) for r in runs]
+            if any(v is not None for v in vals):
+                row[m], row[f"{m}_se"] = _mean_se(vals)
+        rows.append(row)
+    return rows
+
+
+def _best_marks(rows: list[dict]) -> set[tuple[int, str]]:
+    marks = set()
+    by_dataset: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_dataset[r["dataset"]].append(i)
+    for metric, _, lower in MAIN_COLUMNS:
+        for idx in by_dataset.values():
+            vals = [(rows[i].get(metric), i) for i in idx if rows[i].get(metric) is not None and math.isfinite(rows[i][metric])]
+            if len(vals) < 2:
+                continue
+            if lower is None:  # coverage: closest to nominal
+                best = min(vals, key=lambda t: abs(t[0] - 0.9))[1]
+            else:
+                best = (min if lower else max)(vals)[1]
+            marks.add((best, metric))
+    return marks
+
+
+def throughput_ratios(rows: list[dict]) -> list[dict]:
+    """analytic / autograd training throughput per (dataset, head, loss, device) where both ran."""
+    by: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r.get("train_samples_per_s") is not None and math.isfinite(r["train_samples_per_s"]):
+            by[(r["dataset"], r["head"], r["loss"], r["device"])][r["grad"]] = r["train_samples_per_s"]
+    out = []
+    for (ds, head, loss, dev), v in sorted(by.items()):
+        if "analytic" in v and "autograd" in v:
+            out.append({"dataset": ds, "head": head, "loss": loss, "device": dev, "analytic": v["analytic"],
+                        "autograd": v["autograd"], "ratio": v["analytic"] / v["autograd"]})
+    return out
+
+
+def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None = None) -> Path:
+    """Build report.md, summary.csv and figures for every result.json under sweep_dir."""
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    results = find_results(sweep_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = group_results(results)
+    rows = summarise(groups)
+    _write_csv(out_dir / "summary.csv", rows)
+    figures = _figures(groups, rows, out_dir, results)
+    md = _markdown(title or sweep_dir.name, sweep_dir, results, rows, figures)
+    path = out_dir / "report.md"
+    path.write_text(md)
+    return path
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    cols = list(GROUP_KEYS) + ["runs"] + [c for m in CSV_METRICS for c in (m, f"{m}_se")]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+
+
+def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, list[str]]) -> str:
+    ok = sum(1 for _, r in results if r.get("status") == "ok")
+    lines = [f"# densbench report: {title}", ""]
+    lines.append(f"Sweep directory: `{sweep_dir}`. Runs: {len(results)} ({ok} ok). "
+                 "Metrics are on the test split in original target units; mean ± standard error over runs that "
+                 "differ only in seed or data split; **bold** marks the best value per dataset.")
+    lines.append("")
+    if rows:
+        cols = [(m, h) for m, h, _ in MAIN_COLUMNS if any(r.get(m) is not None for r in rows)]
+        marks = _best_marks(rows)
+        lines.append("| " + " | ".join(list(GROUP_KEYS) + ["runs"] + [h for _, h in cols]) + " |")
+        lines.append("|" + "---|" * (len(GROUP_KEYS) + 1 + len(cols)))
+        for i, r in enumerate(rows):
+            cells = [str(r[k]) for k in GROUP_KEYS] + [str(r["runs"])]
+            for m, _ in cols:
+                digits = 0 if m == "train_samples_per_s" else 3
+                c = _fmt(r.get(m, float("nan")), r.get(f"{m}_se"), digits)
+                cells.append(f"**{c}**" if (i, m) in marks else c)
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("Column meanings: NLL = mean negative log-likelihood (nats, all constants); CRPS = continuous ranked "
+                     "probability score (ranked probability score for counts and classes); cal. error = mean absolute "
+                     "calibration error of central intervals over 100 levels; ECE = expected calibration error, 15 bins; "
+                     "cover@90 = share of test targets inside the central 90% interval; NLL - oracle = gap to the true "
+                     "distribution's NLL where it is known. Every metric is in `summary.csv`.")
+        lines.append("")
+    ratios = throughput_ratios(rows)
+    if ratios:
+        lines += ["## Analytic vs autograd gradients (training throughput)", "",
+                  "| dataset | head | loss | device | analytic samples/s | autograd samples/s | analytic / autograd |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in ratios:
+            lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {r['device']} | {r['analytic']:.0f} | "
+                         f"{r['autograd']:.0f} | {r['ratio']:.2f} |")
+        lines.append("")
+    bad = [(p, r) for p, r in results if r.get("status") != "ok"]
+    if bad:
+        lines += ["## Runs that did not finish", "", "| run | status | error |", "|---|---|---|"]
+        for p, r in bad:
+            err = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| `{p.relative_to(sweep_dir) if p != sweep_dir else p.name}` | {r.get('status')} | {err} |")
+        lines.append("")
+    for section, paths in figures.items():
+        if paths:
+            lines += [f"## {section}", ""] + [f"![{Path(p).stem}]({p})" for p in paths] + [""]
+    lines += ["## Runs", "", "| run | status | dataset | loss | head | grad | device | seed/split | NLL | wall time (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for p, r in results:
+        lab = r.get("labels", {})
+        nll = (r.get("metrics") or {}).get("nll")
+        ss = lab.get("split") if lab.get("split") is not None else lab.get("seed")
+        rel = p.relative_to(sweep_dir) if p != sweep_dir else Path(p.name)
+        lines.append(f"| `{rel}` | {r.get('status')} | {lab.get('dataset')} | {lab.get('loss')} | {lab.get('head')} | "
+                     f"{lab.get('grad')} | {lab.get('device')} | {ss} | {_fmt(nll, None)} | {r.get('wall_time_s', float('nan')):.1f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _short(key: tuple) -> str:
+    ds, head, loss, grad, dev = key
+    return f"{loss}/{head}\n{grad}/{dev}"
+
+
+def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, list[str]] = {"Comparison per dataset": [], "Calibration": [], "Predictive distributions": []}
+    by_ds: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_ds[r["dataset"]].append(r)
+    for ds, rs in by_ds.items():
+        metrics = [(m, h) for m, h in (("nll", "test NLL"), ("mace", "calibration error"), ("ece", "ECE"))
+                   if any(r.get(m) is not None for r in rs)]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.6 * len(rs) + 1.6), squeeze=False)
+        names = [_short(tuple(r[k] for k in GROUP_KEYS)).replace("\n", " ") for r in rs]
+        for ax, (m, h) in zip(axes[0], metrics):
+            vals = [r.get(m, float("nan")) for r in rs]
+            errs = [r.get(f"{m}_se") or 0.0 for r in rs]
+            ax.barh(range(len(rs)), vals, xerr=errs, color="#2E2585", alpha=0.75)
+            ax.set_yticks(range(len(rs)), names if ax is axes[0, 0] else [""] * len(rs), fontsize=8)
+            ax.set_title(h, fontsize=10)
+            ax.invert_yaxis()
+        fig.suptitle(ds, fontsize=11)
+        fig.tight_layout()
+        name = f"compare_{ds}.png"
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        out["Comparison per dataset"].append(name)
+    for key, runs in groups.items():
+        curves = runs[0].get("curves") or {}
+        if not curves:
+            continue
+        fig = calibration_figure(runs, title=" | ".join(str(k) for k in key))
+        name = "calib_" + "_".join(str(k).replace("/", "-").replace("=", "") for k in key) + ".png"
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        out["Calibration"].append(name)
+    for p, r in results:
+        fig_name = (r.get("artifacts") or {}).get("figure")
+        if r.get("status") == "ok" and fig_name and (p / fig_name).exists():
+            target = "pred_" + "_".join(str(r["labels"].get(k)).replace("/", "-").replace("=", "") for k in GROUP_KEYS)
+            lab = r["labels"]
+            suffix = f"_s{lab.get('split') if lab.get('split') is not None else lab.get('seed')}"
+            shutil.copyfile(p / fig_name, out_dir / f"{target}{suffix}.png")
+            out["Predictive distributions"].append(f"{target}{suffix}.png")
+    out["Predictive distributions"] = sorted(set(out["Predictive distributions"]))[:24]
+    return out
+
+
+def calibration_figure(runs: list[dict], title: str = ""):
+    """PIT histogram and calibration curve (reliability diagram for classes), averaged over runs."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    def avg(name):
+        arrs = [np.asarray(r["curves"][name], dtype=float) for r in runs if name in (r.get("curves") or {})]
+        return np.mean(arrs, 0) if arrs else None
+
+    pit, exp, obs = avg("pit_hist"), avg("calibration_expected"), avg("calibration_observed")
+    conf, acc, cnt = avg("reliability_conf"), avg("reliability_acc"), avg("reliability_count")
+    panels = [p for p in (pit is not None, exp is not None or conf is not None) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    i = 0
+    if pit is not None:
+        ax = axes[0, i]
+        b = len(pit)
+        ax.bar((np.arange(b) + 0.5) / b, pit * b, width=1 / b, color="#2E2585", alpha=0.75)
+        ax.axhline(1.0, color="grey", ls="--", lw=1)
+        ax.set_xlabel("PIT value")
+        ax.set_ylabel("density")
+        ax.set_title("PIT histogram", fontsize=10)
+        i += 1
+    ax = axes[0, i] if i < len(panels) else None
+    if ax is not None and exp is not None:
+        ax.plot(exp, obs, color="#2E2585", lw=1.8, label="model")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="ideal")
+        ax.set_xlabel("expected proportion in central interval")
+        ax.set_ylabel("observed proportion")
+        ax.set_title("calibration curve", fontsize=10)
+        ax.legend(fontsize=8)
+    elif ax is not None and conf is not None:
+        keep = cnt > 0
+        ax.plot(conf[keep], acc[keep], "o-", color="#2E2585", lw=1.5, label="model")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="ideal")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("observed frequency")
+        ax.set_title("reliability diagram (15 bins)", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+class SweepReport(Callback):
+    """Hydra callback: after a multirun, write the report and make the exit status say if jobs failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        results = find_results(sweep_dir)
+        if config.get("report", {}).get("enabled", True):
+            out = Path(config.report.dir) / sweep_dir.name
+            path = write_report(sweep_dir, out)
+            print(f"densbench: report written to {path}")
+        failed = [r for _, r in results if r.get("status") in ("failed", "interrupted")]
+        if failed:
+            print(f"densbench: {len(failed)} of {len(results)} runs failed; see the report", file=sys.stderr)
+            sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Rebuild a report: python -m densbench.report SWEEP_DIR [--out DIR] [--title T]."""
+    parser = argparse.ArgumentParser(prog="python -m densbench.report", description=main.__doc__)
+    parser.add_argument("sweep_dir", help="a multirun directory (or any folder holding result.json files)")
+    parser.add_argument("--out", default=None, help="output folder (default: reports/<sweep dir name>)")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    sweep = Path(args.sweep_dir)
+    if not sweep.is_dir():
+        parser.error(f"{sweep} is not a directory")
+    if not find_results(sweep):
+        parser.error(f"no result.json under {sweep}")
+    out = Path(args.out) if args.out else Path("reports") / sweep.resolve().name
+    print(write_report(sweep, out, args.title))
+
+
+if __name__ == "__main__":
+    main()

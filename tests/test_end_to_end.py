@@ -1,0 +1,64 @@
+"""The real command in a subprocess: the headline sweep writes results, events and a report."""
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def headline_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    proc = run_cli(
+        ["-m", "loss=kl,nll,mdn", "experiment=fast", "figures=true", f"hydra.sweep.dir={tmp}/multirun", f"report.dir={tmp}/reports"],
+        cwd=tmp,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc
+
+
+def _results(tmp):
+    found = [(p.parent, json.loads(p.read_text())) for p in (tmp / "multirun").rglob("result.json")]
+    return {res["labels"]["loss"]: (d, res) for d, res in found}
+
+
+def test_one_ok_result_per_job(headline_sweep):
+    tmp, _ = headline_sweep
+    results = _results(tmp)
+    assert sorted(results) == ["kl", "mdn", "nll"]
+    for name, (run_dir, res) in results.items():
+        assert res["status"] == "ok", res.get("error")
+        assert run_dir.name.endswith(f"loss={name}")  # run directories are named after the job's overrides
+        m = res["metrics"]
+        for key in ("nll", "rmse", "oracle_nll", "kl_truth", "train_samples_per_s"):
+            assert isinstance(m[key], float)
+        # NLL minus oracle NLL equals the mean KL(true || predicted) up to sampling noise
+        assert m["nll_gap"] == pytest.approx(m["nll"] - m["oracle_nll"])
+        assert m["kl_truth"] > 0
+        assert res["wall_time_s"] > 0 and res["train"]["opt_steps"] == res["train"]["max_steps"] == 40
+        assert res["train"]["model_selection"].startswith("best val/nll")
+
+
+def test_tensorboard_events_have_the_tags(headline_sweep):
+    tmp, _ = headline_sweep
+    for run, (run_dir, _) in _results(tmp).items():
+        ea = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
+        ea.Reload()
+        tags = ea.Tags()
+        for tag in ("train/loss", "val/nll", "test/nll", "test/rmse", "test/oracle_nll", "test/kl_truth", "hp/nll"):
+            assert tag in tags["scalars"], (run, tag)
+        assert [e.step for e in ea.Scalars("val/nll")] == [20, 40]  # x-axis = optimisation steps
+        assert "predictive" in tags["images"]
+        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(ea.PluginTagToContent("hparams"))
+
+
+def test_report_written_after_the_sweep(headline_sweep):
+    tmp, _ = headline_sweep
+    report = tmp / "reports" / "multirun" / "report.md"
+    text = report.read_text()
+    assert "| hetero_sine | gaussian/softplus | kl |" in text and "mixture/exp/K=5 | mdn" in text
+    assert (tmp / "reports" / "multirun" / "summary.csv").read_text().count("\n") == 4
