@@ -51,7 +51,10 @@ class Head(nn.Module):
 
     def forward(self, features: Tensor):
         """Named raw fields for a batch of backbone features."""
-        return self.split(self.linear(features))
+        # output-major memory ([n_raw, N], seen as an [N, n_raw] view): each field is then a dense
+        # block, so per-field kernels and reductions over components need no strided access or copy
+        out = torch.addmm(self.linear.bias.unsqueeze(1), self.linear.weight, features.T)
+        return self.split(out.T)
 
     def split(self, out: Tensor):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -55,6 +55,7 @@ class DensityModule(pl.LightningModule):
         self.test_metrics = PredictiveMetrics(task, full=True)
         self.opt_steps = 0
         self.test_samples = 0
+        self.loss_history: list[Tensor] | None = None  # set to [] to keep every step's loss
         self.train_loss_sum = torch.zeros(())
         self.train_loss_count = 0
 
@@ -109,6 +110,8 @@ class DensityModule(pl.LightningModule):
         if not bool(torch.isfinite(total)) or not all(bool(torch.isfinite(p).all()) for p in params):
             self._diverged(losses_t, chunk)
         self.opt_steps += chunk.steps
+        if self.loss_history is not None:
+            self.loss_history.append(losses_t)
         self.train_loss_sum += total
         self.train_loss_count += chunk.steps
 

@@ -97,6 +97,24 @@ class Spread:
         """d log(variance)/dr."""
         return self._power * self.positivity.dlog(r)
 
+    def terms(self, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log v, 1/v, d log v/dr) as fresh tensors, sharing work between them (analytic kernels)."""
+        pos, p = self.positivity, self._power
+        if pos.kind == "softplus":
+            val = F.softplus(r).add_(pos.floor)
+            inv = torch.reciprocal(val)
+            dlog = torch.sigmoid(r).mul_(inv)
+            log_v = val.log_()
+        else:
+            log_v = torch.logaddexp(r, r.new_tensor(pos.log_floor))
+            dlog = (r - pos.log_floor).sigmoid_()
+            inv = torch.exp(-log_v)
+        if p != 1.0:  # the map gives the scale: v = value^2
+            inv.square_()
+            dlog.mul_(p)
+            log_v.mul_(p)
+        return log_v, inv, dlog
+
     def scale(self, r: Tensor) -> Tensor:
         """Standard deviation for raw output r."""
         return (0.5 * self.log_var(r)).exp()

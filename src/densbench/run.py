@@ -11,6 +11,7 @@ import math
 import os
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +82,37 @@ def _check_device(cfg: DictConfig) -> None:
         )
 
 
-def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
-    """Train and test one configuration; returns metrics, curves and run facts for result.json."""
+@dataclass
+class Built:
+    """Everything one run needs, wired but not yet trained."""
+
+    data: Any
+    prep: Any
+    module: Any
+    datamodule: Any
+    trainer: Any
+    checkpoint: Any
+    logger: Any
+    total_steps: int
+    eval_every: int
+    steps_per_call: int
+    batch_size: int | None
+
+    @property
+    def has_val(self) -> bool:
+        """Whether model selection on a validation split happens."""
+        return len(self.data.val) > 0
+
+
+def build(cfg: DictConfig, run_dir: Path) -> Built:
+    """Validate the config, load data and wire module, data module, callbacks and trainer."""
     import lightning.pytorch as pl
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from densbench import data as data_mod
     from densbench.modules import module_class
-    from densbench.training import DensityData, Throughput
+    from densbench.training import CheckpointOnInterrupt, DensityData, Throughput
     from densbench.validate import check_against_data, check_config, resolve_glm_family
 
     check_config(cfg)
@@ -129,11 +152,12 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
         reduction=cfg.loss.reduction,
         samples_per_step=batch or len(data.train),
     )
-    dm = DensityData(prep, batch, eval_every, per_call, int(cfg.seed))
-    dm.needs_truth_targets = cfg.loss.name == "kl"
+    class_targets = cfg.loss.name == "glm" and head.family == "categorical"
+    dm = DensityData(prep, batch, eval_every, per_call, int(cfg.seed), cfg.loss.name == "kl", class_targets)
 
     throughput = Throughput()
-    callbacks: list[pl.Callback] = [throughput, OnExceptionCheckpoint(str(run_dir / "checkpoints"), INTERRUPTED_CKPT)]
+    interrupted = str(run_dir / "checkpoints" / f"{INTERRUPTED_CKPT}.ckpt")
+    callbacks: list[pl.Callback] = [throughput, CheckpointOnInterrupt(interrupted)]
     has_val = len(data.val) > 0
     ckpt = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
@@ -147,7 +171,7 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
     callbacks.append(ckpt)
     if has_val and t.early_stopping_patience:
         callbacks.append(EarlyStopping("val/nll", patience=int(t.early_stopping_patience), mode="min", check_finite=False))
-    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
+    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") and "_target_" in cfg.logger else False
 
     trainer = pl.Trainer(
         accelerator=t.accelerator,
@@ -167,6 +191,14 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
     )
+    return Built(data, prep, module, dm, trainer, ckpt, logger, total, eval_every, per_call, batch)
+
+
+def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
+    """Train and test one configuration; returns metrics, curves and run facts for result.json."""
+    b = build(cfg, run_dir)
+    module, dm, trainer, ckpt, logger, data, prep = b.module, b.datamodule, b.trainer, b.checkpoint, b.logger, b.data, b.prep
+    has_val, total, eval_every, per_call, batch = b.has_val, b.total_steps, b.eval_every, b.steps_per_call, b.batch_size
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     best = ckpt.best_model_path if has_val and ckpt.best_model_path else None
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
@@ -229,7 +261,7 @@ def _quiet_lightning() -> None:
     # explicitly, and our batches are whole device-resident tensors, not DataLoader workers)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (r".*ckpt_path.*", r".*LeafSpec.*", r".*does not have many workers.*", r".*last checkpoint available.*"):
+    for pattern in (r".*LeafSpec.*", r".*does not have many workers.*", r".*exists and is not empty.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

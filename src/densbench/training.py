@@ -68,12 +68,17 @@ class TrainSource:
         return self.x[rows], self.y[rows], tuple(e[rows] for e in self.extra)
 
 
-@dataclass
 class Chunk:
-    """What Lightning hands to training_step: the source and how many steps to run."""
+    """What Lightning hands to training_step: the source and how many steps to run.
 
-    source: TrainSource
-    steps: int
+    A plain class on purpose: Lightning leaves objects it does not know alone, instead of copying
+    and converting every tensor inside on each step.
+    """
+
+    __slots__ = ("source", "steps")
+
+    def __init__(self, source: TrainSource, steps: int):
+        self.source, self.steps = source, steps
 
 
 class ChunkStream:
@@ -93,14 +98,16 @@ class ChunkStream:
             yield Chunk(self.source, s)
 
 
-@dataclass
 class EvalBatch:
-    """One split (or this rank's shard of it) for evaluation."""
+    """One split (or this rank's shard of it) for evaluation; a plain class for the reason above."""
 
-    x: Tensor  # standardised inputs
-    y: Tensor  # targets in original units (class indices for multiclass)
-    x_orig: Tensor  # inputs in original units, for the truth
-    u: Tensor  # uniforms for the randomised PIT, fixed per row
+    __slots__ = ("x", "y", "x_orig", "u")
+
+    def __init__(self, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor):
+        self.x = x  # standardised inputs, in the model's dtype
+        self.y = y  # targets in original units, float64 (class indices for class targets)
+        self.x_orig = x_orig  # inputs in original units, for the truth
+        self.u = u  # uniforms for the randomised PIT, fixed per row
 
 
 class Once:
@@ -119,11 +126,21 @@ class Once:
 class DensityData(pl.LightningDataModule):
     """Holds every split as tensors and moves them to the training device once."""
 
-    def __init__(self, prep: Prepared, batch_size: int | None, eval_every: int, steps_per_call: int, seed: int):
+    def __init__(
+        self,
+        prep: Prepared,
+        batch_size: int | None,
+        eval_every: int,
+        steps_per_call: int,
+        seed: int,
+        truth_targets: bool = False,
+        class_targets: bool = False,
+    ):
         super().__init__()
         self.prep = prep
         self.batch_size, self.eval_every, self.steps_per_call, self.seed = batch_size, eval_every, steps_per_call, seed
-        self.needs_truth_targets = False  # set by the KL module
+        self.truth_targets = truth_targets  # train on the true Gaussian's mean and variance (loss=kl)
+        self.class_targets = class_targets  # targets as class indices (categorical heads)
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         self.source: TrainSource | None = None
@@ -137,11 +154,13 @@ class DensityData(pl.LightningDataModule):
         """Place tensors on the strategy's device in the module's dtype."""
         trainer = self.trainer
         self.device = trainer.strategy.root_device
-        self.dtype = next(trainer.lightning_module.parameters()).dtype
+        self.dtype = _param_dtype(str(trainer.precision))
         rank, world = trainer.global_rank, trainer.world_size
         x, y = self.prep.splits["train"]
+        if self.class_targets:
+            y = y.reshape(-1).long()
         extra: tuple[Tensor, ...] = ()
-        if self.needs_truth_targets:
+        if self.truth_targets:
             extra = tuple(self._put(t) for t in gaussian_truth_scaled(self.prep, "train"))
         self.source = TrainSource(self._put(x), self._put(y), extra, self.batch_size, self.seed, rank, world)
         self.eval = {name: self._eval_batch(name, rank, world) for name in ("val", "test")}
@@ -158,7 +177,7 @@ class DensityData(pl.LightningDataModule):
         # one uniform per row from a generator seeded by the split: identical for any world size
         u = torch.rand(len(idx), generator=torch.Generator().manual_seed(self.seed + (split == "test")), dtype=torch.float64)
         rows = slice(rank, None, world)
-        y = y[rows] if data.task == "multiclass" else y[rows].to(torch.float64)
+        y = y[rows].reshape(-1).long() if (data.task == "multiclass" or self.class_targets) else y[rows].to(torch.float64)
         return EvalBatch(self._put(x[rows]), self._put(y), x_orig[rows].to(self.device), u[rows].to(self.device))
 
     def train_dataloader(self):
@@ -170,9 +189,30 @@ class DensityData(pl.LightningDataModule):
     def test_dataloader(self):
         return Once(self.eval["test"])
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        # everything is already on the device; skip Lightning's per-batch tree walk
-        return batch
+
+class CheckpointOnInterrupt(pl.Callback):
+    """Save a checkpoint when training stops on an exception (SIGTERM arrives as one).
+
+    Not Lightning's OnExceptionCheckpoint: its presence makes every fit(ckpt_path=None) silently
+    resume from whatever last checkpoint lies in the directory; resuming is decided by run.py.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        trainer.strategy.remove_checkpoint(self.path)  # finished: nothing to resume
+
+
+def _param_dtype(precision: str) -> torch.dtype:
+    # the dtype the precision plugin gives the parameters; setup runs before it converts the module
+    if precision.startswith("64"):
+        return torch.float64
+    return {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, torch.float32)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -1,0 +1,25 @@
+"""The configs ship inside the wheel, so a non-editable install finds them."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_wheel_contains_every_config(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("densbench-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"densbench/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")}
+    assert expected and expected <= names
+    assert "densbench/__main__.py" in names
