@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -154,7 +155,13 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
     ap.add_argument("--devices", default="cpu,cuda")
     ap.add_argument("--out", default=str(REPORTS / "bench_grads"))
+    ap.add_argument("--render-only", action="store_true", help="rebuild the Markdown from the JSON")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.render_only:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(render(saved["meta"], saved["rows"]))
+        return
     torch.set_num_threads(args.threads)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     devices = [torch.device(d) for d in args.devices.split(",") if d != "cuda" or torch.cuda.is_available()]
@@ -187,11 +194,42 @@ def main() -> None:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "repeats": args.repeats,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     out.with_suffix(".md").write_text(render(meta, rows))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+def summary(rows: list[dict], min_n: int = 100_000) -> list[str]:
+    """The goal check: at batch >= min_n, is the analytic path the fastest, >= 2x eager autograd,
+    and no slower than compiled autograd?"""
+    lines = [
+        "## Summary",
+        "",
+        "Speed-up = time of the other implementation / time of the analytic one (> 1: analytic is faster).",
+        "`best analytic` is the faster of eager and compiled analytic kernels.",
+        "",
+        "| device | loss | n | analytic vs eager autograd | best analytic vs compiled autograd | fastest of all |",
+        "|---|---|---|---|---|---|",
+    ]
+    short = []
+    for r in rows:
+        t = r["seconds"]
+        best = min(t["analytic"], t.get("analytic+compile", math.inf))
+        vs_compiled = t["autograd+compile"] / best if "autograd+compile" in t else float("nan")
+        lines.append(f"| {r['device']} | {r['case']} | {r['n']:.0e} | {r['analytic_speedup_vs_autograd']:.2f} | "
+                     f"{vs_compiled:.2f} | {r['fastest']} |")
+        if r["n"] >= min_n:
+            if r["analytic_speedup_vs_autograd"] < 2:
+                short.append(f"- {r['case']} at n={r['n']:.0e} ({r['device']}): eager analytic is "
+                             f"{r['analytic_speedup_vs_autograd']:.2f}x eager autograd (goal 2x)")
+            if vs_compiled < 1:
+                short.append(f"- {r['case']} at n={r['n']:.0e} ({r['device']}): best analytic is "
+                             f"{vs_compiled:.2f}x compiled autograd (goal >= 1)")
+            if not r["fastest"].startswith("analytic"):
+                short.append(f"- {r['case']} at n={r['n']:.0e} ({r['device']}): fastest is {r['fastest']}")
+    lines += ["", f"Where the goal (batch >= {min_n:.0e}) is not met:", ""] + (short or ["- nowhere"]) + [""]
+    return lines
 
 
 def render(meta: dict, rows: list[dict]) -> str:
@@ -199,13 +237,17 @@ def render(meta: dict, rows: list[dict]) -> str:
     lines = [
         "# Loss gradients: analytic vs autograd",
         "",
-        f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['machine']} {meta['processor'] or ''}"
-        + (f", CUDA: {meta['cuda']}" if meta.get("cuda") else ", no GPU") + ".",
-        "Median time of one forward + backward of the reduced loss (ms), implementations timed alternately.",
-        "`analytic` = closed-form backward (torch.autograd.Function); `autograd` = the same forward",
-        "differentiated by autograd; `+compile` = torch.compile of the same function; the rest are PyTorch built-ins.",
+        "Produced by `python scripts/bench_grads.py` "
+        f"(torch {meta['torch']}, {meta['threads']} thread(s), {meta['machine']} {meta['processor'] or ''}"
+        + (f", CUDA: {meta['cuda']}" if meta.get("cuda") else ", no GPU") + f", median of {meta['repeats']} repeats).",
+        "Time of one forward + backward of the reduced loss (ms); the implementations of one row are timed",
+        "alternately, so machine noise hits them alike. `analytic` = closed-form gradients computed in a fused",
+        "kernel (torch.autograd.Function); `autograd` = the same per-sample formula differentiated by autograd;",
+        "`+compile` = torch.compile (of the whole autograd loss; of the analytic kernels); the rest are PyTorch",
+        "built-ins computing the same loss. Inputs have the layout heads produce ([n, k] views of [k, n] memory).",
         "",
     ]
+    lines += summary(rows)
     for device in sorted({r["device"] for r in rows}):
         for case in dict.fromkeys(r["case"] for r in rows if r["device"] == device):
             sub = [r for r in rows if r["device"] == device and r["case"] == case]

@@ -34,8 +34,10 @@ def test_one_ok_result_per_job(headline_sweep):
         assert res["status"] == "ok", res.get("error")
         assert run_dir.name.endswith(f"loss={name}")  # run directories are named after the job's overrides
         m = res["metrics"]
-        for key in ("nll", "rmse", "oracle_nll", "kl_truth", "train_samples_per_s"):
+        for key in ("nll", "rmse", "oracle_nll", "kl_truth", "crps", "mace", "coverage90", "sharpness", "train_samples_per_s"):
             assert isinstance(m[key], float)
+        assert len(res["curves"]["pit_hist"]) == 20 and len(res["curves"]["calibration_observed"]) == 100
+        assert (run_dir / "predictive.png").exists() and (run_dir / "calibration.png").exists()
         # NLL minus oracle NLL equals the mean KL(true || predicted) up to sampling noise
         assert m["nll_gap"] == pytest.approx(m["nll"] - m["oracle_nll"])
         assert m["kl_truth"] > 0
@@ -52,7 +54,7 @@ def test_tensorboard_events_have_the_tags(headline_sweep):
         for tag in ("train/loss", "val/nll", "test/nll", "test/rmse", "test/oracle_nll", "test/kl_truth", "hp/nll"):
             assert tag in tags["scalars"], (run, tag)
         assert [e.step for e in ea.Scalars("val/nll")] == [20, 40]  # x-axis = optimisation steps
-        assert "predictive" in tags["images"]
+        assert {"predictive", "calibration"} <= set(tags["images"])
         assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(ea.PluginTagToContent("hparams"))
 
 

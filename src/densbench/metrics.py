@@ -103,12 +103,12 @@ class PredictiveMetrics(Metric):
         ps = torch.linspace(0.01, 0.99, SCORE_LEVELS, dtype=torch.float64, device=y.device)
         # check (pinball) score at the 99 quantile levels
         qc = q[_q_index(ps)]
-        self.check_score += (((qc >= yd).double() - ps.unsqueeze(-1)) * (qc - yd)).mean(0).sum() / SCORE_LEVELS
+        self.check_score += (((qc >= yd).double() - ps.unsqueeze(-1)) * (qc - yd)).mean(0).sum()
         # interval score of the central p intervals
         lo, hi = q[_q_index(0.5 - ps / 2)], q[_q_index(0.5 + ps / 2)]
         pen = (2.0 / (1 - ps)).unsqueeze(-1)
         score = (hi - lo) + pen * (lo - yd) * (lo > yd) + pen * (yd - hi) * (yd > hi)
-        self.interval_score += score.mean(0).sum() / SCORE_LEVELS
+        self.interval_score += score.mean(0).sum()
         for j, c in enumerate(COVERAGES):
             lo_c, hi_c = q[_q_index(torch.tensor(0.5 - c / 2))], q[_q_index(torch.tensor(0.5 + c / 2))]
             self.cover_hits[j] += ((yd >= lo_c) & (yd <= hi_c)).double().sum()
@@ -153,8 +153,8 @@ class PredictiveMetrics(Metric):
             out["miscal_area"] = _area_between(expected, diff)
             out["quantile_mace"] = (self.quantile_hits / n - expected).abs().mean()
             out["sharpness"] = (self.var / n).sqrt()
-            out["interval_score"] = self.interval_score
-            out["check_score"] = self.check_score
+            out["interval_score"] = self.interval_score / n
+            out["check_score"] = self.check_score / n
             for j, c in enumerate(COVERAGES):
                 out[f"coverage{int(round(100 * c))}"] = self.cover_hits[j] / n
                 out[f"width{int(round(100 * c))}"] = self.width[j] / n

@@ -207,10 +207,9 @@ def _short(key: tuple) -> str:
 
 
 def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from densbench.figures import calibration_figure
 
     out: dict[str, list[str]] = {"Comparison per dataset": [], "Calibration": [], "Predictive distributions": []}
     by_ds: dict[str, list[dict]] = defaultdict(list)
@@ -224,10 +223,14 @@ def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
         for ax, (m, h) in zip(axes[0], metrics):
             vals = [r.get(m, float("nan")) for r in rs]
             errs = [r.get(f"{m}_se") or 0.0 for r in rs]
-            ax.barh(range(len(rs)), vals, xerr=errs, color="#2E2585", alpha=0.75)
+            # points with error bars, not bars: NLL has no natural zero
+            ax.errorbar(vals, range(len(rs)), xerr=errs, fmt="o", color="#2E2585", ms=6, capsize=3)
+            ax.grid(axis="x", alpha=0.3)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+            ax.tick_params(axis="x", labelsize=8)
+            ax.set_ylim(len(rs) - 0.5, -0.5)
             ax.set_yticks(range(len(rs)), names if ax is axes[0, 0] else [""] * len(rs), fontsize=8)
             ax.set_title(h, fontsize=10)
-            ax.invert_yaxis()
         fig.suptitle(ds, fontsize=11)
         fig.tight_layout()
         name = f"compare_{ds}.png"
@@ -238,7 +241,7 @@ def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
         curves = runs[0].get("curves") or {}
         if not curves:
             continue
-        fig = calibration_figure(runs, title=" | ".join(str(k) for k in key))
+        fig = calibration_figure([r["curves"] for r in runs], title=" | ".join(str(k) for k in key))
         name = "calib_" + "_".join(str(k).replace("/", "-").replace("=", "") for k in key) + ".png"
         fig.savefig(out_dir / name, dpi=100)
         plt.close(fig)
@@ -253,50 +256,6 @@ def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
             out["Predictive distributions"].append(f"{target}{suffix}.png")
     out["Predictive distributions"] = sorted(set(out["Predictive distributions"]))[:24]
     return out
-
-
-def calibration_figure(runs: list[dict], title: str = ""):
-    """PIT histogram and calibration curve (reliability diagram for classes), averaged over runs."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    def avg(name):
-        arrs = [np.asarray(r["curves"][name], dtype=float) for r in runs if name in (r.get("curves") or {})]
-        return np.mean(arrs, 0) if arrs else None
-
-    pit, exp, obs = avg("pit_hist"), avg("calibration_expected"), avg("calibration_observed")
-    conf, acc, cnt = avg("reliability_conf"), avg("reliability_acc"), avg("reliability_count")
-    panels = [p for p in (pit is not None, exp is not None or conf is not None) if p]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    i = 0
-    if pit is not None:
-        ax = axes[0, i]
-        b = len(pit)
-        ax.bar((np.arange(b) + 0.5) / b, pit * b, width=1 / b, color="#2E2585", alpha=0.75)
-        ax.axhline(1.0, color="grey", ls="--", lw=1)
-        ax.set_xlabel("PIT value")
-        ax.set_ylabel("density")
-        ax.set_title("PIT histogram", fontsize=10)
-        i += 1
-    ax = axes[0, i] if i < len(panels) else None
-    if ax is not None and exp is not None:
-        ax.plot(exp, obs, color="#2E2585", lw=1.8, label="model")
-        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="ideal")
-        ax.set_xlabel("expected proportion in central interval")
-        ax.set_ylabel("observed proportion")
-        ax.set_title("calibration curve", fontsize=10)
-        ax.legend(fontsize=8)
-    elif ax is not None and conf is not None:
-        keep = cnt > 0
-        ax.plot(conf[keep], acc[keep], "o-", color="#2E2585", lw=1.5, label="model")
-        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="ideal")
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("observed frequency")
-        ax.set_title("reliability diagram (15 bins)", fontsize=10)
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 class SweepReport(Callback):

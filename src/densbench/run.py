@@ -221,17 +221,7 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
             logger.log_hyperparams(_flat_hparams(cfg), {f"hp/{k}": v for k, v in metrics.items() if math.isfinite(v)})
             artifacts["tensorboard"] = os.path.relpath(logger.log_dir, run_dir)
         if cfg.get("figures", True):
-            from densbench.figures import predictive_figure
-
-            fig = predictive_figure(module.cpu(), prep, title=_title(cfg))
-            fig.savefig(run_dir / "predictive.png", dpi=110)
-            if logger:
-                logger.experiment.add_figure("predictive", fig, global_step=int(logged.get("train/opt_steps", 0)))
-                logger.experiment.flush()
-            artifacts["figure"] = "predictive.png"
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+            artifacts.update(_figures(cfg, module, prep, curves, run_dir, logger, int(logged.get("train/opt_steps", 0))))
     return {
         "metrics": metrics,
         "curves": curves,
@@ -251,6 +241,27 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
         "artifacts": artifacts,
         "is_rank_zero": trainer.is_global_zero,
     }
+
+
+def _figures(cfg, module, prep, curves, run_dir: Path, logger, step: int) -> dict[str, str]:
+    """Predictive-distribution and calibration figures: PNGs in the run directory and TensorBoard images."""
+    import matplotlib.pyplot as plt
+
+    from densbench.figures import calibration_figure, predictive_figure
+
+    out = {}
+    figs = {"figure": ("predictive", predictive_figure(module.cpu(), prep, title=_title(cfg)))}
+    if curves:
+        figs["calibration_figure"] = ("calibration", calibration_figure([curves], title=_title(cfg)))
+    for key, (name, fig) in figs.items():
+        fig.savefig(run_dir / f"{name}.png", dpi=110)
+        if logger:
+            logger.experiment.add_figure(name, fig, global_step=step)
+        plt.close(fig)
+        out[key] = f"{name}.png"
+    if logger:
+        logger.experiment.flush()
+    return out
 
 
 def _quiet_lightning() -> None:

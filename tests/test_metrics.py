@@ -1,0 +1,173 @@
+"""Scores and calibration against independent implementations and closed-form cases."""
+
+import math
+
+import numpy as np
+import properscoring as ps
+import pytest
+import scoringrules as sr
+import torch
+import uncertainty_toolbox as uct
+from scipy import stats
+from torch.distributions import Bernoulli, Categorical, Normal, Poisson
+from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
+
+from densbench.distributions import NormalMixture, cdf, crps, pit, quantile
+from densbench.metrics import PredictiveMetrics
+
+F64 = torch.float64
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _normal_case(n=400, seed=0, narrow=1.0):
+    g = _gen(seed)
+    loc = torch.randn(n, generator=g, dtype=F64)
+    scale = torch.rand(n, generator=g, dtype=F64) + 0.3
+    y = loc + scale * narrow * torch.randn(n, generator=g, dtype=F64) * 1.3
+    return Normal(loc, scale), y
+
+
+def _mixture_case(n=300, k=3, seed=1):
+    g = _gen(seed)
+    logits = torch.randn(n, k, generator=g, dtype=F64)
+    loc = 2 * torch.randn(n, k, generator=g, dtype=F64)
+    scale = torch.rand(n, k, generator=g, dtype=F64) + 0.2
+    y = 2 * torch.randn(n, generator=g, dtype=F64)
+    return NormalMixture(logits, loc, scale), y
+
+
+def test_reference_check_values():
+    # REFERENCE.md section 3
+    assert crps(Normal(torch.tensor(0.1, dtype=F64), torch.tensor(0.4, dtype=F64)), torch.tensor(0.0, dtype=F64)).item() == pytest.approx(0.1033999, abs=1e-7)
+    m = NormalMixture(torch.tensor([[0.1, 0.2, 0.7]], dtype=F64).log(), torch.tensor([[0.1, -0.3, 1.0]], dtype=F64),
+                      torch.tensor([[0.4, 2.1, 0.7]], dtype=F64))
+    assert crps(m, torch.zeros(1, dtype=F64)).item() == pytest.approx(0.468068667, abs=1e-9)
+
+
+def test_crps_gaussian_matches_properscoring():
+    dist, y = _normal_case()
+    ref = ps.crps_gaussian(y.numpy(), mu=dist.loc.numpy(), sig=dist.scale.numpy())
+    assert np.allclose(crps(dist, y).numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_crps_mixture_matches_scoringrules():
+    dist, y = _mixture_case()
+    ref = sr.crps_mixnorm(y.numpy(), dist.loc.numpy(), dist.scale.numpy(), w=dist.weights.numpy(), backend="numpy")
+    assert np.allclose(crps(dist, y).numpy(), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_discrete_crps_against_direct_sums():
+    g = _gen(2)
+    rate = torch.rand(50, generator=g, dtype=F64) * 8 + 0.1
+    y = torch.poisson(rate, generator=g)
+    ks = np.arange(0, 200)
+    ref = [((stats.poisson.cdf(ks, r) - (yy <= ks)) ** 2).sum() for r, yy in zip(rate.numpy(), y.numpy())]
+    assert np.allclose(crps(Poisson(rate), y).numpy(), ref, rtol=1e-9)
+    probs = torch.softmax(torch.randn(40, 4, generator=g, dtype=F64), -1)
+    yc = torch.randint(0, 4, (40,), generator=g)
+    ref_c = ((np.cumsum(probs.numpy(), -1) - (yc.numpy()[:, None] <= np.arange(4))) ** 2).sum(-1)
+    assert np.allclose(crps(Categorical(probs=probs), yc).numpy(), ref_c)
+    p = torch.rand(30, generator=g, dtype=F64)
+    yb = torch.bernoulli(p, generator=g)
+    assert np.allclose(crps(Bernoulli(probs=p), yb).numpy(), ((p - yb) ** 2).numpy())
+
+
+def test_mixture_cdf_and_bisection_quantiles():
+    dist, y = _mixture_case(n=20)
+    w, m, s = dist.weights.numpy(), dist.loc.numpy(), dist.scale.numpy()
+    ref = (w * stats.norm.cdf((y.numpy()[:, None] - m) / s)).sum(-1)
+    assert np.allclose(cdf(dist, y).numpy(), ref, rtol=1e-12)
+    ps_ = torch.tensor([0.005, 0.1, 0.5, 0.9, 0.995], dtype=F64)
+    q = quantile(dist, ps_)
+    assert torch.allclose(cdf(dist, q), ps_.view(-1, 1).expand_as(q), atol=1e-12)
+
+
+def test_randomised_pit_of_poisson_draws_is_uniform():
+    g = _gen(3)
+    rate = torch.rand(20000, generator=g, dtype=F64) * 5 + 0.2
+    y = torch.poisson(rate, generator=g)
+    u = pit(Poisson(rate), y, torch.rand(20000, generator=g, dtype=F64))
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 0.01
+    plain = cdf(Poisson(rate), y)  # the non-randomised PIT of counts is not uniform
+    assert stats.kstest(plain.numpy(), "uniform").pvalue < 1e-6
+
+
+def _metrics(dist, y, task="regression", **kw):
+    m = PredictiveMetrics(task, **kw)
+    m.update(dist, y)
+    return {k: float(v) for k, v in m.compute().items()}, m
+
+
+def test_gaussian_calibration_metrics_match_uncertainty_toolbox():
+    dist, y = _normal_case(n=500)
+    out, _ = _metrics(dist, y)
+    mu, sd, yy = dist.loc.numpy(), dist.scale.numpy(), y.numpy()
+    assert out["mace"] == pytest.approx(uct.mean_absolute_calibration_error(mu, sd, yy), abs=1e-12)
+    assert out["rmsce"] == pytest.approx(uct.root_mean_squared_calibration_error(mu, sd, yy), abs=1e-12)
+    assert out["miscal_area"] == pytest.approx(uct.miscalibration_area(mu, sd, yy), abs=1e-9)
+    assert out["sharpness"] == pytest.approx(uct.sharpness(sd), rel=1e-12)
+    assert out["interval_score"] == pytest.approx(uct.interval_score(mu, sd, yy), rel=1e-9)
+    assert out["check_score"] == pytest.approx(uct.check_score(mu, sd, yy), rel=1e-9)
+    assert out["nll"] == pytest.approx(-stats.norm.logpdf(yy, mu, sd).mean(), rel=1e-12)
+    assert out["crps"] == pytest.approx(ps.crps_gaussian(yy, mu, sd).mean(), rel=1e-10)
+    assert out["rmse"] == pytest.approx(math.sqrt(((mu - yy) ** 2).mean()), rel=1e-12)
+
+
+def test_calibrated_sample_has_small_error_and_narrow_predictor_undercovers():
+    g = _gen(4)
+    loc = torch.randn(20000, generator=g, dtype=F64)
+    scale = torch.rand(20000, generator=g, dtype=F64) + 0.5
+    y = loc + scale * torch.randn(20000, generator=g, dtype=F64)
+    good, _ = _metrics(Normal(loc, scale), y)
+    narrow, _ = _metrics(Normal(loc, scale / 2), y)
+    assert good["mace"] < 0.01 and abs(good["coverage90"] - 0.9) < 0.01 and good["pit_ks"] < 0.01
+    assert narrow["coverage90"] < 0.65 and narrow["coverage50"] < 0.3 and narrow["mace"] > 0.15
+    assert narrow["width90"] == pytest.approx(good["width90"] / 2, rel=1e-9)
+
+
+def test_mixture_scored_as_mixture_not_moments():
+    # bimodal truth: a moment-matched Gaussian would put 90% intervals over the empty middle
+    g = _gen(5)
+    n = 8000
+    loc = torch.tensor([[-3.0, 3.0]], dtype=F64).expand(n, 2)
+    scale = torch.full((n, 2), 0.5, dtype=F64)
+    dist = NormalMixture(torch.zeros(n, 2, dtype=F64), loc, scale)
+    y = torch.where(torch.rand(n, generator=g, dtype=F64) < 0.5, -3.0, 3.0) + 0.5 * torch.randn(n, generator=g, dtype=F64)
+    out, _ = _metrics(dist, y)
+    assert out["mace"] < 0.015 and abs(out["coverage90"] - 0.9) < 0.015
+    ref = sr.crps_mixnorm(y.numpy(), loc.numpy(), scale.numpy(), w=np.full((n, 2), 0.5), backend="numpy").mean()
+    assert out["crps"] == pytest.approx(ref, rel=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass"])
+def test_ece_and_accuracy_match_torchmetrics(kind):
+    g = _gen(6)
+    if kind == "binary":
+        p = torch.rand(1000, generator=g, dtype=F64)
+        y = torch.bernoulli(p ** 0.7, generator=g)
+        out, _ = _metrics(Bernoulli(probs=p), y, task="binary")
+        ref = BinaryCalibrationError(n_bins=15)(p.float(), y.long())
+        acc = ((p > 0.5).double() == y).double().mean()
+    else:
+        probs = torch.softmax(2 * torch.randn(1000, 5, generator=g, dtype=F64), -1)
+        y = torch.multinomial(probs, 1, generator=g)[:, 0]
+        out, _ = _metrics(Categorical(probs=probs), y, task="multiclass")
+        ref = MulticlassCalibrationError(num_classes=5, n_bins=15)(probs.float(), y)
+        acc = (probs.argmax(-1) == y).double().mean()
+    assert out["ece"] == pytest.approx(float(ref), abs=1e-6)
+    assert out["accuracy"] == pytest.approx(float(acc))
+
+
+def test_states_are_sums_so_batches_combine_exactly():
+    dist, y = _normal_case(n=600)
+    whole = PredictiveMetrics("regression")
+    whole.update(dist, y)
+    parts = PredictiveMetrics("regression")
+    for sl in (slice(0, 250), slice(250, 600)):
+        parts.update(Normal(dist.loc[sl], dist.scale[sl]), y[sl])
+    a, b = whole.compute(), parts.compute()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-12, atol=1e-15), k
