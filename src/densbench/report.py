@@ -42,6 +42,27 @@ CSV_METRICS = [
 ]
 
 
+# REFERENCE.md section 2: RMSE and test NLL (mean, standard error over the 20 splits)
+PUBLISHED = {
+    "boston": {
+        "PBP": ((3.01, 0.18), (2.57, 0.09)),
+        "MC dropout (paper)": ((2.97, 0.19), (2.46, 0.06)),
+        "MC dropout (2018 rerun)": ((2.90, 0.18), (2.40, 0.04)),
+        "Deep Ensembles (M=5)": ((3.28, 1.00), (2.41, 0.25)),
+    },
+    "concrete": {
+        "PBP": ((5.67, 0.09), (3.16, 0.02)),
+        "MC dropout (paper)": ((5.23, 0.12), (3.04, 0.02)),
+        "MC dropout (2018 rerun)": ((4.82, 0.16), (2.93, 0.02)),
+        "Deep Ensembles (M=5)": ((6.03, 0.58), (3.06, 0.18)),
+    },
+}
+PUBLISHED_PROTOCOL = (
+    "Published protocol: 20 random 90/10 splits, one hidden layer of 50 ReLU units, 40 epochs, inputs and "
+    "targets standardised on the training split, NLL with the ½ log 2π constant in original units."
+)
+
+
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
@@ -178,6 +199,7 @@ def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, lis
             lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {r['device']} | {r['analytic']:.0f} | "
                          f"{r['autograd']:.0f} | {r['ratio']:.2f} |")
         lines.append("")
+    lines += _published_section(results)
     bad = [(p, r) for p, r in results if r.get("status") != "ok"]
     if bad:
         lines += ["## Runs that did not finish", "", "| run | status | error |", "|---|---|---|"]
@@ -199,6 +221,44 @@ def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, lis
                      f"{lab.get('grad')} | {lab.get('device')} | {ss} | {_fmt(nll, None)} | {r.get('wall_time_s', float('nan')):.1f} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _published_section(results) -> list[str]:
+    """densbench's UCI-protocol runs beside the published PBP, MC dropout and Deep Ensembles figures."""
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for _, r in results:
+        lab, cfg = r.get("labels", {}), r.get("config", {})
+        if r.get("status") == "ok" and lab.get("dataset") in PUBLISHED and cfg.get("dataset", {}).get("protocol") == "uci":
+            by[(lab["dataset"], lab["loss"], lab["head"], lab["grad"])].append(r)
+    if not by:
+        return []
+    lines = ["## UCI benchmark beside published results", "", PUBLISHED_PROTOCOL, ""]
+    for ds in sorted({k[0] for k in by}):
+        lines += [f"### {ds}", "", "| method | splits | RMSE | test NLL |", "|---|---|---|---|"]
+        for name, ((rm, rse), (nm, nse)) in PUBLISHED[ds].items():
+            lines.append(f"| {name} (published) | 20 | {rm:.2f} ± {rse:.2f} | {nm:.2f} ± {nse:.2f} |")
+        notes = set()
+        for key, runs in sorted(by.items()):
+            if key[0] != ds:
+                continue
+            rm, rse = _mean_se([r["metrics"].get("rmse") for r in runs])
+            nm, nse = _mean_se([r["metrics"].get("nll") for r in runs])
+            lines.append(f"| densbench {key[1]} ({key[2]}, grad={key[3]}) | {len(runs)} | {_fmt(rm, rse, 2)} | **{_fmt(nm, nse, 2)}** |")
+            notes.add(_protocol_note(runs[0]))
+        lines += [""] + [f"densbench protocol: {n}" for n in sorted(notes)] + [""]
+    return lines
+
+
+def _protocol_note(res: dict) -> str:
+    c = res.get("config", {})
+    t, d, o, m = c.get("trainer", {}), c.get("dataset", {}), c.get("optimizer", {}), c.get("model", {})
+    epochs = f"{t.get('max_epochs')} epochs" if t.get("max_epochs") else f"{t.get('max_steps')} steps"
+    val = d.get("val_fraction") or 0
+    select = (f"the epoch with the best NLL on {val:.0%} of the training split held out (trains on {1 - val:.0%} of it)"
+              if val else "the last epoch (no validation split, as published)")
+    opt = str(o.get("_target_", "")).rsplit(".", 1)[-1]
+    return (f"hidden layers {m.get('hidden')} ({m.get('activation')}), {epochs}, batch {t.get('batch_size')}, {opt} "
+            f"lr {o.get('lr')}, weight decay {o.get('weight_decay')}; tested at {select}.")
 
 
 def _short(key: tuple) -> str:

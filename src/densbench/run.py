@@ -200,6 +200,7 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
     module, dm, trainer, ckpt, logger, data, prep = b.module, b.datamodule, b.trainer, b.checkpoint, b.logger, b.data, b.prep
     has_val, total, eval_every, per_call, batch = b.has_val, b.total_steps, b.eval_every, b.steps_per_call, b.batch_size
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    last_val = trainer.callback_metrics.get("val/nll")
     best = ckpt.best_model_path if has_val and ckpt.best_model_path else None
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
 
@@ -232,6 +233,7 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
             "steps_per_call": per_call,
             "batch_size": batch,
             "best_val_nll": float(ckpt.best_model_score) if has_val and ckpt.best_model_score is not None else None,
+            "last_val_nll": float(last_val) if last_val is not None else None,
             "model_selection": "best val/nll checkpoint" if has_val else "last weights (no validation split)",
             "n_train": len(data.train),
             "n_val": len(data.val),

@@ -84,6 +84,10 @@ def _target(col, task: str, source: str) -> tuple[np.ndarray, int | None]:
     if task == "multiclass":
         if col.isna().any():
             raise DataError(f"{source}: target column {name!r} has {int(col.isna().sum())} missing values")
+        if pd.api.types.is_float_dtype(col) and (col != col.round()).any():
+            bad = col[col != col.round()].iloc[0]
+            raise DataError(f"{source}: target column {name!r} holds non-integer class label {bad} for task=multiclass; "
+                            "use integer or text labels")
         codes, uniques = pd.factorize(col, sort=True)
         return codes.astype(np.int64), len(uniques)
     if not pd.api.types.is_numeric_dtype(col):
@@ -153,7 +157,7 @@ def csv(cfg) -> Data:
     if not cfg.get("target"):
         raise DataError(f"dataset=csv needs dataset.target=<column>; columns are: {', '.join(frame.columns)}")
     features = list(cfg.features) if cfg.get("features") else None
-    return _from_frame("csv", frame, str(cfg.target), str(cfg.task), features, cfg, f"dataset.path={path!r}")
+    return _from_frame("csv", frame, str(cfg.target), str(cfg.get("task", "regression")), features, cfg, f"dataset.path={path!r}")
 
 
 LOADERS: dict[str, Callable[..., Data]] = {name: rdataset(name) for name in RDATASETS}
