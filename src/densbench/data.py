@@ -270,7 +270,13 @@ class Prepared:
     x_scaler: Standardizer
     y_scaler: Standardizer
     splits: dict[str, tuple[Tensor, Tensor]]  # split -> (x scaled, y scaled)
-    truth: dict[str, Distribution | None]  # split -> p(y | x) in original units
+
+    def truth(self, split: str) -> Distribution | None:
+        """p(y | x) of a split's rows in original units, where the data's truth is known."""
+        idx = getattr(self.data, split)
+        if self.data.truth is None or not len(idx):
+            return None
+        return self.data.truth(torch.as_tensor(self.data.x[idx], dtype=torch.float64))
 
     @property
     def target_loc(self) -> float:
@@ -295,7 +301,7 @@ def prepare(data: Data, scale_x: bool = True, scale_y: bool = True) -> Prepared:
         if scale_y and data.task == "regression"
         else Standardizer.identity(1)
     )
-    splits, truth = {}, {}
+    splits = {}
     for name in ("train", "val", "test"):
         idx = getattr(data, name)
         x = torch.as_tensor(xs(data.x[idx]), dtype=torch.float64)
@@ -304,17 +310,12 @@ def prepare(data: Data, scale_x: bool = True, scale_y: bool = True) -> Prepared:
         else:
             y = torch.as_tensor(ys(data.y[idx].reshape(-1, 1).astype(np.float64)), dtype=torch.float64)
         splits[name] = (x, y)
-        truth[name] = (
-            data.truth(torch.as_tensor(data.x[idx], dtype=torch.float64))
-            if data.truth is not None and len(idx)
-            else None
-        )
-    return Prepared(data, xs, ys, splits, truth)
+    return Prepared(data, xs, ys, splits)
 
 
 def gaussian_truth_scaled(prep: Prepared, split: str) -> tuple[Tensor, Tensor]:
     """Mean [n, 1] and variance [n, 1] of a Gaussian truth in standardised target units."""
-    t = prep.truth[split]
+    t = prep.truth(split)
     if not isinstance(t, Normal):
         raise DataError(f"dataset {prep.data.name} has no Gaussian truth")
     loc = (t.loc - prep.target_loc) / prep.target_scale

@@ -1,7 +1,7 @@
 """One job: validate, build, train, test, and write the run directory's result.json.
 
-Everything a result needs travels through Lightning's logged metrics (``trainer.callback_metrics``),
-so it reaches this process whichever strategy ran the training (one process, DDP, DDP spawn).
+Results are read from the module and callbacks of global rank zero, which under every supported
+strategy (one process, DDP started by Lightning, torchrun or Slurm) is this process.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from densbench.results import RESULT_FILE, config_hash, read_result, write_json_atomic
 
-CURVE_PREFIX = "curve/"
 TRACEBACK_FILE = "traceback.txt"
 CONFIG_HASH_FILE = "config_hash.txt"
 INTERRUPTED_CKPT = "interrupted"  # written by Lightning on SIGTERM or an exception mid-training
@@ -92,6 +91,7 @@ class Built:
     datamodule: Any
     trainer: Any
     checkpoint: Any
+    throughput: Any
     logger: Any
     total_steps: int
     eval_every: int
@@ -153,6 +153,13 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
         samples_per_step=batch or len(data.train),
     )
     class_targets = cfg.loss.name == "glm" and head.family == "categorical"
+    from densbench.losses import use_compiled_kernels
+
+    # set for every job: the kernels are process-wide and a sweep runs many jobs in one process
+    use_compiled_kernels(bool(t.compile) and cfg.grad == "analytic")
+    if t.compile:
+        module.backbone.compile(mode=t.compile_mode)
+        module.head.compile(mode=t.compile_mode)
     dm = DensityData(prep, batch, eval_every, per_call, int(cfg.seed), cfg.loss.name == "kl", class_targets)
 
     throughput = Throughput()
@@ -191,28 +198,23 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
     )
-    return Built(data, prep, module, dm, trainer, ckpt, logger, total, eval_every, per_call, batch)
+    return Built(data, prep, module, dm, trainer, ckpt, throughput, logger, total, eval_every, per_call, batch)
 
 
 def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
     """Train and test one configuration; returns metrics, curves and run facts for result.json."""
     b = build(cfg, run_dir)
-    module, dm, trainer, ckpt, logger, data, prep = b.module, b.datamodule, b.trainer, b.checkpoint, b.logger, b.data, b.prep
+    module, dm, trainer, ckpt, throughput, logger = b.module, b.datamodule, b.trainer, b.checkpoint, b.throughput, b.logger
+    data, prep = b.data, b.prep
     has_val, total, eval_every, per_call, batch = b.has_val, b.total_steps, b.eval_every, b.steps_per_call, b.batch_size
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     last_val = trainer.callback_metrics.get("val/nll")
     best = ckpt.best_model_path if has_val and ckpt.best_model_path else None
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
 
-    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics = {k[len("test/") :]: v for k, v in logged.items() if k.startswith("test/")}
-    metrics.update({k[len("throughput/") :]: v for k, v in logged.items() if k.startswith("throughput/")})
-    curves: dict[str, list[float]] = {}
-    for k, v in logged.items():
-        if k.startswith(CURVE_PREFIX):
-            name, i = k[len(CURVE_PREFIX) :].rsplit("/", 1)
-            curves.setdefault(name, []).append((int(i), v))
-    curves = {k: [v for _, v in sorted(items)] for k, items in curves.items()}
+    metrics = dict(module.test_results)
+    metrics.update(throughput.summary(trainer.strategy.root_device))
+    curves = module.test_curves
 
     artifacts: dict[str, str] = {}
     if trainer.is_global_zero:
@@ -222,12 +224,12 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
             logger.log_hyperparams(_flat_hparams(cfg), {f"hp/{k}": v for k, v in metrics.items() if math.isfinite(v)})
             artifacts["tensorboard"] = os.path.relpath(logger.log_dir, run_dir)
         if cfg.get("figures", True):
-            artifacts.update(_figures(cfg, module, prep, curves, run_dir, logger, int(logged.get("train/opt_steps", 0))))
+            artifacts.update(_figures(cfg, module, prep, curves, run_dir, logger, module.opt_steps))
     return {
         "metrics": metrics,
         "curves": curves,
         "train": {
-            "opt_steps": int(logged.get("train/opt_steps", 0)),
+            "opt_steps": module.opt_steps,
             "max_steps": total,
             "eval_every": eval_every,
             "steps_per_call": per_call,

@@ -285,8 +285,7 @@ class Throughput(pl.Callback):
         self.eval_time = time.perf_counter() - self._te
         n = torch.tensor(float(pl_module.test_samples), device=trainer.strategy.root_device)
         self.eval_samples = int(trainer.strategy.reduce(n, reduce_op="sum"))
-        device = trainer.strategy.root_device
-        pl_module.log_dict({f"throughput/{k}": torch.tensor(v, dtype=torch.float64, device=device) for k, v in self.summary(device).items()})
+        pl_module.log_scalars({f"throughput/{k}": v for k, v in self.summary(trainer.strategy.root_device).items()})
 
     def summary(self, device: torch.device) -> dict[str, float]:
         """Throughput figures for result.json and TensorBoard."""

@@ -96,6 +96,7 @@ def check_config(cfg: DictConfig) -> None:
     _positive("trainer.devices", t.devices, integer=True)
     _positive("trainer.num_nodes", t.num_nodes, integer=True)
     _positive("optimizer.lr", cfg.optimizer.lr)
+    _one_of("trainer.compile_mode", t.compile_mode, ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
 
     d = cfg.dataset
     for key in ("val_fraction", "test_fraction"):
