@@ -68,6 +68,9 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("densbench.name"):
         # cached: jobs of a sweep inherit the main process's value even when run elsewhere
         OmegaConf.register_new_resolver("densbench.name", run_name, use_cache=True)
+    if not OmegaConf.has_resolver("densbench.gpus"):
+        # GPUs to ask a cluster for: the device count when the trainer runs on GPUs, else none
+        OmegaConf.register_new_resolver("densbench.gpus", lambda acc, n: int(n) if acc in ("gpu", "cuda") else 0)
     if not OmegaConf.has_resolver("densbench.slug"):
         OmegaConf.register_new_resolver("densbench.slug", lambda s: slug(s) if s else "default")
 

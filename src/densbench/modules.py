@@ -3,6 +3,7 @@ live in ``losses``, ``distributions`` and ``metrics``."""
 
 from __future__ import annotations
 
+import gc
 from functools import partial
 from typing import Callable
 
@@ -84,6 +85,13 @@ class DensityModule(pl.LightningModule):
         strategy = self.trainer.strategy
         self._plain = isinstance(strategy, SingleDeviceStrategy) and str(self.trainer.precision) in ("32-true", "64-true")
         self.train_loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        # every step allocates autograd objects and triggers Python's cyclic GC, whose full passes
+        # would walk all of Lightning's (and earlier jobs') long-lived objects: take those out of it
+        gc.collect()
+        gc.freeze()
+
+    def on_fit_end(self) -> None:
+        gc.unfreeze()
 
     def training_step(self, chunk: Chunk, batch_idx: int) -> None:
         opt = self.optimizers()
@@ -92,7 +100,7 @@ class DensityModule(pl.LightningModule):
         chunk_losses = []
         for t in range(self.opt_steps, self.opt_steps + chunk.steps):
             x, y, extra = chunk.source.batch(t)
-            loss = self.loss(self(x), y, extra)
+            loss = self.loss(self.forward(x), y, extra)  # forward directly: no module hooks on the hot path
             if self._plain:
                 raw_opt.zero_grad(set_to_none=True)
                 loss.backward()

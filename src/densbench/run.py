@@ -72,12 +72,23 @@ def _check_device(cfg: DictConfig) -> None:
     t = cfg.trainer
     if t.accelerator in ("gpu", "cuda") and torch.cuda.device_count() < int(t.devices):
         raise Skipped(f"trainer.accelerator={t.accelerator} needs {t.devices} CUDA device(s); this machine has {torch.cuda.device_count()}")
-    external = any(k in os.environ for k in ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
-    if str(t.strategy).startswith("ddp") and not str(t.strategy).startswith("ddp_spawn") and _is_multirun() and not external:
+    strategy = str(t.strategy)
+    if strategy.startswith("ddp_spawn") or strategy.startswith("ddp_fork") or strategy.startswith("ddp_notebook"):
         raise ConfigError(
-            f"trainer.strategy={t.strategy} re-runs the command line in every process, so inside a multirun each "
-            "process would start the whole sweep again; use trainer=ddp_spawn for sweeps, launcher=slurm "
-            "(Slurm starts one task per device), or run DDP jobs one at a time without -m"
+            f"trainer.strategy={strategy} is not supported: the results would stay in the spawned processes; "
+            "use trainer=ddp (Lightning starts the processes and rank 0 is this one)"
+        )
+    # Slurm tasks or torchrun processes are the ranks themselves; otherwise Lightning re-runs the
+    # command line for every extra rank, which inside a multirun would start the whole sweep again
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    external = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if strategy.startswith("ddp") and _is_multirun() and not external:
+        raise ConfigError(
+            f"trainer.strategy={strategy} cannot run inside a multirun on this machine: every extra process "
+            "would re-run the sweep command and start the sweep again. Run DDP jobs one at a time (without -m), "
+            "sweep them on a cluster with launcher=slurm (Slurm starts one task per device), or sweep "
+            "single-device jobs in parallel with launcher=parallel"
         )
 
 
