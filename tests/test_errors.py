@@ -30,6 +30,9 @@ def _check(*overrides):
         (["loss=mdn", "head.components=0"], r"head.components=0 must be a positive integer"),
         (["head.positivity=relu"], r"head.positivity='relu' is not allowed; choose one of: softplus, exp"),
         (["trainer.batch_size=0"], r"trainer.batch_size=0 must be a positive integer or null"),
+        (["model.hidden=[16,0]"], r"model.hidden=\[16, 0\] must be a list of positive integers"),
+        (["trainer.eval_every=-5"], r"trainer.eval_every=-5 must be a positive integer or null"),
+        (["trainer.compile_mode=fast"], r"trainer.compile_mode='fast' is not allowed; choose one of: default, reduce-overhead"),
         (["optimizer.lr=-1"], r"optimizer.lr=-1 must be a positive number"),
     ],
 )
@@ -46,6 +49,11 @@ def test_failed_job_records_the_error_and_trains_nothing(tmp_path):
     assert "loss=kl trains on the true Gaussian" in saved["error"] and saved["error_kind"] == "invalid input"
     assert saved["config"]["dataset"]["name"] == "two_sines"
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tb").exists()
+
+
+def test_ddp_spawn_is_refused_with_what_to_use(tmp_path):
+    res = run_job(make_cfg("experiment=fast", "trainer=ddp", "trainer.strategy=ddp_spawn"), tmp_path)
+    assert res["status"] == "failed" and "trainer.strategy=ddp_spawn is not supported" in res["error"] and "use trainer=ddp" in res["error"]
 
 
 def test_gpu_job_without_gpu_is_skipped(tmp_path):

@@ -161,7 +161,9 @@ class DensityModule(pl.LightningModule):
         checkpoint["opt_steps"] = self.opt_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.opt_steps = int(checkpoint.get("opt_steps", 0))
+        # resuming a fit continues the step count; loading the best weights for testing does not rewind it
+        if self._trainer is None or self.trainer.state.fn == "fit":
+            self.opt_steps = int(checkpoint.get("opt_steps", 0))
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: EvalBatch, metrics: PredictiveMetrics, truth: bool) -> None:

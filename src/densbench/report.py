@@ -12,6 +12,7 @@ import csv
 import math
 import shutil
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from densbench.results import find_results
+from densbench.results import RESULT_FILE, find_results
 
 GROUP_KEYS = ("dataset", "head", "loss", "grad", "device")
 # (metric, header, lower is better); the main table's columns
@@ -297,14 +298,19 @@ def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
         fig.savefig(out_dir / name, dpi=100)
         plt.close(fig)
         out["Comparison per dataset"].append(name)
+    run_dirs = {id(r): p for p, r in results}
     for key, runs in groups.items():
         curves = runs[0].get("curves") or {}
         if not curves:
             continue
-        fig = calibration_figure([r["curves"] for r in runs], title=" | ".join(str(k) for k in key))
         name = "calib_" + "_".join(str(k).replace("/", "-").replace("=", "") for k in key) + ".png"
-        fig.savefig(out_dir / name, dpi=100)
-        plt.close(fig)
+        own = run_dirs[id(runs[0])] / str((runs[0].get("artifacts") or {}).get("calibration_figure", ""))
+        if len(runs) == 1 and own.is_file():
+            shutil.copyfile(own, out_dir / name)  # one run: its own figure already shows it
+        else:
+            fig = calibration_figure([r["curves"] for r in runs], title=" | ".join(str(k) for k in key))
+            fig.savefig(out_dir / name, dpi=100)
+            plt.close(fig)
         out["Calibration"].append(name)
     for p, r in results:
         fig_name = (r.get("artifacts") or {}).get("figure")
@@ -321,6 +327,9 @@ def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
 class SweepReport(Callback):
     """Hydra callback: after a multirun, write the report and make the exit status say if jobs failed."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started = time.time()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         results = find_results(sweep_dir)
@@ -328,9 +337,13 @@ class SweepReport(Callback):
             out = Path(config.report.dir) / sweep_dir.name
             path = write_report(sweep_dir, out)
             print(f"densbench: report written to {path}")
-        failed = [r for _, r in results if r.get("status") in ("failed", "interrupted")]
+        # the exit status is about the jobs this command ran; results of earlier runs in the same
+        # directory (kept by resume) are in the report but not in the count
+        started = getattr(self, "_started", 0.0)
+        ran = [r for p, r in results if (p / RESULT_FILE).stat().st_mtime >= started]
+        failed = [r for r in ran if r.get("status") in ("failed", "interrupted")]
         if failed:
-            print(f"densbench: {len(failed)} of {len(results)} runs failed; see the report", file=sys.stderr)
+            print(f"densbench: {len(failed)} of {len(ran)} runs failed; see the report", file=sys.stderr)
             sys.exit(1)
 
 

@@ -187,6 +187,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
         enable_version_counter=False,
     )
     callbacks.append(ckpt)
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if has_val and t.early_stopping_patience:
         callbacks.append(EarlyStopping("val/nll", patience=int(t.early_stopping_patience), mode="min", check_finite=False))
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") and "_target_" in cfg.logger else False
@@ -332,7 +333,8 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    chash = config_hash(resolved)
+    # the hash covers what can change a result, not bookkeeping switches
+    chash = config_hash({k: v for k, v in resolved.items() if k not in ("resume", "report", "name")})
     base = {"config": resolved, "config_hash": chash, "labels": labels(cfg), "run_dir": str(run_dir)}
 
     previous = read_result(run_dir)
@@ -357,6 +359,8 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         result.update(status="interrupted", error=f"{type(exc).__name__}: interrupted; rerun the same command to resume")
         if _rank() == 0:
             _finish(result, run_dir, start)
+        if isinstance(exc, SystemExit) and not exc.code:
+            raise SystemExit(128 + 15) from exc  # Lightning's SIGTERM exit carries no status: say it was SIGTERM
         raise
     except Exception as exc:  # noqa: BLE001 - the job boundary records every failure
         from densbench.modules import Diverged

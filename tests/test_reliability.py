@@ -1,0 +1,102 @@
+"""A sweep survives its worst members, reruns resume only what did not finish, an interrupted run
+resumes from its checkpoint, and the same config and seed give the same numbers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_cfg, run_cli
+from densbench.run import run_job
+
+pytestmark = pytest.mark.slow
+TESTS = str(Path(__file__).parent)
+
+
+def _results(root):
+    return {p.parent.name: json.loads(p.read_text()) for p in Path(root).rglob("result.json")}
+
+
+def test_one_job_diverges_one_raises_the_others_finish_and_a_rerun_resumes_only_them(tmp_path):
+    env = {"PYTHONPATH": TESTS}
+
+    def sweep(lrs, *extra, fail_at=1000000):
+        # lr=1e30 diverges; the RaiseAtStep callback raises once its step is reached (40 steps per run)
+        return run_cli(["-m", "experiment=fast", f"optimizer.lr={lrs}", "+callbacks.fail._target_=helpers.RaiseAtStep",
+                        f"+callbacks.fail.step={fail_at}", f"hydra.sweep.dir={tmp_path}/mr", f"report.dir={tmp_path}/rep", *extra],
+                       cwd=tmp_path, env=env)
+
+    first = sweep("1e-3,1e-2,1e30")
+    second = sweep("2e-3", "hydra.sweep.subdir=raises", fail_at=20)
+    assert first.returncode == 1 and second.returncode == 1  # the exit status says some failed
+    assert "1 of 3 runs failed" in first.stderr
+    res = _results(tmp_path / "mr")
+    by_lr = {r["config"]["optimizer"]["lr"]: (name, r) for name, r in res.items()}
+    assert by_lr[1e-3][1]["status"] == by_lr[1e-2][1]["status"] == "ok"
+    diverged = by_lr[1e30][1]
+    assert diverged["status"] == "failed" and diverged["error_kind"] == "diverged"
+    assert "training diverged: non-finite" in diverged["error"] and "at optimisation step" in diverged["error"]
+    raised = by_lr[2e-3][1]
+    assert raised["status"] == "failed" and "injected failure after step 20" in raised["error"]
+    assert "helpers.py" in (tmp_path / "mr" / by_lr[2e-3][0] / "traceback.txt").read_text()
+    report = (tmp_path / "rep" / "mr" / "report.md").read_text()
+    assert "training diverged" in report and "injected failure" in report
+
+    stamps = {name: r["finished"] for name, r in res.items()}
+    time.sleep(1.1)
+    rerun = sweep("1e-3,1e-2,1e30")
+    assert rerun.returncode == 1 and "1 of 1 runs failed" in rerun.stderr  # only the failed job ran
+    after = _results(tmp_path / "mr")
+    for lr in (1e-3, 1e-2):  # finished jobs were skipped, their results untouched
+        assert after[by_lr[lr][0]]["finished"] == stamps[by_lr[lr][0]]
+    assert after[by_lr[1e30][0]]["finished"] != stamps[by_lr[1e30][0]]
+    forced = sweep("1e-3", "resume=false")
+    assert forced.returncode == 0
+    assert _results(tmp_path / "mr")[by_lr[1e-3][0]]["finished"] != stamps[by_lr[1e-3][0]]
+
+
+def test_sigterm_leaves_no_partial_result_and_the_rerun_resumes(tmp_path):
+    steps = 12000
+    args = ["experiment=fast", f"trainer.max_steps={steps}", "trainer.eval_every=1000", "trainer.steps_per_call=100",
+            f"hydra.run.dir={tmp_path}/run", "figures=false"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "densbench", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "run"
+    deadline = time.time() + 240
+    while not (run / "checkpoints" / "last.ckpt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not list(run.glob(".result.json.*"))  # no temporary left behind
+    res = json.loads((run / "result.json").read_text())  # complete and parseable
+    assert res["status"] == "interrupted" and "rerun the same command to resume" in res["error"]
+    assert (run / "checkpoints" / "interrupted.ckpt").exists()
+
+    import torch
+
+    done = torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=False)["opt_steps"]
+    assert 0 < done < steps
+    again = subprocess.run([sys.executable, "-m", "densbench", *args], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    res = json.loads((run / "result.json").read_text())
+    assert res["status"] == "ok" and res["resumed_from_checkpoint"] is True
+    assert res["train"]["opt_steps"] == steps
+    assert not (run / "checkpoints" / "interrupted.ckpt").exists()  # consumed by the finished run
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    cfg = make_cfg("experiment=fast", "loss=mdn", "trainer.batch_size=32", "logger=none", "figures=false")
+    a = run_job(cfg, tmp_path / "a")
+    b = run_job(cfg, tmp_path / "b")
+    metrics = lambda r: {k: v for k, v in r["metrics"].items() if not k.startswith(("train_", "eval_", "step_", "peak_"))}  # noqa: E731
+    assert a["status"] == "ok" and metrics(a) == metrics(b) and a["curves"] == b["curves"]
+    c = run_job(make_cfg("experiment=fast", "loss=mdn", "trainer.batch_size=32", "logger=none", "figures=false", "seed=1"), tmp_path / "c")
+    assert metrics(c)["nll"] != metrics(a)["nll"]
