@@ -3,7 +3,7 @@
 1. The seed workloads in one process: the GLM document's (400 points, 1-30-20-1, SGD lr 0.2, 5000
    full-batch steps) and the MDN document's (1000 points, K = 5, Adam, 8000 steps). Each is trained
    by the plain loop of scripts/plain_loops.py and by densbench (Trainer built and fitted, with its
-   validation every 500 steps, TensorBoard logging and checkpoints), alternating, median of repeats.
+   validation every 1000 steps, TensorBoard logging and checkpoints), alternating, median of repeats.
 2. The headline sweep `python -m densbench -m loss=kl,nll,mdn` against the same three trainings as
    plain-loop scripts, each timed as a whole process (interpreter start-up and imports included).
 3. A 4-job sweep with `launcher=parallel` against the same sweep run sequentially.
@@ -185,7 +185,7 @@ def render(meta: dict, rows: list[dict], head: dict | None, par: dict | None) ->
         "",
         "`plain`: the loop of scripts/plain_loops.py with densbench's own backbone and head modules, loss and optimiser,",
         "and nothing else. `densbench`: the Trainer built and fitted (data on the device, chunked optimisation steps,",
-        "validation every 500 steps, TensorBoard logging, best/last checkpoints). `document-style loop`: the source",
+        "validation every 1000 steps, TensorBoard logging, best/last checkpoints). `document-style loop`: the source",
         "documents' own loop (nn.Sequential, sliced outputs), for reference.",
         "",
         "| workload | plain (s) | densbench (s) | document-style loop (s) | densbench / plain | ratio of the fastest runs | goal |",

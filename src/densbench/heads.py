@@ -64,7 +64,7 @@ class Head(nn.Module):
 
     def floor_hits(self, raw) -> Tensor:
         """Number of spread outputs sitting on the floor (0 for heads without one)."""
-        return torch.zeros((), device=self.linear.weight.device)
+        return self.linear.weight.new_zeros((), dtype=torch.long)
 
 
 class GaussianHead(Head):

@@ -11,11 +11,14 @@ from omegaconf import DictConfig
 class ReleaseWorkers(Callback):
     """After a parallel sweep, stop joblib's idle worker processes at once.
 
-    They hold torch and Lightning in memory; left to the interpreter's exit handlers, shutting them
-    down takes seconds that add to every sweep's wall time.
+    Left to the interpreter's exit handlers, the workers (each holding torch and Lightning) take
+    seconds to go, added to every sweep's wall time. The executor is looked up, not requested:
+    asking loky for one would start fresh workers when the sweep's were configured differently.
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from joblib.externals.loky import get_reusable_executor
+        from joblib.externals.loky import reusable_executor
 
-        get_reusable_executor().shutdown(wait=True, kill_workers=True)
+        executor = getattr(reusable_executor, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, kill_workers=True)

@@ -60,6 +60,7 @@ class DensityModule(pl.LightningModule):
         self.test_results: dict[str, float] = {}
         self.test_curves: dict[str, list[float]] = {}
         self.train_loss_sum = torch.zeros(())
+        self.train_floor_hits = torch.zeros(())
         self.train_loss_count = 0
 
     # ------------------------------------------------------------------ parts
@@ -85,9 +86,10 @@ class DensityModule(pl.LightningModule):
         strategy = self.trainer.strategy
         self._plain = isinstance(strategy, SingleDeviceStrategy) and str(self.trainer.precision) in ("32-true", "64-true")
         self.train_loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.train_floor_hits = torch.zeros((), device=self.device, dtype=torch.float64)
         # every step allocates autograd objects and triggers Python's cyclic GC, whose full passes
         # would walk all of Lightning's (and earlier jobs') long-lived objects: take those out of it
-        gc.collect()
+        # (no gc.collect() first: with a few hundred thousand objects alive it costs a tenth of a second)
         gc.freeze()
 
     def on_fit_end(self) -> None:
@@ -97,10 +99,11 @@ class DensityModule(pl.LightningModule):
         opt = self.optimizers()
         raw_opt = opt.optimizer
         params = list(self.parameters())
-        chunk_losses = []
+        chunk_losses, chunk_hits = [], []
         for t in range(self.opt_steps, self.opt_steps + chunk.steps):
             x, y, extra = chunk.source.batch(t)
-            loss = self.loss(self.forward(x), y, extra)  # forward directly: no module hooks on the hot path
+            raw = self.forward(x)  # forward directly: no module hooks on the hot path
+            loss = self.loss(raw, y, extra)
             if self._plain:
                 raw_opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -114,31 +117,31 @@ class DensityModule(pl.LightningModule):
                 self.manual_backward(loss)
                 opt.step()
             chunk_losses.append(loss.detach())
+            chunk_hits.append(self.head.floor_hits(raw))  # collapsed spreads are counted, not averaged away
         losses_t = torch.stack(chunk_losses).double()
+        hits_t = torch.stack(chunk_hits)
         total = losses_t.sum()
-        # one host sync per chunk, not per step
-        if not bool(torch.isfinite(total)) or not all(bool(torch.isfinite(p).all()) for p in params):
-            self._diverged(losses_t, chunk)
+        finite = torch.isfinite(total) & torch.stack([torch.isfinite(p).all() for p in params]).all()
+        if not bool(finite):  # the one host synchronisation of the chunk
+            self._diverged(losses_t, hits_t)
         self.opt_steps += chunk.steps
         if self.loss_history is not None:
             self.loss_history.append(losses_t)
         self.train_loss_sum += total
+        self.train_floor_hits += hits_t.sum()
         self.train_loss_count += chunk.steps
 
-    def _diverged(self, losses_t: Tensor, chunk: Chunk) -> None:
+    def _diverged(self, losses_t: Tensor, hits_t: Tensor) -> None:
         bad = (~torch.isfinite(losses_t)).nonzero()
-        at = self.opt_steps + (int(bad[0]) if len(bad) else chunk.steps - 1)
+        i = int(bad[0]) if len(bad) else len(losses_t) - 1
         what = "loss" if len(bad) else "parameters"
-        with torch.no_grad():
-            x, _, _ = chunk.source.batch(at)
-            raw = self(x)
-            hits = int(self.head.floor_hits(raw))
+        hits = int(hits_t[i])
         hint = (
-            f"; {hits} spread outputs of that batch sit on the floor (variance collapse)"
+            f"; {hits} spread outputs of that step sat on the floor (variance collapse)"
             if hits
             else "; no spread on the floor (overflow: try a smaller optimizer.lr)"
         )
-        raise Diverged(f"training diverged: non-finite {what} at optimisation step {at}{hint}")
+        raise Diverged(f"training diverged: non-finite {what} at optimisation step {self.opt_steps + i}{hint}")
 
     def log_scalars(self, values: dict[str, Tensor | float]) -> None:
         """Write scalars to the loggers at the current optimisation step.
@@ -153,8 +156,10 @@ class DensityModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self.train_loss_count:
-            self.log_scalars({"train/loss": self.train_loss_sum / self.train_loss_count})
+            self.log_scalars({"train/loss": self.train_loss_sum / self.train_loss_count,
+                              "train/floor_hits_per_step": self.train_floor_hits / self.train_loss_count})
         self.train_loss_sum.zero_()
+        self.train_floor_hits.zero_()
         self.train_loss_count = 0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

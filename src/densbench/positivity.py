@@ -56,9 +56,9 @@ class Positivity:
 
     def at_floor(self, r: Tensor) -> Tensor:
         """Boolean mask: the floor dominates the value (base(r) < floor), i.e. a collapsed spread."""
-        if self.kind == "exp":
-            return r < self.log_floor
-        return F.softplus(r) < self.floor
+        # base is increasing, so base(r) < floor  <=>  r < base^-1(floor): one comparison per output
+        threshold = self.log_floor if self.kind == "exp" else math.log(math.expm1(self.floor))
+        return r < threshold
 
     def inverse(self, value: float) -> float:
         """The raw output r with value(r) = value (for initialising biases)."""
