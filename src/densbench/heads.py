@@ -43,6 +43,7 @@ class Head(nn.Module):
     """Base: a linear map from features to `n_raw` outputs, split into named fields."""
 
     n_raw: int
+    has_floor = False  # whether some output passes through a positivity floor that can be hit
 
     def __init__(self, in_features: int, n_raw: int):
         super().__init__()
@@ -69,6 +70,8 @@ class Head(nn.Module):
 
 class GaussianHead(Head):
     """N(mu, v): mu raw; the positivity map of the second raw output gives the variance or the scale (`spread`)."""
+
+    has_floor = True
 
     def __init__(
         self,
@@ -98,6 +101,8 @@ class GaussianHead(Head):
 
 class MixtureHead(Head):
     """Mixture of K Gaussians: logits, means and spread raw outputs (sigma = exp by default)."""
+
+    has_floor = True
 
     def __init__(
         self,

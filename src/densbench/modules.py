@@ -99,6 +99,7 @@ class DensityModule(pl.LightningModule):
         opt = self.optimizers()
         raw_opt = opt.optimizer
         params = list(self.parameters())
+        count_hits = self.head.has_floor
         chunk_losses, chunk_hits = [], []
         for t in range(self.opt_steps, self.opt_steps + chunk.steps):
             x, y, extra = chunk.source.batch(t)
@@ -117,9 +118,10 @@ class DensityModule(pl.LightningModule):
                 self.manual_backward(loss)
                 opt.step()
             chunk_losses.append(loss.detach())
-            chunk_hits.append(self.head.floor_hits(raw))  # collapsed spreads are counted, not averaged away
+            if count_hits:  # collapsed spreads are counted every step, not averaged away
+                chunk_hits.append(self.head.floor_hits(raw))
         losses_t = torch.stack(chunk_losses).double()
-        hits_t = torch.stack(chunk_hits)
+        hits_t = torch.stack(chunk_hits) if count_hits else losses_t.new_zeros(chunk.steps, dtype=torch.long)
         total = losses_t.sum()
         finite = torch.isfinite(total) & torch.stack([torch.isfinite(p).all() for p in params]).all()
         if not bool(finite):  # the one host synchronisation of the chunk
