@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--sweep-repeats", type=int, default=3)
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--reuse-sweeps", action="store_true", help="keep parts 2 and 3 from the existing JSON, rerun part 1")
+    ap.add_argument("--sweeps-only", action="store_true", help="keep part 1 from the existing JSON, rerun parts 2 and 3")
     ap.add_argument("--render", action="store_true", help="rewrite the Markdown from the existing JSON, run nothing")
     ap.add_argument("--only", default=None, help="comma-separated workload name prefixes to run (e.g. GLM)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_overhead"))
@@ -266,7 +267,11 @@ def main() -> None:
         old = json.loads(out.with_suffix(".json").read_text())
         out.with_suffix(".md").write_text(render(old["meta"], old["seed_workloads"], old["headline"], old["parallel"]))
         return
-    rows = in_process(args.repeats, args.only.split(",") if args.only else None)
+    if args.sweeps_only:
+        old = json.loads(out.with_suffix(".json").read_text())
+        rows, meta["date"], meta["repeats"] = old["seed_workloads"], old["meta"]["date"], old["meta"]["repeats"]
+    else:
+        rows = in_process(args.repeats, args.only.split(",") if args.only else None)
     head = par = None
     if args.reuse_sweeps:
         old = json.loads(out.with_suffix(".json").read_text())
@@ -275,7 +280,7 @@ def main() -> None:
     elif not args.skip_sweeps:
         head = headline(args.sweep_repeats)
         par = parallel(args.sweep_repeats)
-        meta["sweeps_run"] = meta["date"]
+        meta["sweeps_run"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "seed_workloads": rows, "headline": head, "parallel": par}, indent=1))
     out.with_suffix(".md").write_text(render(meta, rows, head, par))

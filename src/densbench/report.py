@@ -270,7 +270,7 @@ def _short(key: tuple) -> str:
 def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
     import matplotlib.pyplot as plt
 
-    from densbench.figures import calibration_figure
+    from densbench.calibration_plot import calibration_figure
 
     out: dict[str, list[str]] = {"Comparison per dataset": [], "Calibration": [], "Predictive distributions": []}
     by_ds: dict[str, list[dict]] = defaultdict(list)

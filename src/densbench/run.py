@@ -263,7 +263,8 @@ def _figures(cfg, module, prep, curves, run_dir: Path, logger, step: int) -> dic
     """Predictive-distribution and calibration figures: PNGs in the run directory and TensorBoard images."""
     import matplotlib.pyplot as plt
 
-    from densbench.figures import calibration_figure, predictive_figure
+    from densbench.calibration_plot import calibration_figure
+    from densbench.figures import predictive_figure
 
     out = {}
     figs = {"figure": ("predictive", predictive_figure(module.cpu(), prep, title=_title(cfg)))}
@@ -313,8 +314,9 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    import lightning
     import sys
+
+    import lightning
 
     return {"python": sys.version.split()[0], "torch": torch.__version__, "lightning": lightning.__version__}
 
