@@ -69,3 +69,14 @@ def test_cli_rebuilds_and_refuses_empty_dirs(sweep, tmp_path):
     empty.mkdir()
     proc = subprocess.run([sys.executable, "-m", "densbench.report", str(empty)], capture_output=True, text=True)
     assert proc.returncode == 2 and "no result.json under" in proc.stderr
+
+
+def test_report_does_not_import_torch(sweep):
+    """A parallel sweep's parent writes the report: importing torch there would add seconds to every sweep."""
+    code = (
+        "import sys; from densbench.report import write_report; "
+        f"write_report({str(sweep / 'sweep')!r}, {str(sweep / 'out')!r}); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert list((sweep / "out").glob("calib_*.png")), "the report should have drawn calibration figures"
+    assert out.stdout.strip().splitlines()[-1] == "False"
