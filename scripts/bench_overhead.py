@@ -235,16 +235,19 @@ def render(meta: dict, rows: list[dict], head: dict | None, par: dict | None) ->
             "finish before its longest chain of jobs: `best split` is that lower bound from the measured job times.",
             "`fixed` is the sequential sweep's time outside its jobs (interpreter start, Hydra, the first import of",
             "torch and Lightning, about 5 s on this machine, and the report). Every parallel worker pays the import",
-            "again, so the speed-up approaches 2 only when training outweighs these costs.",
+            "again, so the speed-up approaches 2 only when training outweighs these costs. `bound` = sequential /",
+            "(fixed + best split) estimates the speed-up two workers would reach if starting them cost nothing; part",
+            "of the fixed cost overlaps in parallel (each worker imports on its own core), so it can be beaten slightly.",
             "",
-            "| sweep | sequential (s) | parallel (s) | speed-up | job wall times (s) | fixed (s) | best split of the jobs over 2 workers (s) | goal |",
-            "|---|---|---|---|---|---|---|---|",
+            "| sweep | sequential (s) | parallel (s) | speed-up | job wall times (s) | fixed (s) | best split of the jobs over 2 workers (s) | bound | goal |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for label, p in par.items():
             m = p["median_s"]
             jobs = ", ".join(f"{j:.1f}" for j in p["job_wall_s"])
             lines.append(f"| `{label}` | {m['sequential']:.1f} | {m['parallel']:.1f} | {p['speedup']:.2f} | {jobs} | "
-                         f"{p['fixed_s']:.1f} | {p['best_two_worker_makespan_s']:.1f} | {'met' if p['speedup'] >= 1.6 else 'NOT met'} (>= 1.6) |")
+                         f"{p['fixed_s']:.1f} | {p['best_two_worker_makespan_s']:.1f} | "
+                         f"{m['sequential'] / (p['fixed_s'] + p['best_two_worker_makespan_s']):.2f} | {'met' if p['speedup'] >= 1.6 else 'NOT met'} (>= 1.6) |")
     return "\n".join(lines) + "\n"
 
 
