@@ -12,7 +12,7 @@ from scipy import stats
 from torch.distributions import Bernoulli, Categorical, Normal, Poisson
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
-from densbench.distributions import NormalMixture, cdf, crps, pit, quantile
+from densbench.distributions import NormalMixture, binned_log_prob, cdf, crps, kl_to_truth, pit, quantile
 from densbench.metrics import PredictiveMetrics
 
 F64 = torch.float64
@@ -171,3 +171,58 @@ def test_states_are_sums_so_batches_combine_exactly():
     a, b = whole.compute(), parts.compute()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-12, atol=1e-15), k
+
+
+# --- continuous predictions of count targets: the pmf of unit bins -------------------------
+
+
+def _mp_log_mass(loc, scale, lo, hi):
+    import mpmath
+
+    mpmath.mp.dps = 60
+    if lo != -math.inf and lo >= loc:  # upper tail: difference of survival functions, no cancellation
+        return float(mpmath.log(mpmath.ncdf((loc - mpmath.mpf(lo)) / scale) - mpmath.ncdf((loc - mpmath.mpf(hi)) / scale)))
+    lower = 0 if lo == -math.inf else mpmath.ncdf((mpmath.mpf(lo) - loc) / scale)
+    return float(mpmath.log(mpmath.ncdf((mpmath.mpf(hi) - loc) / scale) - lower))
+
+
+@pytest.mark.parametrize("y,loc,scale", [(0, 3.0, 2.0), (4, 3.0, 2.0), (0, 40.0, 1.0), (60, 3.0, 2.0), (7, 3.0, 1e-2),
+                                         (2, -30.0, 1.0), (5, 5.2, 1e4), (1, 1.0, 0.05)])
+def test_binned_log_prob_matches_high_precision_reference(y, loc, scale):
+    got = float(binned_log_prob(Normal(torch.tensor(loc, dtype=F64), torch.tensor(scale, dtype=F64)), torch.tensor(float(y), dtype=F64)))
+    want = _mp_log_mass(loc, scale, -math.inf if y == 0 else y - 0.5, y + 0.5)
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_binned_pmf_sums_to_one_for_gaussian_and_mixture():
+    k = torch.arange(0, 400, dtype=F64).unsqueeze(-1)  # [K, 1] against a batch of 3 predictions
+    normal = Normal(torch.tensor([0.3, 4.0, 50.0], dtype=F64), torch.tensor([0.2, 3.0, 20.0], dtype=F64))
+    mix = NormalMixture(torch.tensor([[0.0, 1.0]] * 3, dtype=F64), torch.tensor([[-2.0, 6.0], [1.0, 30.0], [0.5, 0.6]], dtype=F64),
+                        torch.tensor([[1.0, 2.0], [0.5, 5.0], [0.1, 0.3]], dtype=F64))
+    for dist in (normal, mix):
+        total = binned_log_prob(dist, k.expand(-1, 3)).exp().sum(0)
+        torch.testing.assert_close(total, torch.ones(3, dtype=F64), rtol=0, atol=1e-10)
+
+
+def test_count_task_scores_continuous_heads_by_their_binned_pmf():
+    g = _gen(5)
+    loc, scale = torch.full((20000,), 3.0, dtype=F64), torch.full((20000,), 2.0, dtype=F64)
+    # draws from the binned pmf itself: round a Gaussian draw, everything below 1/2 to 0
+    y = torch.clamp(torch.round(loc + scale * torch.randn(20000, generator=g, dtype=F64)), min=0)
+    counts, _ = _metrics(Normal(loc, scale), y, task="count")
+    dens, _ = _metrics(Normal(loc, scale), y, task="regression")
+    assert counts["nll"] == pytest.approx(float(-binned_log_prob(Normal(loc, scale), y).mean()), rel=1e-12)
+    assert dens["nll"] == pytest.approx(float(-Normal(loc, scale).log_prob(y).mean()), rel=1e-12)
+    # the randomised PIT of the binned pmf is uniform for its own draws; the continuous PIT is not
+    assert counts["pit_ks"] < 0.02 and dens["pit_ks"] > 0.05
+    assert counts["mace"] < 0.01
+
+
+def test_kl_from_poisson_truth_to_continuous_prediction_sums_over_counts():
+    rate = torch.tensor([0.5, 3.0, 12.0], dtype=F64)
+    pred = Normal(torch.tensor([1.0, 3.0, 11.0], dtype=F64), torch.tensor([1.0, 1.5, 4.0], dtype=F64))
+    k = torch.arange(0, 200, dtype=F64).unsqueeze(-1).expand(-1, 3)
+    p = Poisson(rate).log_prob(k).exp()
+    want = (p * (Poisson(rate).log_prob(k) - binned_log_prob(pred, k))).sum(0)
+    torch.testing.assert_close(kl_to_truth(Poisson(rate), pred), want, rtol=1e-10, atol=1e-12)
+    assert bool((want > 0).all())

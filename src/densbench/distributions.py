@@ -200,13 +200,17 @@ def cdf(dist: Distribution, y: Tensor) -> Tensor:
     return dist.cdf(y)
 
 
+def _poisson_kmax(rate: Tensor) -> int:
+    """A count above which every rate in the batch leaves a negligible tail (12 standard deviations)."""
+    return int(torch.ceil(rate.max() + 12 * rate.max().sqrt() + 12).item())
+
+
 def quantile(dist: Distribution, p: Tensor) -> Tensor:
     """Quantile function; p of shape [L] gives [L, N]. Discrete: smallest k with F(k) >= p."""
     p = torch.as_tensor(p)
     if isinstance(dist, Poisson):
         rate = dist.rate
-        kmax = int(torch.ceil(rate.max() + 12 * rate.max().sqrt() + 12).item())
-        ks = torch.arange(kmax + 1, dtype=rate.dtype, device=rate.device)
+        ks = torch.arange(_poisson_kmax(rate) + 1, dtype=rate.dtype, device=rate.device)
         F = cdf(dist, ks.view(-1, *([1] * rate.dim())).expand(-1, *rate.shape))  # [K, N]
         pp = p.to(rate).view(-1, 1, *([1] * rate.dim()))
         return (F.unsqueeze(0) < pp).sum(1).to(rate.dtype)
@@ -214,14 +218,66 @@ def quantile(dist: Distribution, p: Tensor) -> Tensor:
     return dist.icdf(p)
 
 
-def pit(dist: Distribution, y: Tensor, u: Tensor | None = None) -> Tensor:
-    """Probability integral transform F(y); randomised F(y-1) + u (F(y) - F(y-1)) for discrete targets."""
-    if not is_discrete(dist):
+def pit(dist: Distribution, y: Tensor, u: Tensor | None = None, counts: bool = False) -> Tensor:
+    """Probability integral transform F(y); randomised F(y-1) + u (F(y) - F(y-1)) for discrete targets.
+
+    ``counts=True`` treats a continuous prediction of count targets as its binned pmf (see binned_log_prob).
+    """
+    if not is_discrete(dist) and not counts:
         return cdf(dist, y)
     if u is None:
         raise ValueError("discrete targets need uniform draws u for the randomised PIT")
-    lower = cdf(dist, y - 1)
-    return lower + u * (cdf(dist, y) - lower)
+    F = cdf if is_discrete(dist) else binned_cdf
+    lower = F(dist, y - 1)
+    return lower + u * (F(dist, y) - lower)
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuous predictions of count targets, scored as the pmf of unit bins
+# ---------------------------------------------------------------------------------------------
+
+
+def _log_normal_mass(loc: Tensor, scale: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """log P(lo < Y <= hi) for Y ~ N(loc, scale^2), in float64, accurate far in either tail."""
+    a, b = ((lo - loc) / scale).double(), ((hi - loc) / scale).double()
+    upper = a >= 0
+    # an interval in the upper tail is mirrored into the lower one, where log_ndtr keeps its digits
+    a_t, b_t = torch.where(upper, -b, a), torch.where(upper, -a, b)
+    log_b = torch.special.log_ndtr(b_t)
+    tail = log_b + torch.log(-torch.expm1(torch.special.log_ndtr(a_t) - log_b))
+    # an interval around the mean holds a mass no smaller than its distance to the far tails
+    middle = torch.log1p(-(torch.special.ndtr(a) + torch.special.ndtr(-b)))
+    return torch.where(upper | (b <= 0), tail, middle)
+
+
+def binned_log_prob(dist: Distribution, y: Tensor) -> Tensor:
+    """log P(y - 1/2 < Y <= y + 1/2) at integer counts y, all mass below 1/2 going to y = 0.
+
+    This makes a Gaussian or mixture prediction a proper pmf on 0, 1, 2, ..., so its NLL on count
+    data is comparable with a Poisson head's (a density's NLL is not: it can fall below any pmf's).
+    """
+    lo = torch.where(y <= 0, torch.full_like(y, -math.inf), y - 0.5)
+    hi = y + 0.5
+    if isinstance(dist, NormalMixture):
+        log_w = torch.log_softmax(dist.mixture_distribution.logits.double(), -1)
+        return torch.logsumexp(log_w + _log_normal_mass(dist.loc, dist.scale, lo.unsqueeze(-1), hi.unsqueeze(-1)), -1)
+    if isinstance(dist, Normal):
+        return _log_normal_mass(dist.loc, dist.scale, lo, hi)
+    raise TypeError(f"no binned pmf for {type(dist).__name__}")
+
+
+def binned_cdf(dist: Distribution, k: Tensor) -> Tensor:
+    """CDF of the binned pmf of binned_log_prob at integers k: P(Y <= k + 1/2), 0 below 0."""
+    k = torch.floor(k)
+    out = dist.cdf(k + 0.5)
+    return torch.where(k < 0, torch.zeros_like(out), out)
+
+
+def target_log_prob(dist: Distribution, y: Tensor, task: str) -> Tensor:
+    """Log-likelihood of targets: the binned pmf for continuous predictions of counts, else log_prob."""
+    if task == "count" and not is_discrete(dist):
+        return binned_log_prob(dist, y)
+    return dist.log_prob(y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +362,10 @@ def quadrature(dist: Distribution, nodes: int = 64) -> tuple[Tensor, Tensor]:
         t, w = (torch.as_tensor(a, dtype=dist.loc.dtype, device=dist.loc.device) for a in _hermgauss(nodes))
         y = dist.loc.unsqueeze(0) + math.sqrt(2.0) * dist.scale.unsqueeze(0) * t.view(-1, 1)
         return y, (w * INV_SQRT_PI).view(-1, 1).expand_as(y)
+    if isinstance(dist, Poisson):  # exact up to a negligible tail
+        rate = dist.rate
+        ys = torch.arange(_poisson_kmax(rate) + 1, dtype=rate.dtype, device=rate.device).view(-1, 1).expand(-1, rate.shape[0])
+        return ys, dist.log_prob(ys).exp()
     if isinstance(dist, Bernoulli):
         ys = torch.stack([torch.zeros_like(dist.probs), torch.ones_like(dist.probs)])
         return ys, torch.stack([1 - dist.probs, dist.probs])
@@ -325,6 +385,8 @@ def kl_to_truth(truth: Distribution, pred: Distribution) -> Tensor:
     except NotImplementedError:
         pass
     ys, w = quadrature(truth)
-    log_ratio = truth.log_prob(ys) - pred.log_prob(ys)
+    # a continuous prediction of counts is compared with the truth through its binned pmf
+    log_q = binned_log_prob(pred, ys) if isinstance(truth, Poisson) and not is_discrete(pred) else pred.log_prob(ys)
+    log_ratio = truth.log_prob(ys) - log_q
     # weights that are exactly zero (outside a truth's support) must not turn 0 * inf into NaN
     return torch.where(w > 0, w * log_ratio, torch.zeros_like(w)).sum(0)

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution
 from torchmetrics import Metric
 
-from densbench.distributions import crps, is_discrete, kl_to_truth, pit, quantile
+from densbench.distributions import crps, is_discrete, kl_to_truth, pit, quantile, target_log_prob
 
 CAL_LEVELS = 100  # expected proportions linspace(0, 1, 100)
 SCORE_LEVELS = 99  # interval and check scores over linspace(0.01, 0.99, 99)
@@ -62,7 +62,7 @@ class PredictiveMetrics(Metric):
         """Accumulate one batch."""
         y = y.reshape(dist.batch_shape) if not isinstance(dist, Categorical) else y.reshape(-1)
         self.n += y.shape[0]
-        self.nll += -dist.log_prob(y).double().sum()
+        self.nll += -target_log_prob(dist, y, self.task).double().sum()
         if self.classification:
             probs = dist.probs
             pred = (probs > 0.5).to(y.dtype) if isinstance(dist, Bernoulli) else probs.argmax(-1)
@@ -84,9 +84,11 @@ class PredictiveMetrics(Metric):
             self._update_intervals(dist, y)
 
     def _update_pit(self, dist: Distribution, y: Tensor, u: Tensor | None) -> Tensor:
-        if is_discrete(dist) and u is None:
+        counts = self.task == "count"  # continuous heads on counts: the PIT of their binned pmf
+        randomised = is_discrete(dist) or counts
+        if randomised and u is None:
             u = torch.rand(y.shape, dtype=y.dtype, device=y.device)
-        v = pit(dist, y, u if is_discrete(dist) else None).double().clamp(0, 1)
+        v = pit(dist, y, u if randomised else None, counts=counts).double().clamp(0, 1)
         self.pit_hist += torch.bincount((v * PIT_BINS).long().clamp(max=PIT_BINS - 1), minlength=PIT_BINS).double()
         if not self.classification:
             levels = torch.linspace(0, 1, CAL_LEVELS, dtype=torch.float64, device=v.device)
