@@ -62,7 +62,6 @@ def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_torchrun_launches_the_ranks(tmp_path):
     import subprocess
-    import sys
 
     torchrun = shutil.which("torchrun")
     proc = subprocess.run(
@@ -73,7 +72,6 @@ def test_torchrun_launches_the_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     assert res["status"] == "ok" and res["labels"]["device"] == "cpux2"
-    assert sys.executable  # same interpreter family
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,

@@ -73,7 +73,7 @@ def _check_device(cfg: DictConfig) -> None:
     if t.accelerator in ("gpu", "cuda") and torch.cuda.device_count() < int(t.devices):
         raise Skipped(f"trainer.accelerator={t.accelerator} needs {t.devices} CUDA device(s); this machine has {torch.cuda.device_count()}")
     strategy = str(t.strategy)
-    if strategy.startswith("ddp_spawn") or strategy.startswith("ddp_fork") or strategy.startswith("ddp_notebook"):
+    if strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
         raise ConfigError(
             f"trainer.strategy={strategy} is not supported: the results would stay in the spawned processes; "
             "use trainer=ddp (Lightning starts the processes and rank 0 is this one)"
@@ -225,7 +225,7 @@ def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = Non
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
 
     metrics = dict(module.test_results)
-    metrics.update(throughput.summary(trainer.strategy.root_device))
+    metrics.update(throughput.figures)
     curves = module.test_curves
 
     artifacts: dict[str, str] = {}

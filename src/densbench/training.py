@@ -236,6 +236,7 @@ class Throughput(pl.Callback):
         self.train_samples = 0
         self.eval_time = 0.0
         self.eval_samples = 0
+        self.figures: dict[str, float] = {}  # the summary, taken once at the end of testing
         self._t0: float | None = None
         self._period_steps = 0
         self._period_samples = 0
@@ -285,7 +286,9 @@ class Throughput(pl.Callback):
         self.eval_time = time.perf_counter() - self._te
         n = torch.tensor(float(pl_module.test_samples), device=trainer.strategy.root_device)
         self.eval_samples = int(trainer.strategy.reduce(n, reduce_op="sum"))
-        pl_module.log_scalars({f"throughput/{k}": v for k, v in self.summary(trainer.strategy.root_device).items()})
+        # taken once, so TensorBoard and result.json show the same peak memory
+        self.figures = self.summary(trainer.strategy.root_device)
+        pl_module.log_scalars({f"throughput/{k}": v for k, v in self.figures.items()})
 
     def summary(self, device: torch.device) -> dict[str, float]:
         """Throughput figures for result.json and TensorBoard."""
