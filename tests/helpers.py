@@ -1,5 +1,9 @@
 """Test-only Lightning callbacks, loaded by runs through `+callbacks.<name>._target_=helpers.<Class>`."""
 
+import os
+import signal
+from pathlib import Path
+
 import lightning.pytorch as pl
 
 
@@ -10,5 +14,33 @@ class RaiseAtStep(pl.Callback):
         self.step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.opt_steps >= self.step:
-            raise RuntimeError(f"injected failure after step {pl_module.opt_steps}")
+        if pl_module.state.opt_steps >= self.step:
+            raise RuntimeError(f"injected failure after step {pl_module.state.opt_steps}")
+
+
+class SignalAtStep(pl.Callback):
+    """Send this process `signal` from inside optimisation step `step` (inside a chunk, not at its edge).
+
+    Fires once: it leaves `marker` behind, so a rerun with the identical config (the resume key covers
+    callbacks too) trains on undisturbed.
+    """
+
+    def __init__(self, step: int, signal: str = "SIGINT", marker: str = "signalled"):
+        self.step, self.signum, self.marker = step, getattr(signal_module, signal), Path(marker)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if getattr(pl_module, "_signal_wrapped", False):
+            return
+        original = pl_module.loss
+
+        def loss(*args, **kwargs):
+            if pl_module.state.opt_steps == self.step and not self.marker.exists():
+                self.marker.write_text(str(self.step))
+                os.kill(os.getpid(), self.signum)
+            return original(*args, **kwargs)
+
+        pl_module.loss = loss
+        pl_module._signal_wrapped = True
+
+
+signal_module = signal

@@ -1,11 +1,7 @@
-"""A sweep survives its worst members, reruns resume only what did not finish, an interrupted run
-resumes from its checkpoint, and the same config and seed give the same numbers."""
+"""A sweep survives its worst members, reruns resume only what did not finish, and the same config
+and seed give the same numbers (interrupts and resume: test_resume.py)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -58,38 +54,6 @@ def test_one_job_diverges_one_raises_the_others_finish_and_a_rerun_resumes_only_
     forced = sweep("1e-3", "resume=false")
     assert forced.returncode == 0
     assert _results(tmp_path / "mr")[by_lr[1e-3][0]]["finished"] != stamps[by_lr[1e-3][0]]
-
-
-def test_sigterm_leaves_no_partial_result_and_the_rerun_resumes(tmp_path):
-    steps = 12000
-    args = ["experiment=fast", f"trainer.max_steps={steps}", "trainer.eval_every=1000", "trainer.steps_per_call=100",
-            f"hydra.run.dir={tmp_path}/run", "figures=false"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "densbench", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run = tmp_path / "run"
-    deadline = time.time() + 240
-    while not (run / "checkpoints" / "last.ckpt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert not list(run.glob(".result.json.*"))  # no temporary left behind
-    res = json.loads((run / "result.json").read_text())  # complete and parseable
-    assert res["status"] == "interrupted" and "rerun the same command to resume" in res["error"]
-    assert (run / "checkpoints" / "interrupted.ckpt").exists()
-
-    import torch
-
-    done = torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=False)["opt_steps"]
-    assert 0 < done < steps
-    again = subprocess.run([sys.executable, "-m", "densbench", *args], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert again.returncode == 0, again.stderr[-2000:]
-    res = json.loads((run / "result.json").read_text())
-    assert res["status"] == "ok" and res["resumed_from_checkpoint"] is True
-    assert res["train"]["opt_steps"] == steps
-    assert not (run / "checkpoints" / "interrupted.ckpt").exists()  # consumed by the finished run
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path):

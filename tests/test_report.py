@@ -10,9 +10,12 @@ from densbench.report import write_report
 from densbench.results import write_json_atomic
 
 
-def _result(loss, grad, seed, nll, status="ok", samples=1000.0, error=None):
+def _result(loss, grad, seed, nll, status="ok", samples=1000.0, error=None, lr=0.003, code="c0de", data="da7a", flags=()):
     labels = {"dataset": "hetero_sine", "loss": loss, "head": "gaussian/softplus", "grad": grad, "device": "cpu", "seed": seed, "split": None}
-    res = {"status": status, "labels": labels, "config": {}, "wall_time_s": 1.0}
+    config = {"seed": seed, "grad": grad, "loss": {"name": loss}, "optimizer": {"lr": lr}, "name": f"run{seed}",
+              "dataset": {"name": "hetero_sine", "seed": 0}}
+    res = {"status": status, "labels": labels, "config": config, "wall_time_s": 1.0, "flags": list(flags),
+           "provenance": {"source_hash": code, "data_hash": data}}
     if status == "ok":
         res["metrics"] = {"nll": nll, "crps": 0.1, "mace": 0.02 + seed / 100, "coverage90": 0.9, "rmse": 0.2,
                           "train_samples_per_s": samples, "oracle_nll": -0.8, "nll_gap": nll + 0.8}
@@ -34,14 +37,12 @@ def sweep(tmp_path):
     }
     for name, res in runs.items():
         write_json_atomic(tmp_path / "sweep" / name / "result.json", res)
-    (tmp_path / "sweep" / "broken").mkdir()
-    (tmp_path / "sweep" / "broken" / "result.json").write_text("{ not json")  # ignored, not fatal
     return tmp_path
 
 
 def test_table_groups_seeds_marks_best_and_lists_failures(sweep):
-    path = write_report(sweep / "sweep", sweep / "out")
-    text = path.read_text()
+    written = write_report(sweep / "sweep", sweep / "out")
+    text = written.path.read_text()
     # seeds 0 and 1 of one configuration: mean -0.72, standard error 0.02, the best NLL of the dataset
     assert "| hetero_sine | gaussian/softplus | nll | autograd | cpu | 2 | **-0.720 ± 0.020** |" in text
     assert "| hetero_sine | gaussian/softplus | nll | analytic | cpu | 1 | -0.710 |" in text
@@ -54,9 +55,9 @@ def test_table_groups_seeds_marks_best_and_lists_failures(sweep):
 
 
 def test_throughput_ratio_when_both_gradient_paths_ran(sweep):
-    text = write_report(sweep / "sweep", sweep / "out").read_text()
+    text = write_report(sweep / "sweep", sweep / "out").path.read_text()
     # analytic 2200 samples/s against the autograd mean of 1000 and 1200
-    assert "| hetero_sine | gaussian/softplus | nll | cpu | 2200 | 1100 | 2.00 |" in text
+    assert "| hetero_sine | gaussian/softplus | nll | cpu |  | 2200 | 1100 | 2.00 |" in text
 
 
 def test_cli_rebuilds_and_refuses_empty_dirs(sweep, tmp_path):
@@ -80,3 +81,65 @@ def test_report_does_not_import_torch(sweep):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert list((sweep / "out").glob("calib_*.png")), "the report should have drawn calibration figures"
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def _rows(out):
+    return list(csv.DictReader(open(out / "summary.csv")))
+
+
+def test_rows_separate_every_setting_that_differs_but_average_seeds(tmp_path):
+    # the lr sweep of issue 12: two learning rates are two rows, named by the key that differs
+    runs = {"lo0": _result("nll", "autograd", 0, 0.77, lr=1e-3), "lo1": _result("nll", "autograd", 1, 0.75, lr=1e-3),
+            "hi0": _result("nll", "autograd", 0, 0.07, lr=3e-2)}
+    for name, res in runs.items():
+        write_json_atomic(tmp_path / "sweep" / name / "result.json", res)
+    text = write_report(tmp_path / "sweep", tmp_path / "out").path.read_text()
+    rows = {r["config"]: r for r in _rows(tmp_path / "out")}
+    assert set(rows) == {"optimizer.lr=0.001", "optimizer.lr=0.03"}
+    assert rows["optimizer.lr=0.001"]["runs"] == "2" and float(rows["optimizer.lr=0.001"]["nll"]) == pytest.approx(0.76)
+    assert "| hetero_sine | gaussian/softplus | nll | autograd | cpu | optimizer.lr=0.03 | 1 | **0.070** |" in text
+    # the run name (bookkeeping) differs too, but never splits or labels a row
+    assert "name=" not in text.split("## Runs")[0]
+
+
+@pytest.mark.parametrize("field,other", [("code", "beef"), ("data", "f00d")])
+def test_runs_from_other_code_or_data_never_share_a_row(tmp_path, field, other):
+    a = _result("nll", "autograd", 0, 0.5)
+    b = _result("nll", "autograd", 1, 0.9, **{field: other})
+    for name, res in (("a", a), ("b", b)):
+        write_json_atomic(tmp_path / "sweep" / name / "result.json", res)
+    write_report(tmp_path / "sweep", tmp_path / "out")
+    rows = _rows(tmp_path / "out")
+    assert len(rows) == 2 and {r["runs"] for r in rows} == {"1"}
+    assert any(f"{field}={other}" in r["config"] for r in rows)
+
+
+def test_unreadable_and_malformed_results_are_listed_and_the_exit_status_says_so(sweep, tmp_path):
+    (sweep / "sweep" / "truncated").mkdir()
+    (sweep / "sweep" / "truncated" / "result.json").write_text('{"status": "ok", "labels": {"dataset"')
+    (sweep / "sweep" / "nometrics").mkdir()
+    (sweep / "sweep" / "nometrics" / "result.json").write_text('{"status": "ok", "labels": {}, "config": {}}')
+    (sweep / "sweep" / "badvalue").mkdir()
+    (sweep / "sweep" / "badvalue" / "result.json").write_text('{"status": "ok", "labels": {}, "metrics": {"nll": "low"}}')
+    written = write_report(sweep / "sweep", sweep / "out")
+    assert sorted(p.parent.name for p, _ in written.skipped) == ["badvalue", "nometrics", "truncated"]
+    text = written.path.read_text()
+    assert "3 result files could not be read" in text
+    assert "| `truncated/result.json` | left out | unreadable:" in text
+    assert "| `nometrics/result.json` | left out | malformed: status ok but no 'metrics' object |" in text
+    assert "| `badvalue/result.json` | left out | malformed: metric 'nll' is not a number |" in text
+    assert len(_rows(sweep / "out")) == 3  # the good runs are still reported
+    proc = subprocess.run([sys.executable, "-m", "densbench.report", str(sweep / "sweep"), "--out", str(tmp_path / "cli")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3 and (tmp_path / "cli" / "report.md").exists()
+    assert proc.stderr.count("left out of the report") == 3
+
+
+def test_flagged_runs_are_counted_in_their_row_and_listed(tmp_path):
+    runs = {"a": _result("nll", "autograd", 0, 0.5), "b": _result("nll", "autograd", 1, 0.6, flags=["exploded: test nll is 5e+09"])}
+    for name, res in runs.items():
+        write_json_atomic(tmp_path / "sweep" / name / "result.json", res)
+    text = write_report(tmp_path / "sweep", tmp_path / "out").path.read_text()
+    assert "| 2 (1 flagged) |" in text
+    assert "| `b` | ok (flagged) | exploded: test nll is 5e+09 |" in text
+    assert _rows(tmp_path / "out")[0]["flagged"] == "1"

@@ -9,10 +9,9 @@ from densbench.run import build
 
 def loss_curve(tmp_path, grad, *overrides):
     cfg = make_cfg(f"grad={grad}", "trainer.precision=64-true", "logger=none", "figures=false", *overrides)
-    b = build(cfg, tmp_path / grad)
-    b.module.loss_history = []
+    b = build(cfg, tmp_path / grad, keep_step_losses=True)
     b.trainer.fit(b.module, datamodule=b.datamodule)
-    return torch.cat(b.module.loss_history)
+    return torch.cat(b.module.state.step_losses)
 
 
 @pytest.mark.parametrize(

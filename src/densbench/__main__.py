@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from densbench.config import CONFIG_NAME, config_dir
+from densbench.signals import Interrupted
 
 
 @hydra.main(config_path=config_dir(), config_name=CONFIG_NAME, version_base="1.3")
@@ -27,7 +28,10 @@ def app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point."""
-    app()
+    try:
+        app()
+    except Interrupted as exc:  # already recorded and announced by the job: exit as the signal asks
+        sys.exit(128 + exc.signum)
 
 
 if __name__ == "__main__":

@@ -245,21 +245,41 @@ def load(cfg) -> Data:
     return data
 
 
-def check_finite(data: Data) -> None:
-    """Refuse NaN or infinite values in inputs or targets, naming the column."""
-    for j, col in enumerate(data.feature_names):
-        bad = ~np.isfinite(data.x[:, j])
+# dataset keys that pick a replicate of the same data (a draw or a split), not different data
+REPLICATION_KEYS = ("seed", "split")
+
+
+def fingerprint(cfg) -> dict:
+    """Hash of the data a config reads: the bytes of its files, or the settings of a synthetic generator."""
+    from densbench import provenance, tables
+
+    if cfg.name in SYNTHETIC:
+        settings = {k: v for k, v in cfg.items() if k not in REPLICATION_KEYS}
+        return {"data_hash": provenance.settings_fingerprint(settings), "data_source": f"synthetic {cfg.name}"}
+    files = tables.source_files(cfg)
+    if not files:
+        return {"data_hash": "missing", "data_source": None}
+    return {"data_hash": provenance.file_fingerprint(files), "data_source": [str(f) for f in files]}
+
+
+def check_values(data: Data, dtype: torch.dtype = torch.float64) -> None:
+    """Refuse NaN, infinite, or so large values that their square overflows the training dtype, naming the column."""
+    limit = math.sqrt(torch.finfo(dtype).max)
+    columns = [(f"feature column {c!r}", data.x[:, j]) for j, c in enumerate(data.feature_names)]
+    columns.append((f"target column {data.target_name!r}", data.y.astype(np.float64)))
+    for what, values in columns:
+        bad = ~np.isfinite(values)
         if bad.any():
             raise DataError(
-                f"dataset {data.name}: feature column {col!r} has {int(bad.sum())} NaN or infinite values "
+                f"dataset {data.name}: {what} has {int(bad.sum())} NaN or infinite values "
                 f"(first at row {int(np.flatnonzero(bad)[0])}); clean or drop them"
             )
-    bad = ~np.isfinite(data.y.astype(np.float64))
-    if bad.any():
-        raise DataError(
-            f"dataset {data.name}: target column {data.target_name!r} has {int(bad.sum())} NaN or infinite "
-            f"values (first at row {int(np.flatnonzero(bad)[0])}); clean or drop them"
-        )
+        big = np.abs(values) > limit
+        if big.any():
+            raise DataError(
+                f"dataset {data.name}: {what} holds {values[big][0]:.3g} (row {int(np.flatnonzero(big)[0])}), too large to "
+                f"square in {str(dtype).replace('torch.', '')} (limit {limit:.2g}); rescale the column (or train in float64)"
+            )
 
 
 @dataclass
@@ -289,9 +309,9 @@ class Prepared:
         return float(self.y_scaler.scale[0])
 
 
-def prepare(data: Data, scale_x: bool = True, scale_y: bool = True) -> Prepared:
-    """Fit standardisation on the training split and build float64 tensors of every split."""
-    check_finite(data)
+def prepare(data: Data, scale_x: bool = True, scale_y: bool = True, dtype: torch.dtype = torch.float64) -> Prepared:
+    """Fit standardisation on the training split and build float64 tensors of every split (values checked for `dtype`)."""
+    check_values(data, dtype)
     if len(data.train) == 0:
         raise DataError(f"dataset {data.name}: the training split is empty")
     xs = Standardizer.fit(data.x[data.train]) if scale_x else Standardizer.identity(data.n_features)

@@ -22,3 +22,30 @@ class ReleaseWorkers(Callback):
         executor = getattr(reusable_executor, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=True, kill_workers=True)
+
+
+class OutputCheck(Callback):
+    """Before anything runs: the output directory must be writable, else one line says so."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(directory: str, key: str) -> None:
+        import os
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".densbench-write-test-", dir=directory)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            print(f"densbench: cannot write to the output directory {directory} ({exc.strerror or exc}); "
+                  f"choose another with {key}=DIR", file=sys.stderr)
+            sys.exit(2)

@@ -16,7 +16,8 @@ from torch.distributions import Distribution
 from densbench import losses
 from densbench.heads import GaussianHead, GLMHead, Head, MixtureHead
 from densbench.metrics import PredictiveMetrics
-from densbench.training import Chunk, EvalBatch
+from densbench import checkpoints
+from densbench.engine import Chunk, EngineState, EvalBatch, Selection, run_chunk
 
 
 class Diverged(RuntimeError):
@@ -41,6 +42,10 @@ class DensityModule(pl.LightningModule):
         truth_fn: Callable[[Tensor], Distribution] | None = None,
         reduction: str = "mean",
         samples_per_step: int = 1,
+        state: EngineState | None = None,
+        selection: Selection | None = None,
+        run_key: dict[str, str] | None = None,
+        resume_from: dict | None = None,
     ):
         super().__init__()
         if not isinstance(head, self.head_type):
@@ -54,14 +59,13 @@ class DensityModule(pl.LightningModule):
         self.samples_per_step = samples_per_step
         self.val_metrics = PredictiveMetrics(task, full=False)
         self.test_metrics = PredictiveMetrics(task, full=True)
-        self.opt_steps = 0
+        self.state = state
+        self.selection = selection
+        self.run_key = run_key or {}
+        self.resume_from = resume_from  # a checkpoint to continue from, loaded once optimisers exist
         self.test_samples = 0
-        self.loss_history: list[Tensor] | None = None  # set to [] to keep every step's loss
         self.test_results: dict[str, float] = {}
         self.test_curves: dict[str, list[float]] = {}
-        self.train_loss_sum = torch.zeros(())
-        self.train_floor_hits = torch.zeros(())
-        self.train_loss_count = 0
 
     # ------------------------------------------------------------------ parts
     def forward(self, x: Tensor):
@@ -85,8 +89,9 @@ class DensityModule(pl.LightningModule):
         # anything else (DDP, mixed precision) goes through Lightning's optimizer and backward
         strategy = self.trainer.strategy
         self._plain = isinstance(strategy, SingleDeviceStrategy) and str(self.trainer.precision) in ("32-true", "64-true")
-        self.train_loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        self.train_floor_hits = torch.zeros((), device=self.device, dtype=torch.float64)
+        if self.resume_from is not None:  # optimisers exist now; the first chunk is planned after this hook
+            checkpoints.restore(self, self.selection, self.resume_from)
+            self.resume_from = None
         # every step allocates autograd objects and triggers Python's cyclic GC, whose full passes
         # would walk all of Lightning's (and earlier jobs') long-lived objects: take those out of it
         # (no gc.collect() first: with a few hundred thousand objects alive it costs a tenth of a second)
@@ -95,45 +100,30 @@ class DensityModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         gc.unfreeze()
 
+    def _step(self, loss: Tensor) -> None:
+        if self._plain:
+            raw_opt = self._raw_optimizer
+            raw_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            raw_opt.step()
+        else:
+            opt = self.optimizers()
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt.step()
+
     def training_step(self, chunk: Chunk, batch_idx: int) -> None:
         opt = self.optimizers()
-        raw_opt = opt.optimizer
-        params = list(self.parameters())
-        count_hits = self.head.has_floor
-        chunk_losses, chunk_hits = [], []
-        for t in range(self.opt_steps, self.opt_steps + chunk.steps):
-            x, y, extra = chunk.source.batch(t)
-            raw = self.forward(x)  # forward directly: no module hooks on the hot path
-            loss = self.loss(raw, y, extra)
-            if self._plain:
-                raw_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                # the hooks Lightning's manual loop installs around a step: they keep
-                # trainer.global_step equal to the number of optimisation steps
-                opt._on_before_step()
-                raw_opt.step()
-                opt._on_after_step()
-            else:
-                opt.zero_grad(set_to_none=True)
-                self.manual_backward(loss)
-                opt.step()
-            chunk_losses.append(loss.detach())
-            if count_hits:  # collapsed spreads are counted every step, not averaged away
-                chunk_hits.append(self.head.floor_hits(raw))
-        losses_t = torch.stack(chunk_losses).double()
-        hits_t = torch.stack(chunk_hits) if count_hits else losses_t.new_zeros(chunk.steps, dtype=torch.long)
+        self._raw_optimizer = opt.optimizer
+        losses_t, hits_t = run_chunk(self, chunk, self._step, self.head.has_floor)
         total = losses_t.sum()
-        finite = torch.isfinite(total) & torch.stack([torch.isfinite(p).all() for p in params]).all()
+        finite = torch.isfinite(total) & torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()
         if not bool(finite):  # the one host synchronisation of the chunk
-            self._diverged(losses_t, hits_t)
-        self.opt_steps += chunk.steps
-        if self.loss_history is not None:
-            self.loss_history.append(losses_t)
-        self.train_loss_sum += total
-        self.train_floor_hits += hits_t.sum()
-        self.train_loss_count += chunk.steps
+            self._diverged(losses_t, hits_t, self.state.opt_steps - len(losses_t))
+        if self.state.opt_steps % self.state.eval_every == 0 or self.state.opt_steps == self.state.total_steps:
+            self.log_scalars(self.state.close_period())
 
-    def _diverged(self, losses_t: Tensor, hits_t: Tensor) -> None:
+    def _diverged(self, losses_t: Tensor, hits_t: Tensor, first: int) -> None:
         bad = (~torch.isfinite(losses_t)).nonzero()
         i = int(bad[0]) if len(bad) else len(losses_t) - 1
         what = "loss" if len(bad) else "parameters"
@@ -143,7 +133,7 @@ class DensityModule(pl.LightningModule):
             if hits
             else "; no spread on the floor (overflow: try a smaller optimizer.lr)"
         )
-        raise Diverged(f"training diverged: non-finite {what} at optimisation step {self.opt_steps + i}{hint}")
+        raise Diverged(f"training diverged: non-finite {what} at optimisation step {first + i}{hint}")
 
     def log_scalars(self, values: dict[str, Tensor | float]) -> None:
         """Write scalars to the loggers at the current optimisation step.
@@ -154,23 +144,7 @@ class DensityModule(pl.LightningModule):
         if self.loggers and self.trainer.is_global_zero:
             scalars = {k: float(v) for k, v in values.items()}
             for logger in self.loggers:
-                logger.log_metrics(scalars, step=self.opt_steps)
-
-    def on_train_epoch_end(self) -> None:
-        if self.train_loss_count:
-            self.log_scalars({"train/loss": self.train_loss_sum / self.train_loss_count,
-                              "train/floor_hits_per_step": self.train_floor_hits / self.train_loss_count})
-        self.train_loss_sum.zero_()
-        self.train_floor_hits.zero_()
-        self.train_loss_count = 0
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["opt_steps"] = self.opt_steps
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # resuming a fit continues the step count; loading the best weights for testing does not rewind it
-        if self._trainer is None or self.trainer.state.fn == "fit":
-            self.opt_steps = int(checkpoint.get("opt_steps", 0))
+                logger.log_metrics(scalars, step=self.state.opt_steps)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: EvalBatch, metrics: PredictiveMetrics, truth: bool) -> None:

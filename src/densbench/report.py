@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
-import shutil
+import re
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from densbench.results import RESULT_FILE, find_results
+from densbench.atomic import replacing, save_figure, write_text
+from densbench.results import RESULT_FILE, scan_results
 
 GROUP_KEYS = ("dataset", "head", "loss", "grad", "device")
+ROW_KEYS = GROUP_KEYS + ("config",)  # config: the other settings that differ between rows
 # (metric, header, lower is better); the main table's columns
 MAIN_COLUMNS = [
     ("nll", "NLL", True),
@@ -85,13 +89,74 @@ def _fmt(m: float, se: float | None, digits: int = 3) -> str:
     return s if se is None else f"{s} ± {se:.{digits}f}"
 
 
+REPLICATION_KEYS = ("seed", "dataset.seed", "dataset.split")  # what varies between runs averaged in one row
+BOOKKEEPING_KEYS = ("name", "resume", "report", "figures", "logger")  # never change a run's numbers
+_MISSING = "<unset>"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted keys of a nested config, values as canonical JSON (lists and nulls compare exactly)."""
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str)}
+
+
+def run_axes(res: dict) -> dict[str, str]:
+    """Everything a run's numbers depend on: its resolved config (minus replication and bookkeeping keys),
+    its code revision and its data."""
+    flat = {k: v for k, v in flatten(res.get("config") or {}).items()
+            if k not in REPLICATION_KEYS and k.split(".")[0] not in BOOKKEEPING_KEYS}
+    prov = res.get("provenance") or {}
+    flat["code"] = json.dumps(prov.get("source_hash"))
+    flat["data"] = json.dumps(prov.get("data_hash"))
+    return flat
+
+
+def _label_key(res: dict) -> tuple:
+    lab = res.get("labels", {})
+    return tuple(lab.get(k) for k in GROUP_KEYS)
+
+
+def distinguishing_keys(runs: list[dict]) -> list[str]:
+    """Config keys (and code/data) that differ between runs and are not already told apart by the label columns."""
+    axes = [run_axes(r) for r in runs]
+    keys = sorted({k for a in axes for k in a})
+    by_label: dict[tuple, list[dict[str, str]]] = defaultdict(list)
+    for r, a in zip(runs, axes):
+        by_label[_label_key(r)].append(a)
+    out = []
+    for k in keys:
+        if len({a.get(k, _MISSING) for a in axes}) < 2:
+            continue
+        if all(len({a.get(k, _MISSING) for a in group}) == 1 for group in by_label.values()):
+            continue  # the label columns already separate these runs
+        out.append(k)
+    return out
+
+
+def _show(key: str, value: str) -> str:
+    v = json.loads(value) if value != _MISSING else "unset"
+    if key in ("code", "data") and isinstance(v, str):
+        v = v[:8]
+    return f"{key}={v}"
+
+
 def group_results(results: list[tuple[Path, dict]]) -> dict[tuple, list[dict]]:
-    """Ok runs grouped by configuration (everything but seed and split)."""
+    """Ok runs grouped by everything that can change their numbers except seed and split.
+
+    The key is the label columns plus a `config` string naming the other keys that differ (e.g.
+    ``optimizer.lr=0.03``), so runs of different settings, code revisions or data never share a row.
+    """
+    ok = [r for _, r in results if r.get("status") == "ok"]
+    keys = distinguishing_keys(ok)
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for _, res in results:
-        if res.get("status") == "ok":
-            lab = res.get("labels", {})
-            groups[tuple(lab.get(k) for k in GROUP_KEYS)].append(res)
+    for r in ok:
+        axes = run_axes(r)
+        config = ", ".join(_show(k, axes.get(k, _MISSING)) for k in keys)
+        groups[_label_key(r) + (config,)].append(r)
     return dict(sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
 
 
@@ -99,8 +164,9 @@ def summarise(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
     """One row per configuration with mean and standard error of every metric."""
     rows = []
     for key, runs in groups.items():
-        row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
+        row: dict[str, Any] = dict(zip(ROW_KEYS, key))
         row["runs"] = len(runs)
+        row["flagged"] = sum(1 for r in runs if r.get("flags"))
         for m in CSV_METRICS:
             vals = [r.get("metrics", {}).get(m) for r in runs]
             if any(v is not None for v in vals):
@@ -128,57 +194,92 @@ def _best_marks(rows: list[dict]) -> set[tuple[int, str]]:
 
 
 def throughput_ratios(rows: list[dict]) -> list[dict]:
-    """analytic / autograd training throughput per (dataset, head, loss, device) where both ran."""
+    """analytic / autograd training throughput per row that both gradient paths ran."""
     by: dict[tuple, dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r.get("train_samples_per_s") is not None and math.isfinite(r["train_samples_per_s"]):
-            by[(r["dataset"], r["head"], r["loss"], r["device"])][r["grad"]] = r["train_samples_per_s"]
+            by[(r["dataset"], r["head"], r["loss"], r["device"], r["config"])][r["grad"]] = r["train_samples_per_s"]
     out = []
-    for (ds, head, loss, dev), v in sorted(by.items()):
+    for (ds, head, loss, dev, config), v in sorted(by.items()):
         if "analytic" in v and "autograd" in v:
-            out.append({"dataset": ds, "head": head, "loss": loss, "device": dev, "analytic": v["analytic"],
+            out.append({"dataset": ds, "head": head, "loss": loss, "device": dev, "config": config, "analytic": v["analytic"],
                         "autograd": v["autograd"], "ratio": v["analytic"] / v["autograd"]})
     return out
 
 
-def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None = None) -> Path:
-    """Build report.md, summary.csv and figures for every result.json under sweep_dir."""
+@dataclass
+class Written:
+    """What write_report produced: the report's path and the result files it had to leave out."""
+
+    path: Path
+    skipped: list[tuple[Path, str]]
+
+
+def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None = None) -> Written:
+    """Build report.md, summary.csv, runs.csv and figures for every result.json under sweep_dir."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
-    results = find_results(sweep_dir)
+    results, skipped = scan_results(sweep_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_results(results)
     rows = summarise(groups)
-    _write_csv(out_dir / "summary.csv", rows)
+    _write_csv(out_dir / "summary.csv", list(ROW_KEYS) + ["runs", "flagged"] + [c for m in CSV_METRICS for c in (m, f"{m}_se")], rows)
+    _write_csv(out_dir / "runs.csv", RUN_COLUMNS + CSV_METRICS, [_run_row(p, r, sweep_dir) for p, r in results])
     figures = _figures(groups, rows, out_dir, results)
-    md = _markdown(title or sweep_dir.name, sweep_dir, results, rows, figures)
-    path = out_dir / "report.md"
-    path.write_text(md)
-    return path
+    md = _markdown(title or sweep_dir.name, sweep_dir, results, rows, figures, skipped)
+    return Written(write_text(out_dir / "report.md", md), skipped)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    cols = list(GROUP_KEYS) + ["runs"] + [c for m in CSV_METRICS for c in (m, f"{m}_se")]
-    with open(path, "w", newline="") as f:
+RUN_COLUMNS = ["run", "status", "flags", "overrides", "config_hash", "source_hash", "data_hash", *GROUP_KEYS, "seed", "split"]
+
+
+def _run_row(path: Path, res: dict, root: Path) -> dict[str, Any]:
+    """A run's line in runs.csv: where it is, how to rerun it, what it depends on, its metrics."""
+    prov, lab = res.get("provenance") or {}, res.get("labels") or {}
+    row: dict[str, Any] = {
+        "run": str(path.relative_to(root)) if path != root else path.name,
+        "status": res.get("status"),
+        "flags": "; ".join(res.get("flags") or []),
+        "overrides": json.dumps(res.get("overrides")),
+        "config_hash": res.get("config_hash"),
+        "source_hash": prov.get("source_hash"),
+        "data_hash": prov.get("data_hash"),
+        **{k: lab.get(k) for k in (*GROUP_KEYS, "seed", "split")},
+    }
+    row.update({m: v for m, v in (res.get("metrics") or {}).items() if m in CSV_METRICS})
+    return row
+
+
+def _write_csv(path: Path, cols: list[str], rows: list[dict]) -> None:
+    with replacing(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
 
 
-def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, list[str]]) -> str:
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, list[str]], skipped) -> str:
     ok = sum(1 for _, r in results if r.get("status") == "ok")
     lines = [f"# densbench report: {title}", ""]
-    lines.append(f"Sweep directory: `{sweep_dir}`. Runs: {len(results)} ({ok} ok). "
+    lines.append(f"Sweep directory: `{sweep_dir}`. Runs: {len(results)} ({ok} ok)"
+                 + (f"; {len(skipped)} result files could not be read (listed below)" if skipped else "") + ". "
                  "Metrics are on the test split in original target units; mean ± standard error over runs that "
-                 "differ only in seed or data split; **bold** marks the best value per dataset.")
+                 "differ only in seed or data split (every other setting, the code revision and the data are the "
+                 "same within a row; `config` names the settings that differ between rows); **bold** marks the "
+                 "best value per dataset.")
     lines.append("")
     if rows:
         cols = [(m, h) for m, h, _ in MAIN_COLUMNS if any(r.get(m) is not None for r in rows)]
+        keys = [k for k in ROW_KEYS if k != "config" or any(r["config"] for r in rows)]
         marks = _best_marks(rows)
-        lines.append("| " + " | ".join(list(GROUP_KEYS) + ["runs"] + [h for _, h in cols]) + " |")
-        lines.append("|" + "---|" * (len(GROUP_KEYS) + 1 + len(cols)))
+        lines.append("| " + " | ".join(keys + ["runs"] + [h for _, h in cols]) + " |")
+        lines.append("|" + "---|" * (len(keys) + 1 + len(cols)))
         for i, r in enumerate(rows):
-            cells = [str(r[k]) for k in GROUP_KEYS] + [str(r["runs"])]
+            runs = f"{r['runs']} ({r['flagged']} flagged)" if r["flagged"] else str(r["runs"])
+            cells = [_cell(r[k]) for k in keys] + [runs]
             for m, _ in cols:
                 digits = 0 if m == "train_samples_per_s" else 3
                 c = _fmt(r.get(m, float("nan")), r.get(f"{m}_se"), digits)
@@ -189,24 +290,26 @@ def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, lis
                      "probability score (ranked probability score for counts and classes); cal. error = mean absolute "
                      "calibration error of central intervals over 100 levels; ECE = expected calibration error, 15 bins; "
                      "cover@90 = share of test targets inside the central 90% interval; NLL - oracle = gap to the true "
-                     "distribution's NLL where it is known. Every metric is in `summary.csv`.")
+                     "distribution's NLL where it is known. Every metric is in `summary.csv`, every run in `runs.csv`.")
         lines.append("")
     ratios = throughput_ratios(rows)
     if ratios:
         lines += ["## Analytic vs autograd gradients (training throughput)", "",
-                  "| dataset | head | loss | device | analytic samples/s | autograd samples/s | analytic / autograd |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| dataset | head | loss | device | config | analytic samples/s | autograd samples/s | analytic / autograd |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in ratios:
-            lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {r['device']} | {r['analytic']:.0f} | "
-                         f"{r['autograd']:.0f} | {r['ratio']:.2f} |")
+            lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {r['device']} | {_cell(r['config'])} | "
+                         f"{r['analytic']:.0f} | {r['autograd']:.0f} | {r['ratio']:.2f} |")
         lines.append("")
     lines += _published_section(results)
-    bad = [(p, r) for p, r in results if r.get("status") != "ok"]
-    if bad:
-        lines += ["## Runs that did not finish", "", "| run | status | error |", "|---|---|---|"]
-        for p, r in bad:
-            err = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{p.relative_to(sweep_dir) if p != sweep_dir else p.name}` | {r.get('status')} | {err} |")
+    attention = [(p, r) for p, r in results if r.get("status") != "ok" or r.get("flags")]
+    if attention or skipped:
+        lines += ["## Runs that need attention", "", "| run | status | what |", "|---|---|---|"]
+        for p, r in attention:
+            what = r.get("error") if r.get("status") != "ok" else "; ".join(r["flags"])
+            lines.append(f"| `{_rel(p, sweep_dir)}` | {r.get('status')}{' (flagged)' if r.get('flags') else ''} | {_cell(what)} |")
+        for p, why in skipped:
+            lines.append(f"| `{_rel(p, sweep_dir)}` | left out | {_cell(why)} |")
         lines.append("")
     for section, paths in figures.items():
         if paths:
@@ -217,11 +320,15 @@ def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, lis
         lab = r.get("labels", {})
         nll = (r.get("metrics") or {}).get("nll")
         ss = lab.get("split") if lab.get("split") is not None else lab.get("seed")
-        rel = p.relative_to(sweep_dir) if p != sweep_dir else Path(p.name)
-        lines.append(f"| `{rel}` | {r.get('status')} | {lab.get('dataset')} | {lab.get('loss')} | {lab.get('head')} | "
-                     f"{lab.get('grad')} | {lab.get('device')} | {ss} | {_fmt(nll, None)} | {r.get('wall_time_s', float('nan')):.1f} |")
+        wall = r.get("wall_time_s")
+        lines.append(f"| `{_rel(p, sweep_dir)}` | {r.get('status')} | {lab.get('dataset')} | {lab.get('loss')} | {lab.get('head')} | "
+                     f"{lab.get('grad')} | {lab.get('device')} | {ss} | {_fmt(nll, None)} | {'-' if wall is None else f'{wall:.1f}'} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _rel(p: Path, root: Path) -> Path:
+    return p.relative_to(root) if p != root else Path(p.name)
 
 
 def _published_section(results) -> list[str]:
@@ -262,9 +369,13 @@ def _protocol_note(res: dict) -> str:
             f"lr {o.get('lr')}, weight decay {o.get('weight_decay')}; tested at {select}.")
 
 
-def _short(key: tuple) -> str:
-    ds, head, loss, grad, dev = key
-    return f"{loss}/{head}\n{grad}/{dev}"
+def _short(row: dict) -> str:
+    text = f"{row['loss']}/{row['head']} {row['grad']}/{row['device']}"
+    return f"{text} {row['config']}" if row.get("config") else text
+
+
+def _slug(parts) -> str:
+    return re.sub(r"[^A-Za-z0-9.,+-]+", "-", "_".join(str(p) for p in parts if p)).strip("-")[:120]
 
 
 def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
@@ -280,7 +391,7 @@ def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
         metrics = [(m, h) for m, h in (("nll", "test NLL"), ("mace", "calibration error"), ("ece", "ECE"))
                    if any(r.get(m) is not None for r in rs)]
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.6 * len(rs) + 1.6), squeeze=False)
-        names = [_short(tuple(r[k] for k in GROUP_KEYS)).replace("\n", " ") for r in rs]
+        names = [_short(r) for r in rs]
         for ax, (m, h) in zip(axes[0], metrics):
             vals = [r.get(m, float("nan")) for r in rs]
             errs = [r.get(f"{m}_se") or 0.0 for r in rs]
@@ -295,7 +406,7 @@ def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
         fig.suptitle(ds, fontsize=11)
         fig.tight_layout()
         name = f"compare_{ds}.png"
-        fig.savefig(out_dir / name, dpi=100)
+        save_figure(fig, out_dir / name, dpi=100)
         plt.close(fig)
         out["Comparison per dataset"].append(name)
     run_dirs = {id(r): p for p, r in results}
@@ -303,25 +414,30 @@ def _figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
         curves = runs[0].get("curves") or {}
         if not curves:
             continue
-        name = "calib_" + "_".join(str(k).replace("/", "-").replace("=", "") for k in key) + ".png"
+        name = "calib_" + _slug(key) + ".png"
         own = run_dirs[id(runs[0])] / str((runs[0].get("artifacts") or {}).get("calibration_figure", ""))
         if len(runs) == 1 and own.is_file():
-            shutil.copyfile(own, out_dir / name)  # one run: its own figure already shows it
+            _copy(own, out_dir / name)  # one run: its own figure already shows it
         else:
-            fig = calibration_figure([r["curves"] for r in runs], title=" | ".join(str(k) for k in key))
-            fig.savefig(out_dir / name, dpi=100)
+            fig = calibration_figure([r["curves"] for r in runs], title=" | ".join(str(k) for k in key if k))
+            save_figure(fig, out_dir / name, dpi=100)
             plt.close(fig)
         out["Calibration"].append(name)
     for p, r in results:
         fig_name = (r.get("artifacts") or {}).get("figure")
         if r.get("status") == "ok" and fig_name and (p / fig_name).exists():
-            target = "pred_" + "_".join(str(r["labels"].get(k)).replace("/", "-").replace("=", "") for k in GROUP_KEYS)
             lab = r["labels"]
+            target = "pred_" + _slug([lab.get(k) for k in GROUP_KEYS] + [r.get("config_hash", "")[:6]])
             suffix = f"_s{lab.get('split') if lab.get('split') is not None else lab.get('seed')}"
-            shutil.copyfile(p / fig_name, out_dir / f"{target}{suffix}.png")
+            _copy(p / fig_name, out_dir / f"{target}{suffix}.png")
             out["Predictive distributions"].append(f"{target}{suffix}.png")
     out["Predictive distributions"] = sorted(set(out["Predictive distributions"]))[:24]
     return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with replacing(dst, "wb") as f:
+        f.write(src.read_bytes())
 
 
 class SweepReport(Callback):
@@ -332,11 +448,13 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        results = find_results(sweep_dir)
+        results, skipped = scan_results(sweep_dir)
         if config.get("report", {}).get("enabled", True):
             out = Path(config.report.dir) / sweep_dir.name
-            path = write_report(sweep_dir, out)
-            print(f"densbench: report written to {path}")
+            written = write_report(sweep_dir, out)
+            print(f"densbench: report written to {written.path}")
+        for path, why in skipped:
+            print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)
         # the exit status is about the jobs this command ran; results of earlier runs in the same
         # directory (kept by resume) are in the report but not in the count
         started = getattr(self, "_started", 0.0)
@@ -344,7 +462,11 @@ class SweepReport(Callback):
         failed = [r for r in ran if r.get("status") in ("failed", "interrupted")]
         if failed:
             print(f"densbench: {len(failed)} of {len(ran)} runs failed; see the report", file=sys.stderr)
+        if failed or skipped:
             sys.exit(1)
+
+
+SKIPPED_EXIT = 3  # the report was written, but some result files could not be read
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -357,10 +479,15 @@ def main(argv: list[str] | None = None) -> None:
     sweep = Path(args.sweep_dir)
     if not sweep.is_dir():
         parser.error(f"{sweep} is not a directory")
-    if not find_results(sweep):
+    if not any(sweep.rglob(RESULT_FILE)):
         parser.error(f"no result.json under {sweep}")
     out = Path(args.out) if args.out else Path("reports") / sweep.resolve().name
-    print(write_report(sweep, out, args.title))
+    written = write_report(sweep, out, args.title)
+    print(written.path)
+    for path, why in written.skipped:
+        print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)
+    if written.skipped:
+        sys.exit(SKIPPED_EXIT)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from densbench.atomic import replacing
 
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "failed", "skipped", "interrupted")
@@ -26,21 +26,10 @@ def _clean(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> Path:
-    """Write JSON to a temporary file in the same directory and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(payload), f, indent=2, sort_keys=False, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write JSON through a temporary file renamed over `path` (flushed to disk first)."""
+    with replacing(path, sync=True) as f:
+        json.dump(_clean(payload), f, indent=2, sort_keys=False, allow_nan=False)
+    return Path(path)
 
 
 def read_result(run_dir: str | Path) -> dict | None:
@@ -57,11 +46,44 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def find_results(root: str | Path) -> list[tuple[Path, dict]]:
-    """Every (run_dir, result) under root, sorted by path."""
-    out = []
+def problem(res: Any) -> str | None:
+    """Why a parsed result.json cannot be used, or None."""
+    if not isinstance(res, dict):
+        return f"not a JSON object but {type(res).__name__}"
+    if res.get("status") not in STATUSES:
+        return f"status {res.get('status')!r} is not one of {', '.join(STATUSES)}"
+    if not isinstance(res.get("labels"), dict):
+        return "no 'labels' object"
+    if not isinstance(res.get("config", {}), dict):
+        return "'config' is not an object"
+    if res["status"] == "ok":
+        metrics = res.get("metrics")
+        if not isinstance(metrics, dict):
+            return "status ok but no 'metrics' object"
+        bad = [k for k, v in metrics.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+        if bad:
+            return f"metric {bad[0]!r} is not a number"
+    return None
+
+
+def scan_results(root: str | Path) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
+    """Every usable (run_dir, result) under root, and every (path, reason) that could not be used."""
+    good, bad = [], []
     for path in sorted(Path(root).rglob(RESULT_FILE)):
-        res = read_result(path.parent)
-        if res is not None:
-            out.append((path.parent, res))
-    return out
+        try:
+            with open(path) as f:
+                res = json.load(f)
+        except (OSError, ValueError) as exc:
+            bad.append((path, f"unreadable: {exc}"))
+            continue
+        why = problem(res)
+        if why:
+            bad.append((path, f"malformed: {why}"))
+        else:
+            good.append((path.parent, res))
+    return good, bad
+
+
+def find_results(root: str | Path) -> list[tuple[Path, dict]]:
+    """Every usable (run_dir, result) under root, sorted by path."""
+    return scan_results(root)[0]

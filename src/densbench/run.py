@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import sys
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from densbench import checkpoints, provenance, resume
+from densbench.atomic import save_figure
 from densbench.results import RESULT_FILE, config_hash, read_result, write_json_atomic
+from densbench.signals import Interrupted, JobSignals
 
 TRACEBACK_FILE = "traceback.txt"
-CONFIG_HASH_FILE = "config_hash.txt"
-INTERRUPTED_CKPT = "interrupted"  # written by Lightning on SIGTERM or an exception mid-training
+# bookkeeping switches: they change where and whether a run is written, never its numbers
+NOT_IN_KEY = ("resume", "report", "name")
 
 
 class Skipped(Exception):
@@ -101,11 +106,9 @@ class Built:
     module: Any
     datamodule: Any
     trainer: Any
-    checkpoint: Any
+    selection: Any
     throughput: Any
     logger: Any
-    total_steps: int
-    eval_every: int
     steps_per_call: int
     batch_size: int | None
 
@@ -115,15 +118,16 @@ class Built:
         return len(self.data.val) > 0
 
 
-def build(cfg: DictConfig, run_dir: Path) -> Built:
+def build(cfg: DictConfig, run_dir: Path, run_key: dict[str, str] | None = None, resume_from: dict | None = None,
+          keep_step_losses: bool = False) -> Built:
     """Validate the config, load data and wire module, data module, callbacks and trainer."""
     import lightning.pytorch as pl
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from densbench import data as data_mod
+    from densbench.checkpoints import Checkpoints
+    from densbench.engine import DensityData, EngineState, Selection, Throughput, steps_per_pass
     from densbench.modules import module_class
-    from densbench.training import CheckpointOnInterrupt, DensityData, Throughput
     from densbench.validate import check_against_data, check_config, resolve_glm_family
 
     check_config(cfg)
@@ -135,7 +139,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
 
     data = data_mod.load(cfg.dataset)
     check_against_data(cfg, data)
-    prep = data_mod.prepare(data)
+    prep = data_mod.prepare(data, dtype=torch.float64 if str(t.precision).startswith("64") else torch.float32)
 
     backbone = instantiate(cfg.model, in_features=data.n_features)
     head_kwargs: dict[str, Any] = {"in_features": backbone.out_features}
@@ -145,11 +149,14 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
 
     world = int(t.devices) * int(t.num_nodes)
     batch = None if t.batch_size is None or int(t.batch_size) >= len(data.train) else int(t.batch_size)
-    steps_per_pass = 1 if batch is None else math.ceil(len(data.train) / batch)
-    total, eval_every = _steps(cfg, steps_per_pass)
+    total, eval_every = _steps(cfg, steps_per_pass(len(data.train), batch))
     # DDP synchronises gradients inside Lightning's backward: one optimisation step per call
     per_call = 1 if world > 1 else min(int(t.steps_per_call), eval_every)
-    periods = math.ceil(total / eval_every)
+    state = EngineState(total, eval_every, keep_step_losses)
+    if resume_from is not None:
+        # the step count decides the first chunk plan, which Lightning makes before the weights load
+        state.load_state_dict(resume_from["engine"])
+    selection = Selection(int(t.early_stopping_patience) if len(data.val) and t.early_stopping_patience else None)
 
     module = module_class(cfg.loss.name)(
         backbone=backbone,
@@ -162,6 +169,10 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
         truth_fn=data.truth,
         reduction=cfg.loss.reduction,
         samples_per_step=batch or len(data.train),
+        state=state,
+        selection=selection,
+        run_key=run_key,
+        resume_from=resume_from,
     )
     class_targets = cfg.loss.name == "glm" and head.family == "categorical"
     from densbench.losses import use_compiled_kernels
@@ -171,26 +182,16 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
     if t.compile:
         module.backbone.compile(mode=t.compile_mode)
         module.head.compile(mode=t.compile_mode)
-    dm = DensityData(prep, batch, eval_every, per_call, int(cfg.seed), cfg.loss.name == "kl", class_targets)
+    dm = DensityData(prep, batch, state, per_call, int(cfg.seed), cfg.loss.name == "kl", class_targets)
 
     throughput = Throughput()
-    interrupted = str(run_dir / "checkpoints" / f"{INTERRUPTED_CKPT}.ckpt")
-    callbacks: list[pl.Callback] = [throughput, CheckpointOnInterrupt(interrupted)]
-    has_val = len(data.val) > 0
-    ckpt = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best",
-        monitor="val/nll" if has_val else None,
-        mode="min",
-        save_last=True,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    callbacks.append(ckpt)
+    callbacks: list[pl.Callback] = [throughput, selection, Checkpoints(run_dir / "checkpoints", selection)]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    if has_val and t.early_stopping_patience:
-        callbacks.append(EarlyStopping("val/nll", patience=int(t.early_stopping_patience), mode="min", check_finite=False))
-    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") and "_target_" in cfg.logger else False
+    logger = False
+    if cfg.get("logger") and "_target_" in cfg.logger:
+        # events a killed run wrote after its last checkpoint are hidden, not shown twice
+        purge = {"purge_step": state.opt_steps + 1} if resume_from is not None else {}
+        logger = instantiate(cfg.logger, save_dir=str(run_dir), **purge)
 
     trainer = pl.Trainer(
         accelerator=t.accelerator,
@@ -198,64 +199,75 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
         num_nodes=int(t.num_nodes),
         strategy=t.strategy,
         precision=t.precision,
-        max_epochs=periods,
+        max_epochs=state.periods_left,
         logger=logger,
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
+        enable_checkpointing=False,
         num_sanity_val_steps=0,
-        limit_val_batches=1.0 if has_val else 0,
+        limit_val_batches=1.0 if len(data.val) else 0,
         log_every_n_steps=1,
         deterministic=bool(t.deterministic),
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
     )
-    return Built(data, prep, module, dm, trainer, ckpt, throughput, logger, total, eval_every, per_call, batch)
+    return Built(data, prep, module, dm, trainer, selection, throughput, logger, per_call, batch)
 
 
-def train_and_test(cfg: DictConfig, run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
+def train_and_test(cfg: DictConfig, run_dir: Path, signals: JobSignals, run_key: dict[str, str] | None = None,
+                   resume_from: dict | None = None) -> dict[str, Any]:
     """Train and test one configuration; returns metrics, curves and run facts for result.json."""
-    b = build(cfg, run_dir)
-    module, dm, trainer, ckpt, throughput, logger = b.module, b.datamodule, b.trainer, b.checkpoint, b.throughput, b.logger
-    data, prep = b.data, b.prep
-    has_val, total, eval_every, per_call, batch = b.has_val, b.total_steps, b.eval_every, b.steps_per_call, b.batch_size
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
-    last_val = trainer.callback_metrics.get("val/nll")
-    best = ckpt.best_model_path if has_val and ckpt.best_model_path else None
-    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    signals.enter("loading data")
+    b = build(cfg, run_dir, run_key, resume_from)
+    module, dm, trainer, selection, throughput, logger = b.module, b.datamodule, b.trainer, b.selection, b.throughput, b.logger
+    data, prep, state = b.data, b.prep, module.state
+    signals.enter("training", deferred=True)
+    if state.periods_left:
+        trainer.fit(module, datamodule=dm)
+    elif resume_from is not None:  # training had finished before the interruption: its final state is all we need
+        from densbench.engine import as_param_dtype
+
+        checkpoints.restore(as_param_dtype(module, str(cfg.trainer.precision)), selection, resume_from, optimizer=False)
+    signals.enter("testing")
+    module.load_state_dict(selection.selected(module))
+    trainer.test(module, datamodule=dm, verbose=False)
 
     metrics = dict(module.test_results)
     metrics.update(throughput.figures)
-    curves = module.test_curves
+    curves = dict(module.test_curves)
+    curves.update({f"train_{k}": v for k, v in state.history.items()})
 
     artifacts: dict[str, str] = {}
     if trainer.is_global_zero:
-        if best:
-            module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        checkpoints.save_atomic({"state_dict": selection.selected(module), "config": OmegaConf.to_container(cfg, resolve=True)},
+                                run_dir / "checkpoints" / checkpoints.BEST)
+        signals.enter("writing figures")
         if logger:
             logger.log_hyperparams(_flat_hparams(cfg), {f"hp/{k}": v for k, v in metrics.items() if math.isfinite(v)})
             artifacts["tensorboard"] = os.path.relpath(logger.log_dir, run_dir)
         if cfg.get("figures", True):
-            artifacts.update(_figures(cfg, module, prep, curves, run_dir, logger, module.opt_steps))
+            artifacts.update(_figures(cfg, module, prep, module.test_curves, run_dir, logger, state.opt_steps))
+    hist = state.history
     return {
         "metrics": metrics,
         "curves": curves,
         "train": {
-            "opt_steps": module.opt_steps,
-            "max_steps": total,
-            "eval_every": eval_every,
-            "steps_per_call": per_call,
-            "batch_size": batch,
-            "best_val_nll": float(ckpt.best_model_score) if has_val and ckpt.best_model_score is not None else None,
-            "last_val_nll": float(last_val) if last_val is not None else None,
-            "model_selection": "best val/nll checkpoint" if has_val else "last weights (no validation split)",
+            "opt_steps": state.opt_steps,
+            "max_steps": state.total_steps,
+            "eval_every": state.eval_every,
+            "steps_per_call": b.steps_per_call,
+            "batch_size": b.batch_size,
+            "stopped_early": state.finished,
+            "best_val_nll": selection.best_score if b.has_val else None,
+            "last_val_nll": hist["val_nll"][-1] if hist["val_nll"] else None,
+            "model_selection": "best val/nll" if b.has_val else "last weights (no validation split)",
             "n_train": len(data.train),
             "n_val": len(data.val),
             "n_test": len(data.test),
             "parameters": sum(p.numel() for p in module.parameters()),
         },
         "artifacts": artifacts,
-        "is_rank_zero": trainer.is_global_zero,
     }
 
 
@@ -271,7 +283,7 @@ def _figures(cfg, module, prep, curves, run_dir: Path, logger, step: int) -> dic
     if curves:
         figs["calibration_figure"] = ("calibration", calibration_figure([curves], title=_title(cfg)))
     for key, (name, fig) in figs.items():
-        fig.savefig(run_dir / f"{name}.png", dpi=110)
+        save_figure(fig, run_dir / f"{name}.png", dpi=110)
         if logger:
             logger.experiment.add_figure(name, fig, global_step=step)
         plt.close(fig)
@@ -313,89 +325,156 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def _versions() -> dict[str, str]:
-    import sys
-
-    import lightning
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "lightning": lightning.__version__}
-
-
 def _rank() -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_key(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """The resolved config, the key a reusable result must match, and the provenance to record."""
+    from densbench.data import fingerprint
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    code = provenance.code_revision()
+    data = fingerprint(cfg.dataset)
+    key = resume.run_key(config_hash({k: v for k, v in resolved.items() if k not in NOT_IN_KEY}), code["source_hash"], data["data_hash"])
+    prov = dict(code, **data, versions=provenance.library_versions())
+    return resolved, key, prov
+
+
+def flags(cfg: DictConfig, out: dict[str, Any]) -> list[str]:
+    """Warnings a report must show beside a finished run: validation NLL that ran away, absurd values."""
+    t, found = cfg.trainer, []
+    train = out["train"]
+    best, last = train.get("best_val_nll"), train.get("last_val_nll")
+    margin = float(t.get("flag_margin", 1.0))
+    if best is not None and last is not None and last > best + margin:
+        found.append(f"val_nll_rose: the last validation NLL {last:.4g} is more than {margin:g} above the best {best:.4g}")
+    absurd = float(t.get("absurd_loss", 1e6))
+    worst = max((abs(v) for v in out["curves"].get("train_train_loss", []) if math.isfinite(v)), default=0.0)
+    if worst > absurd:
+        found.append(f"exploded: a period's mean training loss reached {worst:.3g} (above {absurd:g})")
+    for name in ("nll", "crps", "rmse"):
+        v = out["metrics"].get(name)
+        if v is not None and math.isfinite(v) and abs(v) > absurd:
+            found.append(f"exploded: test {name} is {v:.3g} (above {absurd:g})")
+    return found
+
+
+def _previous_checkpoint(run_dir: Path, key: dict[str, str]) -> dict | None:
+    """The last checkpoint of an unfinished run with this key; anything else is reported and set aside."""
+    path = run_dir / "checkpoints" / checkpoints.LAST
+    if not path.exists():
+        return None
+    try:
+        return checkpoints.load(path, key)
+    except checkpoints.CheckpointError as exc:
+        _say(f"densbench: ignoring {path}: {exc}; the run starts over")
+        path.unlink(missing_ok=True)
+        return None
+
+
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """The job boundary: every outcome ends in a result.json (rank 0), never in a lost sweep."""
-    from densbench.data import DataError
-    from densbench.validate import ConfigError
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    # the hash covers what can change a result, not bookkeeping switches
-    chash = config_hash({k: v for k, v in resolved.items() if k not in ("resume", "report", "name")})
-    base = {"config": resolved, "config_hash": chash, "labels": labels(cfg), "run_dir": str(run_dir)}
-
-    previous = read_result(run_dir)
-    if cfg.get("resume", True) and previous and previous.get("status") == "ok" and previous.get("config_hash") == chash:
-        previous["resumed"] = "skipped: result.json is ok for this exact config"
-        return previous
-    resume_from = _resume_checkpoint(run_dir, chash, bool(cfg.get("resume", True)))
-
-    start = time.perf_counter()
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    result: dict[str, Any] = dict(base, started=started, versions=_versions(), resumed_from_checkpoint=resume_from is not None)
-    try:
-        out = train_and_test(cfg, run_dir, resume_from)
-        result.update(status="ok", error=None, **{k: v for k, v in out.items() if k != "is_rank_zero"})
-    except Skipped as exc:
-        result.update(status="skipped", error=str(exc))
-    except (ConfigError, DataError) as exc:
-        result.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_kind="invalid input")
-    except (KeyboardInterrupt, SystemExit) as exc:
-        # SIGTERM reaches here as Lightning's SIGTERMException (a SystemExit) after the last
-        # checkpoint was saved: record the interruption, then let the process end
-        result.update(status="interrupted", error=f"{type(exc).__name__}: interrupted; rerun the same command to resume")
-        if _rank() == 0:
+    rank0 = _rank() == 0
+    with JobSignals() as signals, (resume.locked(run_dir, _say) if rank0 else nullcontext(False)):
+        signals.enter("checking the run directory")
+        start = time.perf_counter()
+        resolved, key, prov = run_key(cfg)
+        result: dict[str, Any] = {
+            "config": resolved, "config_hash": key["config_hash"], "labels": labels(cfg), "run_dir": str(run_dir),
+            "overrides": _overrides(), "provenance": prov,
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            previous = _reusable(cfg, run_dir, key)
+            if previous is not None:
+                return previous
+            resume_from = _previous_checkpoint(run_dir, key) if cfg.get("resume", True) else None
+            result["resumed_from_step"] = (resume_from or {}).get("engine", {}).get("opt_steps")
+            out = train_and_test(cfg, run_dir, signals, key, resume_from)
+            result.update(status="ok", error=None, flags=flags(cfg, out), **out)
+        except Skipped as exc:
+            result.update(status="skipped", error=str(exc))
+        except (Interrupted, SystemExit) as exc:
+            # SystemExit: Lightning's SIGTERMException, raised between two chunks after its own handler ran
+            sig = exc.signum if isinstance(exc, Interrupted) else 15
+            stage = exc.stage if isinstance(exc, Interrupted) else "training"
+            kept = run_dir / "checkpoints" / checkpoints.LAST
+            note = f"kept {kept}" if kept.exists() else "nothing to keep yet"
+            result.update(status="interrupted", error=f"interrupted by {_signame(sig)} while {stage}; {note}; "
+                                                     "rerun the same command to resume")
+            if rank0:
+                _finish(result, run_dir, start)
+                _say(f"densbench: {result['error']}")
+            raise Interrupted(sig, stage) from None
+        except Exception as exc:  # noqa: BLE001 - the job boundary records every failure
+            _record_failure(result, exc, run_dir, rank0)
+        if rank0:
             _finish(result, run_dir, start)
-        if isinstance(exc, SystemExit) and not exc.code:
-            raise SystemExit(128 + 15) from exc  # Lightning's SIGTERM exit carries no status: say it was SIGTERM
-        raise
-    except Exception as exc:  # noqa: BLE001 - the job boundary records every failure
-        from densbench.modules import Diverged
-
-        tb = traceback.format_exc()
-        kind = "diverged" if isinstance(exc, Diverged) else type(exc).__name__
-        result.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_kind=kind, traceback=TRACEBACK_FILE)
-        if _rank() == 0:
-            (run_dir / TRACEBACK_FILE).write_text(tb)
-            # a failed run's checkpoints (possibly non-finite weights) must not seed a rerun
-            for c in (run_dir / "checkpoints").glob("*.ckpt"):
-                c.unlink()
-    if _rank() == 0:
-        _finish(result, run_dir, start)
     return result
 
 
-def _resume_checkpoint(run_dir: Path, chash: str, resume: bool) -> str | None:
-    """The newest checkpoint of an unfinished run of this exact config; stale ones are removed."""
-    hash_file = run_dir / CONFIG_HASH_FILE
-    ckpts = [run_dir / "checkpoints" / f"{n}.ckpt" for n in (INTERRUPTED_CKPT, "last")]
-    same = hash_file.exists() and hash_file.read_text().strip() == chash
-    found = [c for c in ckpts if c.exists()]
-    if resume and same and found:
-        return str(max(found, key=lambda c: c.stat().st_mtime))
-    if _rank() == 0:
-        for c in found + list((run_dir / "checkpoints").glob("best*.ckpt")):
-            c.unlink()  # checkpoints of another config (or a forced rerun) must not leak into this run
-        hash_file.write_text(chash + "\n")
+def _reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str]) -> dict | None:
+    """The earlier result to reuse, or None (after one line saying why an ok result is not reused)."""
+    previous = read_result(run_dir)
+    if not cfg.get("resume", True):
+        if _rank() == 0:  # a forced rerun starts from scratch
+            (run_dir / "checkpoints" / checkpoints.LAST).unlink(missing_ok=True)
+        return None
+    reuse, why = resume.reuse_verdict(previous, key)
+    if reuse:
+        _say(f"densbench: reusing the finished result in {run_dir} (resume=false reruns it)")
+        previous["resumed"] = "reused: result.json is ok for this config, code and data"
+        return previous
+    if why and previous and previous.get("status") == "ok":
+        _say(f"densbench: rerunning {run_dir}: {why}")
     return None
+
+
+def _record_failure(result: dict, exc: Exception, run_dir: Path, rank0: bool) -> None:
+    from densbench.data import DataError
+    from densbench.modules import Diverged
+    from densbench.validate import ConfigError
+
+    if isinstance(exc, (ConfigError, DataError)):
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_kind="invalid input")
+        return
+    kind = "diverged" if isinstance(exc, Diverged) else type(exc).__name__
+    result.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_kind=kind, traceback=TRACEBACK_FILE)
+    if rank0:
+        try:
+            (run_dir / TRACEBACK_FILE).write_text(traceback.format_exc())
+        except OSError:
+            pass
+        if isinstance(exc, Diverged):  # non-finite weights must not seed a rerun
+            (run_dir / "checkpoints" / checkpoints.LAST).unlink(missing_ok=True)
+
+
+def _overrides() -> list[str] | None:
+    """The command-line overrides of this job (what reruns it), when Hydra launched it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
+def _signame(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def _finish(result: dict, run_dir: Path, start: float) -> None:
     result["wall_time_s"] = time.perf_counter() - start
     result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(run_dir / RESULT_FILE, result)
+    try:
+        write_json_atomic(run_dir / RESULT_FILE, result)
+    except OSError as exc:  # a full disk: say so in one line instead of a traceback
+        _say(f"densbench: could not write {run_dir / RESULT_FILE}: {exc.strerror or exc}")

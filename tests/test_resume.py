@@ -1,0 +1,271 @@
+"""Results that can be trusted: exact resume from any interrupt, a record at every stage, atomic and
+checked checkpoints, one process per run directory, and reuse only of results of the same config,
+code and data."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_cfg, run_cli
+from densbench import checkpoints, provenance
+from densbench.run import flags, run_job
+from densbench.signals import Interrupted
+
+TESTS = str(Path(__file__).parent)
+# eval_every is not a multiple of steps_per_call: periods [0, 53), [53, 106), ... and chunks
+# [53, 103), [103, 106): step 75 lies inside a chunk
+LOOP = ["experiment=fast", "trainer.max_steps=160", "trainer.eval_every=53", "trainer.steps_per_call=50",
+        "trainer.batch_size=32", "logger=none", "figures=false"]
+TIMING = ("train_samples_per_s", "train_steps_per_s", "step_time_ms", "eval_samples_per_s", "peak_memory_mb")
+
+
+def _signal_args(marker, sig="SIGINT", step=75):
+    return ["+callbacks.sig._target_=helpers.SignalAtStep", f"+callbacks.sig.step={step}", f"+callbacks.sig.signal={sig}",
+            f"+callbacks.sig.marker={marker}"]
+
+
+@pytest.fixture
+def on_path(monkeypatch):
+    monkeypatch.syspath_prepend(TESTS)
+
+
+def _numbers(res):
+    """Everything a run computes (not how fast): metrics, curves, step counts."""
+    return ({k: v for k, v in res["metrics"].items() if k not in TIMING}, res["curves"],
+            {k: res["train"][k] for k in ("opt_steps", "best_val_nll", "last_val_nll")})
+
+
+def _read(run_dir):
+    return json.loads((Path(run_dir) / "result.json").read_text())
+
+
+@pytest.fixture
+def reference(tmp_path, on_path):
+    """The uninterrupted run of the config the interrupt tests use (its marker exists: no signal)."""
+    marker = tmp_path / "marker"
+    marker.write_text("already")
+    args = LOOP + _signal_args(marker)
+    res = run_job(make_cfg(*args), tmp_path / "reference")
+    assert res["status"] == "ok" and res["train"]["opt_steps"] == 160
+    marker.unlink()
+    return args, marker, res
+
+
+def test_sigint_inside_a_chunk_resumes_bit_for_bit(tmp_path, reference, capsys):
+    args, marker, ref = reference
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run_job(make_cfg(*args), run)
+    res = _read(run)
+    assert res["status"] == "interrupted" and "interrupted by SIGINT while training" in res["error"]
+    assert "kept" in res["error"] and "rerun the same command to resume" in res["error"]
+    assert capsys.readouterr().err.count("densbench: interrupted by SIGINT") == 1
+    # the signal came during step 75; the step finished, the next did not start
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["engine"]["opt_steps"] == 76
+    again = run_job(make_cfg(*args), run)
+    assert again["status"] == "ok" and again["resumed_from_step"] == 76
+    assert _numbers(again) == _numbers(ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code,resumed_at", [("SIGTERM", 128 + 15, 76), ("SIGKILL", -9, 53)])
+def test_signal_or_kill_in_a_subprocess_resumes_bit_for_bit(tmp_path, reference, sig, code, resumed_at):
+    args, marker, ref = reference
+    cli = [a for a in args if not a.startswith("+callbacks.sig.signal")] + [f"+callbacks.sig.signal={sig}",
+                                                                              f"hydra.run.dir={tmp_path}/run"]
+    first = run_cli(cli, cwd=tmp_path, env={"PYTHONPATH": TESTS})
+    assert first.returncode == code, first.stderr[-2000:]
+    if sig == "SIGTERM":
+        lines = [x for x in first.stderr.splitlines() if x.startswith("densbench: interrupted")]
+        assert len(lines) == 1 and "while training" in lines[0] and "last.ckpt" in lines[0]
+    else:  # killed outright: nothing ran after the signal, the last period's checkpoint remains
+        assert not (tmp_path / "run" / "result.json").exists()
+    second = run_cli(cli, cwd=tmp_path, env={"PYTHONPATH": TESTS})
+    assert second.returncode == 0, second.stderr[-2000:]
+    res = _read(tmp_path / "run")
+    assert res["status"] == "ok" and res["resumed_from_step"] == resumed_at
+    assert _numbers(res) == _numbers(ref)
+
+
+def _send_sigterm(*_, **__):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("target,stage", [("densbench.data.load", "loading data"), ("densbench.run._figures", "writing figures")])
+def test_a_signal_at_any_stage_leaves_a_record(tmp_path, monkeypatch, capsys, target, stage):
+    args = ["experiment=fast", "logger=none", "figures=true"]
+    module, name = target.rsplit(".", 1)
+    original = getattr(__import__(module, fromlist=[name]), name)
+
+    def signalled(*a, **k):
+        _send_sigterm()
+        return original(*a, **k)
+
+    monkeypatch.setattr(target, signalled)
+    with pytest.raises(Interrupted):
+        run_job(make_cfg(*args), tmp_path / "run")
+    res = _read(tmp_path / "run")
+    assert res["status"] == "interrupted" and f"SIGTERM while {stage}" in res["error"]
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("densbench: interrupted")]
+    assert len(err) == 1
+    if stage == "writing figures":  # training had finished: its final state is kept and reused
+        assert "kept" in res["error"]
+        monkeypatch.setattr(target, original)
+        again = run_job(make_cfg(*args), tmp_path / "run")
+        clean = run_job(make_cfg(*args), tmp_path / "clean")
+        assert again["status"] == "ok" and again["resumed_from_step"] == 40
+        assert (tmp_path / "run" / "predictive.png").exists()
+        assert _numbers(again) == _numbers(clean)
+    else:
+        assert "nothing to keep yet" in res["error"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_a_damaged_checkpoint_is_reported_in_one_line_and_the_run_restarts(tmp_path, reference, damage, capsys):
+    args, marker, ref = reference
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run_job(make_cfg(*args), run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")
+    capsys.readouterr()
+    again = run_job(make_cfg(*args), run)
+    err = capsys.readouterr().err
+    assert again["status"] == "ok" and again["resumed_from_step"] is None
+    why = "it cannot be read" if damage == "truncate" else "the file is empty"
+    assert f"densbench: ignoring {ckpt}: {why}" in err and "the run starts over" in err
+    assert _numbers(again) == _numbers(ref)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch):
+    args, marker, ref = reference
+    marker.write_text("no signal in this test")
+    real_save, calls = torch.save, []
+
+    def full_disk(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the second periodic checkpoint: half written, then the disk is full
+            import io
+
+            buf = io.BytesIO()
+            real_save(obj, buf, *a, **k)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    run = tmp_path / "run"
+    res = run_job(make_cfg(*args), run)
+    assert res["status"] == "failed" and "No space left on device" in res["error"]
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # no temporary left behind
+    path = run / "checkpoints" / "last.ckpt"
+    kept = checkpoints.load(path, torch.load(path, weights_only=False)["key"])  # reads back whole
+    assert kept["engine"]["opt_steps"] == 53  # the first period's checkpoint, intact
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
+    again = run_job(make_cfg(*args), run)
+    assert again["status"] == "ok" and again["resumed_from_step"] == 53
+    assert _numbers(again) == _numbers(ref)
+
+
+def test_last_checkpoint_follows_every_period_not_only_the_best(tmp_path):
+    # lr so high that validation NLL gets worse after the first period: "last" must still move on
+    res = run_job(make_cfg(*LOOP, "optimizer.lr=0.5"), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["engine"]["opt_steps"] == res["train"]["opt_steps"] == 160
+    assert state["engine"]["history"]["step"] == [53, 106, 159, 160]
+    assert len(res["curves"]["train_val_nll"]) == 4
+
+
+def _csv(path, rows):
+    path.write_text("x,y\n" + "".join(f"{a},{b}\n" for a, b in rows))
+
+
+def test_a_result_is_reused_only_for_the_same_config_code_and_data(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data.csv"
+    _csv(data, [(i / 10, 2 * i / 10 + (i % 3) / 5) for i in range(200)])
+    cfg = make_cfg("experiment=fast", "dataset=csv", f"dataset.path={data}", "dataset.target=y", "logger=none")
+    first = run_job(cfg, tmp_path / "run")
+    prov = first["provenance"]
+    assert prov["source_hash"] and prov["data_hash"] and prov["data_source"] == [str(data.resolve())]
+    assert prov["version"] and prov["versions"]["torch"] and prov["git_commit"] and isinstance(prov["git_dirty"], bool)
+    assert run_job(cfg, tmp_path / "run")["resumed"].startswith("reused")
+    # the same file name with other numbers in it: retrained, and says why
+    _csv(data, [(i / 10, -3 * i / 10) for i in range(200)])
+    capsys.readouterr()
+    second = run_job(cfg, tmp_path / "run")
+    assert "resumed" not in second and second["metrics"]["nll"] != first["metrics"]["nll"]
+    assert f"densbench: rerunning {tmp_path / 'run'}: the data changed since the earlier result" in capsys.readouterr().err
+    assert second["provenance"]["data_hash"] != prov["data_hash"]
+    # other code: retrained as well
+    real = provenance.code_revision()
+    monkeypatch.setattr("densbench.run.provenance.code_revision", lambda: dict(real, source_hash="0" * 16))
+    capsys.readouterr()
+    third = run_job(cfg, tmp_path / "run")
+    assert "resumed" not in third
+    assert f"densbench: rerunning {tmp_path / 'run'}: the code changed since the earlier result" in capsys.readouterr().err
+
+
+def test_flags_name_a_validation_nll_that_ran_away_and_finite_explosions():
+    cfg = make_cfg("experiment=fast")
+    out = {"train": {"best_val_nll": 0.5, "last_val_nll": 2.0}, "curves": {"train_train_loss": [1.0, 3.0e9]},
+           "metrics": {"nll": 5e9, "rmse": 1e12, "crps": 0.2}}
+    found = flags(cfg, out)
+    assert any(f.startswith("val_nll_rose: the last validation NLL 2 is more than 1 above the best 0.5") for f in found)
+    assert "exploded: a period's mean training loss reached 3e+09 (above 1e+06)" in found
+    assert "exploded: test nll is 5e+09 (above 1e+06)" in found and "exploded: test rmse is 1e+12 (above 1e+06)" in found
+    calm = {"train": {"best_val_nll": 0.5, "last_val_nll": 0.9}, "curves": {"train_train_loss": [1.0, 0.5]},
+            "metrics": {"nll": 0.4, "rmse": 1.0}}
+    assert flags(cfg, calm) == []
+
+
+@pytest.mark.parametrize("column,where", [("a", "feature column 'a'"), ("y", "target column 'y'")])
+def test_values_whose_square_overflows_are_refused_by_column(tmp_path, column, where):
+    from densbench import data as D
+
+    rows = [(i, i + 1.0) for i in range(30)]
+    rows[7] = (1e300, 8.0) if column == "a" else (7, 1e300)
+    path = tmp_path / "x.csv"
+    path.write_text("a,y\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    cfg = make_cfg("dataset=csv", f"dataset.path={path}", "dataset.target=y")
+    with pytest.raises(D.DataError, match=rf"{where} holds 1e\+300 \(row 7\), too large to square in float32"):
+        D.prepare(D.load(cfg.dataset), dtype=torch.float32)
+
+
+@pytest.mark.slow
+def test_an_unwritable_output_directory_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = run_cli(["experiment=fast", f"hydra.run.dir={blocker}/run"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"densbench: cannot write to the output directory {blocker}/run")
+    assert "hydra.run.dir=DIR" in lines[0]
+
+
+@pytest.mark.slow
+def test_two_identical_sweeps_at_once_run_every_job_once(tmp_path):
+    args = [sys.executable, "-m", "densbench", "-m", "experiment=fast", "seed=0,1", "trainer.max_steps=400",
+            f"hydra.sweep.dir={tmp_path}/mr", f"report.dir={tmp_path}/rep"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    runs = [p.parent for p in (tmp_path / "mr").rglob("result.json")]
+    assert len(runs) == 2
+    for run in runs:
+        # event file names end in host.pid.n: the processes that trained this run
+        writers = {e.name.split(".")[-2] for e in (run / "tb").glob("events.out.tfevents.*")}
+        assert len(writers) == 1, f"{run} was trained by {len(writers)} processes"
+        assert _read(run)["status"] == "ok"
+    err = outs[0][1] + outs[1][1]
+    assert err.count("densbench: reusing the finished result") == 2  # each job: one trained it, the other reused it
