@@ -24,8 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical, MixtureSameFamily, Normal, Poisson, kl_divergence
 
-from densbench import losses
-from densbench.positivity import Positivity, Spread
+from densbench import analytic
+from densbench.families.gaussian import Gaussian
+from densbench.families.glm import CANONICAL, Categorical as CategoricalFamily
+from densbench.families.mixture import Mixture
+from densbench.objectives.glm import GLM
+from densbench.objectives.kl import KL
+from densbench.objectives.nll import NLL
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 
@@ -46,32 +51,33 @@ def make_case(family: str, n: int, device: torch.device, k: int = 5, classes: in
     def const(t):
         return t.to(device)
 
-    sp = Spread(Positivity("softplus", 1e-6), "variance")
+    def path(objective, fam, names, y, extra=()):
+        """The objective's loss of the family's raw fields, on one gradient path (what training runs)."""
+        buffers = {k: v.to(device) for k, v in fam.buffers().items()}
+        return {grad: (lambda *fields, grad=grad: objective.loss(fam, {**dict(zip(names, fields)), **buffers}, y, extra, grad))
+                for grad in ("analytic", "autograd")}
+
     if family in ("nll", "kl"):
         mu, raw = leaf(n, 1), leaf(n, 1)
         y = const(torch.randn(n, 1, generator=g))
         s2 = const(torch.rand(n, 1, generator=g) + 0.1)
         if family == "nll":
             fns = {
-                "analytic": lambda a, b: losses.gaussian_nll(a, b, y, sp, "analytic"),
-                "autograd": lambda a, b: losses.gaussian_nll(a, b, y, sp, "autograd"),
+                **path(NLL(), Gaussian(), ["loc", "spread"], y),
                 "F.gaussian_nll_loss": lambda a, b: F.gaussian_nll_loss(a, y, F.softplus(b) + 1e-6, full=True),
                 "Normal.log_prob": lambda a, b: -Normal(a, (F.softplus(b) + 1e-6).sqrt()).log_prob(y).mean(),
             }
         else:
             fns = {
-                "analytic": lambda a, b: losses.gaussian_kl(a, b, y, s2, sp, "analytic"),
-                "autograd": lambda a, b: losses.gaussian_kl(a, b, y, s2, sp, "autograd"),
+                **path(KL(), Gaussian(), ["loc", "spread"], None, (y, s2)),
                 "kl_divergence": lambda a, b: kl_divergence(Normal(y, s2.sqrt()), Normal(a, (F.softplus(b) + 1e-6).sqrt())).mean(),
             }
         return (mu, raw), fns
     if family == "mdn":
         logits, mu, raw = leaf(n, k), leaf(n, k), leaf(n, k, scale=0.5)
         y = const(torch.randn(n, 1, generator=g))
-        spm = Spread(Positivity("exp", 1e-6), "scale")
         fns = {
-            "analytic": lambda a, b, c: losses.mixture_nll(a, b, c, y, spm, "analytic"),
-            "autograd": lambda a, b, c: losses.mixture_nll(a, b, c, y, spm, "autograd"),
+            **path(NLL(), Mixture(k), ["logits", "loc", "spread"], y),
             "MixtureSameFamily": lambda a, b, c: -MixtureSameFamily(
                 Categorical(logits=a), Normal(b, torch.exp(c) + 1e-6)
             ).log_prob(y[:, 0]).mean(),
@@ -96,11 +102,8 @@ def make_case(family: str, n: int, device: torch.device, k: int = 5, classes: in
                 "F.poisson_nll_loss": lambda e: F.poisson_nll_loss(e, y, log_input=True, full=True),
                 "Poisson.log_prob": lambda e: -Poisson(e.exp()).log_prob(y).mean(),
             }
-    fns = {
-        "analytic": lambda e: losses.glm_nll(e, y, fam, "analytic"),
-        "autograd": lambda e: losses.glm_nll(e, y, fam, "autograd"),
-        **builtin,
-    }
+    canonical = CategoricalFamily(classes) if fam == "categorical" else CANONICAL[fam]()
+    fns = {**path(GLM(), canonical, ["eta"], y), **builtin}
     return (eta,), fns
 
 
@@ -131,14 +134,13 @@ def time_case(inputs, fns: dict[str, Callable], repeats: int, device: torch.devi
 
 def add_compiled(fns: dict[str, Callable]) -> dict[str, Callable]:
     """torch.compile'd variants: the whole autograd loss, and the analytic path's kernels."""
-    analytic = fns["analytic"]
 
     def analytic_compiled(*args):
-        losses.use_compiled_kernels(True)
+        analytic.use_compiled_kernels(True)
         try:
-            return analytic(*args)
+            return fns["analytic"](*args)
         finally:
-            losses.use_compiled_kernels(False)
+            analytic.use_compiled_kernels(False)
 
     return {**fns, "autograd+compile": torch.compile(fns["autograd"], dynamic=False), "analytic+compile": analytic_compiled}
 

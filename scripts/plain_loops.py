@@ -19,10 +19,13 @@ import time
 import torch
 from torch import nn
 
-from densbench import losses
-from densbench.heads import GaussianHead, GLMHead, MixtureHead
-from densbench.models import MLP
-from densbench.positivity import Positivity, Spread
+from densbench.families.gaussian import Gaussian
+from densbench.families.glm import CANONICAL
+from densbench.families.mixture import Mixture
+from densbench.networks import MLP, Head
+from densbench.objectives.glm import GLM
+from densbench.objectives.kl import KL
+from densbench.objectives.nll import NLL
 
 
 def train(model: nn.Module, head: nn.Module, loss_fn, data, optimizer: torch.optim.Optimizer, steps: int) -> float:
@@ -40,39 +43,30 @@ def glm(data, family: str = "gaussian", steps: int = 5000, lr: float = 0.2, grad
     """The GLM document's workload: backbone 1-30-20 ReLU, canonical-link head, SGD, full batch."""
     torch.manual_seed(seed)
     model = MLP(data[0].shape[1], [30, 20], "relu")
-    head = GLMHead(20, family, n_classes=2)
+    head = Head(CANONICAL[family](), 20)
     opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=lr)
-    return train(model, head, lambda raw, y: losses.glm_nll(raw.eta, y, family, grad), data, opt, steps)
+    objective = GLM()
+    return train(model, head, lambda raw, y: objective.loss(head.family, raw, y, (), grad), data, opt, steps)
 
 
 def mdn(data, k: int = 5, steps: int = 8000, lr: float = 1e-3, grad: str = "autograd", seed: int = 0) -> float:
     """The MDN document's workload: one tanh hidden layer of 20, K components, Adam, full batch."""
     torch.manual_seed(seed)
     model = MLP(data[0].shape[1], [20], "tanh")
-    head = MixtureHead(20, k)
+    head = Head(Mixture(k), 20)
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=lr)
-
-    def loss_fn(raw, y):
-        return losses.mixture_nll(raw.logits, raw.loc, raw.spread, y, head.spread, grad)
-
-    return train(model, head, loss_fn, data, opt, steps)
+    objective = NLL()
+    return train(model, head, lambda raw, y: objective.loss(head.family, raw, y, (), grad), data, opt, steps)
 
 
 def headline(data, loss: str, extra=None, steps: int = 3000, lr: float = 3e-3, seed: int = 0) -> float:
     """One training of the headline sweep: MLP 64-64 ReLU, Adam, full batch, kl / nll / mdn."""
     torch.manual_seed(seed)
     model = MLP(data[0].shape[1], [64, 64], "relu")
-    head = MixtureHead(64, 5) if loss == "mdn" else GaussianHead(64)
+    head = Head(Mixture(5) if loss == "mdn" else Gaussian(), 64)
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=lr)
-
-    def loss_fn(raw, y):
-        if loss == "mdn":
-            return losses.mixture_nll(raw.logits, raw.loc, raw.spread, y, head.spread)
-        if loss == "nll":
-            return losses.gaussian_nll(raw.loc, raw.spread, y, head.spread)
-        return losses.gaussian_kl(raw.loc, raw.spread, extra[0], extra[1], head.spread)
-
-    return train(model, head, loss_fn, data, opt, steps)
+    objective = KL() if loss == "kl" else NLL()
+    return train(model, head, lambda raw, y: objective.loss(head.family, raw, y, extra or (), "autograd"), data, opt, steps)
 
 
 def doc_glm(data, family: str = "gaussian", steps: int = 5000, lr: float = 0.2, seed: int = 0) -> float:
@@ -81,9 +75,10 @@ def doc_glm(data, family: str = "gaussian", steps: int = 5000, lr: float = 0.2, 
     x, y = data
     net = nn.Sequential(nn.Linear(x.shape[1], 30), nn.ReLU(), nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 1))
     opt = torch.optim.SGD(net.parameters(), lr=lr)
+    fam, objective = CANONICAL[family](), GLM()
     for _ in range(steps):
         opt.zero_grad()
-        loss = losses.glm_nll(net(x), y, family)
+        loss = objective.loss(fam, {"eta": net(x)}, y, (), "autograd")
         loss.backward()
         opt.step()
     return loss.item()
@@ -94,12 +89,13 @@ def doc_mdn(data, k: int = 5, steps: int = 8000, lr: float = 1e-3, seed: int = 0
     torch.manual_seed(seed)
     x, y = data
     net = nn.Sequential(nn.Linear(x.shape[1], 20), nn.Tanh(), nn.Linear(20, 3 * k))
-    spread = Spread(Positivity("exp", 1e-6), "scale")
+    fam, objective = Mixture(k), NLL()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
         out = net(x)
-        loss = losses.mixture_nll(out[:, :k], out[:, k : 2 * k], out[:, 2 * k :], y, spread)
+        raw = {"logits": out[:, :k], "loc": out[:, k : 2 * k], "spread": out[:, 2 * k :]}
+        loss = objective.loss(fam, raw, y, (), "autograd")
         loss.backward()
         opt.step()
     return loss.item()

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from torch.distributions import Bernoulli, Normal, Poisson
 
 from densbench import data as D
-from densbench.distributions import InverseSinePosterior, NormalMixture, cdf
+from densbench.distributions import InverseSinePosterior, NormalMixture
+from densbench.ops import cdf
 
 SIZES = dict(n_train=3000, n_val=500, n_test=1500, seed=3)
 
@@ -44,7 +45,7 @@ def test_shapes_splits_and_truth_type(name, task, truth_type, kw):
     x, _ = _x(d, "test")
     t = d.truth(x)
     assert isinstance(t, truth_type) and t.batch_shape == (1500,)
-    assert d.truth_is_gaussian == (truth_type is Normal)
+    assert (D.describe(OmegaConf.create({"name": name})).truth == "gaussian") == (truth_type is Normal)
 
 
 def test_same_seed_same_data_other_seed_other_data():

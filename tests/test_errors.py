@@ -7,46 +7,52 @@ import pytest
 from conftest import make_cfg, run_cli
 from densbench import data as D
 from densbench.run import run_job
-from densbench.validate import ConfigError, check_against_data, check_config
+from densbench.checks import Incompatible, check_against_data, check_config
+from densbench.errors import ConfigError
 
 
 def _check(*overrides):
     cfg = make_cfg(*overrides)
-    check_config(cfg)
-    check_against_data(cfg, D.load(cfg.dataset))
+    plan = check_config(cfg)
+    check_against_data(plan, D.load(cfg.dataset), str(cfg.grad))
 
 
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        (["loss=kl", "dataset=two_sines"], r"loss=kl trains on the true Gaussian .* datasets with a Gaussian truth: hetero_sine, sine_gaussian"),
-        (["loss=glm", "head.family=poisson"], r"head.family=poisson does not fit dataset=hetero_sine .*negative values"),
-        (["loss=nll", "dataset=sine_bernoulli"], r"loss=nll cannot model dataset=sine_bernoulli \(task binary\)"),
-        (["loss=glm", "dataset=sine_poisson", "head.family=bernoulli"], r"head.family=bernoulli does not fit .* use head.family=poisson or auto"),
-        (["loss=nll", "head=mixture"], r"loss=nll needs a GaussianHead \(head=gaussian, gaussian_exp\)"),
-        (["grad=numeric"], r"grad='numeric' is not allowed; choose one of: analytic, autograd"),
-        (["head.floor=0"], r"head.floor=0 must be a positive number"),
-        (["head.floor=-1e-3"], r"head.floor=-0.001 must be a positive number"),
-        (["loss=mdn", "head.components=0"], r"head.components=0 must be a positive integer"),
-        (["head.positivity=relu"], r"head.positivity='relu' is not allowed; choose one of: softplus, exp"),
-        (["trainer.batch_size=0"], r"trainer.batch_size=0 must be a positive integer or null"),
-        (["model.hidden=[16,0]"], r"model.hidden=\[16, 0\] must be a list of positive integers"),
-        (["trainer.eval_every=-5"], r"trainer.eval_every=-5 must be a positive integer or null"),
-        (["trainer.compile_mode=fast"], r"trainer.compile_mode='fast' is not allowed; choose one of: default, reduce-overhead"),
-        (["optimizer.lr=-1"], r"optimizer.lr=-1 must be a positive number"),
-    ],
-)
-def test_incompatible_or_invalid_config_is_named(overrides, message):
-    with pytest.raises(ConfigError, match=message):
+INCOMPATIBLE = [  # valid parts that do not fit together: a sweep skips them
+    (["loss=kl", "dataset=two_sines"], r"loss=kl trains on the true gaussian p\(y\|x\), which dataset=two_sines does not have; datasets with one: hetero_sine, sine_gaussian"),
+    (["loss=glm", "head.distribution=poisson"], r"head.distribution=poisson does not fit the data \(task regression\); for regression use head.distribution=gaussian or auto \(dataset=hetero_sine\)"),
+    (["loss=nll", "dataset=sine_bernoulli"], r"head=gaussian cannot model dataset=sine_bernoulli \(task binary\); head=gaussian models: regression, count"),
+    (["loss=glm", "dataset=sine_poisson", "head.distribution=bernoulli"], r"head.distribution=bernoulli does not fit .* use head.distribution=poisson or auto"),
+    (["loss=kl", "head=mixture"], r"loss=kl compares Gaussians in closed form; head=mixture is not Gaussian"),
+    (["loss=glm", "head=gaussian"], r"loss=glm needs a canonical exponential family \(head=glm\); head=gaussian is not one"),
+]
+INVALID = [  # values densbench refuses
+    (["grad=numeric"], r"grad='numeric' is not allowed; choose one of: analytic, autograd"),
+    (["head.floor=0"], r"head.floor=0 must be a positive number"),
+    (["head.floor=-1e-3"], r"head.floor=-0.001 must be a positive number"),
+    (["loss=mdn", "head.components=0"], r"head.components=0 must be a positive integer"),
+    (["head.positivity=relu"], r"head.positivity='relu' is not allowed; choose one of: softplus, exp"),
+    (["trainer.batch_size=0"], r"trainer.batch_size=0 must be a positive integer or null"),
+    (["model.hidden=[16,0]"], r"model.hidden=\[16, 0\] must be a list of positive integers"),
+    (["trainer.eval_every=-5"], r"trainer.eval_every=-5 must be a positive integer or null"),
+    (["trainer.compile_mode=fast"], r"trainer.compile_mode='fast' is not allowed; choose one of: default, reduce-overhead"),
+    (["optimizer.lr=-1"], r"optimizer.lr=-1 must be a positive number"),
+]
+
+
+@pytest.mark.parametrize("overrides,message,incompatible",
+                         [(o, m, True) for o, m in INCOMPATIBLE] + [(o, m, False) for o, m in INVALID])
+def test_incompatible_or_invalid_config_is_named(overrides, message, incompatible):
+    with pytest.raises(ConfigError, match=message) as caught:
         _check(*overrides)
+    assert isinstance(caught.value, Incompatible) == incompatible
 
 
 def test_failed_job_records_the_error_and_trains_nothing(tmp_path):
     cfg = make_cfg("loss=kl", "dataset=two_sines", "experiment=fast")
     res = run_job(cfg, tmp_path)
     saved = json.loads((tmp_path / "result.json").read_text())
-    assert res["status"] == saved["status"] == "failed"
-    assert "loss=kl trains on the true Gaussian" in saved["error"] and saved["error_kind"] == "invalid input"
+    assert res["status"] == saved["status"] == "skipped"
+    assert "loss=kl trains on the true gaussian" in saved["error"] and saved["error_kind"] == "incompatible"
     assert saved["config"]["dataset"]["name"] == "two_sines"
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tb").exists()
 

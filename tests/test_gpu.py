@@ -4,14 +4,15 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from densbench import losses
+import adapters as losses
+from densbench.objectives.base import GRADS, REDUCTIONS
 from densbench.positivity import Positivity, Spread
 from densbench.run import run_job
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
-@pytest.mark.parametrize("grad", losses.GRADS)
+@pytest.mark.parametrize("grad", GRADS)
 def test_gpu_run_matches_cpu_run(tmp_path, grad):
     common = ("experiment=fast", f"grad={grad}", "trainer.precision=64-true", "logger=none", "figures=false")
     cpu = run_job(make_cfg(*common), tmp_path / "cpu")
@@ -27,9 +28,9 @@ def test_analytic_kernels_on_cuda_match_autograd():
     n, k = 4096, 5
     logits, mu, raw = (torch.randn(k, n, generator=g, device="cuda", dtype=torch.float64).T.requires_grad_() for _ in range(3))
     y = torch.randn(n, 1, generator=g, device="cuda", dtype=torch.float64)
-    sp = Spread(Positivity("exp", 1e-6), "scale")
+    sp = Spread(Positivity("exp", 1e-6), "std")
     grads = {}
-    for grad in losses.GRADS:
+    for grad in GRADS:
         val = losses.mixture_nll(logits, mu, raw, y, sp, grad)
         grads[grad] = torch.autograd.grad(val, (logits, mu, raw))
     for a, b in zip(grads["analytic"], grads["autograd"]):

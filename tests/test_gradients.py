@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from densbench import losses
+import adapters as losses
+from densbench.objectives.base import GRADS, REDUCTIONS
 from densbench.positivity import Positivity, Spread
 
 F64 = torch.float64
-SPREADS = [Spread(Positivity(k, 1e-3), on) for k in ("softplus", "exp") for on in ("variance", "scale")]
+SPREADS = [Spread(Positivity(k, 1e-3), on) for k in ("softplus", "exp") for on in ("variance", "std")]
 SPREAD_IDS = [f"{s.positivity.kind}-{s.on}" for s in SPREADS]
-MIX_SPREADS = [Spread(Positivity(k, 1e-3), "scale") for k in ("exp", "softplus")]
+MIX_SPREADS = [Spread(Positivity(k, 1e-3), "std") for k in ("exp", "softplus")]
 
 
 def _t(*shape, seed, scale=1.0, dtype=F64, grad=False):
@@ -35,7 +36,7 @@ def _glm_target(family, n, seed=0, dtype=F64):
 # every (loss, head variant, reduction): closure over fixed targets, inputs needing grad
 def _cases():
     out = []
-    for red in losses.REDUCTIONS:
+    for red in REDUCTIONS:
         for sp, sid in zip(SPREADS, SPREAD_IDS):
             y, m, s2 = _t(6, 1, seed=1), _t(6, 1, seed=2), _t(6, 1, seed=3).abs() + 0.2
             out.append((f"nll-{sid}-{red}", lambda g, a, b, y=y, sp=sp, red=red: losses.gaussian_nll(a, b, y, sp, g, red),
@@ -66,7 +67,7 @@ def test_gradcheck_float64(name, fn, inputs):
 @pytest.mark.parametrize("name,fn,inputs", CASES, ids=[c[0] for c in CASES])
 def test_analytic_equals_autograd(name, fn, inputs):
     res = {}
-    for grad in losses.GRADS:
+    for grad in GRADS:
         xs = [x.clone().requires_grad_(True) for x in inputs]
         val = fn(grad, *xs)
         res[grad] = (val.detach(), torch.autograd.grad(val, xs))
@@ -94,7 +95,7 @@ def test_equal_at_the_floor(sp):
     y = _t(8, 1, seed=2, scale=0.01)
     assert sp.at_floor(raw).all()
     grads = {}
-    for grad in losses.GRADS:
+    for grad in GRADS:
         val = losses.gaussian_nll(mu, raw, y, sp, grad)
         grads[grad] = torch.autograd.grad(val, (mu, raw))
     for a, b in zip(grads["analytic"], grads["autograd"]):
@@ -117,7 +118,7 @@ def _extreme(grad):
         s2 = torch.full_like(y, 1e-8)
         out[f"kl-{sp.positivity.kind}-{sp.on}"] = (losses.gaussian_kl(mu, raw, y, s2, sp, grad), (mu, raw))
     for kind in ("exp", "softplus"):
-        sp = Spread(Positivity(kind, floor), "scale")
+        sp = Spread(Positivity(kind, floor), "std")
         logits = torch.tensor([[0.0, -30.0, 30.0], [5.0, 0.0, -5.0]], dtype=f32, requires_grad=True)
         mu = torch.tensor([[1e-2, -1e-2, 2e-2], [0.0, 0.0, 0.0]], dtype=f32, requires_grad=True)
         raw = torch.tensor([[-30.0, -30.0, -30.0], [-60.0, 0.0, 20.0]], dtype=f32, requires_grad=True)
@@ -132,7 +133,7 @@ def _extreme(grad):
     return out
 
 
-@pytest.mark.parametrize("grad", losses.GRADS)
+@pytest.mark.parametrize("grad", GRADS)
 def test_extreme_float32_inputs_stay_finite(grad):
     for name, (val, xs) in _extreme(grad).items():
         gs = torch.autograd.grad(val, xs)
@@ -170,7 +171,7 @@ def _rebuild(name, xs):
             return losses.gaussian_nll(*xs, y, sp, "autograd")
         return losses.gaussian_kl(*xs, y, torch.full_like(y, 1e-8), sp, "autograd")
     if name.startswith("mdn"):
-        return losses.mixture_nll(*xs, torch.tensor([[0.0], [1e3]], dtype=f64), Spread(Positivity(kind, floor), "scale"), "autograd")
+        return losses.mixture_nll(*xs, torch.tensor([[0.0], [1e3]], dtype=f64), Spread(Positivity(kind, floor), "std"), "autograd")
     if kind == "categorical":
         return losses.glm_nll(*xs, torch.tensor([0, 1]), "categorical", "autograd")
     return losses.glm_nll(*xs, torch.tensor([[1.0], [0.0], [1.0]], dtype=f64), kind, "autograd")

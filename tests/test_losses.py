@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Categorical, MixtureSameFamily, Normal, Poisson, kl_divergence
 
-from densbench import losses
+import adapters as losses
+from densbench.objectives.base import GRADS, REDUCTIONS
 from densbench.positivity import Positivity, Spread
 
-SPREADS = [Spread(Positivity(k, 1e-4), on) for k in ("softplus", "exp") for on in ("variance", "scale")]
+SPREADS = [Spread(Positivity(k, 1e-4), on) for k in ("softplus", "exp") for on in ("variance", "std")]
 GRADS = ["autograd", "analytic"]
 
 
@@ -22,7 +23,7 @@ def _rand(*shape, seed=0):
 @pytest.mark.parametrize("spread", SPREADS, ids=lambda s: f"{s.positivity.kind}-{s.on}")
 def test_gaussian_nll_matches_normal_log_prob(grad, spread):
     mu, raw, y = _rand(50, 1, seed=1), _rand(50, 1, seed=2), _rand(50, 1, seed=3)
-    sd = spread.scale(raw)
+    sd = spread.std(raw)
     expected = -Normal(mu, sd).log_prob(y)
     assert torch.allclose(losses.gaussian_nll(mu, raw, y, spread, grad, "mean"), expected.mean(), rtol=1e-12, atol=1e-12)
     assert torch.allclose(losses.gaussian_nll(mu, raw, y, spread, grad, "sum"), expected.sum(), rtol=1e-12, atol=1e-12)
@@ -43,11 +44,11 @@ def test_positivity_values_are_base_plus_floor():
 def test_gaussian_kl_matches_kl_divergence(grad, spread):
     mu, raw = _rand(40, 1, seed=4), _rand(40, 1, seed=5)
     m, s2 = _rand(40, 1, seed=6), _rand(40, 1, seed=7).abs() + 0.05
-    expected = kl_divergence(Normal(m, s2.sqrt()), Normal(mu, spread.scale(raw)))
+    expected = kl_divergence(Normal(m, s2.sqrt()), Normal(mu, spread.std(raw)))
     got = losses.gaussian_kl(mu, raw, m, s2, spread, grad, "mean")
     assert torch.allclose(got, expected.mean(), rtol=1e-10, atol=1e-12)
     # the document's closed form, written out
-    sm, sg = spread.scale(raw), s2.sqrt()
+    sm, sg = spread.std(raw), s2.sqrt()
     doc = -0.5 + torch.log(sm / sg) + (sg**2 + (m - mu) ** 2) / (2 * sm**2)
     assert torch.allclose(got, doc.mean(), rtol=1e-10)
 
@@ -57,8 +58,8 @@ def test_gaussian_kl_matches_kl_divergence(grad, spread):
 def test_mixture_nll_matches_mixture_same_family(grad, kind):
     n, k = 60, 5
     logits, mu, raw, y = _rand(n, k, seed=8), _rand(n, k, seed=9), _rand(n, k, seed=10), _rand(n, 1, seed=11)
-    spread = Spread(Positivity(kind, 1e-4), "scale")
-    ref = MixtureSameFamily(Categorical(logits=logits), Normal(mu, spread.scale(raw)))
+    spread = Spread(Positivity(kind, 1e-4), "std")
+    ref = MixtureSameFamily(Categorical(logits=logits), Normal(mu, spread.std(raw)))
     expected = -ref.log_prob(y[:, 0])
     assert torch.allclose(losses.mixture_nll(logits, mu, raw, y, spread, grad), expected.mean(), rtol=1e-12)
 
@@ -70,7 +71,7 @@ def test_mixture_nll_survives_far_components(grad):
     mu = torch.full((3, 4), 100.0, dtype=torch.float32)
     raw = torch.full((3, 4), math.log(0.01), dtype=torch.float32)
     y = torch.zeros(3, 1, dtype=torch.float32)
-    spread = Spread(Positivity("exp", 1e-6), "scale")
+    spread = Spread(Positivity("exp", 1e-6), "std")
     val = losses.mixture_nll(logits, mu, raw, y, spread, grad)
     ref = 0.5 * (100.0 / (0.01 + 1e-6)) ** 2 + math.log(0.01 + 1e-6) + 0.5 * math.log(2 * math.pi)
     assert torch.isfinite(val) and math.isclose(val.item(), ref, rel_tol=1e-5)
@@ -111,9 +112,12 @@ def test_poisson_nll_uses_exact_lgamma_not_stirling():
 
 
 def test_unknown_grad_and_family_are_named():
-    with pytest.raises(ValueError, match="grad must be one of analytic, autograd"):
+    from densbench.errors import ConfigError
+    from densbench.families.glm import GLM
+
+    with pytest.raises(ConfigError, match="grad='numeric' is not allowed; choose one of: analytic, autograd"):
         losses.glm_nll(torch.zeros(2, 1), torch.zeros(2, 1), "gaussian", grad="numeric")
-    with pytest.raises(ValueError, match="glm family must be one of"):
-        losses.glm_nll(torch.zeros(2, 1), torch.zeros(2, 1), "gamma")
+    with pytest.raises(ConfigError, match="head.distribution='gamma' is not allowed; choose one of: auto, gaussian"):
+        GLM("gamma")
     with pytest.raises(ValueError, match="floor must be a positive"):
         Positivity("softplus", 0.0)

@@ -12,7 +12,8 @@ from scipy import stats
 from torch.distributions import Bernoulli, Categorical, Normal, Poisson
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
-from densbench.distributions import NormalMixture, binned_log_prob, cdf, crps, kl_to_truth, pit, quantile
+from densbench.distributions import NormalMixture
+from densbench.ops import binned_log_prob, cdf, crps, kl_to_truth, pit, quantile
 from densbench.metrics import PredictiveMetrics
 
 F64 = torch.float64
@@ -83,6 +84,24 @@ def test_mixture_cdf_and_bisection_quantiles():
     ps_ = torch.tensor([0.005, 0.1, 0.5, 0.9, 0.995], dtype=F64)
     q = quantile(dist, ps_)
     assert torch.allclose(cdf(dist, q), ps_.view(-1, 1).expand_as(q), atol=1e-12)
+
+
+def test_mixture_quantiles_converge_where_newton_bounces_between_modes():
+    # two well-separated modes: from the bracket's middle, plain Newton steps jump from one side of
+    # the gap to the other and the bracket shrinks slowly (the solver before issue 13 stopped after
+    # 100 such steps with F(q) up to 0.3 away from p); rtsafe's rule bisects those steps instead
+    w = torch.tensor([[0.0135, 0.4061, 0.4814, 0.0219, 0.0770]], dtype=F64)
+    loc = torch.tensor([[1.9195, 0.3224, 7.2250, 3.7507, 3.8674]], dtype=F64)
+    scale = torch.tensor([[1.0298, 0.4948, 0.4631, 0.9594, 0.1580]], dtype=F64)
+    dist = NormalMixture(w.log(), loc, scale)
+    levels = torch.arange(1, 200, dtype=F64) / 200
+    q = quantile(dist, levels)
+    assert torch.allclose(cdf(dist, q), levels.view(-1, 1), rtol=0, atol=1e-12)
+    g = _gen(11)
+    many = NormalMixture(torch.randn(2000, 5, generator=g, dtype=F64), 3 * torch.randn(2000, 5, generator=g, dtype=F64),
+                         torch.rand(2000, 5, generator=g, dtype=F64) + 0.1)
+    q = quantile(many, levels)
+    assert float((cdf(many, q) - levels.view(-1, 1)).abs().max()) < 1e-12
 
 
 def test_randomised_pit_of_poisson_draws_is_uniform():

@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from densbench import losses
+import adapters as losses
+from densbench.objectives.base import GRADS, REDUCTIONS
 from densbench.positivity import Positivity, Spread
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
@@ -23,7 +24,7 @@ def floats(lo, hi):
 def _both(fn, xs):
     """Loss and gradients of fn on both paths; xs are leaf tensors (cloned per path)."""
     out = {}
-    for grad in losses.GRADS:
+    for grad in GRADS:
         leaves = [x.detach().clone().requires_grad_(True) for x in xs]
         val = fn(grad, *leaves)
         out[grad] = (val.detach(), torch.autograd.grad(val, leaves))
@@ -42,8 +43,9 @@ def _agree(out, rtol):
     assert torch.allclose(va, vb, rtol=rtol, atol=rtol)
     for a, b in zip(ga, gb):
         # gradients that cancel to ~0 (e.g. pi - gamma for equal components) are round-off on both
-        # paths: compare them at the scale of the terms, not of their difference
-        scale = max(b.abs().max().item(), 1e-4)
+        # paths: compare them at the scale of the terms, not of their difference (pi and gamma are
+        # probabilities, so a float32 difference of two of them is off by up to ~1e-7 at 1e-3)
+        scale = max(b.abs().max().item(), 1e-3)
         assert torch.allclose(a, b, rtol=rtol, atol=rtol * scale), (a, b)
 
 
@@ -51,7 +53,7 @@ gaussian_inputs = st.lists(st.tuples(floats(-1e4, 1e4), floats(-50, 50), floats(
 
 
 @SETTINGS
-@given(rows=gaussian_inputs, kind=st.sampled_from(KINDS), on=st.sampled_from(("variance", "scale")),
+@given(rows=gaussian_inputs, kind=st.sampled_from(KINDS), on=st.sampled_from(("variance", "std")),
        dtype=st.sampled_from(list(DTYPES)), family=st.sampled_from(("nll", "kl")))
 def test_gaussian_losses(rows, kind, on, dtype, family):
     dt = DTYPES[dtype]
@@ -76,8 +78,8 @@ def test_mixture_loss(k, n, data, kind, dtype):
     raw = torch.tensor(data.draw(st.lists(floats(-20, 20), min_size=n * k, max_size=n * k)), dtype=dt).view(n, k)
     z = torch.tensor(data.draw(st.lists(floats(-zmax, zmax), min_size=n * k, max_size=n * k)), dtype=dt).view(n, k)
     y = torch.tensor(data.draw(st.lists(floats(-1e3, 1e3), min_size=n, max_size=n)), dtype=dt).view(n, 1)
-    sp = Spread(Positivity(kind, 1e-6), "scale")
-    mu = y + z * sp.scale(raw)
+    sp = Spread(Positivity(kind, 1e-6), "std")
+    mu = y + z * sp.std(raw)
     out = _both(lambda g, a, b, c: losses.mixture_nll(a, b, c, y, sp, g), [logits, mu, raw])
     _finite(out)
     _agree(out, 1e-8 if dt == torch.float64 else 2e-3)

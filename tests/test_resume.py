@@ -237,7 +237,7 @@ def test_values_whose_square_overflows_are_refused_by_column(tmp_path, column, w
     path.write_text("a,y\n" + "".join(f"{a},{b}\n" for a, b in rows))
     cfg = make_cfg("dataset=csv", f"dataset.path={path}", "dataset.target=y")
     with pytest.raises(D.DataError, match=rf"{where} holds 1e\+300 \(row 7\), too large to square in float32"):
-        D.prepare(D.load(cfg.dataset), dtype=torch.float32)
+        D.prepare(D.load(cfg.dataset), dtype="float32")
 
 
 @pytest.mark.slow

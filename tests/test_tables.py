@@ -121,13 +121,16 @@ def test_multiclass_labels_are_encoded(tmp_path):
     assert prep.data.n_classes == 3 and set(prep.data.y.tolist()) == {0, 1, 2}
 
 
-def test_poisson_head_on_negative_csv_targets_is_refused(tmp_path):
-    from densbench.validate import ConfigError, check_against_data
+def test_poisson_head_on_regression_or_negative_csv_targets_is_refused(tmp_path):
+    from densbench.checks import Incompatible, check_config
 
     path = _csv(tmp_path, "a,y\n" + "".join(f"{i},{i - 5}\n" for i in range(20)))
-    cfg = make_cfg("dataset=csv", f"dataset.path={path}", "dataset.target=y", "loss=glm", "head.family=poisson")
-    with pytest.raises(ConfigError, match="negative values"):
-        check_against_data(cfg, D.load(cfg.dataset))
+    cfg = make_cfg("dataset=csv", f"dataset.path={path}", "dataset.target=y", "loss=glm", "head.distribution=poisson")
+    with pytest.raises(Incompatible, match=r"head.distribution=poisson does not fit the data \(task regression\)"):
+        check_config(cfg)  # before the file is read: the CSV is declared a regression task
+    counts = make_cfg("dataset=csv", f"dataset.path={path}", "dataset.target=y", "dataset.task=count", "loss=glm")
+    with pytest.raises(D.DataError, match="must hold non-negative integer counts for task=count, found -5"):
+        D.load(counts.dataset)
 
 
 @pytest.mark.slow

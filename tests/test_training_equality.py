@@ -20,7 +20,7 @@ def loss_curve(tmp_path, grad, *overrides):
 )
 def test_glm_document_runs_identical(tmp_path, dataset, family):
     # the GLM document's whole setting: 5000 full-batch SGD steps
-    args = ("experiment=glm_doc", f"dataset={dataset}", f"head.family={family}")
+    args = ("experiment=glm_doc", f"dataset={dataset}", f"head.distribution={family}")
     a, b = loss_curve(tmp_path, "analytic", *args), loss_curve(tmp_path, "autograd", *args)
     assert a.shape == b.shape == (5000,)
     assert float((a - b).abs().max()) < 1e-5
@@ -31,7 +31,7 @@ def test_glm_document_runs_identical(tmp_path, dataset, family):
     "overrides",
     [
         ("loss=kl",),
-        ("loss=kl", "head.spread=scale"),
+        ("loss=kl", "head.spread=std"),
         ("loss=nll",),
         ("loss=nll", "head=gaussian_exp"),
         # Adam on a 5-component mixture is chaotic enough to amplify the last bit of round-off

@@ -10,20 +10,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
-import torch
-from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Normal, Poisson
 
-from densbench.distributions import InverseSinePosterior, NormalMixture
+from densbench.errors import DataError
+from densbench.lazy import D, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.distributions import Distribution
 
 TASKS = ("regression", "count", "binary", "multiclass")
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as configured (bad file, column, value or target)."""
+__all__ = ["DataError", "TASKS", "Data", "load", "prepare", "describe", "fingerprint"]
 
 
 @dataclass
@@ -41,7 +40,6 @@ class Data:
     target_name: str
     n_classes: int | None = None
     truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x)
-    truth_is_gaussian: bool = False
     notes: dict = field(default_factory=dict)
 
     @property
@@ -89,16 +87,36 @@ def random_splits(n: int, val_fraction: float, test_fraction: float, seed: int):
 # ---------------------------------------------------------------------------------------------
 
 
+class Kind(NamedTuple):
+    """What a dataset is, known before it is loaded: its task and the kind of true distribution (None: unknown)."""
+
+    task: str
+    truth: str | None
+
+
+SYNTHETIC: dict[str, tuple[Callable[..., "Data"], Kind]] = {}
+
+
+def synthetic(task: str, truth: str) -> Callable:
+    """Register a generator under its function name, with the task and truth kind it produces."""
+
+    def deco(fn: Callable[..., "Data"]) -> Callable[..., "Data"]:
+        SYNTHETIC[fn.__name__] = (fn, Kind(task, truth))
+        return fn
+
+    return deco
+
+
 def _sizes(cfg) -> tuple[int, int, int]:
     return int(cfg.n_train), int(cfg.n_val), int(cfg.n_test)
 
 
-def _assemble(name, task, x, y, cfg, truth, gaussian, target="y", n_classes=None, features=None) -> Data:
+def _assemble(name, x, y, cfg, truth, target="y", n_classes=None, features=None) -> Data:
     n_tr, n_va, n_te = _sizes(cfg)
     idx = np.arange(n_tr + n_va + n_te)
     return Data(
         name=name,
-        task=task,
+        task=SYNTHETIC[name][1].task,
         x=x.reshape(len(idx), -1).astype(np.float64),
         y=y,
         train=idx[:n_tr],
@@ -108,37 +126,41 @@ def _assemble(name, task, x, y, cfg, truth, gaussian, target="y", n_classes=None
         target_name=target,
         n_classes=n_classes,
         truth=truth,
-        truth_is_gaussian=gaussian,
     )
 
 
 # True conditionals p(y | x) in original units; module-level so that they pickle (ddp_spawn, joblib).
 def _hetero_sine_truth(x: Tensor) -> Distribution:
-    return Normal(torch.sin(x[:, 0]), 0.1 * (3 - x[:, 0].abs()))
+    return D.Normal(torch.sin(x[:, 0]), 0.1 * (3 - x[:, 0].abs()))
 
 
 def _two_sines_truth(x: Tensor, offset: float, noise: float) -> Distribution:
+    from densbench.distributions import NormalMixture
+
     s = torch.sin(x[:, 0]).unsqueeze(-1)
     loc = torch.cat([s + offset, s - offset], -1)
     return NormalMixture(torch.zeros_like(loc), loc, torch.full_like(loc, noise))
 
 
 def _sine_gaussian_truth(x: Tensor) -> Distribution:
-    return Normal(_glm_signal(x[:, 0]), torch.full_like(x[:, 0], 0.2))
+    return D.Normal(_glm_signal(x[:, 0]), torch.full_like(x[:, 0], 0.2))
 
 
 def _sine_bernoulli_truth(x: Tensor) -> Distribution:
-    return Bernoulli(logits=3.5 * _glm_signal(x[:, 0]))
+    return D.Bernoulli(logits=3.5 * _glm_signal(x[:, 0]))
 
 
 def _sine_poisson_truth(x: Tensor) -> Distribution:
-    return Poisson(2 * torch.exp(_glm_signal(x[:, 0])))
+    return D.Poisson(2 * torch.exp(_glm_signal(x[:, 0])))
 
 
 def _inverse_sine_truth(v: Tensor) -> Distribution:
+    from densbench.distributions import InverseSinePosterior
+
     return InverseSinePosterior(v[:, 0])
 
 
+@synthetic("regression", "gaussian")
 def hetero_sine(cfg) -> Data:
     """x ~ U(-3, 3), y = sin x + N(0, (0.1 (3 - |x|))^2): the heteroscedastic document's data."""
     rng = np.random.default_rng(cfg.seed)
@@ -146,9 +168,10 @@ def hetero_sine(cfg) -> Data:
     x = rng.uniform(-3, 3, n)
     y = np.sin(x) + rng.normal(size=n) * 0.1 * (3 - np.abs(x))
 
-    return _assemble("hetero_sine", "regression", x, y, cfg, _hetero_sine_truth, True)
+    return _assemble("hetero_sine", x, y, cfg, _hetero_sine_truth)
 
 
+@synthetic("regression", "mixture")
 def two_sines(cfg) -> Data:
     """Contradictory data: y = sin x + 1 or sin x - 1 with equal odds, plus N(0, noise^2)."""
     rng = np.random.default_rng(cfg.seed)
@@ -158,22 +181,24 @@ def two_sines(cfg) -> Data:
     y = np.sin(x) + cfg.offset * branch + rng.normal(size=n) * cfg.noise
 
     truth = partial(_two_sines_truth, offset=float(cfg.offset), noise=float(cfg.noise))
-    return _assemble("two_sines", "regression", x, y, cfg, truth, False)
+    return _assemble("two_sines", x, y, cfg, truth)
 
 
 def _glm_signal(x: np.ndarray | Tensor):
     return np.sin(10 * x) if isinstance(x, np.ndarray) else torch.sin(10 * x)
 
 
+@synthetic("regression", "gaussian")
 def sine_gaussian(cfg) -> Data:
     """GLM document: x ~ U(0, 1), y = sin(10 x) + N(0, 0.2^2)."""
     rng = np.random.default_rng(cfg.seed)
     n = sum(_sizes(cfg))
     x = rng.uniform(0, 1, n)
     y = _glm_signal(x) + rng.normal(size=n) * 0.2
-    return _assemble("sine_gaussian", "regression", x, y, cfg, _sine_gaussian_truth, True)
+    return _assemble("sine_gaussian", x, y, cfg, _sine_gaussian_truth)
 
 
+@synthetic("binary", "bernoulli")
 def sine_bernoulli(cfg) -> Data:
     """GLM document: x ~ U(0, 1), y ~ Bernoulli(sigmoid(3.5 sin(10 x)))."""
     rng = np.random.default_rng(cfg.seed)
@@ -181,49 +206,39 @@ def sine_bernoulli(cfg) -> Data:
     x = rng.uniform(0, 1, n)
     p = 1 / (1 + np.exp(-3.5 * _glm_signal(x)))
     y = (rng.random(n) < p).astype(np.float64)
-    return _assemble(
-        "sine_bernoulli",
-        "binary",
-        x,
-        y,
-        cfg,
-        _sine_bernoulli_truth,
-        False,
-        n_classes=2,
-    )
+    return _assemble("sine_bernoulli", x, y, cfg, _sine_bernoulli_truth, n_classes=2)
 
 
+@synthetic("count", "poisson")
 def sine_poisson(cfg) -> Data:
     """GLM document: x ~ U(0, 1), y ~ Poisson(2 exp(sin(10 x)))."""
     rng = np.random.default_rng(cfg.seed)
     n = sum(_sizes(cfg))
     x = rng.uniform(0, 1, n)
     y = rng.poisson(2 * np.exp(_glm_signal(x))).astype(np.float64)
-    return _assemble("sine_poisson", "count", x, y, cfg, _sine_poisson_truth, False)
+    return _assemble("sine_poisson", x, y, cfg, _sine_poisson_truth)
 
 
+@synthetic("regression", "posterior")
 def inverse_sine(cfg) -> Data:
     """MDN document, inverted: u ~ U(-10.5, 10.5), v = 7 sin(0.75 u) + 0.5 u + N(0, 1); predict u from v."""
     rng = np.random.default_rng(cfg.seed)
     n = sum(_sizes(cfg))
     u = rng.uniform(-10.5, 10.5, n)
     v = 7 * np.sin(0.75 * u) + 0.5 * u + rng.normal(size=n)
-    return _assemble(
-        "inverse_sine",
-        "regression",
-        v,
-        u,
-        cfg,
-        _inverse_sine_truth,
-        False,
-        target="x",
-        features=["y"],
-    )
+    return _assemble("inverse_sine", v, u, cfg, _inverse_sine_truth, target="x", features=["y"])
 
 
-SYNTHETIC: dict[str, Callable[..., Data]] = {
-    f.__name__: f for f in (hetero_sine, two_sines, sine_gaussian, sine_bernoulli, sine_poisson, inverse_sine)
-}
+def describe(cfg) -> Kind:
+    """Task and truth of the dataset a config names, without loading it (torch-free)."""
+    from densbench import tables
+
+    if cfg.name in SYNTHETIC:
+        return SYNTHETIC[cfg.name][1]
+    if cfg.name in tables.LOADERS:
+        return Kind(tables.task_of(cfg), None)
+    allowed = ", ".join(sorted(set(SYNTHETIC) | set(tables.LOADERS)))
+    raise DataError(f"dataset.name={cfg.name!r} is unknown; allowed: {allowed}")
 
 
 def load(cfg) -> Data:
@@ -231,7 +246,7 @@ def load(cfg) -> Data:
     from densbench import tables  # real data lives beside, imported only when asked for
 
     if cfg.name in SYNTHETIC:
-        data = SYNTHETIC[cfg.name](cfg)
+        data = SYNTHETIC[cfg.name][0](cfg)
     elif cfg.name in tables.LOADERS:
         data = tables.LOADERS[cfg.name](cfg)
     else:
@@ -262,9 +277,9 @@ def fingerprint(cfg) -> dict:
     return {"data_hash": provenance.file_fingerprint(files), "data_source": [str(f) for f in files]}
 
 
-def check_values(data: Data, dtype: torch.dtype = torch.float64) -> None:
+def check_values(data: Data, dtype: str = "float64") -> None:
     """Refuse NaN, infinite, or so large values that their square overflows the training dtype, naming the column."""
-    limit = math.sqrt(torch.finfo(dtype).max)
+    limit = math.sqrt(float(np.finfo(dtype).max))
     columns = [(f"feature column {c!r}", data.x[:, j]) for j, c in enumerate(data.feature_names)]
     columns.append((f"target column {data.target_name!r}", data.y.astype(np.float64)))
     for what, values in columns:
@@ -278,7 +293,7 @@ def check_values(data: Data, dtype: torch.dtype = torch.float64) -> None:
         if big.any():
             raise DataError(
                 f"dataset {data.name}: {what} holds {values[big][0]:.3g} (row {int(np.flatnonzero(big)[0])}), too large to "
-                f"square in {str(dtype).replace('torch.', '')} (limit {limit:.2g}); rescale the column (or train in float64)"
+                f"square in {dtype} (limit {limit:.2g}); rescale the column (or train in float64)"
             )
 
 
@@ -309,7 +324,7 @@ class Prepared:
         return float(self.y_scaler.scale[0])
 
 
-def prepare(data: Data, scale_x: bool = True, scale_y: bool = True, dtype: torch.dtype = torch.float64) -> Prepared:
+def prepare(data: Data, scale_x: bool = True, scale_y: bool = True, dtype: str = "float64") -> Prepared:
     """Fit standardisation on the training split and build float64 tensors of every split (values checked for `dtype`)."""
     check_values(data, dtype)
     if len(data.train) == 0:
@@ -336,7 +351,7 @@ def prepare(data: Data, scale_x: bool = True, scale_y: bool = True, dtype: torch
 def gaussian_truth_scaled(prep: Prepared, split: str) -> tuple[Tensor, Tensor]:
     """Mean [n, 1] and variance [n, 1] of a Gaussian truth in standardised target units."""
     t = prep.truth(split)
-    if not isinstance(t, Normal):
+    if not isinstance(t, D.Normal):
         raise DataError(f"dataset {prep.data.name} has no Gaussian truth")
     loc = (t.loc - prep.target_loc) / prep.target_scale
     var = (t.scale / prep.target_scale) ** 2

@@ -12,7 +12,8 @@ import torch  # noqa: E402
 from torch.distributions import Bernoulli, Categorical  # noqa: E402
 
 from densbench.data import Prepared  # noqa: E402
-from densbench.distributions import NormalMixture, quantile  # noqa: E402
+from densbench.distributions import NormalMixture  # noqa: E402
+from densbench.ops import quantile  # noqa: E402
 
 DATA_COLOR, MODEL_COLOR, TRUTH_COLOR = "#5DA899", "#2E2585", "#C26A77"
 

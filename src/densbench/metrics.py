@@ -14,7 +14,8 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution
 from torchmetrics import Metric
 
-from densbench.distributions import crps, is_discrete, kl_to_truth, pit, quantile, target_log_prob
+from densbench import ops
+from densbench.ops import crps, is_discrete, kl_to_truth, pit, quantile, target_log_prob
 
 CAL_LEVELS = 100  # expected proportions linspace(0, 1, 100)
 SCORE_LEVELS = 99  # interval and check scores over linspace(0.01, 0.99, 99)
@@ -43,6 +44,7 @@ class PredictiveMetrics(Metric):
     def __init__(self, task: str, full: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.task, self.full = task, full
+        self.fallbacks: dict[str, str] = {}  # operations served by a generic method instead of a closed form
         self.classification = task in ("binary", "multiclass")
         scalars = ["n", "nll", "sq_err", "correct", "n_truth", "oracle_nll", "kl_truth"]
         if full:
@@ -60,6 +62,11 @@ class PredictiveMetrics(Metric):
     # ----------------------------------------------------------------------------------------
     def update(self, dist: Distribution, y: Tensor, truth: Distribution | None = None, u: Tensor | None = None) -> None:
         """Accumulate one batch."""
+        with ops.recording_fallbacks() as used:
+            self._update(dist, y, truth, u)
+        self.fallbacks.update(used)
+
+    def _update(self, dist: Distribution, y: Tensor, truth: Distribution | None, u: Tensor | None) -> None:
         y = y.reshape(dist.batch_shape) if not isinstance(dist, Categorical) else y.reshape(-1)
         self.n += y.shape[0]
         self.nll += -target_log_prob(dist, y, self.task).double().sum()

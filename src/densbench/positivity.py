@@ -3,16 +3,19 @@
 Every map is value(r) = base(r) + floor with base in {softplus, exp}. Losses never need the value
 itself, only its logarithm and d log(value)/dr, and both have forms that stay finite for any finite r
 in float32: that is what lets the analytic and autograd paths agree at the floor and far from it.
+Torch-free at import (see densbench.lazy): families declare their maps before torch is loaded.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from densbench.lazy import F, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 KINDS = ("softplus", "exp")
 
@@ -70,12 +73,12 @@ class Positivity:
         return base + math.log(-math.expm1(-base))  # softplus^-1
 
 
-SPREAD_TARGETS = ("variance", "scale")
+SPREAD_TARGETS = ("variance", "std")
 
 
 @dataclass(frozen=True)
 class Spread:
-    """A positivity map applied either to a Gaussian's variance or to its scale."""
+    """A positivity map applied either to a Gaussian's variance or to its standard deviation."""
 
     positivity: Positivity = Positivity()
     on: str = "variance"
@@ -86,7 +89,7 @@ class Spread:
 
     @property
     def _power(self) -> float:
-        # variance = value**power: power 1 when the map gives the variance, 2 when it gives the scale
+        # variance = value**power: power 1 when the map gives the variance, 2 when it gives the std
         return 1.0 if self.on == "variance" else 2.0
 
     def log_var(self, r: Tensor) -> Tensor:
@@ -109,13 +112,13 @@ class Spread:
             log_v = torch.logaddexp(r, r.new_tensor(pos.log_floor))
             dlog = (r - pos.log_floor).sigmoid_()
             inv = torch.exp(-log_v)
-        if p != 1.0:  # the map gives the scale: v = value^2
+        if p != 1.0:  # the map gives the std: v = value^2
             inv.square_()
             dlog.mul_(p)
             log_v.mul_(p)
         return log_v, inv, dlog
 
-    def scale(self, r: Tensor) -> Tensor:
+    def std(self, r: Tensor) -> Tensor:
         """Standard deviation for raw output r."""
         return (0.5 * self.log_var(r)).exp()
 
@@ -123,6 +126,6 @@ class Spread:
         """Mask of raw outputs whose spread sits on the floor."""
         return self.positivity.at_floor(r)
 
-    def raw_for_scale(self, scale: float) -> float:
+    def raw_for_std(self, std: float) -> float:
         """Raw output giving this standard deviation."""
-        return self.positivity.inverse(scale**2 if self.on == "variance" else scale)
+        return self.positivity.inverse(std**2 if self.on == "variance" else std)

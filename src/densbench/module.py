@@ -1,10 +1,13 @@
-"""LightningModules, one per loss family over a shared base. They wire parts and log; the formulas
-live in ``losses``, ``distributions`` and ``metrics``."""
+"""The LightningModule: a backbone, a head (its family) and an objective, wired to the engine and the loggers.
+
+It holds no formula: the loss is the objective's, the predictive distribution the family's, the
+metrics densbench.metrics'. One class serves every objective; what differs between them lives in
+the objective and family modules.
+"""
 
 from __future__ import annotations
 
 import gc
-from functools import partial
 from typing import Callable
 
 import lightning.pytorch as pl
@@ -13,11 +16,11 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from densbench import losses
-from densbench.heads import GaussianHead, GLMHead, Head, MixtureHead
-from densbench.metrics import PredictiveMetrics
 from densbench import checkpoints
 from densbench.engine import Chunk, EngineState, EvalBatch, Selection, run_chunk
+from densbench.metrics import PredictiveMetrics
+from densbench.networks import Head
+from densbench.objectives import Objective
 
 
 class Diverged(RuntimeError):
@@ -27,20 +30,17 @@ class Diverged(RuntimeError):
 class DensityModule(pl.LightningModule):
     """Shared wiring: backbone + head, a chunked manual-optimisation loop, evaluation and logging."""
 
-    family = "base"
-    head_type: type[Head] = Head
-
     def __init__(
         self,
         backbone: nn.Module,
         head: Head,
+        objective: Objective,
         optimizer: Callable[..., torch.optim.Optimizer],
         grad: str,
         task: str,
         target_loc: float = 0.0,
         target_scale: float = 1.0,
         truth_fn: Callable[[Tensor], Distribution] | None = None,
-        reduction: str = "mean",
         samples_per_step: int = 1,
         state: EngineState | None = None,
         selection: Selection | None = None,
@@ -48,12 +48,11 @@ class DensityModule(pl.LightningModule):
         resume_from: dict | None = None,
     ):
         super().__init__()
-        if not isinstance(head, self.head_type):
-            raise TypeError(f"loss={self.family} needs a {self.head_type.__name__}, got {type(head).__name__}")
         self.automatic_optimization = False
         self.backbone, self.head = backbone, head
+        self.family, self.objective = head.family, objective
         self.optimizer_factory = optimizer
-        self.grad, self.task, self.reduction = grad, task, reduction
+        self.grad, self.task = grad, task
         self.target_loc, self.target_scale = float(target_loc), float(target_scale)
         self.truth_fn = truth_fn
         self.samples_per_step = samples_per_step
@@ -68,17 +67,17 @@ class DensityModule(pl.LightningModule):
         self.test_curves: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ parts
-    def forward(self, x: Tensor):
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Named raw head outputs for standardised inputs."""
         return self.head(self.backbone(x))
 
-    def loss(self, raw, y: Tensor, extra: tuple[Tensor, ...]) -> Tensor:  # pragma: no cover - abstract
-        """The family's training loss (reduced) on one minibatch."""
-        raise NotImplementedError
+    def loss(self, raw: dict[str, Tensor], y: Tensor, extra: tuple[Tensor, ...]) -> Tensor:
+        """The objective's reduced training loss on one minibatch."""
+        return self.objective.loss(self.family, raw, y, extra, self.grad)
 
-    def predictive(self, raw) -> Distribution:
+    def predictive(self, raw: dict[str, Tensor]) -> Distribution:
         """Predictive distribution in original target units."""
-        return self.head.distribution(raw, self.target_loc, self.target_scale)
+        return self.family.distribution(raw, self.target_loc, self.target_scale)
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())
@@ -115,7 +114,7 @@ class DensityModule(pl.LightningModule):
     def training_step(self, chunk: Chunk, batch_idx: int) -> None:
         opt = self.optimizers()
         self._raw_optimizer = opt.optimizer
-        losses_t, hits_t = run_chunk(self, chunk, self._step, self.head.has_floor)
+        losses_t, hits_t = run_chunk(self, chunk, self._step, self.family.has_floor)
         total = losses_t.sum()
         finite = torch.isfinite(total) & torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()
         if not bool(finite):  # the one host synchronisation of the chunk
@@ -146,13 +145,29 @@ class DensityModule(pl.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(scalars, step=self.state.opt_steps)
 
+
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: EvalBatch, metrics: PredictiveMetrics, truth: bool) -> None:
+    def _refresh_from_training(self) -> None:
+        # families that estimate something from the training data after fitting (the canonical
+        # Gaussian's dispersion) get its sums over every rank's share
+        source = self.trainer.datamodule.source
+        with torch.no_grad():
+            x, y = source.x[source.rank :: source.world], source.y[source.rank :: source.world]
+            sums = self.family.training_statistics(self(x), y)
+            if sums is None:
+                return
+            sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in sums.items()}
+        self.family.update_buffers({n: getattr(self.head, n) for n in self.family.buffers()}, sums)
+
+    def _evaluate(self, batch: EvalBatch, metrics: PredictiveMetrics, truth: bool) -> dict[str, Tensor]:
         raw = self(batch.x)
         dist = self.predictive(raw)
         t = self.truth_fn(batch.x_orig) if (truth and self.truth_fn is not None) else None
         metrics.update(dist, batch.y, t, batch.u)
         return raw
+
+    def on_validation_epoch_start(self) -> None:
+        self._refresh_from_training()
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, truth=False)
@@ -160,10 +175,11 @@ class DensityModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log("val/nll", values["nll"], logger=False)  # monitored by checkpointing and early stopping
+        self.log("val/nll", values["nll"], logger=False)  # monitored by model selection
         self.log_scalars({f"val/{k}": v for k, v in values.items()})
 
     def on_test_epoch_start(self) -> None:
+        self._refresh_from_training()
         self.test_floor_hits = torch.zeros((), device=self.device)
         self.test_samples = 0
 
@@ -179,77 +195,3 @@ class DensityModule(pl.LightningModule):
         self.test_metrics.reset()
         self.test_results = {k: float(v) for k, v in values.items()}
         self.log_scalars({f"test/{k}": v for k, v in self.test_results.items()})
-
-
-class KLModule(DensityModule):
-    """Trains a Gaussian head on KL(true Gaussian || predicted Gaussian) per input."""
-
-    family = "kl"
-    head_type = GaussianHead
-
-    def loss(self, raw, y, extra):
-        m, s2 = extra
-        return losses.gaussian_kl(raw.loc, raw.spread, m, s2, self.head.spread, self.grad, self.reduction)
-
-
-class NLLModule(DensityModule):
-    """Heteroscedastic Gaussian negative log-likelihood."""
-
-    family = "nll"
-    head_type = GaussianHead
-
-    def loss(self, raw, y, extra):
-        return losses.gaussian_nll(raw.loc, raw.spread, y, self.head.spread, self.grad, self.reduction)
-
-
-class MDNModule(DensityModule):
-    """Mixture density network: Gaussian-mixture negative log-likelihood in log space."""
-
-    family = "mdn"
-    head_type = MixtureHead
-
-    def loss(self, raw, y, extra):
-        return losses.mixture_nll(raw.logits, raw.loc, raw.spread, y, self.head.spread, self.grad, self.reduction)
-
-
-class GLMModule(DensityModule):
-    """Canonical-link GLM: Gaussian/identity, Bernoulli/sigmoid, categorical/softmax, Poisson/exp."""
-
-    family = "glm"
-    head_type = GLMHead
-
-    def loss(self, raw, y, extra):
-        return losses.glm_nll(raw.eta, y, self.head.family, self.grad, self.reduction)
-
-    def _estimate_dispersion(self) -> None:
-        # the canonical Gaussian has unit dispersion; the predictive scale is its estimate from
-        # training residuals (mean squared residual, as a GLM fit reports it)
-        if self.head.family != "gaussian":
-            return
-        source = self.trainer.datamodule.source
-        with torch.no_grad():
-            x, y = source.x[source.rank :: source.world], source.y[source.rank :: source.world]
-            eta = self(x).eta
-            reduce = partial(self.trainer.strategy.reduce, reduce_op="sum")
-            sq = reduce(((y - eta) ** 2).sum().double())
-            n = reduce(torch.tensor(float(y.shape[0]), device=self.device, dtype=torch.float64))
-        self.head.dispersion.fill_(float(sq / n))
-
-    def on_validation_epoch_start(self) -> None:
-        self._estimate_dispersion()
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self._estimate_dispersion()
-
-
-MODULES: dict[str, type[DensityModule]] = {m.family: m for m in (KLModule, NLLModule, MDNModule, GLMModule)}
-
-
-def module_class(family: str) -> type[DensityModule]:
-    """The LightningModule class of a loss family."""
-    try:
-        return MODULES[family]
-    except KeyError:
-        raise ValueError(f"loss must be one of {', '.join(MODULES)}, got {family!r}") from None
-

@@ -1,0 +1,178 @@
+"""Checks of a composed config, before anything heavy loads, and of the config against its data after.
+
+Everything here is torch-free: a bad value, key or combination is refused within a second of
+starting. Each problem raises one line naming the key, the value and what is allowed:
+
+- ``ConfigError``: a value densbench refuses (the run fails as invalid input);
+- ``Incompatible``: valid parts that do not fit together (a loss that cannot train a head, a head
+  that cannot model the data's targets, an analytic gradient that does not exist for a pair). A
+  single run stops; a sweep records the job as ``skipped`` with the reason and goes on, so a grid over
+  loss x head just works.
+
+Unknown keys and unknown config-group options are refused earlier by Hydra itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from densbench.errors import ConfigError, one_of, positive
+from densbench.families import Family
+from densbench.objectives import Objective
+from densbench.objectives.base import GRADS
+
+PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "32", "64")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class Incompatible(ConfigError):
+    """Valid parts of a config that do not fit together: a sweep skips the job instead of failing it."""
+
+
+def instantiate_checked(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with a ConfigError raised inside the constructor passed on unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(str(exc).splitlines()[-1]) from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The objects a checked config stands for: what trains what, on which task."""
+
+    objective: Objective
+    family: Family  # as configured; bind it to the data (a head like glm picks its canonical family)
+    task: str
+    truth: str | None
+
+    def bound_family(self) -> Family:
+        """The family bound to the task, as far as the task alone settles it (the class count of
+        multiclass data is known only once it is loaded)."""
+        if self.task == "multiclass":
+            return self.family
+        return self.family.bind(self.task, 2 if self.task == "binary" else None)
+
+
+def check_config(cfg: DictConfig) -> Plan:
+    """Everything that can be checked without loading data or torch; returns the plan of the run."""
+    from densbench import data
+
+    one_of("grad", cfg.grad, GRADS)
+    _check_trainer(cfg)
+    _check_dataset(cfg.dataset)
+    hidden = cfg.model.get("hidden", [])
+    if any(not (isinstance(w, int) and w >= 1) for w in hidden):
+        raise ConfigError(f"model.hidden={list(hidden)} must be a list of positive integers")
+    positive("optimizer.lr", cfg.optimizer.lr)
+
+    objective: Objective = instantiate_checked(cfg.loss)
+    head: Family = instantiate_checked(cfg.head)
+    kind = data.describe(cfg.dataset)
+    plan = Plan(objective, head, kind.task, kind.truth)
+    check_pair(plan, str(cfg.grad), cfg.dataset.name)
+    return plan
+
+
+def check_pair(plan: Plan, grad: str, dataset: str) -> Plan:
+    """The loss, the head and the data's task fit together (Incompatible if not)."""
+    objective, task, head = plan.objective, plan.task, plan.family
+    if task not in head.tasks:
+        raise Incompatible(f"head={head.name} cannot model dataset={dataset} (task {task}); "
+                           f"head={head.name} models: {', '.join(head.tasks)}")
+    if objective.needs_truth and plan.truth != objective.needs_truth:
+        raise Incompatible(f"loss={objective.name} trains on the true {objective.needs_truth} p(y|x), which "
+                           f"dataset={dataset} does not have; datasets with one: {', '.join(_with_truth(objective.needs_truth))}")
+    why = objective.accepts(head)
+    if why:
+        raise Incompatible(why)
+    if task != "multiclass":
+        try:
+            bound = plan.bound_family()
+        except ConfigError as exc:
+            raise Incompatible(f"{exc} (dataset={dataset})") from None
+        why = objective.accepts(bound)
+        if why:
+            raise Incompatible(why)
+        if grad == "analytic":
+            why = objective.analytic_refusal(bound)
+            if why:
+                raise Incompatible(f"grad=analytic is not available for loss={objective.name} with head={bound.name}: {why}")
+    return plan
+
+
+def _with_truth(kind: str) -> list[str]:
+    from densbench.data import SYNTHETIC
+
+    return [name for name, (_, k) in SYNTHETIC.items() if k.truth == kind]
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    one_of("trainer.accelerator", t.accelerator, ACCELERATORS)
+    one_of("trainer.precision", str(t.precision), PRECISIONS)
+    positive("trainer.max_steps", t.max_steps, integer=True, allow_null=t.max_epochs is not None)
+    positive("trainer.max_epochs", t.max_epochs, integer=True, allow_null=True)
+    positive("trainer.batch_size", t.batch_size, integer=True, allow_null=True)
+    positive("trainer.eval_every", t.eval_every, integer=True, allow_null=True)
+    positive("trainer.steps_per_call", t.steps_per_call, integer=True)
+    positive("trainer.early_stopping_patience", t.early_stopping_patience, integer=True, allow_null=True)
+    positive("trainer.threads", t.threads, integer=True)
+    positive("trainer.flag_margin", t.flag_margin)
+    positive("trainer.absurd_loss", t.absurd_loss)
+    positive("trainer.devices", t.devices, integer=True)
+    positive("trainer.num_nodes", t.num_nodes, integer=True)
+    one_of("trainer.compile_mode", t.compile_mode, COMPILE_MODES)
+
+
+def _check_dataset(d: DictConfig) -> None:
+    for key in ("val_fraction", "test_fraction"):
+        if key in d and not (0 <= d[key] < 1):
+            raise ConfigError(f"dataset.{key}={d[key]!r} must be in [0, 1)")
+    if "val_fraction" in d and "test_fraction" in d and d.get("protocol") != "uci" and d.val_fraction + d.test_fraction >= 1:
+        raise ConfigError("dataset.val_fraction + dataset.test_fraction must be below 1 (nothing left to train on)")
+    for key in ("n_train", "n_test"):
+        if key in d:
+            positive(f"dataset.{key}", d[key], integer=True)
+    if "n_val" in d and not (isinstance(d.n_val, int) and d.n_val >= 0):
+        raise ConfigError(f"dataset.n_val={d.n_val!r} must be a non-negative integer")
+    positive("dataset.max_train", d.get("max_train"), integer=True, allow_null=True)
+    positive("dataset.max_eval", d.get("max_eval"), integer=True, allow_null=True)
+    if d.get("protocol") not in (None, "uci", "random"):
+        one_of("dataset.protocol", d.protocol, ("uci", "random"))
+    if d.get("protocol") == "uci" and not (isinstance(d.split, int) and 0 <= d.split < 20):
+        raise ConfigError(f"dataset.split={d.split!r} must be an integer in 0..19 for the UCI protocol")
+
+
+def check_against_data(plan: Plan, data: Any, grad: str) -> Family:
+    """Combinations only the loaded data can rule out; returns the family bound to the data."""
+    task = data.task
+    try:
+        family = plan.family.bind(task, data.n_classes)
+    except ConfigError as exc:
+        extra = ""
+        if task == "regression" and "poisson" in str(exc):
+            y = data.y[data.train]
+            extra = f"; the targets include negative values (min {y.min():g})" if (y < 0).any() else \
+                "; the targets are not integer counts" if (y != y.round()).any() else ""
+        raise Incompatible(f"{exc}{extra} (dataset={data.name})") from None
+    why = plan.objective.accepts(family)
+    if why:
+        raise Incompatible(why)
+    if grad == "analytic":
+        why = plan.objective.analytic_refusal(family)
+        if why:
+            raise Incompatible(f"grad=analytic is not available for loss={plan.objective.name} with head={family.name}: {why}")
+    if len(data.test) == 0:
+        raise ConfigError(f"dataset={data.name}: the test split is empty")
+    return family

@@ -1,0 +1,42 @@
+"""The errors densbench refuses bad input with, and the helpers that name the key and what is allowed.
+
+Torch-free: configs, families and objectives are checked before any training library loads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+
+class ConfigError(ValueError):
+    """A config value or combination that densbench refuses, with the allowed values."""
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as configured (bad file, column, value or target)."""
+
+
+def one_of(key: str, value: Any, allowed: Iterable[Any]) -> None:
+    """Refuse a value outside `allowed`, listing what is allowed."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+
+
+def positive(key: str, value: Any, integer: bool = False, allow_null: bool = False) -> None:
+    """Refuse anything but a positive (integer) number (or null when allowed)."""
+    if value is None and allow_null:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if ok and integer:
+        ok = float(value) == int(value)
+    if not ok:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{key}={value!r} must be {kind}" + (" or null" if allow_null else ""))
+
+
+def in_range(key: str, value: Any, lo: float, hi: float) -> None:
+    """Refuse a number outside [lo, hi]."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi):
+        raise ConfigError(f"{key}={value!r} must be a number in [{lo:g}, {hi:g}]")

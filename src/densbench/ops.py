@@ -1,0 +1,404 @@
+"""Operations on predictive distributions, dispatched on the distribution's type, with generic fallbacks.
+
+Each operation (``cdf``, ``icdf``, ``crps``, ``binned_log_prob``, ``quadrature``, ``kl``) keeps a
+registry from distribution types to closed forms, filled the way ``torch.distributions.register_kl``
+is: next to the type, by the family module that produces it (``@ops.crps.register(...)``). Types
+can be named by their dotted path ("torch.distributions.Laplace") so that family modules register
+without importing torch; names are resolved on first use. Dispatch follows the class hierarchy.
+
+Where no closed form is registered, a generic method takes over, so a missing formula degrades a
+metric's cost or accuracy instead of failing the run: quantiles by a safeguarded Newton-bisection
+solver on the CDF, CRPS by the quantile integral, binned probabilities from CDF differences, KL by
+quadrature of the truth, and for discrete distributions sums of the pmf. Every such use is recorded
+(``recording_fallbacks``) so result.json can say which metrics used one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from densbench.lazy import D, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.distributions import Distribution
+
+INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the one home of the Gaussian normalising constant
+
+
+class Unavailable(NotImplementedError):
+    """Neither a closed form nor a generic method exists for this distribution."""
+
+
+_FALLBACKS: list[dict[str, str]] = []
+
+
+@contextmanager
+def recording_fallbacks() -> Iterator[dict[str, str]]:
+    """Collect {operation: "method (Type)"} for every generic method used inside the block."""
+    used: dict[str, str] = {}
+    _FALLBACKS.append(used)
+    try:
+        yield used
+    finally:
+        _FALLBACKS.remove(used)
+
+
+def _resolve(name: str) -> type:
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Operation:
+    """One operation: a registry from types to closed forms, and an optional generic method."""
+
+    def __init__(self, name: str, generic: Callable | None = None, generic_name: str = "") -> None:
+        self.name, self.generic, self.generic_name = name, generic, generic_name
+        self._impls: dict[type, Callable] = {}
+        self._pending: list[tuple[str, Callable]] = []
+
+    def register(self, *types: type | str) -> Callable[[Callable], Callable]:
+        """Decorator: `fn` is the closed form of this operation for these types (or dotted type names)."""
+
+        def deco(fn: Callable) -> Callable:
+            for t in types:
+                if isinstance(t, str):
+                    self._pending.append((t, fn))
+                else:
+                    self._impls[t] = fn
+            return fn
+
+        return deco
+
+    def closed_form(self, cls: type) -> Callable | None:
+        """The registered implementation for `cls` (or its nearest base class), if any."""
+        _load_registrations()
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for name, fn in pending:
+                self._impls[_resolve(name)] = fn
+        for base in cls.__mro__:
+            if base in self._impls:
+                return self._impls[base]
+        return None
+
+    def __call__(self, dist: Any, *args: Any, **kwargs: Any) -> Any:
+        fn = self.closed_form(type(dist))
+        if fn is not None:
+            return fn(dist, *args, **kwargs)
+        if self.generic is None:
+            raise Unavailable(f"no {self.name} for {type(dist).__name__}")
+        return self.generic(dist, *args, **kwargs)
+
+
+def _note(op: str, how: str, dist: Any) -> None:
+    for used in _FALLBACKS:
+        used.setdefault(op, f"{how} ({type(dist).__name__})")
+
+
+_LOADED = False
+
+
+def _load_registrations() -> None:
+    """Import every family module (and the densbench distribution classes) once: they register closed forms."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        from densbench import distributions, families  # noqa: F401 - imported for their registrations
+
+        families.load_all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Support and tails
+# ------------------------------------------------------------------------------------------------
+
+
+def is_discrete(dist: Distribution) -> bool:
+    """Whether the distribution lives on integers (counts or classes)."""
+    return bool(getattr(dist.support, "is_discrete", False))
+
+
+def tail_bound(dist: Distribution) -> int:
+    """A count above which every distribution of the batch leaves a negligible tail: mean + 12 sd + 12.
+
+    The one rule for truncating sums over counts (pmf sums, quadrature, the discrete CRPS); distributions
+    of counts decay at least geometrically, so 12 standard deviations leave far less than float64 resolves.
+    """
+    upper = getattr(dist.support, "upper_bound", None)
+    if upper is not None:  # a bounded support (classes): its last value
+        return int(torch.as_tensor(upper).max())
+    if dist.support is D.constraints.boolean:
+        return 1
+    mean, var = dist.mean, dist.variance
+    return int(torch.ceil((mean + 12 * var.sqrt()).max() + 12).item())
+
+
+def count_grid(dist: Distribution, upto: int | None = None) -> Tensor:
+    """Counts 0..K as a [K+1, *batch] tensor, K from tail_bound (or `upto` if larger)."""
+    top = max(tail_bound(dist), upto or 0)
+    ks = torch.arange(top + 1, dtype=dist.mean.dtype, device=dist.mean.device)
+    return ks.view(-1, *([1] * len(dist.batch_shape))).expand(-1, *dist.batch_shape)
+
+
+def pmf(dist: Distribution, grid: Tensor) -> Tensor:
+    """P(Y = k) on a grid of counts, 0 outside the support (log_prob is not checked there without validation)."""
+    p = dist.log_prob(grid).exp()
+    return torch.where(dist.support.check(grid), p, torch.zeros_like(p))
+
+
+# ------------------------------------------------------------------------------------------------
+# CDF
+# ------------------------------------------------------------------------------------------------
+
+
+def _cdf_generic(dist: Distribution, y: Tensor) -> Tensor:
+    try:
+        return dist.cdf(y)
+    except NotImplementedError:
+        pass
+    if not is_discrete(dist):
+        raise Unavailable(f"no cdf for {type(dist).__name__}")
+    _note("cdf", "pmf sum", dist)
+    k = torch.floor(y)
+    grid = count_grid(dist, int(k.max().item()) if k.numel() else 0)
+    cum = torch.cumsum(pmf(dist, grid), 0)
+    idx = k.clamp(0, grid.shape[0] - 1).long().expand(dist.batch_shape).unsqueeze(0)
+    out = cum.gather(0, idx).squeeze(0).clamp(0, 1)
+    return torch.where(k < 0, torch.zeros_like(out), out)
+
+
+cdf = Operation("cdf", _cdf_generic)
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantiles: the distribution's own icdf, else bracket + safeguarded Newton on the CDF
+# ------------------------------------------------------------------------------------------------
+
+
+def solve_quantiles(F: Callable[[Tensor, Tensor], Tensor], f: Callable[[Tensor, Tensor], Tensor], p: Tensor,
+                    lo: Tensor, hi: Tensor, max_iter: int = 200) -> Tensor:
+    """x with F(x) = p for every entry, given brackets F(lo) <= p <= F(hi).
+
+    ``F(x, idx)`` and ``f(x, idx)`` evaluate the CDF and density at points x for the entries with flat
+    indices idx. Newton steps x - (F(x) - p) / f(x) inside the bracket, which shrinks around the root
+    every step; a step that would leave it, is not finite, or is not at least half the previous step
+    (Newton bouncing between the modes of a mixture) is replaced by bisection (rtsafe of Numerical
+    Recipes), so every entry converges at least as fast as bisection and quadratically near its root.
+    Converged entries leave the active set, and the loop ends when none is left: accuracy is relative,
+    1e-10 in float64 and 1e-6 in float32.
+    """
+    x = 0.5 * (lo + hi)
+    tol = 1e-10 if x.dtype == torch.float64 else 1e-6
+    shape = x.shape
+    x, lo, hi, p = (t.reshape(-1).clone() for t in (x, lo, hi, p.expand(shape)))
+    active = torch.arange(x.numel(), device=x.device)
+    xa, loa, hia, pa, last = x, lo, hi, p, (hi - lo).abs()
+    for _ in range(max_iter):
+        gap = F(xa, active) - pa
+        below = gap < 0
+        loa, hia = torch.where(below, xa, loa), torch.where(below, hia, xa)
+        dx = gap / f(xa, active)
+        newton = xa - dx
+        use = (newton >= loa) & (newton <= hia) & (2 * dx.abs() <= last)  # False for NaN or infinite steps too
+        new = torch.where(use, newton, 0.5 * (loa + hia))
+        new = torch.where(gap == 0, xa, new)  # an exact root stays where it is
+        last = (new - xa).abs()
+        scale = 1 + new.abs()
+        done = (last <= tol * scale) | (hia - loa <= tol * scale)
+        x[active] = new
+        keep = ~done
+        if not bool(keep.any()):
+            break
+        active, xa, loa, hia, pa, last = active[keep], new[keep], loa[keep], hia[keep], pa[keep], last[keep]
+    return x.reshape(shape)
+
+
+def _expand_bracket(dist: Distribution, p: Tensor) -> tuple[Tensor, Tensor]:
+    """[lo, hi] around every quantile: from mean +- sd (or 0 +- 1), widened until the CDF brackets p."""
+    try:
+        centre, width = dist.mean.expand(p.shape), dist.variance.sqrt().expand(p.shape)
+        width = torch.where(torch.isfinite(width) & (width > 0), width, torch.ones_like(width))
+        centre = torch.where(torch.isfinite(centre), centre, torch.zeros_like(centre))
+    except NotImplementedError:
+        centre, width = torch.zeros_like(p), torch.ones_like(p)
+    lo, hi = centre - width, centre + width
+    for _ in range(200):
+        low_bad, high_bad = cdf(dist, lo) > p, cdf(dist, hi) < p
+        if not bool((low_bad | high_bad).any()):
+            break
+        lo = torch.where(low_bad, lo - 2 * (hi - lo), lo)
+        hi = torch.where(high_bad, hi + 2 * (hi - lo), hi)
+    return lo, hi
+
+
+def _icdf_generic(dist: Distribution, p: Tensor) -> Tensor:
+    try:
+        return dist.icdf(p)
+    except NotImplementedError:
+        pass
+    if is_discrete(dist):
+        _note("icdf", "pmf search", dist)
+        grid = count_grid(dist)
+        cum = torch.cumsum(pmf(dist, grid), 0)  # [K, *batch]
+        return (cum.unsqueeze(0) < p.unsqueeze(1)).sum(1).to(cum.dtype).clamp(max=grid.shape[0] - 1)
+    _note("icdf", "Newton-bisection on the cdf", dist)
+    p = p.expand(*p.shape[:1], *dist.batch_shape) if p.dim() else p.expand(dist.batch_shape)
+    lo, hi = _expand_bracket(dist, p)
+    return solve_pointwise(dist, p, lo, hi)
+
+
+def solve_pointwise(dist: Distribution, p: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Quantiles of a [*batch] distribution at levels p [L, *batch], from brackets of the same shape."""
+    # a generic distribution is evaluated on the whole grid, converged entries held at a valid point
+
+    def F(x: Tensor, active: Tensor) -> Tensor:
+        return cdf(dist, _fill(x, active)).reshape(-1)[active]
+
+    def f(x: Tensor, active: Tensor) -> Tensor:
+        return dist.log_prob(_fill(x, active)).exp().reshape(-1)[active]
+
+    def _fill(x: Tensor, active: Tensor) -> Tensor:
+        full = lo.reshape(-1).clone()
+        full[active] = x
+        return full.reshape(p.shape)
+
+    return solve_quantiles(F, f, p, lo, hi)
+
+
+icdf = Operation("icdf", _icdf_generic)
+
+
+def quantile(dist: Distribution, levels: Tensor) -> Tensor:
+    """Quantiles at levels [L] for a batch: [L, *batch]; discrete: the smallest k with F(k) >= p."""
+    levels = torch.as_tensor(levels, dtype=dist.mean.dtype, device=dist.mean.device)
+    p = levels.reshape(-1, *([1] * len(dist.batch_shape))).expand(-1, *dist.batch_shape)
+    return icdf(dist, p)
+
+
+# ------------------------------------------------------------------------------------------------
+# PIT and continuous predictions of counts (the pmf of unit bins)
+# ------------------------------------------------------------------------------------------------
+
+
+def _binned_generic(dist: Distribution, y: Tensor) -> Tensor:
+    _note("binned_log_prob", "cdf differences", dist)
+    upper = cdf(dist, y + 0.5).double()
+    lower = torch.where(y <= 0, torch.zeros_like(upper), cdf(dist, y - 0.5).double())
+    return torch.log((upper - lower).clamp_min(0))
+
+
+binned_log_prob = Operation("binned_log_prob", _binned_generic)
+binned_log_prob.__doc__ = """log P(y - 1/2 < Y <= y + 1/2) at integer counts y, all mass below 1/2 going to y = 0.
+
+This makes a continuous prediction a proper pmf on 0, 1, 2, ..., so its NLL on count data compares
+with a count distribution's (a density's NLL does not: it can fall below any pmf's)."""
+
+
+def binned_cdf(dist: Distribution, k: Tensor) -> Tensor:
+    """CDF of the binned pmf of binned_log_prob at integers k: P(Y <= k + 1/2), 0 below 0."""
+    k = torch.floor(k)
+    out = cdf(dist, k + 0.5)
+    return torch.where(k < 0, torch.zeros_like(out), out)
+
+
+def target_log_prob(dist: Distribution, y: Tensor, task: str) -> Tensor:
+    """Log-likelihood of targets: the binned pmf for continuous predictions of counts, else log_prob."""
+    if task == "count" and not is_discrete(dist):
+        return binned_log_prob(dist, y)
+    return dist.log_prob(y)
+
+
+def pit(dist: Distribution, y: Tensor, u: Tensor | None = None, counts: bool = False) -> Tensor:
+    """Probability integral transform F(y); randomised F(y-1) + u (F(y) - F(y-1)) for discrete targets.
+
+    ``counts=True`` treats a continuous prediction of count targets as its binned pmf.
+    """
+    if not is_discrete(dist) and not counts:
+        return cdf(dist, y)
+    if u is None:
+        raise ValueError("discrete targets need uniform draws u for the randomised PIT")
+    F = cdf if is_discrete(dist) else binned_cdf
+    lower = F(dist, y - 1)
+    return lower + u * (F(dist, y) - lower)
+
+
+# ------------------------------------------------------------------------------------------------
+# CRPS
+# ------------------------------------------------------------------------------------------------
+
+CRPS_LEVELS = 1000  # midpoint rule of the quantile integral: error O(1/L^2) for smooth quantile functions
+
+
+def _crps_generic(dist: Distribution, y: Tensor) -> Tensor:
+    if is_discrete(dist):
+        _note("crps", "ranked probability score by pmf sums", dist)
+        grid = count_grid(dist, int(y.max().item()) if y.numel() else 0)
+        F = torch.cumsum(pmf(dist, grid), 0)
+        return ((F - (y.unsqueeze(0) <= grid).to(F.dtype)) ** 2).sum(0)
+    # CRPS(F, y) = 2 int_0^1 (1{y <= q(t)} - t)(q(t) - y) dt, the quantile (pinball) integral
+    _note("crps", "quantile integral", dist)
+    levels = (torch.arange(CRPS_LEVELS, dtype=dist.mean.dtype, device=dist.mean.device) + 0.5) / CRPS_LEVELS
+    q = quantile(dist, levels)
+    t = levels.view(-1, *([1] * len(dist.batch_shape)))
+    return 2 * (((y <= q).to(q.dtype) - t) * (q - y)).mean(0)
+
+
+crps = Operation("crps", _crps_generic)
+crps.__doc__ = "Per-sample CRPS (continuous families) or ranked probability score (counts and classes)."
+
+
+# ------------------------------------------------------------------------------------------------
+# Quadrature and KL(truth || prediction)
+# ------------------------------------------------------------------------------------------------
+
+QUADRATURE_NODES = 64
+
+
+def _quadrature_generic(dist: Distribution, nodes: int = QUADRATURE_NODES) -> tuple[Tensor, Tensor]:
+    if is_discrete(dist):
+        grid = count_grid(dist)
+        return grid, pmf(dist, grid)
+    _note("quadrature", "midpoints of quantiles", dist)
+    levels = (torch.arange(4 * nodes, dtype=dist.mean.dtype, device=dist.mean.device) + 0.5) / (4 * nodes)
+    ys = quantile(dist, levels)
+    return ys, torch.full_like(ys, 1.0 / ys.shape[0])
+
+
+quadrature = Operation("quadrature", _quadrature_generic)
+quadrature.__doc__ = "Nodes [Q, *batch] and weights [Q, *batch] with sum_q w f(y_q) ~ E[f(Y)]."
+
+
+def kl_to_truth(truth: Distribution, pred: Distribution) -> Tensor:
+    """Per-sample KL(truth || pred): torch's registered closed form where one exists, else quadrature over the truth."""
+    if isinstance(truth, D.Bernoulli) and isinstance(pred, D.Categorical):
+        truth = D.Categorical(probs=torch.stack([1 - truth.probs, truth.probs], -1))
+    try:
+        return D.kl_divergence(truth, pred)
+    except NotImplementedError:
+        pass
+    ys, w = quadrature(truth)
+    # a continuous prediction of counts is compared with the truth through its binned pmf
+    log_q = binned_log_prob(pred, ys) if is_discrete(truth) and not is_discrete(pred) else pred.log_prob(ys)
+    log_ratio = truth.log_prob(ys) - log_q
+    # weights that are exactly zero (outside a truth's support) must not turn 0 * inf into NaN
+    return torch.where(w > 0, w * log_ratio, torch.zeros_like(w)).sum(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared closed-form pieces
+# ------------------------------------------------------------------------------------------------
+
+
+def std_normal_cdf(z: Tensor) -> Tensor:
+    """Phi(z), accurate in both tails."""
+    return 0.5 * torch.erfc(-z / math.sqrt(2.0))
+
+
+def std_normal_pdf(z: Tensor) -> Tensor:
+    """phi(z)."""
+    return torch.exp(-0.5 * z * z - HALF_LOG_2PI)

@@ -1,0 +1,222 @@
+"""Every distribution family and every objective meets one contract.
+
+Parametrised over the registries (densbench.families, densbench.objectives) and over the config
+files in conf/head and conf/loss, so a family or objective added as one module and one YAML is
+covered here without editing this file:
+
+- the family's training formula is the log-likelihood of the distribution it produces, which agrees
+  with scipy where scipy has the distribution (log_prob, cdf, mean, variance);
+- quantiles invert the CDF; a registered closed-form CRPS agrees with the generic quantile integral
+  (or the pmf sum); the binned pmf of a continuous family on counts is consistent with its CDF;
+- every analytic gradient passes a float64 gradcheck, and trains exactly as autograd does;
+- every loss x head config pair either runs an experiment=fast job to `ok` or is recorded `skipped`
+  with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch.autograd import gradcheck
+
+from conftest import make_cfg
+from densbench import families, objectives, ops
+from densbench.checks import Incompatible, check_config
+from densbench.config import config_dir
+from densbench.errors import ConfigError
+from densbench.networks import MLP, Head
+from densbench.run import run_job
+
+F64 = torch.float64
+CLASSES = {"regression": None, "count": None, "binary": 2, "multiclass": 3}
+DATASET_FOR_TASK = {"regression": "hetero_sine", "count": "sine_poisson", "binary": "sine_bernoulli"}
+
+
+def _bound_families():
+    """Every registered family with default settings, bound to each task it models."""
+    seen, out = set(), []
+    for name, cls in sorted(families.load_all().items()):
+        fam = cls()
+        for task in fam.tasks:
+            try:
+                bound = fam.bind(task, CLASSES[task])
+            except ConfigError:
+                continue
+            if (bound.name, task) not in seen:
+                seen.add((bound.name, task))
+                out.append(pytest.param(bound, task, id=f"{bound.name}-{task}"))
+    return out
+
+
+FAMILIES = _bound_families()
+CONTINUOUS = [p for p in FAMILIES if p.values[1] in ("regression", "count")]
+OBJECTIVES = [pytest.param(cls(), id=name) for name, cls in sorted(objectives.load_all().items())]
+
+
+def _raw(fam, n=64, seed=0, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    raw = {f: (torch.randn(n, w, generator=g, dtype=F64) * 0.7).requires_grad_(grad) for f, w in fam.fields().items()}
+    raw.update({k: v.to(F64) for k, v in fam.buffers().items()})
+    return raw
+
+
+def _targets(fam, task, dist, seed=1):
+    """Targets drawn from the distribution itself, in the shape training passes them."""
+    torch.manual_seed(seed)
+    s = dist.sample()
+    if getattr(fam, "class_targets", False) or task == "multiclass":
+        return s.long()
+    if task == "count" and not ops.is_discrete(dist):
+        s = s.round().clamp(min=0)
+    return s.to(F64).unsqueeze(-1)
+
+
+def _per_sample(y):
+    return y if y.dim() == 1 else y[..., 0]
+
+
+@pytest.mark.parametrize("fam,task", FAMILIES)
+def test_training_formula_is_the_distributions_log_likelihood(fam, task):
+    raw = _raw(fam)
+    dist = fam.distribution(raw)
+    y = _targets(fam, task, dist)
+    nll = objectives.get("nll")()
+    terms = nll.terms(fam, raw, y, ())
+    const = nll.constant(fam, y, ())
+    if const is not None:
+        terms = terms + const[1](const[2])
+    expected = -dist.log_prob(_per_sample(y))
+    torch.testing.assert_close(terms.reshape(-1), expected.reshape(-1), rtol=1e-10, atol=1e-10)
+    ref = fam.reference(dist)
+    if ref is not None:  # torch's distribution against scipy's
+        yy = _per_sample(y).detach().numpy()
+        logp = ref.logpmf(yy) if ops.is_discrete(dist) else ref.logpdf(yy)
+        np.testing.assert_allclose(dist.log_prob(_per_sample(y)).detach().numpy(), logp, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(ops.cdf(dist, _per_sample(y)).detach().numpy(), ref.cdf(yy), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(dist.mean.detach().numpy(), ref.mean(), rtol=1e-9)
+        np.testing.assert_allclose(dist.variance.detach().numpy(), ref.var(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("fam,task", CONTINUOUS)
+def test_quantiles_invert_the_cdf(fam, task):
+    with torch.no_grad():
+        dist = fam.distribution(_raw(fam))
+        levels = torch.tensor([0.005, 0.1, 0.37, 0.5, 0.9, 0.995], dtype=F64)
+        q = ops.quantile(dist, levels)
+        F = ops.cdf(dist, q)
+        p = levels.view(-1, 1).expand_as(F)
+    if ops.is_discrete(dist):  # the smallest count whose CDF reaches the level
+        assert bool((F >= p - 1e-12).all()) and bool((ops.cdf(dist, q - 1) < p).all())
+    else:
+        torch.testing.assert_close(F, p, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("fam,task", FAMILIES)
+def test_a_closed_form_crps_agrees_with_the_generic_one(fam, task):
+    with torch.no_grad():
+        dist = fam.distribution(_raw(fam, n=40))
+        y = _per_sample(_targets(fam, task, dist))
+        if ops.crps.closed_form(type(dist)) is None:
+            pytest.skip(f"{type(dist).__name__} has no closed-form CRPS (the generic one is its CRPS)")
+        closed, generic = ops.crps(dist, y), ops.crps.generic(dist, y)
+    # the quantile integral's midpoint rule: O(1/L^2) for smooth quantile functions
+    tol = 1e-10 if ops.is_discrete(dist) else 2e-4
+    torch.testing.assert_close(closed, generic, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("fam,task", [p for p in CONTINUOUS if p.values[1] == "count"])
+def test_binned_pmf_of_a_continuous_family_agrees_with_its_cdf(fam, task):
+    with torch.no_grad():
+        dist = fam.distribution(_raw(fam, n=20))
+        if ops.is_discrete(dist):
+            pytest.skip("a count distribution is scored by its own pmf")
+        k = torch.arange(0, 40, dtype=F64).unsqueeze(-1).expand(-1, 20)
+        mass = ops.binned_log_prob(dist, k).exp().sum(0)
+        tail = 1 - ops.cdf(dist, torch.full((20,), 39.5, dtype=F64))
+    torch.testing.assert_close(mass + tail, torch.ones(20, dtype=F64), rtol=0, atol=1e-9)
+
+
+def _analytic_pairs():
+    out = []
+    for o in OBJECTIVES:
+        for f in FAMILIES:
+            objective, (fam, task) = o.values[0], f.values
+            if objective.accepts(fam) is None and objective.analytic_refusal(fam) is None:
+                out.append(pytest.param(objective, fam, task, id=f"{o.id}-{f.id}"))
+    return out
+
+
+ANALYTIC = _analytic_pairs()
+
+
+def _batch(objective, fam, task, n, seed):
+    """(targets, extra) for an objective: samples, or the true Gaussian's mean and variance."""
+    g = torch.Generator().manual_seed(seed)
+    if objective.needs_truth == "gaussian":
+        return None, (torch.randn(n, 1, generator=g, dtype=F64), torch.rand(n, 1, generator=g, dtype=F64) + 0.2)
+    with torch.no_grad():
+        return _targets(fam, task, fam.distribution(_raw(fam, n, seed=seed + 7)), seed), ()
+
+
+@pytest.mark.parametrize("objective,fam,task", ANALYTIC)
+def test_analytic_gradient_passes_float64_gradcheck(objective, fam, task):
+    raw = _raw(fam, n=6, seed=3, grad=True)
+    y, extra = _batch(objective, fam, task, 6, seed=4)
+    names = list(fam.fields())
+    buffers = {k: v for k, v in raw.items() if k not in names}
+
+    def loss(*fields):
+        return objective.loss(fam, {**dict(zip(names, fields)), **buffers}, y, extra, "analytic")
+
+    assert gradcheck(loss, [raw[n] for n in names], eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective,fam,task", ANALYTIC)
+def test_analytic_and_autograd_train_identically_in_float64(objective, fam, task):
+    curves = {}
+    for grad in ("analytic", "autograd"):
+        torch.manual_seed(0)
+        backbone = MLP(1, [8], "tanh").double()
+        head = Head(fam, 8, detached=objective.detached_fields(fam)).double()
+        opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.05)
+        x = torch.linspace(-2, 2, 32, dtype=F64).unsqueeze(-1)
+        y, extra = _batch(objective, fam, task, 32, seed=5)
+        losses = []
+        for _ in range(40):
+            opt.zero_grad()
+            loss = objective.loss(fam, head(backbone(x)), y, extra, grad)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves[grad] = torch.tensor(losses, dtype=F64)
+    assert bool(torch.isfinite(curves["autograd"]).all())
+    torch.testing.assert_close(curves["analytic"], curves["autograd"], rtol=1e-9, atol=1e-9)
+
+
+def _config_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("head", _config_options("head"))
+@pytest.mark.parametrize("loss", _config_options("loss"))
+def test_every_loss_head_pair_runs_a_fast_job_or_is_skipped_with_the_reason(tmp_path, loss, head):
+    family = instantiate(make_cfg(f"head={head}").head)
+    task = next(t for t in family.tasks if t in DATASET_FOR_TASK)
+    args = ["experiment=fast", f"loss={loss}", f"head={head}", f"dataset={DATASET_FOR_TASK[task]}", "logger=none"]
+    cfg = make_cfg(*args)
+    try:
+        check_config(cfg)
+        compatible = None
+    except Incompatible as exc:
+        compatible = str(exc)
+    res = run_job(cfg, tmp_path)
+    if compatible is None:
+        assert res["status"] == "ok", res.get("error")
+        assert math.isfinite(res["metrics"]["nll"]) and math.isfinite(res["metrics"]["crps"])
+    else:
+        assert res["status"] == "skipped" and compatible in res["error"]
