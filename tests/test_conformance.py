@@ -218,5 +218,14 @@ def test_every_loss_head_pair_runs_a_fast_job_or_is_skipped_with_the_reason(tmp_
     if compatible is None:
         assert res["status"] == "ok", res.get("error")
         assert math.isfinite(res["metrics"]["nll"]) and math.isfinite(res["metrics"]["crps"])
+        # result.json names the metrics computed by a generic method: quantiles exactly when the
+        # predictive distribution has no icdf of its own
+        bound = check_config(cfg).bound_family()
+        dist = bound.distribution({k: torch.zeros(2, w, dtype=F64) for k, w in bound.fields().items()} | bound.buffers())
+        try:
+            own_icdf = ops.icdf.closed_form(type(dist)) is not None or dist.icdf(torch.full((2,), 0.5, dtype=F64)) is not None
+        except NotImplementedError:
+            own_icdf = False
+        assert ("icdf" in res["fallbacks"]) == (not own_icdf and task != "binary"), res["fallbacks"]
     else:
         assert res["status"] == "skipped" and compatible in res["error"]

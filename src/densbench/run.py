@@ -252,6 +252,8 @@ def train_and_test(cfg: DictConfig, run_dir: Path, signals: JobSignals, run_key:
     hist = state.history
     return {
         "metrics": metrics,
+        # operations served by a generic method (a solver, a quadrature) instead of a closed form
+        "fallbacks": dict(module.test_metrics.fallbacks),
         "curves": curves,
         "train": {
             "opt_steps": state.opt_steps,
