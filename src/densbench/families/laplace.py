@@ -1,0 +1,82 @@
+"""Laplace(mu, b): absolute-error regression with a learned scale (a median with its uncertainty).
+
+Fields ``loc`` and ``spread`` (b through a positivity map). With z = (y - mu)/b the NLL is
+log 2b + |z|, with gradients d/d mu = -sign(y - mu)/b and d/d log b = 1 - |z| (the subgradient 0
+at y = mu, as autograd takes it). The CRPS is b (|z| + exp(-|z|) - 3/4); torch's Laplace has the CDF
+and the quantiles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from densbench import ops
+from densbench.errors import one_of, positive
+from densbench.families.base import Family, Raw, register, weighted_total
+from densbench.lazy import D, torch
+from densbench.positivity import KINDS, Positivity
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+LOG_2 = math.log(2.0)
+
+
+@register
+class Laplace(Family):
+    """Laplace with loc and a positive scale b (variance 2 b^2)."""
+
+    name = "laplace"
+    tasks = ("regression", "count")
+    traits = frozenset({"location_scale"})
+    has_floor = True
+
+    def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:
+        one_of("head.positivity", positivity, KINDS)
+        positive("head.floor", floor)
+        positive("head.init_std", init_std, allow_null=True)
+        self.scale_map = Positivity(positivity, float(floor))
+        self.init_std = init_std
+
+    def fields(self) -> dict[str, int]:
+        return {"loc": 1, "spread": 1}
+
+    def init_bias(self, bias: Raw) -> None:
+        if self.init_std is not None:
+            bias["spread"].fill_(self.scale_map.inverse(self.init_std / math.sqrt(2.0)))
+
+    def distribution(self, raw: Raw, loc: Any = 0.0, scale: Any = 1.0):
+        b = self.scale_map.value(raw["spread"][..., 0])
+        return D.Laplace(loc + scale * raw["loc"][..., 0], scale * b, validate_args=False)
+
+    def nll_terms(self, raw: Raw, y: Tensor) -> Tensor:
+        log_b = self.scale_map.log_value(raw["spread"])
+        return LOG_2 + log_b + (y - raw["loc"]).abs() * torch.exp(-log_b)
+
+    def nll_kernel(self, raw: Raw, y: Tensor, weight: Any):
+        r = raw["spread"].detach()
+        log_b, dlog = self.scale_map.log_value(r), self.scale_map.dlog(r)
+        inv_b = torch.exp(-log_b)
+        d = y - raw["loc"].detach()
+        az = d.abs() * inv_b
+        grads = {"loc": (-torch.sign(d) * inv_b).mul_(weight), "spread": ((1 - az) * dlog).mul_(weight)}
+        return weighted_total(LOG_2 + log_b + az, weight), grads
+
+    def moments(self, raw: Raw) -> tuple[Tensor, Tensor]:
+        return raw["loc"], 2 * self.scale_map.value(raw["spread"]) ** 2
+
+    def floor_hits(self, raw: Raw) -> Tensor:
+        return self.scale_map.at_floor(raw["spread"]).sum()
+
+    def reference(self, dist: Any) -> Any:
+        from scipy import stats
+
+        return stats.laplace(dist.loc.numpy(), dist.scale.numpy())
+
+
+@ops.crps.register("torch.distributions.Laplace")
+def crps_laplace(d: Any, y: Tensor) -> Tensor:
+    """b (|z| + exp(-|z|) - 3/4), z = (y - mu)/b."""
+    az = ((y - d.loc) / d.scale).abs()
+    return d.scale * (az + torch.exp(-az) - 0.75)
