@@ -123,11 +123,17 @@ def is_discrete(dist: Distribution) -> bool:
     return bool(getattr(dist.support, "is_discrete", False))
 
 
-def tail_bound(dist: Distribution) -> int:
-    """A count above which every distribution of the batch leaves a negligible tail: mean + 12 sd + 12.
+TAIL = 1e-12  # probability left beyond the count sums stop at
+MAX_COUNT = 10**7
 
-    The one rule for truncating sums over counts (pmf sums, quadrature, the discrete CRPS); distributions
-    of counts decay at least geometrically, so 12 standard deviations leave far less than float64 resolves.
+
+def tail_bound(dist: Distribution) -> int:
+    """A count above which every distribution of the batch leaves less than TAIL: the one rule for
+    truncating sums over counts (pmf sums, quadrature, the discrete CRPS).
+
+    Start at mean + 12 sd + 12, which suffices for Poisson-like tails; where a CDF is at hand (a
+    heavy negative binomial decays only geometrically, with ratio near 1), double until the tail left
+    is below TAIL.
     """
     upper = getattr(dist.support, "upper_bound", None)
     if upper is not None:  # a bounded support (classes): its last value
@@ -135,7 +141,12 @@ def tail_bound(dist: Distribution) -> int:
     if dist.support is D.constraints.boolean:
         return 1
     mean, var = dist.mean, dist.variance
-    return int(torch.ceil((mean + 12 * var.sqrt()).max() + 12).item())
+    k = int(torch.ceil((mean + 12 * var.sqrt()).max() + 12).item())
+    if cdf.closed_form(type(dist)) is None:
+        return k
+    while k < MAX_COUNT and float((1 - cdf(dist, torch.full_like(mean, float(k)))).max()) > TAIL:
+        k *= 2
+    return min(k, MAX_COUNT)
 
 
 def count_grid(dist: Distribution, upto: int | None = None) -> Tensor:
