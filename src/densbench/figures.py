@@ -116,8 +116,10 @@ def _predicted_vs_observed(module, prep: Prepared, title: str):
         mean = dist.mean.numpy()
         lo, hi = (q.numpy() for q in quantile(dist, torch.tensor([0.025, 0.975])))
         order = np.argsort(mean)
-        ax.errorbar(mean[order], y[order], xerr=np.stack([mean - lo, hi - mean])[:, order], fmt="o", ms=2.5,
-                    color=MODEL_COLOR, ecolor=MODEL_COLOR, alpha=0.35, elinewidth=0.8, label="test: mean, 95% interval")
+        # the interval as a segment, not error bars around the mean: for skewed predictions (counts
+        # with most mass at 0) the mean can lie outside its own central interval
+        ax.hlines(y[order], lo[order], hi[order], color=MODEL_COLOR, alpha=0.3, lw=0.8, label="test: 95% interval")
+        ax.plot(mean[order], y[order], "o", ms=2.5, color=MODEL_COLOR, alpha=0.6, label="test: mean")
         lims = [min(lo.min(), y.min()), max(hi.max(), y.max())]
         ax.plot(lims, lims, "--", color="grey", lw=1)
         ax.set_xlabel(f"predicted {data.target_name}")
