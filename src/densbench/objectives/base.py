@@ -79,6 +79,9 @@ class Objective:
 
     name: ClassVar[str] = ""
     needs_truth: ClassVar[str | None] = None  # "gaussian": trains on the true Gaussian's mean and variance
+    # the loss holds stop-gradient terms (beta-NLL's weights, faithful's mean): its gradient is by
+    # design not the derivative of its value, so it is checked against autograd, not finite differences
+    stops_gradients: ClassVar[bool] = False
 
     def __init__(self, reduction: str = "mean") -> None:
         one_of("loss.reduction", reduction, REDUCTIONS)
@@ -118,7 +121,7 @@ class Objective:
 
             kernel = kernel_of(self)
             weight = 1.0 / raw[next(iter(family.fields()))].shape[-2] if self.reduction == "mean" else 1.0
-            value = analytic_loss(lambda r: kernel(family, r, y, extra, weight), raw, list(family.fields()))
+            value = analytic_loss(lambda r: kernel(family, {**raw, **r}, y, extra, weight), raw, list(family.fields()))
         elif grad == "autograd":
             value = reduce(self.terms(family, raw, y, extra), self.reduction)
         else:
