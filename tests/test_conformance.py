@@ -117,6 +117,13 @@ def test_quantiles_invert_the_cdf(fam, task):
 
 
 @pytest.mark.parametrize("fam,task", FAMILIES)
+def test_the_crps_trait_says_whether_a_closed_form_is_registered(fam, task):
+    with torch.no_grad():
+        dist = fam.distribution(_raw(fam, n=4))
+    assert ("crps" in fam.traits) == (ops.crps.closed_form(type(dist)) is not None)
+
+
+@pytest.mark.parametrize("fam,task", FAMILIES)
 def test_a_closed_form_crps_agrees_with_the_generic_one(fam, task):
     with torch.no_grad():
         dist = fam.distribution(_raw(fam, n=40))

@@ -34,6 +34,7 @@ TRAITS = {
     "gaussian": "the predictive distribution is Gaussian",
     "natural": "a canonical exponential family: the NLL gradient at the natural parameters is E[T(y)] - T(y)",
     "mixture": "a mixture of components",
+    "crps": "the predictive distribution's CRPS has a closed form (registered with densbench.ops), differentiable",
 }
 
 Raw = dict  # field name -> tensor [..., B, width]

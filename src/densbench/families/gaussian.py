@@ -57,7 +57,7 @@ class Gaussian(Family):
 
     name = "gaussian"
     tasks = ("regression", "count")
-    traits = frozenset({"location_scale", "gaussian"})
+    traits = frozenset({"location_scale", "gaussian", "crps"})
     has_floor = True
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, spread: str = "variance",

@@ -32,7 +32,7 @@ class GaussianNatural(Family):
 
     name = "gaussian_natural"
     tasks = ("regression", "count")
-    traits = frozenset({"location_scale", "gaussian", "natural"})
+    traits = frozenset({"location_scale", "gaussian", "natural", "crps"})
     has_floor = True
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:

@@ -54,6 +54,7 @@ class GaussianUnit(Canonical):
 
     name = "gaussian_unit"
     tasks = ("regression", "count")
+    traits = frozenset({"natural", "crps"})
 
     def buffers(self) -> dict[str, Tensor]:
         return {"dispersion": torch.ones(())}
@@ -94,6 +95,7 @@ class Bernoulli(Canonical):
 
     name = "bernoulli"
     tasks = ("binary",)
+    traits = frozenset({"natural", "crps"})
 
     def residual(self, eta: Tensor, y: Tensor) -> Tensor:
         return torch.sigmoid(eta).sub_(y)
@@ -123,6 +125,7 @@ class Poisson(Canonical):
 
     name = "poisson"
     tasks = ("count",)
+    traits = frozenset({"natural", "crps"})
 
     def residual(self, eta: Tensor, y: Tensor) -> Tensor:
         return torch.exp(eta).sub_(y)
@@ -157,6 +160,7 @@ class Categorical(Canonical):
 
     name = "categorical"
     tasks = ("binary", "multiclass")
+    traits = frozenset({"natural", "crps"})
     class_targets = True
 
     def __init__(self, n_classes: int = 2) -> None:

@@ -29,7 +29,7 @@ class Laplace(Family):
 
     name = "laplace"
     tasks = ("regression", "count")
-    traits = frozenset({"location_scale"})
+    traits = frozenset({"location_scale", "crps"})
     has_floor = True
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:

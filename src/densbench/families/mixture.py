@@ -69,7 +69,7 @@ class Mixture(Family):
 
     name = "mixture"
     tasks = ("regression", "count")
-    traits = frozenset({"mixture"})
+    traits = frozenset({"mixture", "crps"})
     has_floor = True
 
     def __init__(self, components: int = 5, positivity: str = "exp", floor: float = 1e-6, init_std: float | None = None) -> None:

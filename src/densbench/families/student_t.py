@@ -49,7 +49,7 @@ class StudentT(Family):
 
     name = "student_t"
     tasks = ("regression", "count")
-    traits = frozenset({"location_scale"})
+    traits = frozenset({"location_scale", "crps"})
     has_floor = True
 
     def __init__(self, df: float | None = None, positivity: str = "softplus", floor: float = 1e-6,
