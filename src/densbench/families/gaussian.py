@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from densbench import ops
 from densbench.errors import one_of, positive
-from densbench.families.base import Family, Raw, register, total
+from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, torch
 from densbench.ops import HALF_LOG_2PI, INV_SQRT_PI, std_normal_cdf, std_normal_pdf
 from densbench.positivity import KINDS, SPREAD_TARGETS, Positivity, Spread
@@ -49,6 +49,14 @@ def expected_nll_kernel(mu: Tensor, raw: Tensor, m: Tensor, s2: Tensor | float, 
         g_mu = d.mul_(inv).mul_(weight)
         g_raw = dlog.mul_(q.mul_(-0.5).add_(0.5)).mul_(weight)
     return value, g_mu, g_raw
+
+
+def normal_crps_parts(mu: Tensor, sigma: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """CRPS of N(mu, sigma^2) at y and its derivatives: d/d mu = 1 - 2 Phi(z), d/d sigma = 2 phi(z) - 1/sqrt(pi)."""
+    z = (y - mu) / sigma
+    cdf, pdf = std_normal_cdf(z), std_normal_pdf(z)
+    value = sigma * (z * (2 * cdf - 1) + 2 * pdf - INV_SQRT_PI)
+    return value, 1 - 2 * cdf, 2 * pdf - INV_SQRT_PI
 
 
 @register
@@ -97,6 +105,15 @@ class Gaussian(Family):
         """Analytic expected NLL under N(m, s2): (weighted sum, gradients by field)."""
         value, g_mu, g_raw = expected_nll_kernel(raw["loc"], raw["spread"], m, s2, self.spread, weight)
         return value, {"loc": g_mu, "spread": g_raw}
+
+    def crps_kernel(self, raw: Raw, y: Tensor, weight: Any):
+        """Analytic CRPS: (weighted sum, gradients by field); the spread's through sigma = exp(log v / 2)."""
+        r = raw["spread"].detach()
+        log_v = self.spread.log_var(r)
+        sigma = torch.exp(0.5 * log_v)
+        value, d_mu, d_sigma = normal_crps_parts(raw["loc"].detach(), sigma, y)
+        d_raw = d_sigma * sigma * 0.5 * self.spread.dlog_var(r)
+        return weighted_total(value, weight), {"loc": d_mu.mul_(weight), "spread": d_raw.mul_(weight)}
 
     def moments(self, raw: Raw) -> tuple[Tensor, Tensor]:
         return raw["loc"], self.spread.log_var(raw["spread"]).exp()

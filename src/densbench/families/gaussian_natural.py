@@ -82,6 +82,18 @@ class GaussianNatural(Family):
     def nll_kernel(self, raw: Raw, y: Tensor, weight: Any):
         return self.expected_nll_kernel(raw, y, 0.0, weight)
 
+    def crps_kernel(self, raw: Raw, y: Tensor, weight: Any):
+        """Analytic CRPS: mu = eta1 v and sigma = sqrt(v) both move with the variance output."""
+        from densbench.families.gaussian import normal_crps_parts
+
+        r = raw["spread"].detach()
+        log_v, dlog = self.variance_map.log_value(r), self.variance_map.dlog(r)
+        v = torch.exp(log_v)
+        mu, sigma = raw["eta1"].detach() * v, torch.exp(0.5 * log_v)
+        value, d_mu, d_sigma = normal_crps_parts(mu, sigma, y)
+        d_raw = (d_mu * mu + d_sigma * 0.5 * sigma) * dlog
+        return weighted_total(value, weight), {"eta1": (d_mu * v).mul_(weight), "spread": d_raw.mul_(weight)}
+
     def moments(self, raw: Raw) -> tuple[Tensor, Tensor]:
         mu, v, _ = self._mean_var(raw)
         return mu, v
