@@ -47,7 +47,7 @@ def labels(cfg: DictConfig, plan: Any = None) -> dict[str, Any]:
         loss = plan.objective.label
         head = plan.bound_family().label
     else:
-        loss, head = (str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower() for node in (cfg.loss, cfg.head))
+        loss, head = (_registered_name(node) for node in (cfg.loss, cfg.head))
     t = cfg.trainer
     n = int(t.devices) * int(t.num_nodes)
     return {
@@ -59,6 +59,16 @@ def labels(cfg: DictConfig, plan: Any = None) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "split": int(cfg.dataset.get("split", 0) or 0) if cfg.dataset.get("protocol") == "uci" else None,
     }
+
+
+def _registered_name(node: DictConfig) -> str:
+    """The registry name of a loss or head config's class, even when its values fail the checks."""
+    from hydra.utils import get_class
+
+    try:
+        return str(get_class(node._target_).name)
+    except Exception:  # noqa: BLE001 - an unknown class: the last part of its path
+        return str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower()
 
 
 def _steps(cfg: DictConfig, steps_per_pass: int) -> tuple[int, int]:
