@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from densbench.registry import Registry
+
 if TYPE_CHECKING:
     from torch import Tensor
     from torch.distributions import Distribution
@@ -49,23 +51,14 @@ def weighted_total(terms: Tensor, weight: Any) -> Tensor:
     """sum_i w_i l_i: (sum l) w for one common weight (mean or sum reduction), sum (w l) for per-sample weights."""
     return total(terms) * weight if isinstance(weight, float) else total(weight * terms)
 
-_REGISTRY: dict[str, type["Family"]] = {}
-
-
-def register(cls: type["Family"]) -> type["Family"]:
-    """Class decorator: add a family to the registry under its `name`."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} needs a `name`")
+def _declared_words(cls: type) -> None:
     unknown = set(cls.traits) - set(TRAITS)
     if unknown or not set(cls.tasks) <= set(TASKS):
         raise TypeError(f"{cls.__name__}: unknown traits {sorted(unknown)} or tasks {cls.tasks}")
-    _REGISTRY[cls.name] = cls
-    return cls
 
 
-def registry() -> dict[str, type["Family"]]:
-    """Registered families by name (families.load_all() fills it)."""
-    return dict(_REGISTRY)
+FAMILIES: Registry["Family"] = Registry("densbench.families", "distribution family", check=_declared_words)
+register = FAMILIES.register
 
 
 class Family:

@@ -24,6 +24,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from densbench.errors import one_of
+from densbench.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -33,20 +34,8 @@ if TYPE_CHECKING:
 REDUCTIONS = ("mean", "sum")
 GRADS = ("analytic", "autograd")
 
-_REGISTRY: dict[str, type["Objective"]] = {}
-
-
-def register(cls: type["Objective"]) -> type["Objective"]:
-    """Class decorator: add an objective to the registry under its `name`."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} needs a `name`")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def registry() -> dict[str, type["Objective"]]:
-    """Registered objectives by name (objectives.load_all() fills it)."""
-    return dict(_REGISTRY)
+OBJECTIVES: Registry["Objective"] = Registry("densbench.objectives", "objective")
+register = OBJECTIVES.register
 
 
 def reduce(t: Tensor, reduction: str) -> Tensor:
