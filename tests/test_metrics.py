@@ -245,3 +245,40 @@ def test_kl_from_poisson_truth_to_continuous_prediction_sums_over_counts():
     want = (p * (Poisson(rate).log_prob(k) - binned_log_prob(pred, k))).sum(0)
     torch.testing.assert_close(kl_to_truth(Poisson(rate), pred), want, rtol=1e-10, atol=1e-12)
     assert bool((want > 0).all())
+
+
+class _NoCdf(torch.distributions.Distribution):
+    """A continuous distribution with a density and moments but no CDF or quantiles (a future family)."""
+
+    arg_constraints: dict = {}
+    support = torch.distributions.constraints.real
+
+    def __init__(self, loc):
+        self.loc = loc
+        super().__init__(batch_shape=loc.shape, validate_args=False)
+
+    def log_prob(self, y):
+        return Normal(self.loc, 1.0).log_prob(y)
+
+    @property
+    def mean(self):
+        return self.loc
+
+    @property
+    def variance(self):
+        return torch.ones_like(self.loc)
+
+
+def test_a_distribution_without_a_cdf_loses_those_metrics_not_the_run():
+    g = _gen(9)
+    loc = torch.randn(50, generator=g, dtype=F64)
+    y = loc + torch.randn(50, generator=g, dtype=F64)
+    m = PredictiveMetrics("regression")
+    m.update(_NoCdf(loc), y)
+    out = {k: float(v) for k, v in m.compute().items()}
+    assert out["nll"] == pytest.approx(float(-Normal(loc, 1.0).log_prob(y).mean()), rel=1e-12)
+    assert out["rmse"] == pytest.approx(float(((loc - y) ** 2).mean().sqrt()), rel=1e-12)
+    for name in ("crps", "mace", "coverage90", "interval_score", "pit_ks"):
+        assert math.isnan(out[name]), name
+    for part in ("crps", "pit", "intervals"):
+        assert m.fallbacks[part].startswith("unavailable: no cdf for _NoCdf"), m.fallbacks

@@ -26,6 +26,16 @@ COVERAGES = (0.5, 0.9, 0.95)
 _Q_LEVELS = torch.arange(1, 200, dtype=torch.float64) / 200
 
 
+# which metrics each part of an update produces (NaN when the part cannot be computed)
+MISSING_METRICS = {
+    "crps": ("crps",),
+    "reliability": ("ece",),
+    "pit": ("pit_ks", "mace", "rmsce", "miscal_area", "quantile_mace"),
+    "intervals": ("sharpness", "interval_score", "check_score", "coverage50", "coverage90", "coverage95",
+                  "width50", "width90", "width95"),
+}
+
+
 def _q_index(p: Tensor) -> Tensor:
     return torch.round(p * 200).long() - 1
 
@@ -45,6 +55,7 @@ class PredictiveMetrics(Metric):
         super().__init__(**kwargs)
         self.task, self.full = task, full
         self.fallbacks: dict[str, str] = {}  # operations served by a generic method instead of a closed form
+        self.missing: dict[str, str] = {}  # metric parts no method could compute for this distribution
         self.classification = task in ("binary", "multiclass")
         scalars = ["n", "nll", "sq_err", "correct", "n_truth", "oracle_nll", "kl_truth"]
         if full:
@@ -82,13 +93,24 @@ class PredictiveMetrics(Metric):
             self.kl_truth += kl_to_truth(truth, dist).double().sum()
         if not self.full:
             return
-        self.crps += crps(dist, y).double().sum()
+        parts = {"crps": lambda: self._add("crps", crps(dist, y).double().sum())}
         if self.classification:
-            self._update_reliability(dist, y)
+            parts["reliability"] = lambda: self._update_reliability(dist, y)
         if self.task != "multiclass":
-            self._update_pit(dist, y, u)
+            parts["pit"] = lambda: self._update_pit(dist, y, u)
         if not self.classification:
-            self._update_intervals(dist, y)
+            parts["intervals"] = lambda: self._update_intervals(dist, y)
+        for name, part in parts.items():
+            # a distribution without an operation a part needs (a CDF, say) loses that part's
+            # metrics, not the run: they come out NaN and result.json's fallbacks say why
+            try:
+                part()
+            except ops.Unavailable as exc:
+                self.missing[name] = str(exc)
+                self.fallbacks[name] = f"unavailable: {exc}"
+
+    def _add(self, name: str, value: Tensor) -> None:
+        setattr(self, name, getattr(self, name) + value)
 
     def _update_pit(self, dist: Distribution, y: Tensor, u: Tensor | None) -> Tensor:
         counts = self.task == "count"  # continuous heads on counts: the PIT of their binned pmf
@@ -169,6 +191,11 @@ class PredictiveMetrics(Metric):
                 out[f"width{int(round(100 * c))}"] = self.width[j] / n
         if self.task != "multiclass":
             out["pit_ks"] = self._pit_uniformity()
+        nan = torch.full((), float("nan"), dtype=torch.float64)
+        for part in self.missing:
+            for name in MISSING_METRICS[part]:
+                if name in out:
+                    out[name] = nan
         return out
 
     def _ece(self) -> Tensor:
