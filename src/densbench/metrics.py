@@ -76,6 +76,7 @@ class PredictiveMetrics(Metric):
         with ops.recording_fallbacks() as used:
             self._update(dist, y, truth, u)
         self.fallbacks.update(used)
+        self.fallbacks.update({part: f"unavailable: {why}" for part, why in self.missing.items()})
 
     def _update(self, dist: Distribution, y: Tensor, truth: Distribution | None, u: Tensor | None) -> None:
         y = y.reshape(dist.batch_shape) if not isinstance(dist, Categorical) else y.reshape(-1)
@@ -107,7 +108,6 @@ class PredictiveMetrics(Metric):
                 part()
             except ops.Unavailable as exc:
                 self.missing[name] = str(exc)
-                self.fallbacks[name] = f"unavailable: {exc}"
 
     def _add(self, name: str, value: Tensor) -> None:
         setattr(self, name, getattr(self, name) + value)
