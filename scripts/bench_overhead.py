@@ -50,13 +50,13 @@ def compose(overrides: list[str]):
 
 def densbench_fit(overrides: list[str]) -> float:
     """Seconds to build and fit one densbench run (validation, logging, checkpoints included)."""
-    from densbench.run import build
+    from densbench.run import JobSpec, build
 
     cfg = compose(overrides + ["figures=false"])
     gc.collect()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        b = build(cfg, Path(tmp))
+        b = build([JobSpec(cfg, Path(tmp))])
         b.trainer.fit(b.module, datamodule=b.datamodule)
         return time.perf_counter() - t0
 

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-TIMING = {"train_samples_per_s", "train_steps_per_s", "step_time_ms", "eval_samples_per_s", "peak_memory_mb"}
+from densbench.results import EXECUTION_METRICS
+
 HASHES = ("config_hash", "source_hash", "data_hash")
 
 
@@ -58,7 +59,7 @@ def compare(row: dict, res: dict, tolerance: float) -> tuple[float, list[str]]:
             problems.append(f"the {what} differs from the one that produced the report ({row[h]} then, {got[h]} now)")
     worst = 0.0
     for name, text in row.items():
-        committed = _float(text) if name in res.get("metrics", {}) and name not in TIMING else None
+        committed = _float(text) if name in res.get("metrics", {}) and name not in EXECUTION_METRICS else None
         now = res["metrics"].get(name) if committed is not None else None
         if committed is None or now is None:
             continue

@@ -30,10 +30,10 @@ from densbench.objectives.nll import NLL
 
 def train(model: nn.Module, head: nn.Module, loss_fn, data, optimizer: torch.optim.Optimizer, steps: int) -> float:
     """The plain loop: zero_grad, forward, loss, backward, step. Returns the last loss."""
-    x, y = data
+    x, y = (t.unsqueeze(0) for t in data)  # one model: the stacked modules' leading model axis
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = loss_fn(head(model(x)), y)
+        loss = loss_fn(head(model(x)), y).sum()
         loss.backward()
         optimizer.step()
     return loss.item()
@@ -42,8 +42,8 @@ def train(model: nn.Module, head: nn.Module, loss_fn, data, optimizer: torch.opt
 def glm(data, family: str = "gaussian", steps: int = 5000, lr: float = 0.2, grad: str = "autograd", seed: int = 0) -> float:
     """The GLM document's workload: backbone 1-30-20 ReLU, canonical-link head, SGD, full batch."""
     torch.manual_seed(seed)
-    model = MLP(data[0].shape[1], [30, 20], "relu")
-    head = Head(CANONICAL[family](), 20)
+    model = MLP(data[0].shape[1], [30, 20], "relu", [seed])
+    head = Head(CANONICAL[family](), 20, [seed])
     opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=lr)
     objective = GLM()
     return train(model, head, lambda raw, y: objective.loss(head.family, raw, y, (), grad), data, opt, steps)
@@ -52,8 +52,8 @@ def glm(data, family: str = "gaussian", steps: int = 5000, lr: float = 0.2, grad
 def mdn(data, k: int = 5, steps: int = 8000, lr: float = 1e-3, grad: str = "autograd", seed: int = 0) -> float:
     """The MDN document's workload: one tanh hidden layer of 20, K components, Adam, full batch."""
     torch.manual_seed(seed)
-    model = MLP(data[0].shape[1], [20], "tanh")
-    head = Head(Mixture(k), 20)
+    model = MLP(data[0].shape[1], [20], "tanh", [seed])
+    head = Head(Mixture(k), 20, [seed])
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=lr)
     objective = NLL()
     return train(model, head, lambda raw, y: objective.loss(head.family, raw, y, (), grad), data, opt, steps)
@@ -62,11 +62,11 @@ def mdn(data, k: int = 5, steps: int = 8000, lr: float = 1e-3, grad: str = "auto
 def headline(data, loss: str, extra=None, steps: int = 3000, lr: float = 3e-3, seed: int = 0) -> float:
     """One training of the headline sweep: MLP 64-64 ReLU, Adam, full batch, kl / nll / mdn."""
     torch.manual_seed(seed)
-    model = MLP(data[0].shape[1], [64, 64], "relu")
-    head = Head(Mixture(5) if loss == "mdn" else Gaussian(), 64)
+    model = MLP(data[0].shape[1], [64, 64], "relu", [seed])
+    head = Head(Mixture(5) if loss == "mdn" else Gaussian(), 64, [seed])
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=lr)
     objective = KL() if loss == "kl" else NLL()
-    return train(model, head, lambda raw, y: objective.loss(head.family, raw, y, extra or (), "autograd"), data, opt, steps)
+    return train(model, head, lambda raw, y: objective.loss(head.family, raw, y, tuple(e.unsqueeze(0) for e in extra or ()), "autograd"), data, opt, steps)
 
 
 def doc_glm(data, family: str = "gaussian", steps: int = 5000, lr: float = 0.2, seed: int = 0) -> float:

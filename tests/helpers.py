@@ -5,6 +5,7 @@ import signal
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 
 
 class RaiseAtStep(pl.Callback):
@@ -44,3 +45,16 @@ class SignalAtStep(pl.Callback):
 
 
 signal_module = signal
+
+
+class PoisonModel(pl.Callback):
+    """Overwrite one model's output weights of a stack with NaN once `step` optimisation steps have run."""
+
+    def __init__(self, model: int, step: int = 10):
+        self.model, self.step, self.done = model, step, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.done and pl_module.state.opt_steps >= self.step:
+            with torch.no_grad():
+                pl_module.head.linear.weight[self.model].fill_(float("nan"))
+            self.done = True

@@ -59,8 +59,9 @@ OBJECTIVES = [pytest.param(cls(), id=name) for name, cls in sorted(objectives.lo
 
 
 def _raw(fam, n=64, seed=0, grad=False):
+    """Raw outputs of a stack of one model, [1, n, width] by field, as a head produces them."""
     g = torch.Generator().manual_seed(seed)
-    raw = {f: (torch.randn(n, w, generator=g, dtype=F64) * 0.7).requires_grad_(grad) for f, w in fam.fields().items()}
+    raw = {f: (torch.randn(1, n, w, generator=g, dtype=F64) * 0.7).requires_grad_(grad) for f, w in fam.fields().items()}
     raw.update({k: v.to(F64) for k, v in fam.buffers().items()})
     return raw
 
@@ -77,7 +78,8 @@ def _targets(fam, task, dist, seed=1):
 
 
 def _per_sample(y):
-    return y if y.dim() == 1 else y[..., 0]
+    """Targets as the distribution takes them: class indices as they are, others without the width axis."""
+    return y if y.dtype == torch.long else y[..., 0]
 
 
 @pytest.mark.parametrize("fam,task", FAMILIES)
@@ -109,7 +111,7 @@ def test_quantiles_invert_the_cdf(fam, task):
         levels = torch.tensor([0.005, 0.1, 0.37, 0.5, 0.9, 0.995], dtype=F64)
         q = ops.quantile(dist, levels)
         F = ops.cdf(dist, q)
-        p = levels.view(-1, 1).expand_as(F)
+        p = levels.view(-1, *([1] * (F.dim() - 1))).expand_as(F)
     if ops.is_discrete(dist):  # the smallest count whose CDF reaches the level
         assert bool((F >= p - 1e-12).all()) and bool((ops.cdf(dist, q - 1) < p).all())
     else:
@@ -142,10 +144,10 @@ def test_binned_pmf_of_a_continuous_family_agrees_with_its_cdf(fam, task):
         dist = fam.distribution(_raw(fam, n=20))
         if ops.is_discrete(dist):
             pytest.skip("a count distribution is scored by its own pmf")
-        k = torch.arange(0, 40, dtype=F64).unsqueeze(-1).expand(-1, 20)
+        k = torch.arange(0, 40, dtype=F64).view(-1, 1, 1).expand(-1, 1, 20)
         mass = ops.binned_log_prob(dist, k).exp().sum(0)
-        tail = 1 - ops.cdf(dist, torch.full((20,), 39.5, dtype=F64))
-    torch.testing.assert_close(mass + tail, torch.ones(20, dtype=F64), rtol=0, atol=1e-9)
+        tail = 1 - ops.cdf(dist, torch.full((1, 20), 39.5, dtype=F64))
+    torch.testing.assert_close(mass + tail, torch.ones(1, 20, dtype=F64), rtol=0, atol=1e-9)
 
 
 def _analytic_pairs():
@@ -165,7 +167,7 @@ def _batch(objective, fam, task, n, seed):
     """(targets, extra) for an objective: samples, or the true Gaussian's mean and variance."""
     g = torch.Generator().manual_seed(seed)
     if objective.needs_truth == "gaussian":
-        return None, (torch.randn(n, 1, generator=g, dtype=F64), torch.rand(n, 1, generator=g, dtype=F64) + 0.2)
+        return None, (torch.randn(1, n, 1, generator=g, dtype=F64), torch.rand(1, n, 1, generator=g, dtype=F64) + 0.2)
     with torch.no_grad():
         return _targets(fam, task, fam.distribution(_raw(fam, n, seed=seed + 7)), seed), ()
 
@@ -187,19 +189,18 @@ def test_analytic_gradient_passes_float64_gradcheck(objective, fam, task):
 def test_analytic_and_autograd_train_identically_in_float64(objective, fam, task):
     curves = {}
     for grad in ("analytic", "autograd"):
-        torch.manual_seed(0)
         backbone = MLP(1, [8], "tanh").double()
         head = Head(fam, 8, detached=objective.detached_fields(fam)).double()
         opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.05)
-        x = torch.linspace(-2, 2, 32, dtype=F64).unsqueeze(-1)
+        x = torch.linspace(-2, 2, 32, dtype=F64).view(1, -1, 1)
         y, extra = _batch(objective, fam, task, 32, seed=5)
         losses = []
         for _ in range(40):
             opt.zero_grad()
             loss = objective.loss(fam, head(backbone(x)), y, extra, grad)
-            loss.backward()
+            loss.sum().backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(loss.sum().item())
         curves[grad] = torch.tensor(losses, dtype=F64)
     assert bool(torch.isfinite(curves["autograd"]).all())
     torch.testing.assert_close(curves["analytic"], curves["autograd"], rtol=1e-9, atol=1e-9)
@@ -228,9 +229,9 @@ def test_every_loss_head_pair_runs_a_fast_job_or_is_skipped_with_the_reason(tmp_
         # result.json names the metrics computed by a generic method: quantiles exactly when the
         # predictive distribution has no icdf of its own
         bound = check_config(cfg).bound_family()
-        dist = bound.distribution({k: torch.zeros(2, w, dtype=F64) for k, w in bound.fields().items()} | bound.buffers())
+        dist = bound.distribution({k: torch.zeros(1, 2, w, dtype=F64) for k, w in bound.fields().items()} | bound.buffers())
         try:
-            own_icdf = ops.icdf.closed_form(type(dist)) is not None or dist.icdf(torch.full((2,), 0.5, dtype=F64)) is not None
+            own_icdf = ops.icdf.closed_form(type(dist)) is not None or dist.icdf(torch.full((1, 2), 0.5, dtype=F64)) is not None
         except NotImplementedError:
             own_icdf = False
         assert ("icdf" in res["fallbacks"]) == (not own_icdf and task != "binary"), res["fallbacks"]

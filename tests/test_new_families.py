@@ -112,13 +112,13 @@ def test_beta_nll_is_the_nll_at_beta_0_and_gives_the_mean_the_squared_error_grad
 def test_faithful_trains_the_mean_and_the_representation_as_least_squares_does(family, grad):
     # the gradient reaching the backbone and the mean's head rows is exactly that of 1/2 (y - mu)^2
     torch.manual_seed(0)
-    x = torch.linspace(-2, 2, 30, dtype=F64).unsqueeze(-1)
-    y = torch.sin(2 * x) + 0.3 * torch.randn(30, 1, dtype=F64)
+    x = torch.linspace(-2, 2, 30, dtype=F64).view(1, -1, 1)  # a stack of one model
+    y = torch.sin(2 * x) + 0.3 * torch.randn(1, 30, 1, dtype=F64)
     backbone = MLP(1, [16], "tanh").double()
     objective = Faithful()
     head = Head(family, 16, detached=objective.detached_fields(family)).double()
     raw = head(backbone(x))
-    loss = objective.loss(family, raw, y, (), grad)
+    loss = objective.loss(family, raw, y, (), grad).sum()
     params = [*backbone.parameters(), head.linear.weight, head.linear.bias]
     got = torch.autograd.grad(loss, params)
     raw = head(backbone(x))
@@ -126,5 +126,6 @@ def test_faithful_trains_the_mean_and_the_representation_as_least_squares_does(f
     want = torch.autograd.grad(lsq, params, allow_unused=True)
     for a, b in zip(got[:-2], want[:-2]):  # the backbone: least squares only
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(got[-2][0], want[-2][0], rtol=1e-12, atol=1e-14)  # the mean's head row
-    assert got[-2][1:].abs().sum() > 0  # the spread rows learn from the NLL
+    # the head's weight is [models, outputs, features]: row 0 is the mean's
+    torch.testing.assert_close(got[-2][:, 0], want[-2][:, 0], rtol=1e-12, atol=1e-14)
+    assert got[-2][:, 1:].abs().sum() > 0  # the spread rows learn from the NLL

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_cfg, run_cli
+from densbench.results import EXECUTION_METRICS
 from densbench.run import run_job
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     cfg = make_cfg("experiment=fast", "loss=mdn", "trainer.batch_size=32", "logger=none", "figures=false")
     a = run_job(cfg, tmp_path / "a")
     b = run_job(cfg, tmp_path / "b")
-    metrics = lambda r: {k: v for k, v in r["metrics"].items() if not k.startswith(("train_", "eval_", "step_", "peak_"))}  # noqa: E731
+    metrics = lambda r: {k: v for k, v in r["metrics"].items() if k not in EXECUTION_METRICS}  # noqa: E731
     assert a["status"] == "ok" and metrics(a) == metrics(b) and a["curves"] == b["curves"]
     c = run_job(make_cfg("experiment=fast", "loss=mdn", "trainer.batch_size=32", "logger=none", "figures=false", "seed=1"), tmp_path / "c")
     assert metrics(c)["nll"] != metrics(a)["nll"]

@@ -54,50 +54,84 @@ def load(path: str | Path, key: dict[str, str]) -> dict[str, Any]:
     return ckpt
 
 
-def training_state(module: Any, selection: Any) -> dict[str, Any]:
-    """The state a resumed run needs, on the CPU."""
+def _optimizer(module: Any) -> Any:
     opt = module.optimizers()
-    optimizer = opt.optimizer if hasattr(opt, "optimizer") else opt
+    return opt.optimizer if hasattr(opt, "optimizer") else opt
+
+
+def _rows(value: Any, models: list[int], n: int) -> Any:
+    # per-model optimiser state (Adam's moments, momentum buffers) has the parameters' leading model
+    # axis; step counts and the like are shared by the stack
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value[models].cpu()
+    return value
+
+
+def job_states(module: Any, selection: Any) -> list[dict[str, Any]]:
+    """Every job's share of the training state (its models' rows of everything), on the CPU."""
+    n = module.stack.size
+    weights = {k: v.detach().cpu() for k, v in module.weights().items()}
+    opt = _optimizer(module).state_dict()
+    out = []
+    for job in module.jobs:
+        models = job.models
+        out.append({
+            "format": FORMAT,
+            "key": job.key,
+            "model": {k: v[models] for k, v in weights.items()},
+            "optimizer": {"state": {i: {k: _rows(v, models, n) for k, v in st.items()} for i, st in opt["state"].items()},
+                          "param_groups": opt["param_groups"]},
+            "engine": module.state.state_dict(models),
+            "selection": selection.state_dict(models),
+        })
+    return out
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One training state for a stack from its jobs' shares, saved at the same step, in job order."""
+    from densbench.engine import EngineState, Selection
+
+    def cat(values: list[Any]) -> Any:
+        if isinstance(values[0], torch.Tensor) and values[0].dim() > 0:
+            return torch.cat(values)
+        return values[0]  # shared by the stack (a step count)
+
+    first = parts[0]["optimizer"]
+    optimizer = {"state": {i: {k: cat([p["optimizer"]["state"][i][k] for p in parts]) for k in st} for i, st in first["state"].items()},
+                 "param_groups": first["param_groups"]}
     return {
-        "format": FORMAT,
-        "key": module.run_key,
-        "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "engine": module.state.state_dict(),
-        "selection": selection.state_dict(),
+        "model": {k: torch.cat([p["model"][k] for p in parts]) for k in parts[0]["model"]},
+        "optimizer": optimizer,
+        "engine": EngineState.merge([p["engine"] for p in parts]),
+        "selection": Selection.merge([p["selection"] for p in parts]),
     }
 
 
 def restore(module: Any, selection: Any, ckpt: dict[str, Any], optimizer: bool = True) -> None:
-    """Load a checkpoint's model, engine and selection state, and the optimiser's once it exists.
+    """Load a (merged) checkpoint's model, engine and selection state, and the optimiser's once it exists.
 
     The module must already have the training dtype, or float64 weights would pass through float32.
     """
-    module.load_state_dict(ckpt["model"])
+    module.load_weights(ckpt["model"])
     if optimizer:
-        opt = module.optimizers()
-        (opt.optimizer if hasattr(opt, "optimizer") else opt).load_state_dict(ckpt["optimizer"])
+        _optimizer(module).load_state_dict(ckpt["optimizer"])
     module.state.load_state_dict(ckpt["engine"])
     selection.load_state_dict(ckpt["selection"])
 
 
 class Checkpoints(pl.Callback):
-    """Writes last.ckpt after every evaluation period (validation and selection done) and when a run is
-    interrupted between two steps. Only global rank zero writes."""
+    """Writes each job's last.ckpt after every evaluation period (validation and selection done) and when
+    a run is interrupted between two steps. Only global rank zero writes."""
 
-    def __init__(self, directory: str | Path, selection: Any) -> None:
-        self.directory = Path(directory)
+    def __init__(self, directories: list[Path], selection: Any) -> None:
+        self.directories = [Path(d) for d in directories]
         self.selection = selection
 
-    @property
-    def path(self) -> Path:
-        """Where the latest state goes."""
-        return self.directory / LAST
-
     def save(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        """Write the current training state (rank zero)."""
+        """Write the current training state of every job (rank zero)."""
         if trainer.is_global_zero:
-            save_atomic(training_state(pl_module, self.selection), self.path)
+            for state, directory in zip(job_states(pl_module, self.selection), self.directories):
+                save_atomic(state, directory / LAST)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         # runs after the period's validation and model selection

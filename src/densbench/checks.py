@@ -76,11 +76,17 @@ def check_config(cfg: DictConfig) -> Plan:
         raise ConfigError(f"model.hidden={list(hidden)} must be a list of positive integers")
     positive("optimizer.lr", cfg.optimizer.lr)
 
+    members = cfg.get("ensemble", {}).get("members", 1)
+    positive("ensemble.members", members, integer=True)
+
     objective: Objective = instantiate_checked(cfg.loss)
     head: Family = instantiate_checked(cfg.head)
     kind = data.describe(cfg.dataset)
     plan = Plan(objective, head, kind.task, kind.truth)
     check_pair(plan, str(cfg.grad), cfg.dataset.name)
+    if members > 1 and not ({"location_scale", "mixture"} & plan.bound_family().traits):
+        raise Incompatible(f"ensemble.members={members} scores the members' mixture, which needs a location-scale or "
+                           f"mixture head; head={head.name} is neither")
     return plan
 
 

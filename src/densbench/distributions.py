@@ -25,7 +25,8 @@ class NormalMixture(MixtureSameFamily):
     """Mixture of K univariate Gaussians with batch shape [...]; parameters are [..., K]."""
 
     def __init__(self, logits: Tensor, loc: Tensor, scale: Tensor, validate_args: bool | None = False):
-        super().__init__(Categorical(logits=logits), Normal(loc, scale), validate_args=validate_args)
+        super().__init__(Categorical(logits=logits, validate_args=validate_args), Normal(loc, scale, validate_args=validate_args),
+                         validate_args=validate_args)
 
     @property
     def weights(self) -> Tensor:

@@ -1,36 +1,38 @@
-"""The training engine: device-resident data, chunks of optimisation steps, exact stop and resume.
+"""The training engine: a stack of models, device-resident data, chunks of optimisation steps, exact stop and resume.
 
-The seed problems are tiny and run thousands of full-batch steps; a Lightning step per
-optimisation step costs several times the step itself (REFERENCE.md section 4). So Lightning's
-words mean something else here:
+The networks of this field are tiny, so a training step is mostly dispatch overhead; densbench trains
+a *stack* of N models (the jobs of a sweep that differ only in seed or data split, the members of a
+deep ensemble, or one single model) with one batched step, and runs many steps per Lightning call.
+So Lightning's words mean something else here:
 
 - a Lightning *epoch* is one evaluation period: ``eval_every`` optimisation steps, then validation
-  and a checkpoint;
+  of every model on its own validation split, model selection and a checkpoint per job;
 - a Lightning *batch* (one ``training_step``) is a ``Chunk`` of up to ``steps_per_call`` optimisation
   steps, run by ``run_chunk`` in a plain loop on tensors that already live on the device;
 - ``trainer.global_step`` is not used; ``EngineState.opt_steps`` counts optimisation steps and is the
   x-axis of every logged curve.
 
-Minibatches are a pure function of the global step (a seeded permutation per data pass), chunk
-boundaries are aligned to the start of their period, and the per-step losses of a period are summed
-in one fixed order at its end: so where a run stops (a signal between two steps, a kill after a
-checkpoint) changes nothing in what it computes after resuming.
+Every model of the stack has its own minibatch order (a seeded permutation per data pass, from its
+own seed), its own validation, model selection, early stopping and divergence check: it trains to the
+same numbers as it would alone. Chunk boundaries are aligned to the start of their period, and the
+per-step losses of a period are summed in one fixed order at its end: where a run stops (a signal
+between two steps, a kill after a checkpoint) changes nothing in what it computes after resuming.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from densbench.data import Prepared, gaussian_truth_scaled
 from densbench.signals import raise_if_stopped
 
 
@@ -39,61 +41,95 @@ def steps_per_pass(n_train: int, batch_size: int | None) -> int:
     return 1 if batch_size is None else math.ceil(n_train / batch_size)
 
 
-@dataclass
-class TrainSource:
-    """Training tensors on the device and the rule that maps a global step to its minibatch."""
+@dataclass(frozen=True)
+class Stack:
+    """Which model of the stack belongs to which job (run directory), and the seed each starts from."""
 
-    x: Tensor
-    y: Tensor
-    extra: tuple[Tensor, ...]  # per-sample targets beyond y (the KL family's true mean and variance)
-    batch_size: int | None  # None = full batch
-    seed: int
-    rank: int = 0
-    world: int = 1
-    _perm: tuple[int, Tensor] | None = field(default=None, repr=False)
+    jobs: list[list[int]]  # jobs[j] = indices of job j's models (one, or an ensemble's members)
+    seeds: list[int]  # per model: initialisation and minibatch order
+
+    @property
+    def size(self) -> int:
+        """N, the number of models."""
+        return len(self.seeds)
+
+    @property
+    def job_of(self) -> list[int]:
+        """Per model, the index of its job."""
+        out = [0] * self.size
+        for j, models in enumerate(self.jobs):
+            for m in models:
+                out[m] = j
+        return out
+
+
+class TrainSource:
+    """The jobs' training tensors on the device and the minibatch rule of every model of the stack."""
+
+    def __init__(self, x: Tensor, y: Tensor, extra: tuple[Tensor, ...], stack: Stack, batch_size: int | None,
+                 rank: int = 0, world: int = 1) -> None:
+        self.x, self.y, self.extra = x, y, extra  # [J, n, ...]: one slice per job
+        self.stack, self.batch_size, self.rank, self.world = stack, batch_size, rank, world
+        self.job_of = torch.tensor(stack.job_of, device=x.device)
+        self._perm: tuple[int, Tensor] | None = None
+        self._full: tuple[Tensor, Tensor, tuple[Tensor, ...]] | None = None
 
     @property
     def n(self) -> int:
-        """Number of training samples (all ranks)."""
-        return self.x.shape[0]
+        """Training samples per job (all ranks)."""
+        return self.x.shape[1]
 
     def rows(self, step: int) -> Tensor | None:
-        """Row indices of this rank's share of the minibatch at `step` (None: all rows)."""
+        """Row indices [N, b] of every model's share of the minibatch at `step` (None: all rows)."""
         if self.batch_size is None:
-            return None if self.world == 1 else self._shard(torch.arange(self.n, device=self.x.device))
+            return None
         data_pass, j = divmod(step, steps_per_pass(self.n, self.batch_size))
         if self._perm is None or self._perm[0] != data_pass:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + data_pass)
-            self._perm = (data_pass, torch.randperm(self.n, generator=g).to(self.x.device))
-        rows = self._perm[1][j * self.batch_size : (j + 1) * self.batch_size]
-        return rows if self.world == 1 else self._shard(rows)
+            perms = [torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass))
+                     for seed in self.stack.seeds]
+            self._perm = (data_pass, torch.stack(perms).to(self.x.device))
+        rows = self._perm[1][:, j * self.batch_size : (j + 1) * self.batch_size]
+        return rows if self.world == 1 else rows[:, self.rank :: self.world]
 
-    def _shard(self, rows: Tensor) -> Tensor:
-        return rows[self.rank :: self.world]
+    def full(self) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """(x, y, extra) of every model's whole training split (this rank's share of it), [N, n, ...]."""
+        if self._full is None:
+            def take(t: Tensor) -> Tensor:
+                return t[self.job_of][:, self.rank :: self.world]
+
+            self._full = (take(self.x), take(self.y), tuple(take(e) for e in self.extra))
+        return self._full
 
     def batch(self, step: int) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        """(x, y, extra) of the minibatch at `step`."""
+        """(x, y, extra) of every model's minibatch at `step`, [N, b, ...]."""
         rows = self.rows(step)
         if rows is None:
-            return self.x, self.y, self.extra
-        return self.x[rows], self.y[rows], tuple(e[rows] for e in self.extra)
+            return self.full()
+        jobs = self.job_of.unsqueeze(-1)
+        return self.x[jobs, rows], self.y[jobs, rows], tuple(e[jobs, rows] for e in self.extra)
 
 
 class EngineState:
-    """Where training stands: the step count, the running period's per-step losses, the history.
+    """Where training stands: the step count, the running period's per-step losses, every model's history.
 
-    Saved in every checkpoint; restoring it (with the weights and optimiser state) continues a run
-    exactly where it stopped.
+    Saved in every checkpoint (each job keeps its models' share); restoring it with the weights and
+    the optimiser state continues a run exactly where it stopped.
     """
 
-    def __init__(self, total_steps: int, eval_every: int, keep_step_losses: bool = False) -> None:
-        self.total_steps, self.eval_every = total_steps, eval_every
+    def __init__(self, total_steps: int, eval_every: int, models: int = 1, keep_step_losses: bool = False) -> None:
+        self.total_steps, self.eval_every, self.models = total_steps, eval_every, models
         self.opt_steps = 0
-        self.finished = False  # early stopping ended training before total_steps
-        self.history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_nll": []}
+        # per model: the steps at which its periods ended, its mean training loss and its validation NLL there
+        self.history: list[dict[str, list[float]]] = [{"step": [], "train_loss": [], "val_nll": []} for _ in range(models)]
+        self.active = [True] * models  # False once a model stopped early or diverged: its history ends there
         self.step_losses: list[Tensor] | None = [] if keep_step_losses else None
-        self._losses: Tensor | None = None  # per-step losses of the running period, float64
+        self._losses: Tensor | None = None  # per-step losses of the running period, [eval_every, N], float64
         self._hits: Tensor | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Every model has stopped early (or diverged): training is over before total_steps."""
+        return not any(self.active)
 
     @property
     def period_start(self) -> int:
@@ -106,57 +142,79 @@ class EngineState:
         return min(self.period_start + self.eval_every, self.total_steps)
 
     @property
+    def at_period_end(self) -> bool:
+        """The last step taken ended an evaluation period."""
+        return self.opt_steps > 0 and (self.opt_steps % self.eval_every == 0 or self.opt_steps == self.total_steps)
+
+    @property
     def periods_left(self) -> int:
         """Evaluation periods still to run, the one in progress included."""
-        if self.finished:
+        if self.finished or self.opt_steps >= self.total_steps:
             return 0
-        return math.ceil((self.total_steps - self.period_start) / self.eval_every) if self.opt_steps < self.total_steps else 0
+        return math.ceil((self.total_steps - self.period_start) / self.eval_every)
 
     def _buffers(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if self._losses is None or self._losses.device != device:
-            self._losses = torch.zeros(self.eval_every, dtype=torch.float64, device=device)
-            self._hits = torch.zeros(self.eval_every, dtype=torch.float64, device=device)
+            self._losses = torch.zeros(self.eval_every, self.models, dtype=torch.float64, device=device)
+            self._hits = torch.zeros(self.eval_every, self.models, dtype=torch.float64, device=device)
         return self._losses, self._hits
 
     def record(self, first: int, losses: list[Tensor], hits: list[Tensor]) -> None:
-        """Store the losses (and floor hits) of the steps first, first + 1, ... of the running period."""
+        """Store the losses [N] (and floor hits) of the steps first, first + 1, ... of the running period."""
         if not losses:
             return
         buf, hbuf = self._buffers(losses[0].device)
         j = first - (first // self.eval_every) * self.eval_every
-        stacked = torch.stack(losses).double()
+        stacked = torch.stack(losses).double().reshape(len(losses), self.models)
         buf[j : j + len(losses)] = stacked
         if hits:
-            hbuf[j : j + len(hits)] = torch.stack(hits).double()
+            hbuf[j : j + len(hits)] = torch.stack(hits).double().reshape(len(hits), self.models)
         if self.step_losses is not None:
             self.step_losses.append(stacked)
 
-    def close_period(self) -> dict[str, Tensor]:
-        """Mean loss and floor hits per step of the period that just ended, summed in step order."""
+    def close_period(self) -> tuple[Tensor, Tensor]:
+        """Per model: mean loss and floor hits per step of the period that just ended, summed in step order."""
         n = self.opt_steps - ((self.opt_steps - 1) // self.eval_every) * self.eval_every
         buf, hbuf = self._buffers(self._losses.device if self._losses is not None else torch.device("cpu"))
-        out = {"train/loss": buf[:n].sum() / n, "train/floor_hits_per_step": hbuf[:n].sum() / n}
-        self.history["step"].append(self.opt_steps)
-        self.history["train_loss"].append(float(out["train/loss"]))
+        # each model's steps summed as one contiguous row: a column sum would group the additions
+        # differently with the stack size, and a model must not depend on its neighbours
+        loss = buf[:n].t().contiguous().sum(-1) / n
+        hits = hbuf[:n].t().contiguous().sum(-1) / n
+        for m, value in enumerate(loss.tolist()):
+            if self.active[m]:
+                self.history[m]["step"].append(self.opt_steps)
+                self.history[m]["train_loss"].append(value)
         buf.zero_()
         hbuf.zero_()
-        return out
+        return loss, hits
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (buffers on the CPU)."""
+    def state_dict(self, models: list[int] | None = None) -> dict[str, Any]:
+        """Everything needed to continue exactly, for all models or a job's share (buffers on the CPU)."""
+        idx = list(range(self.models)) if models is None else models
+        col = (lambda t: None if t is None else t[:, idx].cpu())
         return {
             "opt_steps": self.opt_steps,
-            "finished": self.finished,
-            "history": {k: list(v) for k, v in self.history.items()},
-            "losses": None if self._losses is None else self._losses.cpu(),
-            "hits": None if self._hits is None else self._hits.cpu(),
+            # one string, not thousands of floats for torch.save to visit (json keeps every digit)
+            "history": json.dumps([self.history[m] for m in idx]),
+            "active": [self.active[m] for m in idx],
+            "losses": col(self._losses),
+            "hits": col(self._hits),
         }
 
+    @staticmethod
+    def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """One state from the shares of several jobs saved at the same step (their models in order)."""
+        if len({p["opt_steps"] for p in parts}) != 1:
+            raise ValueError("checkpoints of different steps cannot be stacked")
+        cat = (lambda key: None if parts[0][key] is None else torch.cat([p[key] for p in parts], 1))
+        return {"opt_steps": parts[0]["opt_steps"], "history": json.dumps([h for p in parts for h in json.loads(p["history"])]),
+                "active": [a for p in parts for a in p["active"]], "losses": cat("losses"), "hits": cat("hits")}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what state_dict saved."""
+        """Restore what state_dict saved (for every model of this stack)."""
         self.opt_steps = int(state["opt_steps"])
-        self.finished = bool(state["finished"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.history = json.loads(state["history"])
+        self.active = list(state["active"])
         self._losses, self._hits = state["losses"], state["hits"]
 
 
@@ -197,10 +255,11 @@ class ChunkStream:
 
 
 def run_chunk(module: Any, chunk: Chunk, step: Callable[[Tensor], None], count_hits: bool) -> tuple[Tensor, Tensor]:
-    """Run a chunk of optimisation steps; returns their losses and floor hits (the chunk's part of the period).
+    """Run a chunk of optimisation steps; returns their losses and floor hits, [steps, N] each.
 
-    ``step(loss)`` does backward and the optimiser update. A stop request is honoured before a step
-    starts, never inside one; the steps done so far are recorded first.
+    ``step(loss)`` does backward and the optimiser update of the summed per-model losses (each model's
+    gradient is that of its own loss). A stop request is honoured before a step starts, never inside
+    one; the steps done so far are recorded first.
     """
     state: EngineState = module.state
     first = state.opt_steps
@@ -212,59 +271,53 @@ def run_chunk(module: Any, chunk: Chunk, step: Callable[[Tensor], None], count_h
             x, y, extra = chunk.source.batch(state.opt_steps)
             raw = module(x)
             loss = module.loss(raw, y, extra)
-            step(loss)
+            step(loss.sum())
             state.opt_steps += 1
             losses.append(loss.detach())
             if count_hits:  # collapsed spreads are counted every step, not averaged away
                 hits.append(module.head.floor_hits(raw))
     finally:
         state.record(first, losses, hits)
-    losses_t = torch.stack(losses).double() if losses else torch.zeros(0, dtype=torch.float64)
-    hits_t = torch.stack(hits) if hits else losses_t.new_zeros(len(losses), dtype=torch.long)
+    n = state.models
+    losses_t = torch.stack(losses).double().reshape(-1, n) if losses else torch.zeros(0, n, dtype=torch.float64)
+    hits_t = torch.stack(hits).reshape(-1, n) if hits else losses_t.new_zeros(len(losses), n, dtype=torch.long)
     return losses_t, hits_t
 
 
 class EvalBatch:
-    """One split (or this rank's shard of it) for evaluation; a plain class for the reason above."""
+    """One job's split (or this rank's shard of it) for evaluation; a plain class for the reason above."""
 
-    __slots__ = ("x", "y", "x_orig", "u")
+    __slots__ = ("job", "x", "y", "x_orig", "u")
 
-    def __init__(self, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor):
+    def __init__(self, job: int | None, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor):
+        self.job = job  # index of the job (run directory); None: every job's split, stacked
         self.x = x  # standardised inputs, in the model's dtype
         self.y = y  # targets in original units, float64 (class indices for class targets)
         self.x_orig = x_orig  # inputs in original units, for the truth
         self.u = u  # uniforms for the randomised PIT, fixed per row
 
 
-class Once:
-    """An iterable of exactly one batch (a whole evaluation split)."""
+class Each:
+    """An iterable of one batch per job (a whole evaluation split each)."""
 
-    def __init__(self, batch) -> None:
-        self.batch = batch
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches = batches
 
     def __len__(self) -> int:
-        return 1
+        return len(self.batches)
 
     def __iter__(self):
-        yield self.batch
+        return iter(self.batches)
 
 
 class DensityData(pl.LightningDataModule):
-    """Holds every split as tensors and moves them to the training device once."""
+    """Holds every job's splits as tensors and moves them to the training device once."""
 
-    def __init__(
-        self,
-        prep: Prepared,
-        batch_size: int | None,
-        state: EngineState,
-        steps_per_call: int,
-        seed: int,
-        truth_targets: bool = False,
-        class_targets: bool = False,
-    ):
+    def __init__(self, preps: list[Any], stack: Stack, batch_size: int | None, state: EngineState, steps_per_call: int,
+                 seeds: list[int], truth_targets: bool = False, class_targets: bool = False):
         super().__init__()
-        self.prep = prep
-        self.batch_size, self.state, self.steps_per_call, self.seed = batch_size, state, steps_per_call, seed
+        self.preps, self.stack, self.seeds = preps, stack, seeds
+        self.batch_size, self.state, self.steps_per_call = batch_size, state, steps_per_call
         self.truth_targets = truth_targets  # train on the true Gaussian's mean and variance (loss=kl)
         self.class_targets = class_targets  # targets as class indices (categorical heads)
         self.dtype = torch.float32
@@ -273,78 +326,110 @@ class DensityData(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Place tensors on the strategy's device in the module's dtype."""
+        from densbench.data import gaussian_truth_scaled
+
         trainer = self.trainer
         self.device = trainer.strategy.root_device
         self.dtype = param_dtype(str(trainer.precision))
         rank, world = trainer.global_rank, trainer.world_size
-        x, y = self.prep.splits["train"]
-        if self.class_targets:
-            y = y.reshape(-1).long()
-        extra: tuple[Tensor, ...] = ()
-        if self.truth_targets:
-            extra = tuple(self._put(t) for t in gaussian_truth_scaled(self.prep, "train"))
-        self.source = TrainSource(self._put(x), self._put(y), extra, self.batch_size, self.seed, rank, world)
-        self.eval = {name: self._eval_batch(name, rank, world) for name in ("val", "test")}
+        xs, ys, extras = [], [], []
+        for prep in self.preps:
+            x, y = prep.splits["train"]
+            xs.append(x)
+            ys.append(y.reshape(-1).long() if self.class_targets else y)
+            if self.truth_targets:
+                extras.append(gaussian_truth_scaled(prep, "train"))
+        extra = tuple(self._put(torch.stack(part)) for part in zip(*extras)) if extras else ()
+        self.source = TrainSource(self._put(torch.stack(xs)), self._put(torch.stack(ys)), extra, self.stack,
+                                  self.batch_size, rank, world)
+        test = [self._eval_batch(j, "test", rank, world) for j in range(len(self.preps))]
+        # validation of every model at once: the jobs' splits are stacked (a stack's jobs have equal sizes)
+        val = [self._eval_batch(j, "val", rank, world) for j in range(len(self.preps))]
+        self.eval = {"test": test, "val": [EvalBatch(None, torch.stack([b.x for b in val]), torch.stack([b.y for b in val]),
+                                                      torch.empty(0), torch.empty(0))]}
 
     def _put(self, t: Tensor) -> Tensor:
         return t.to(self.device, dtype=self.dtype if t.is_floating_point() else t.dtype)
 
-    def _eval_batch(self, split: str, rank: int, world: int) -> EvalBatch:
-        data = self.prep.data
+    def _eval_batch(self, job: int, split: str, rank: int, world: int) -> EvalBatch:
+        prep = self.preps[job]
+        data = prep.data
         idx = getattr(data, split)
-        x, _ = self.prep.splits[split]
+        x, _ = prep.splits[split]
         y = torch.as_tensor(data.y[idx])
         x_orig = torch.as_tensor(data.x[idx], dtype=torch.float64)
         # one uniform per row from a generator seeded by the split: identical for any world size
-        u = torch.rand(len(idx), generator=torch.Generator().manual_seed(self.seed + (split == "test")), dtype=torch.float64)
+        g = torch.Generator().manual_seed(self.seeds[job] + (split == "test"))
+        u = torch.rand(len(idx), generator=g, dtype=torch.float64)
         rows = slice(rank, None, world)
         y = y[rows].reshape(-1).long() if (data.task == "multiclass" or self.class_targets) else y[rows].to(torch.float64)
-        return EvalBatch(self._put(x[rows]), self._put(y), x_orig[rows].to(self.device), u[rows].to(self.device))
+        return EvalBatch(job, self._put(x[rows]), self._put(y), x_orig[rows].to(self.device), u[rows].to(self.device))
 
     def train_dataloader(self):
         return ChunkStream(self.source, self.state, self.steps_per_call)
 
     def val_dataloader(self):
-        return Once(self.eval["val"])
+        return Each(self.eval["val"])
 
     def test_dataloader(self):
-        return Once(self.eval["test"])
+        return Each(self.eval["test"])
 
 
 class Selection(pl.Callback):
-    """Model selection and early stopping on the validation NLL, in memory and in every checkpoint.
+    """Per model: selection and early stopping on its own validation NLL, in memory and in every checkpoint.
 
-    Keeps the weights of the best validation so far (the last weights when there is no validation
-    split) and stops training after ``patience`` validations without improvement.
+    Keeps each model's weights of its best validation so far (the last weights when there is no
+    validation split) and stops a model after ``patience`` validations without improvement; training
+    ends when every model has stopped.
     """
 
-    def __init__(self, patience: int | None = None) -> None:
-        self.patience = patience
-        self.best_score: float | None = None
+    def __init__(self, models: int, patience: int | None = None) -> None:
+        self.models, self.patience = models, patience
+        self.best_score = torch.full((models,), math.inf, dtype=torch.float64)
         self.best_state: dict[str, Tensor] | None = None
-        self.wait = 0
+        self.wait = torch.zeros(models, dtype=torch.long)
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        score = float(trainer.callback_metrics["val/nll"])
-        pl_module.state.history["val_nll"].append(score)
-        if math.isfinite(score) and (self.best_score is None or score < self.best_score):
-            self.best_score, self.wait = score, 0
-            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        else:
-            self.wait += 1
-            if self.patience and self.wait >= self.patience:
-                pl_module.state.finished = True
-                trainer.should_stop = True
+    def update(self, pl_module: Any, scores: Tensor) -> None:
+        """Take the validation NLL of every model [N] after a period."""
+        state: EngineState = pl_module.state
+        scores = scores.detach().double().cpu()
+        active = torch.tensor(state.active)
+        for m in range(self.models):
+            if state.active[m]:
+                state.history[m]["val_nll"].append(float(scores[m]))
+        better = active & torch.isfinite(scores) & (scores < self.best_score)
+        current = pl_module.weights()
+        if self.best_state is None:
+            self.best_state = {k: v.detach().clone() for k, v in current.items()}
+        elif bool(better.any()):
+            for k, v in current.items():
+                self.best_state[k][better.to(v.device)] = v.detach()[better.to(v.device)]
+        self.best_score = torch.where(better, scores, self.best_score)
+        self.wait = torch.where(better, torch.zeros_like(self.wait), self.wait + active.long())
+        if self.patience:
+            for m in (active & (self.wait >= self.patience)).nonzero().flatten().tolist():
+                state.active[m] = False
 
     def selected(self, pl_module: Any) -> dict[str, Tensor]:
-        """The weights to test: the best validation's, else the current ones."""
-        return self.best_state if self.best_state is not None else pl_module.state_dict()
+        """The weights to test: each model's best validation's, else the current ones."""
+        return self.best_state if self.best_state is not None else pl_module.weights()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score, "best_state": self.best_state, "wait": self.wait}
+    def state_dict(self, models: list[int] | None = None) -> dict[str, Any]:
+        idx = list(range(self.models)) if models is None else models
+        best = None if self.best_state is None else {k: v[idx].cpu() for k, v in self.best_state.items()}
+        return {"best_score": self.best_score[idx], "best_state": best, "wait": self.wait[idx]}
+
+    @staticmethod
+    def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """One selection state from the shares of several jobs (their models in order)."""
+        best = None if any(p["best_state"] is None for p in parts) else \
+            {k: torch.cat([p["best_state"][k] for p in parts]) for k in parts[0]["best_state"]}
+        return {"best_score": torch.cat([p["best_score"] for p in parts]), "best_state": best,
+                "wait": torch.cat([p["wait"] for p in parts])}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_score, self.best_state, self.wait = state["best_score"], state["best_state"], state["wait"]
+        self.best_score, self.wait = state["best_score"].clone(), state["wait"].clone()
+        self.best_state = None if state["best_state"] is None else {k: v.clone() for k, v in state["best_state"].items()}
 
 
 def param_dtype(precision: str) -> torch.dtype:
@@ -376,10 +461,12 @@ class Throughput(pl.Callback):
     """Training samples/s and steps/s after the first evaluation period, evaluation samples/s.
 
     Times only the training chunks (validation excluded); synchronises CUDA once per period, not per
-    step, so the hot path pays nothing.
+    step, so the hot path pays nothing. Samples count per model: a stack of N models processes N
+    times as many (``stack_samples_per_s``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, models: int = 1) -> None:
+        self.models = models
         self.train_time = 0.0
         self.train_steps = 0
         self.train_samples = 0
@@ -437,15 +524,19 @@ class Throughput(pl.Callback):
         self.eval_samples = int(trainer.strategy.reduce(n, reduce_op="sum"))
         # taken once, so TensorBoard and result.json show the same peak memory
         self.figures = self.summary(trainer.strategy.root_device)
-        pl_module.log_scalars({f"throughput/{k}": v for k, v in self.figures.items()})
+        for job in range(len(pl_module.jobs)):
+            pl_module.log_job(job, {f"throughput/{k}": v for k, v in self.figures.items()})
 
     def summary(self, device: torch.device) -> dict[str, float]:
-        """Throughput figures for result.json and TensorBoard."""
+        """Throughput figures for result.json and TensorBoard: per model, and for the whole stack."""
         t = max(self.train_time, 1e-12)
+        per_model = self.train_samples / t if self.train_steps else float("nan")
         return {
-            "train_samples_per_s": self.train_samples / t if self.train_steps else float("nan"),
+            "train_samples_per_s": per_model,
             "train_steps_per_s": self.train_steps / t if self.train_steps else float("nan"),
             "step_time_ms": 1e3 * t / self.train_steps if self.train_steps else float("nan"),
+            "stack_size": float(self.models),
+            "stack_samples_per_s": per_model * self.models,
             "eval_samples_per_s": self.eval_samples / max(self.eval_time, 1e-12),
             "peak_memory_mb": peak_memory_mb(device),
         }

@@ -18,15 +18,6 @@ from densbench.ops import quantile  # noqa: E402
 DATA_COLOR, MODEL_COLOR, TRUTH_COLOR = "#5DA899", "#2E2585", "#C26A77"
 
 
-@torch.no_grad()
-def _predict(module, prep: Prepared, x_orig: np.ndarray):
-    dtype = next(module.parameters()).dtype
-    x = torch.as_tensor(prep.x_scaler(x_orig), dtype=dtype)
-    module.eval()
-    raw = module(x)
-    return raw, module.predictive(raw)
-
-
 def _band(ax, x, dist, color, label, truth=False):
     lo, hi = quantile(dist, torch.tensor([0.025, 0.975]))
     mean = dist.mean
@@ -39,16 +30,16 @@ def _band(ax, x, dist, color, label, truth=False):
         ax.fill_between(x, lo.numpy(), hi.numpy(), color=color, alpha=0.25, lw=0, label=f"{label} 95% interval")
 
 
-def predictive_figure(module, prep: Prepared, title: str = "", points: int = 300):
-    """Predictive distribution over the data: bands (Gaussian, counts), density and components
+def predictive_figure(predict, prep: Prepared, title: str = "", points: int = 300):
+    """`predict(x in original units) -> predictive distribution`, drawn over the data: bands (Gaussian, counts), density and components
     (mixtures), class probabilities (classification); predicted vs observed for several inputs."""
     data = prep.data
     test = data.test
     if data.n_features != 1:
-        return _predicted_vs_observed(module, prep, title)
+        return _predicted_vs_observed(predict, prep, title)
     xs = data.x[:, 0]
     grid = np.linspace(xs.min(), xs.max(), points).reshape(-1, 1)
-    raw, dist = _predict(module, prep, grid)
+    dist = predict(grid)
     truth = data.truth(torch.as_tensor(grid, dtype=torch.float64)) if data.truth is not None else None
     g = grid[:, 0]
     mixture = isinstance(dist, NormalMixture)
@@ -102,9 +93,9 @@ def predictive_figure(module, prep: Prepared, title: str = "", points: int = 300
     return fig
 
 
-def _predicted_vs_observed(module, prep: Prepared, title: str):
+def _predicted_vs_observed(predict, prep: Prepared, title: str):
     data = prep.data
-    _, dist = _predict(module, prep, data.x[data.test])
+    dist = predict(data.x[data.test])
     y = data.y[data.test]
     fig, ax = plt.subplots(figsize=(6.5, 5))
     if isinstance(dist, (Bernoulli, Categorical)):

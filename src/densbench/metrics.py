@@ -238,3 +238,36 @@ def _area_between(x: Tensor, d: Tensor) -> Tensor:
     hour = h * (dl * dl + dr * dr) / (2 * denom)
     return torch.where(cross, hour, trap).sum()
 
+
+
+class ModelScores(Metric):
+    """Validation scores of every model of a stack, [N] each: NLL and RMSE (accuracy for classes).
+
+    ``update(dist, y)`` takes a predictive distribution with batch shape [N, n] (each model on its
+    own job's validation split) and targets [N, n] in original units. Sums, so DDP reduces exactly.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, task: str, models: int, **kwargs):
+        super().__init__(**kwargs)
+        self.task, self.classification = task, task in ("binary", "multiclass")
+        for name in ("n", "nll", "err"):
+            self.add_state(name, torch.zeros(models, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, dist: Distribution, y: Tensor) -> None:
+        """Accumulate one stacked batch."""
+        self.n += y.shape[-1]
+        self.nll += -target_log_prob(dist, y, self.task).double().sum(-1)
+        if self.classification:
+            pred = (dist.probs > 0.5).to(y.dtype) if isinstance(dist, Bernoulli) else dist.probs.argmax(-1)
+            self.err += (pred == y).double().sum(-1)
+        else:
+            self.err += ((dist.mean - y).double() ** 2).sum(-1)
+
+    def compute(self) -> dict[str, Tensor]:
+        """Per model: nll and rmse (or accuracy)."""
+        n = self.n.clamp_min(1)
+        return {"nll": self.nll / n, ("accuracy" if self.classification else "rmse"): self.err / n if self.classification
+                else (self.err / n).sqrt()}

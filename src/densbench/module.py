@@ -1,14 +1,16 @@
-"""The LightningModule: a backbone, a head (its family) and an objective, wired to the engine and the loggers.
+"""The LightningModule: a stack of networks (backbone + head of one family), an objective, and the jobs they serve.
 
-It holds no formula: the loss is the objective's, the predictive distribution the family's, the
-metrics densbench.metrics'. One class serves every objective; what differs between them lives in
-the objective and family modules.
+It holds no formula: the loss is the objective's, the predictive distributions the family's, the
+metrics densbench.metrics'. One class serves every objective. A stack trains N models for J jobs
+(run directories): each job has one model, or several (a deep ensemble scored as the uniform mixture
+of its members), its own data scaling, truth and logger; the module routes every number to its job.
 """
 
 from __future__ import annotations
 
 import gc
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import torch
@@ -16,9 +18,9 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from densbench import checkpoints
-from densbench.engine import Chunk, EngineState, EvalBatch, Selection, run_chunk
-from densbench.metrics import PredictiveMetrics
+from densbench import checkpoints, ensemble
+from densbench.engine import Chunk, EngineState, EvalBatch, Selection, Stack, run_chunk
+from densbench.metrics import ModelScores, PredictiveMetrics
 from densbench.networks import Head
 from densbench.objectives import Objective
 
@@ -27,8 +29,20 @@ class Diverged(RuntimeError):
     """Training produced a non-finite loss or parameter."""
 
 
+@dataclass
+class Job:
+    """What the module needs to know of one job of the stack."""
+
+    models: list[int]  # its models' indices in the stack
+    target_loc: float = 0.0  # the target standardisation of its training split
+    target_scale: float = 1.0
+    truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x), where known
+    logger: Any = None  # its Lightning logger (None: no logging)
+    key: dict[str, str] = field(default_factory=dict)  # what its checkpoints must match
+
+
 class DensityModule(pl.LightningModule):
-    """Shared wiring: backbone + head, a chunked manual-optimisation loop, evaluation and logging."""
+    """Shared wiring: stacked backbone + head, a chunked manual-optimisation loop, evaluation and logging."""
 
     def __init__(
         self,
@@ -38,13 +52,11 @@ class DensityModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         grad: str,
         task: str,
-        target_loc: float = 0.0,
-        target_scale: float = 1.0,
-        truth_fn: Callable[[Tensor], Distribution] | None = None,
+        stack: Stack,
+        jobs: list[Job],
+        state: EngineState,
+        selection: Selection,
         samples_per_step: int = 1,
-        state: EngineState | None = None,
-        selection: Selection | None = None,
-        run_key: dict[str, str] | None = None,
         resume_from: dict | None = None,
     ):
         super().__init__()
@@ -53,34 +65,76 @@ class DensityModule(pl.LightningModule):
         self.family, self.objective = head.family, objective
         self.optimizer_factory = optimizer
         self.grad, self.task = grad, task
-        self.target_loc, self.target_scale = float(target_loc), float(target_scale)
-        self.truth_fn = truth_fn
+        self.stack, self.jobs = stack, jobs
         self.samples_per_step = samples_per_step
-        self.val_metrics = PredictiveMetrics(task, full=False)
-        self.test_metrics = PredictiveMetrics(task, full=True)
-        self.state = state
-        self.selection = selection
-        self.run_key = run_key or {}
+        self.state, self.selection = state, selection
         self.resume_from = resume_from  # a checkpoint to continue from, loaded once optimisers exist
+        job_of = stack.job_of
+        self.register_buffer("model_loc", torch.tensor([[jobs[j].target_loc] for j in job_of]), persistent=False)
+        self.register_buffer("model_scale", torch.tensor([[jobs[j].target_scale] for j in job_of]), persistent=False)
+        self.register_buffer("job_of", torch.tensor(job_of), persistent=False)
+        self.val_scores = ModelScores(task, stack.size)
+        self.test_metrics = nn.ModuleList([PredictiveMetrics(task, full=True) for _ in jobs])
+        # an ensemble's members are also scored alone (result.json reports their mean)
+        self.member_metrics = nn.ModuleDict({str(m): PredictiveMetrics(task, full=True)
+                                             for job in jobs if len(job.models) > 1 for m in job.models})
+        self.diverged: dict[int, str] = {}  # model -> message
+        self.test_results: list[dict[str, float]] = [{} for _ in jobs]
+        self.member_results: list[dict[str, float]] = [{} for _ in jobs]
+        self.test_curves: list[dict[str, list[float]]] = [{} for _ in jobs]
         self.test_samples = 0
-        self.test_results: dict[str, float] = {}
-        self.test_curves: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ parts
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Named raw head outputs for standardised inputs."""
-        return self.head(self.backbone(x))
+    def forward(self, x: Tensor, models: Tensor | None = None) -> dict[str, Tensor]:
+        """Named raw head outputs [N, B, width] for standardised inputs [N, B, d] (or a subset of models)."""
+        return self.head(self.backbone(x, models), models)
 
     def loss(self, raw: dict[str, Tensor], y: Tensor, extra: tuple[Tensor, ...]) -> Tensor:
-        """The objective's reduced training loss on one minibatch."""
+        """The objective's reduced training loss of every model, [N]."""
         return self.objective.loss(self.family, raw, y, extra, self.grad)
 
-    def predictive(self, raw: dict[str, Tensor]) -> Distribution:
-        """Predictive distribution in original target units."""
-        return self.family.distribution(raw, self.target_loc, self.target_scale)
+    def predictive(self, job: int, raw: dict[str, Tensor]) -> tuple[Distribution, list[Distribution]]:
+        """A job's predictive distribution in original units (the uniform mixture of an ensemble's members) and its members'."""
+        j = self.jobs[job]
+        members = [self.family.distribution({k: v[i] for k, v in raw.items()}, j.target_loc, j.target_scale)
+                   for i in range(len(j.models))]
+        return (members[0] if len(members) == 1 else ensemble.uniform_mixture(members)), members
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())
+
+    def weights(self) -> dict[str, Tensor]:
+        """The networks' parameters and buffers by name ([N, ...] each): what selection and checkpoints keep.
+
+        Cheaper than state_dict(), which would also walk every job's metric objects.
+        """
+        return {**self.backbone.state_dict(prefix="backbone."), **self.head.state_dict(prefix="head.")}
+
+    def load_weights(self, weights: dict[str, Tensor]) -> None:
+        """Load what weights() returned (strictly: every network tensor, nothing else)."""
+        for name, net in (("backbone", self.backbone), ("head", self.head)):
+            net.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
+
+    def log_job(self, job: int, values: dict[str, Tensor | float]) -> None:
+        """Write scalars to a job's logger at the current optimisation step (global rank zero only).
+
+        Straight to the logger: self.log costs milliseconds per key, which adds up over hundreds of
+        evaluations, and it knows nothing of the jobs of a stack.
+        """
+        logger = self.jobs[job].logger
+        if logger and self.trainer.is_global_zero:
+            logger.log_metrics({k: float(v) for k, v in values.items()}, step=self.state.opt_steps)
+
+    def log_models(self, prefix: str, values: dict[str, Tensor]) -> None:
+        """Per-model values [N] to each job's logger: the value of a single model, or an ensemble's mean and members."""
+        for j, job in enumerate(self.jobs):
+            out = {}
+            for name, v in values.items():
+                picked = v[job.models]
+                out[f"{prefix}/{name}"] = picked.mean()
+                if len(job.models) > 1:
+                    out.update({f"{prefix}/{name}/member{i}": picked[i] for i in range(len(job.models))})
+            self.log_job(j, out)
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
@@ -112,86 +166,103 @@ class DensityModule(pl.LightningModule):
             opt.step()
 
     def training_step(self, chunk: Chunk, batch_idx: int) -> None:
-        opt = self.optimizers()
-        self._raw_optimizer = opt.optimizer
+        self._raw_optimizer = self.optimizers().optimizer
+        first = self.state.opt_steps
         losses_t, hits_t = run_chunk(self, chunk, self._step, self.family.has_floor)
-        total = losses_t.sum()
-        finite = torch.isfinite(total) & torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()
-        if not bool(finite):  # the one host synchronisation of the chunk
-            self._diverged(losses_t, hits_t, self.state.opt_steps - len(losses_t))
-        if self.state.opt_steps % self.state.eval_every == 0 or self.state.opt_steps == self.state.total_steps:
-            self.log_scalars(self.state.close_period())
+        finite = torch.isfinite(losses_t).all(0)
+        for p in self.parameters():
+            finite &= torch.isfinite(p).flatten(1).all(1)
+        if not bool(finite.all()):  # the one host synchronisation of the chunk
+            self._diverged(losses_t, hits_t, first, finite.cpu())
+        if self.state.at_period_end:
+            loss, hits = self.state.close_period()
+            self.log_models("train", {"loss": loss, "floor_hits_per_step": hits})
 
-    def _diverged(self, losses_t: Tensor, hits_t: Tensor, first: int) -> None:
-        bad = (~torch.isfinite(losses_t)).nonzero()
-        i = int(bad[0]) if len(bad) else len(losses_t) - 1
-        what = "loss" if len(bad) else "parameters"
-        hits = int(hits_t[i])
-        hint = (
-            f"; {hits} spread outputs of that step sat on the floor (variance collapse)"
-            if hits
-            else "; no spread on the floor (overflow: try a smaller optimizer.lr)"
-        )
-        raise Diverged(f"training diverged: non-finite {what} at optimisation step {first + i}{hint}")
-
-    def log_scalars(self, values: dict[str, Tensor | float]) -> None:
-        """Write scalars to the loggers at the current optimisation step.
-
-        Straight to Lightning's loggers (rank zero only): self.log costs milliseconds per key, which
-        adds up over hundreds of evaluations; self.log is kept for what callbacks monitor.
-        """
-        if self.loggers and self.trainer.is_global_zero:
-            scalars = {k: float(v) for k, v in values.items()}
-            for logger in self.loggers:
-                logger.log_metrics(scalars, step=self.state.opt_steps)
-
+    def _diverged(self, losses_t: Tensor, hits_t: Tensor, first: int, finite: Tensor) -> None:
+        """Stop every model whose loss or weights turned non-finite; training goes on for the others."""
+        for m in (~finite).nonzero().flatten().tolist():
+            if not self.state.active[m]:
+                continue
+            bad = (~torch.isfinite(losses_t[:, m])).nonzero()
+            i = int(bad[0]) if len(bad) else len(losses_t) - 1
+            what = "loss" if len(bad) else "parameters"
+            hits = int(hits_t[i, m])
+            hint = (f"; {hits} spread outputs of that step sat on the floor (variance collapse)" if hits
+                    else "; no spread on the floor (overflow: try a smaller optimizer.lr)")
+            self.diverged[m] = f"training diverged: non-finite {what} at optimisation step {first + i}{hint}"
+            self.state.active[m] = False
+        if self.state.finished:
+            self.trainer.should_stop = True
 
     # ------------------------------------------------------------------ evaluation
     def _refresh_from_training(self) -> None:
         # families that estimate something from the training data after fitting (the canonical
-        # Gaussian's dispersion) get its sums over every rank's share
+        # Gaussian's dispersion) get its sums, per model, over every rank's share
         source = self.trainer.datamodule.source
         with torch.no_grad():
-            x, y = source.x[source.rank :: source.world], source.y[source.rank :: source.world]
+            x, y, _ = source.full()
             sums = self.family.training_statistics(self(x), y)
             if sums is None:
                 return
             sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in sums.items()}
         self.family.update_buffers({n: getattr(self.head, n) for n in self.family.buffers()}, sums)
 
-    def _evaluate(self, batch: EvalBatch, metrics: PredictiveMetrics, truth: bool) -> dict[str, Tensor]:
-        raw = self(batch.x)
-        dist = self.predictive(raw)
-        t = self.truth_fn(batch.x_orig) if (truth and self.truth_fn is not None) else None
-        metrics.update(dist, batch.y, t, batch.u)
-        return raw
-
     def on_validation_epoch_start(self) -> None:
         self._refresh_from_training()
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, truth=False)
+        # every model on its own job's validation split, in one stacked pass
+        raw = self(batch.x[self.job_of])
+        dist = self.family.distribution(raw, self.model_loc, self.model_scale)
+        self.val_scores.update(dist, batch.y[self.job_of])
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.val_metrics.reset()
-        self.log("val/nll", values["nll"], logger=False)  # monitored by model selection
-        self.log_scalars({f"val/{k}": v for k, v in values.items()})
+        # [N] per score (torchmetrics hands a one-element result back as a 0-dim tensor)
+        scores = {k: v.reshape(-1) for k, v in self.val_scores.compute().items()}
+        self.val_scores.reset()
+        self.selection.update(self, scores["nll"])
+        if self.state.finished:
+            self.trainer.should_stop = True
+        self.log_models("val", scores)
 
     def on_test_epoch_start(self) -> None:
         self._refresh_from_training()
-        self.test_floor_hits = torch.zeros((), device=self.device)
+        self.test_floor_hits = [torch.zeros((), device=self.device) for _ in self.jobs]
         self.test_samples = 0
 
+    def _failed(self, job: int) -> bool:
+        """A job whose model (or one ensemble member) diverged: its result is the failure, not its test."""
+        return any(m in self.diverged for m in self.jobs[job].models)
+
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        raw = self._evaluate(batch, self.test_metrics, truth=True)
-        self.test_floor_hits += self.head.floor_hits(raw)
-        self.test_samples += batch.x.shape[0]
+        j = batch.job
+        if self._failed(j):
+            return
+        models = torch.tensor(self.jobs[j].models, device=self.device)
+        raw = self(batch.x.expand(len(models), *batch.x.shape), models)
+        pred, members = self.predictive(j, raw)
+        truth = self.jobs[j].truth(batch.x_orig) if self.jobs[j].truth is not None else None
+        self.test_metrics[j].update(pred, batch.y, truth, batch.u)
+        if len(members) > 1:
+            for m, dist in zip(self.jobs[j].models, members):
+                self.member_metrics[str(m)].update(dist, batch.y, truth, batch.u)
+        self.test_floor_hits[j] += self.head.floor_hits(raw).sum()
+        self.test_samples += batch.x.shape[0] * len(models)
 
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
-        values["floor_hits"] = self.trainer.strategy.reduce(self.test_floor_hits.double(), reduce_op="sum")
-        self.test_curves = self.test_metrics.curves()
-        self.test_metrics.reset()
-        self.test_results = {k: float(v) for k, v in values.items()}
-        self.log_scalars({f"test/{k}": v for k, v in self.test_results.items()})
+        for j, job in enumerate(self.jobs):
+            if self._failed(j):
+                continue
+            values = self.test_metrics[j].compute()
+            values["floor_hits"] = self.trainer.strategy.reduce(self.test_floor_hits[j].double(), reduce_op="sum")
+            self.test_curves[j] = self.test_metrics[j].curves()
+            self.test_metrics[j].reset()
+            self.test_results[j] = {k: float(v) for k, v in values.items()}
+            if len(job.models) > 1:  # the mean of the members' own metrics
+                own = [self.member_metrics[str(m)].compute() for m in job.models]
+                self.member_results[j] = {k: float(sum(o[k] for o in own) / len(own)) for k in own[0]}
+            self.log_job(j, {f"test/{k}": v for k, v in self.test_results[j].items()})
+
+    def fallbacks(self, job: int) -> dict[str, str]:
+        """Metrics of a job computed by a generic method instead of a closed form."""
+        return dict(self.test_metrics[job].fallbacks)

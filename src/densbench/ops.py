@@ -108,7 +108,7 @@ def _load_registrations() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from densbench import distributions, families  # noqa: F401 - imported for their registrations
+        from densbench import distributions, ensemble, families  # noqa: F401 - imported for their registrations
 
         families.load_all()
 

@@ -43,7 +43,7 @@ CSV_METRICS = [
     "nll", "rmse", "accuracy", "crps", "mace", "rmsce", "miscal_area", "quantile_mace", "ece", "sharpness",
     "coverage50", "coverage90", "coverage95", "width50", "width90", "width95", "interval_score", "check_score",
     "pit_ks", "oracle_nll", "kl_truth", "nll_gap", "floor_hits", "train_samples_per_s", "train_steps_per_s",
-    "step_time_ms", "eval_samples_per_s", "peak_memory_mb",
+    "step_time_ms", "stack_size", "stack_samples_per_s", "eval_samples_per_s", "peak_memory_mb",
 ]
 
 

@@ -12,6 +12,10 @@ from densbench.atomic import replacing
 
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "failed", "skipped", "interrupted")
+# metrics of how a run executed (speed, memory, the size of its stack): they vary between identical
+# runs and between launchers, everything else must not
+EXECUTION_METRICS = frozenset({"train_samples_per_s", "train_steps_per_s", "step_time_ms", "stack_size",
+                               "stack_samples_per_s", "eval_samples_per_s", "peak_memory_mb"})
 
 
 def _clean(value: Any) -> Any:

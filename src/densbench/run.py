@@ -1,5 +1,7 @@
-"""One job: validate, build, train, test, and write the run directory's result.json.
+"""Jobs: validate, build, train, test, and write each run directory's result.json.
 
+A job is one run directory. Jobs that differ only in seed or data split can be trained together as
+one stack of models (``run_group``, used by ``launcher=stacked``); a single job is a group of one.
 Results are read from the module and callbacks of global rank zero, which under every supported
 strategy (one process, DDP started by Lightning, torchrun or Slurm) is this process.
 """
@@ -12,8 +14,8 @@ import os
 import sys
 import time
 import traceback
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,30 @@ from densbench.signals import Interrupted, JobSignals
 TRACEBACK_FILE = "traceback.txt"
 # bookkeeping switches: they change where and whether a run is written, never its numbers
 NOT_IN_KEY = ("resume", "report", "name")
+ENSEMBLE_SEED_STEP = 7919  # member m of a job with seed s starts from seed s + 7919 m
 
 
 class Skipped(Exception):
     """The job cannot run on this machine (e.g. a GPU job without a GPU); not a failure."""
+
+
+class NotStackable(Exception):
+    """Jobs that cannot train as one stack (different data sizes); they run one after the other instead."""
+
+
+@dataclass
+class JobSpec:
+    """One job to run: its config, its run directory, and what reruns it."""
+
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str] | None = None
+    launcher: str = "basic"
+    # filled while running
+    result: dict[str, Any] = field(default_factory=dict)
+    key: dict[str, str] = field(default_factory=dict)
+    resume_from: dict | None = None
+    start: float = 0.0
 
 
 def labels(cfg: DictConfig, plan: Any = None) -> dict[str, Any]:
@@ -85,7 +107,7 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _check_device(cfg: DictConfig) -> None:
+def _check_device(cfg: DictConfig, stacked: bool) -> None:
     from densbench.errors import ConfigError
 
     t = cfg.trainer
@@ -96,6 +118,13 @@ def _check_device(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.strategy={strategy} is not supported: the results would stay in the spawned processes; "
             "use trainer=ddp (Lightning starts the processes and rank 0 is this one)"
+        )
+    world = int(t.devices) * int(t.num_nodes)
+    if world > 1 and stacked:
+        raise ConfigError(
+            "several devices (trainer.devices x trainer.num_nodes > 1) and a stack of models (launcher=stacked, "
+            "ensemble.members > 1) exclude each other: a stack trains its models side by side on one device; "
+            "use one device, or train the members one at a time"
         )
     # Slurm tasks or torchrun processes are the ranks themselves; otherwise Lightning re-runs the
     # command line for every extra rank, which inside a multirun would start the whole sweep again
@@ -111,30 +140,30 @@ def _check_device(cfg: DictConfig) -> None:
         )
 
 
+def member_seeds(cfg: DictConfig) -> list[int]:
+    """The seeds of a job's models: its own, then one per further ensemble member."""
+    members = int(cfg.get("ensemble", {}).get("members", 1))
+    return [int(cfg.seed) + ENSEMBLE_SEED_STEP * m for m in range(members)]
+
+
 @dataclass
 class Built:
-    """Everything one run needs, wired but not yet trained."""
+    """Everything one stack needs, wired but not yet trained."""
 
-    data: Any
-    prep: Any
+    datas: list[Any]
+    preps: list[Any]
     module: Any
     datamodule: Any
     trainer: Any
     selection: Any
     throughput: Any
-    logger: Any
+    loggers: list[Any]
     steps_per_call: int
     batch_size: int | None
 
-    @property
-    def has_val(self) -> bool:
-        """Whether model selection on a validation split happens."""
-        return len(self.data.val) > 0
 
-
-def build(cfg: DictConfig, run_dir: Path, run_key: dict[str, str] | None = None, resume_from: dict | None = None,
-          keep_step_losses: bool = False) -> Built:
-    """Validate the config, load data and wire module, data module, callbacks and trainer."""
+def build(specs: list[JobSpec], keep_step_losses: bool = False) -> Built:
+    """Check the configs, load every job's data and wire one stack: module, data module, callbacks, trainer."""
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
@@ -142,68 +171,72 @@ def build(cfg: DictConfig, run_dir: Path, run_key: dict[str, str] | None = None,
     from densbench.analytic import use_compiled_kernels
     from densbench.checkpoints import Checkpoints
     from densbench.checks import check_against_data, check_config
-    from densbench.engine import DensityData, EngineState, Selection, Throughput, steps_per_pass
-    from densbench.module import DensityModule
+    from densbench.engine import DensityData, EngineState, Selection, Stack, Throughput, steps_per_pass
+    from densbench.module import DensityModule, Job
     from densbench.networks import Head
 
+    cfg = specs[0].cfg  # the jobs of a stack differ only in seed and data split
     plan = check_config(cfg)
-    _check_device(cfg)
+    seeds = [member_seeds(s.cfg) for s in specs]
+    _check_device(cfg, stacked=len(specs) > 1 or len(seeds[0]) > 1)
     _quiet_lightning()
     t = cfg.trainer
     torch.set_num_threads(int(t.threads))
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
 
-    data = data_mod.load(cfg.dataset)
-    family = check_against_data(plan, data, str(cfg.grad))
-    prep = data_mod.prepare(data, dtype="float64" if str(t.precision).startswith("64") else "float32")
+    dtype = "float64" if str(t.precision).startswith("64") else "float32"
+    datas = [data_mod.load(s.cfg.dataset) for s in specs]
+    family = [check_against_data(plan, d, str(cfg.grad)) for d in datas][0]
+    sizes = {(len(d.train), len(d.val), d.n_features) for d in datas}
+    if len(sizes) > 1:
+        raise NotStackable(f"their splits differ in size ({', '.join(f'{a}/{b} rows, {c} features' for a, b, c in sorted(sizes))})")
+    preps = [data_mod.prepare(d, dtype=dtype) for d in datas]
 
-    backbone = instantiate(cfg.model, in_features=data.n_features)
-    head = Head(family, backbone.out_features, detached=plan.objective.detached_fields(family))
+    stack = Stack(jobs=[], seeds=[])
+    for job_seeds in seeds:
+        stack.jobs.append(list(range(len(stack.seeds), len(stack.seeds) + len(job_seeds))))
+        stack.seeds.extend(job_seeds)
+    backbone = instantiate(cfg.model, in_features=datas[0].n_features, seeds=stack.seeds)
+    head = Head(family, backbone.out_features, stack.seeds, detached=plan.objective.detached_fields(family))
 
+    n_train = len(datas[0].train)
     world = int(t.devices) * int(t.num_nodes)
-    batch = None if t.batch_size is None or int(t.batch_size) >= len(data.train) else int(t.batch_size)
-    total, eval_every = _steps(cfg, steps_per_pass(len(data.train), batch))
+    batch = None if t.batch_size is None or int(t.batch_size) >= n_train else int(t.batch_size)
+    total, eval_every = _steps(cfg, steps_per_pass(n_train, batch))
     # DDP synchronises gradients inside Lightning's backward: one optimisation step per call
     per_call = 1 if world > 1 else min(int(t.steps_per_call), eval_every)
-    state = EngineState(total, eval_every, keep_step_losses)
-    if resume_from is not None:
+    state = EngineState(total, eval_every, stack.size, keep_step_losses)
+    resume_from = None
+    if all(s.resume_from is not None for s in specs):
+        resume_from = checkpoints.merge([s.resume_from for s in specs])
         # the step count decides the first chunk plan, which Lightning makes before the weights load
         state.load_state_dict(resume_from["engine"])
-    selection = Selection(int(t.early_stopping_patience) if len(data.val) and t.early_stopping_patience else None)
+    selection = Selection(stack.size, int(t.early_stopping_patience) if len(datas[0].val) and t.early_stopping_patience else None)
 
-    module = DensityModule(
-        backbone=backbone,
-        head=head,
-        objective=plan.objective,
-        optimizer=instantiate(cfg.optimizer),
-        grad=cfg.grad,
-        task=data.task,
-        target_loc=prep.target_loc,
-        target_scale=prep.target_scale,
-        truth_fn=data.truth,
-        samples_per_step=batch or len(data.train),
-        state=state,
-        selection=selection,
-        run_key=run_key,
-        resume_from=resume_from,
-    )
+    loggers = []
+    for s in specs:
+        logger = None
+        if cfg.get("logger") and "_target_" in cfg.logger:
+            # events a killed run wrote after its last checkpoint are hidden, not shown twice
+            purge = {"purge_step": state.opt_steps + 1} if resume_from is not None else {}
+            logger = instantiate(cfg.logger, save_dir=str(s.run_dir), **purge)
+        loggers.append(logger)
+    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key)
+            for models, p, d, lg, s in zip(stack.jobs, preps, datas, loggers, specs)]
+    module = DensityModule(backbone, head, plan.objective, instantiate(cfg.optimizer), cfg.grad, datas[0].task, stack, jobs,
+                           state, selection, samples_per_step=batch or n_train, resume_from=resume_from)
     # set for every job: the kernels are process-wide and a sweep runs many jobs in one process
     use_compiled_kernels(bool(t.compile) and cfg.grad == "analytic")
     if t.compile:
         module.backbone.compile(mode=t.compile_mode)
         module.head.compile(mode=t.compile_mode)
-    dm = DensityData(prep, batch, state, per_call, int(cfg.seed), truth_targets=plan.objective.needs_truth == "gaussian",
+    dm = DensityData(preps, stack, batch, state, per_call, [int(s.cfg.seed) for s in specs],
+                     truth_targets=plan.objective.needs_truth == "gaussian",
                      class_targets=bool(getattr(family, "class_targets", False)))
 
-    throughput = Throughput()
-    callbacks: list[pl.Callback] = [throughput, selection, Checkpoints(run_dir / "checkpoints", selection)]
+    throughput = Throughput(stack.size)
+    callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection)]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    logger = False
-    if cfg.get("logger") and "_target_" in cfg.logger:
-        # events a killed run wrote after its last checkpoint are hidden, not shown twice
-        purge = {"purge_step": state.opt_steps + 1} if resume_from is not None else {}
-        logger = instantiate(cfg.logger, save_dir=str(run_dir), **purge)
-
     trainer = pl.Trainer(
         accelerator=t.accelerator,
         devices=int(t.devices),
@@ -211,80 +244,118 @@ def build(cfg: DictConfig, run_dir: Path, run_key: dict[str, str] | None = None,
         strategy=t.strategy,
         precision=t.precision,
         max_epochs=state.periods_left,
-        logger=logger,
+        logger=False,
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
-        limit_val_batches=1.0 if len(data.val) else 0,
-        log_every_n_steps=1,
+        limit_val_batches=1.0 if len(datas[0].val) else 0,
         deterministic=bool(t.deterministic),
-        default_root_dir=str(run_dir),
+        default_root_dir=str(specs[0].run_dir),
         use_distributed_sampler=False,
     )
-    return Built(data, prep, module, dm, trainer, selection, throughput, logger, per_call, batch)
+    return Built(datas, preps, module, dm, trainer, selection, throughput, loggers, per_call, batch)
 
 
-def train_and_test(cfg: DictConfig, run_dir: Path, signals: JobSignals, run_key: dict[str, str] | None = None,
-                   resume_from: dict | None = None) -> dict[str, Any]:
-    """Train and test one configuration; returns metrics, curves and run facts for result.json."""
+def train_and_test(specs: list[JobSpec], signals: JobSignals) -> list[dict[str, Any]]:
+    """Train one stack and test every job; returns each job's metrics, curves and run facts for result.json."""
     signals.enter("loading data")
-    b = build(cfg, run_dir, run_key, resume_from)
-    module, dm, trainer, selection, throughput, logger = b.module, b.datamodule, b.trainer, b.selection, b.throughput, b.logger
-    data, prep, state = b.data, b.prep, module.state
+    b = build(specs)
+    module, dm, trainer, selection, state = b.module, b.datamodule, b.trainer, b.selection, b.module.state
     signals.enter("training", deferred=True)
+    resumed = all(s.resume_from is not None for s in specs)
     if state.periods_left:
         trainer.fit(module, datamodule=dm)
-    elif resume_from is not None:  # training had finished before the interruption: its final state is all we need
+    elif resumed:  # training had finished before the interruption: its final state is all we need
         from densbench.engine import as_param_dtype
 
-        checkpoints.restore(as_param_dtype(module, str(cfg.trainer.precision)), selection, resume_from, optimizer=False)
+        checkpoints.restore(as_param_dtype(module, str(specs[0].cfg.trainer.precision)), selection,
+                            checkpoints.merge([s.resume_from for s in specs]), optimizer=False)
     signals.enter("testing")
-    module.load_state_dict(selection.selected(module))
+    module.load_weights(selection.selected(module))
     trainer.test(module, datamodule=dm, verbose=False)
+    return [_job_out(specs[j], j, b, signals) for j in range(len(specs))]
 
-    metrics = dict(module.test_results)
-    metrics.update(throughput.figures)
-    curves = dict(module.test_curves)
-    curves.update({f"train_{k}": v for k, v in state.history.items()})
 
+def _job_out(spec: JobSpec, j: int, b: Built, signals: JobSignals) -> dict[str, Any]:
+    """One job's share of a trained and tested stack: what result.json records, and its files."""
+    module, state, selection, data = b.module, b.module.state, b.selection, b.datas[j]
+    models = module.jobs[j].models
+    diverged = [(i, module.diverged[m]) for i, m in enumerate(models) if m in module.diverged]
+    if diverged:
+        (spec.run_dir / "checkpoints" / checkpoints.LAST).unlink(missing_ok=True)  # non-finite weights must not seed a rerun
+        member, message = diverged[0]
+        return {"diverged": message if len(models) == 1 else f"ensemble member {member}: {message}"}
+    history = [state.history[m] for m in models]
+    metrics = dict(module.test_results[j])
+    metrics.update(b.throughput.figures)
+    curves = dict(module.test_curves[j])
+    curves.update({f"train_{k}": v for k, v in history[0].items()})
+    steps = history[0]["step"][-1] if history[0]["step"] else state.opt_steps
     artifacts: dict[str, str] = {}
-    if trainer.is_global_zero:
-        checkpoints.save_atomic({"state_dict": selection.selected(module), "config": OmegaConf.to_container(cfg, resolve=True)},
-                                run_dir / "checkpoints" / checkpoints.BEST)
-        signals.enter("writing figures")
-        if logger:
-            logger.log_hyperparams(_flat_hparams(cfg), {f"hp/{k}": v for k, v in metrics.items() if math.isfinite(v)})
-            artifacts["tensorboard"] = os.path.relpath(logger.log_dir, run_dir)
-        if cfg.get("figures", True):
-            artifacts.update(_figures(cfg, module, prep, module.test_curves, run_dir, logger, state.opt_steps))
-    hist = state.history
-    return {
+    has_val = len(data.val) > 0
+    best = [float(selection.best_score[m]) for m in models]
+    out: dict[str, Any] = {
         "metrics": metrics,
         # operations served by a generic method (a solver, a quadrature) instead of a closed form
-        "fallbacks": dict(module.test_metrics.fallbacks),
+        "fallbacks": module.fallbacks(j),
         "curves": curves,
         "train": {
-            "opt_steps": state.opt_steps,
+            "opt_steps": steps,
             "max_steps": state.total_steps,
             "eval_every": state.eval_every,
             "steps_per_call": b.steps_per_call,
             "batch_size": b.batch_size,
-            "stopped_early": state.finished,
-            "best_val_nll": selection.best_score if b.has_val else None,
-            "last_val_nll": hist["val_nll"][-1] if hist["val_nll"] else None,
-            "model_selection": "best val/nll" if b.has_val else "last weights (no validation split)",
+            "stopped_early": steps < state.total_steps,
+            "best_val_nll": (best[0] if len(best) == 1 else sum(best) / len(best)) if has_val else None,
+            "last_val_nll": history[0]["val_nll"][-1] if history[0]["val_nll"] else None,
+            "model_selection": "best val/nll" if has_val else "last weights (no validation split)",
             "n_train": len(data.train),
             "n_val": len(data.val),
             "n_test": len(data.test),
-            "parameters": sum(p.numel() for p in module.parameters()),
+            "parameters": sum(p[0].numel() for p in module.parameters()),
+            "stack": {"models": module.stack.size, "jobs": len(module.jobs), "members": len(models)},
         },
         "artifacts": artifacts,
     }
+    if len(models) > 1:
+        out["metrics_members"] = module.member_results[j]
+        out["train"]["members"] = history
+    if b.trainer.is_global_zero:
+        selected = selection.selected(module)
+        checkpoints.save_atomic({"state_dict": {k: v[models].cpu() for k, v in selected.items()},
+                                 "config": OmegaConf.to_container(spec.cfg, resolve=True)},
+                                spec.run_dir / "checkpoints" / checkpoints.BEST)
+        signals.enter("writing figures")
+        logger = b.loggers[j]
+        if logger:
+            logger.log_hyperparams(_flat_hparams(spec.cfg), {f"hp/{k}": v for k, v in metrics.items() if math.isfinite(v)})
+            artifacts["tensorboard"] = os.path.relpath(logger.log_dir, spec.run_dir)
+        if spec.cfg.get("figures", True):
+            artifacts.update(_figures(spec.cfg, _predictor(module, j, b.preps[j]), b.preps[j], module.test_curves[j],
+                                      spec.run_dir, logger, steps))
+        if logger:
+            logger.finalize("success")
+    return out
 
 
-def _figures(cfg, module, prep, curves, run_dir: Path, logger, step: int) -> dict[str, str]:
+def _predictor(module: Any, job: int, prep: Any):
+    """x in original units (numpy) -> a job's predictive distribution, for figures."""
+
+    @torch.no_grad()
+    def predict(x_orig):
+        models = torch.tensor(module.jobs[job].models, device=module.device)
+        dtype = next(module.parameters()).dtype
+        x = torch.as_tensor(prep.x_scaler(x_orig), dtype=dtype, device=module.device)
+        module.eval()
+        pred, _ = module.predictive(job, module(x.expand(len(models), *x.shape), models))
+        return pred
+
+    return predict
+
+
+def _figures(cfg, predict, prep, curves, run_dir: Path, logger, step: int) -> dict[str, str]:
     """Predictive-distribution and calibration figures: PNGs in the run directory and TensorBoard images."""
     import matplotlib.pyplot as plt
 
@@ -292,7 +363,7 @@ def _figures(cfg, module, prep, curves, run_dir: Path, logger, step: int) -> dic
     from densbench.figures import predictive_figure
 
     out = {}
-    figs = {"figure": ("predictive", predictive_figure(module.cpu(), prep, title=_title(cfg)))}
+    figs = {"figure": ("predictive", predictive_figure(predict, prep, title=_title(cfg)))}
     if curves:
         figs["calibration_figure"] = ("calibration", calibration_figure([curves], title=_title(cfg)))
     for key, (name, fig) in figs.items():
@@ -394,45 +465,84 @@ def _previous_checkpoint(run_dir: Path, key: dict[str, str]) -> dict | None:
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """The job boundary: every outcome ends in a result.json (rank 0), never in a lost sweep."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_group([JobSpec(cfg, Path(run_dir), _overrides(), _launcher())])[0]
+
+
+def run_group(specs: list[JobSpec]) -> list[dict[str, Any]]:
+    """Jobs that differ only in seed or data split, trained as stacks; each ends in its own result.json."""
     rank0 = _rank() == 0
-    with JobSignals() as signals, (resume.locked(run_dir, _say) if rank0 else nullcontext(False)):
-        signals.enter("checking the run directory")
-        start = time.perf_counter()
-        resolved, key, prov = run_key(cfg)
-        result: dict[str, Any] = {
-            "config": resolved, "config_hash": key["config_hash"], "labels": labels(cfg), "run_dir": str(run_dir),
-            "overrides": _overrides(), "provenance": prov,
-            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        try:
-            previous = _reusable(cfg, run_dir, key)
-            if previous is not None:
-                return previous
-            resume_from = _previous_checkpoint(run_dir, key) if cfg.get("resume", True) else None
-            result["resumed_from_step"] = (resume_from or {}).get("engine", {}).get("opt_steps")
-            out = train_and_test(cfg, run_dir, signals, key, resume_from)
-            result.update(status="ok", error=None, flags=flags(cfg, out), **out)
-        except Skipped as exc:
-            result.update(status="skipped", error=str(exc))
-        except (Interrupted, SystemExit) as exc:
-            # SystemExit: Lightning's SIGTERMException, raised between two chunks after its own handler ran
-            sig = exc.signum if isinstance(exc, Interrupted) else 15
-            stage = exc.stage if isinstance(exc, Interrupted) else "training"
-            kept = run_dir / "checkpoints" / checkpoints.LAST
-            note = f"kept {kept}" if kept.exists() else "nothing to keep yet"
-            result.update(status="interrupted", error=f"interrupted by {_signame(sig)} while {stage}; {note}; "
-                                                     "rerun the same command to resume")
+    with JobSignals() as signals, ExitStack() as held:
+        for spec in specs:
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
             if rank0:
-                _finish(result, run_dir, start)
-                _say(f"densbench: {result['error']}")
-            raise Interrupted(sig, stage) from None
-        except Exception as exc:  # noqa: BLE001 - the job boundary records every failure
-            _record_failure(result, exc, run_dir, rank0)
-        if rank0:
-            _finish(result, run_dir, start)
-    return result
+                held.enter_context(resume.locked(spec.run_dir, _say))
+        signals.enter("checking the run directories")
+        pending = [spec for spec in specs if not _prepare(spec)]
+        # jobs resumed from different steps (or started afresh) form separate stacks
+        by_step: dict[Any, list[JobSpec]] = {}
+        for spec in pending:
+            by_step.setdefault((spec.resume_from or {}).get("engine", {}).get("opt_steps"), []).append(spec)
+        for part in by_step.values():
+            _run_stack(part, signals, rank0)
+    return [spec.result for spec in specs]
+
+
+def _prepare(spec: JobSpec) -> bool:
+    """Fill in a job's key and result skeleton; True when an earlier result is reused as it is."""
+    cfg = spec.cfg
+    spec.start = time.perf_counter()
+    resolved, spec.key, prov = run_key(cfg)
+    spec.result = {
+        "config": resolved, "config_hash": spec.key["config_hash"], "labels": labels(cfg), "run_dir": str(spec.run_dir),
+        "overrides": spec.overrides, "launcher": spec.launcher, "provenance": prov,
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    previous = _reusable(cfg, spec.run_dir, spec.key)
+    if previous is not None:
+        spec.result = previous
+        return True
+    spec.resume_from = _previous_checkpoint(spec.run_dir, spec.key) if cfg.get("resume", True) else None
+    spec.result["resumed_from_step"] = (spec.resume_from or {}).get("engine", {}).get("opt_steps")
+    return False
+
+
+def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
+    """Train and test jobs as one stack; every job ends with its result.json, whatever happens."""
+    try:
+        try:
+            outs = train_and_test(specs, signals)
+        except NotStackable as exc:
+            _say(f"densbench: {len(specs)} jobs run one after the other, not as one stack: {exc}")
+            for spec in specs:
+                _run_stack([spec], signals, rank0)
+            return
+        for spec, out in zip(specs, outs):
+            if "diverged" in out:
+                spec.result.update(status="failed", error=f"Diverged: {out['diverged']}", error_kind="diverged")
+            else:
+                spec.result.update(status="ok", error=None, flags=flags(spec.cfg, out), **out)
+    except Skipped as exc:
+        for spec in specs:
+            spec.result.update(status="skipped", error=str(exc))
+    except (Interrupted, SystemExit) as exc:
+        # SystemExit: Lightning's SIGTERMException, raised between two chunks after its own handler ran
+        sig = exc.signum if isinstance(exc, Interrupted) else 15
+        stage = exc.stage if isinstance(exc, Interrupted) else "training"
+        for spec in specs:
+            kept = spec.run_dir / "checkpoints" / checkpoints.LAST
+            note = f"kept {kept}" if kept.exists() else "nothing to keep yet"
+            spec.result.update(status="interrupted", error=f"interrupted by {_signame(sig)} while {stage}; {note}; "
+                                                            "rerun the same command to resume")
+            if rank0:
+                _finish(spec)
+                _say(f"densbench: {spec.result['error']}")
+        raise Interrupted(sig, stage) from None
+    except Exception as exc:  # noqa: BLE001 - the job boundary records every failure
+        for spec in specs:
+            _record_failure(spec, exc, rank0)
+    if rank0:
+        for spec in specs:
+            _finish(spec)
 
 
 def _reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str]) -> dict | None:
@@ -452,26 +562,23 @@ def _reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str]) -> dict | Non
     return None
 
 
-def _record_failure(result: dict, exc: Exception, run_dir: Path, rank0: bool) -> None:
+def _record_failure(spec: JobSpec, exc: Exception, rank0: bool) -> None:
     from densbench.checks import Incompatible
     from densbench.errors import ConfigError, DataError
-    from densbench.module import Diverged
 
+    result = spec.result
     if isinstance(exc, Incompatible):  # a valid config whose parts do not fit: a sweep goes on without it
         result.update(status="skipped", error=f"incompatible: {exc}", error_kind="incompatible")
         return
     if isinstance(exc, (ConfigError, DataError)):
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_kind="invalid input")
         return
-    kind = "diverged" if isinstance(exc, Diverged) else type(exc).__name__
-    result.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_kind=kind, traceback=TRACEBACK_FILE)
+    result.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_kind=type(exc).__name__, traceback=TRACEBACK_FILE)
     if rank0:
         try:
-            (run_dir / TRACEBACK_FILE).write_text(traceback.format_exc())
+            (spec.run_dir / TRACEBACK_FILE).write_text("".join(traceback.format_exception(exc)))
         except OSError:
             pass
-        if isinstance(exc, Diverged):  # non-finite weights must not seed a rerun
-            (run_dir / "checkpoints" / checkpoints.LAST).unlink(missing_ok=True)
 
 
 def _overrides() -> list[str] | None:
@@ -481,16 +588,26 @@ def _overrides() -> list[str] | None:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
+def _launcher() -> str:
+    """The Hydra launcher that runs this job ("basic" when Hydra is not involved)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "basic"
+    return str(HydraConfig.get().runtime.choices.get("hydra/launcher", "basic"))
+
+
 def _signame(signum: int) -> str:
     import signal
 
     return signal.Signals(signum).name
 
 
-def _finish(result: dict, run_dir: Path, start: float) -> None:
-    result["wall_time_s"] = time.perf_counter() - start
+def _finish(spec: JobSpec) -> None:
+    result = spec.result
+    result["wall_time_s"] = time.perf_counter() - spec.start
     result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
-        write_json_atomic(run_dir / RESULT_FILE, result)
+        write_json_atomic(spec.run_dir / RESULT_FILE, result)
     except OSError as exc:  # a full disk: say so in one line instead of a traceback
-        _say(f"densbench: could not write {run_dir / RESULT_FILE}: {exc.strerror or exc}")
+        _say(f"densbench: could not write {spec.run_dir / RESULT_FILE}: {exc.strerror or exc}")

@@ -105,7 +105,7 @@ class Family:
         return d.mean.unsqueeze(-1), d.variance.unsqueeze(-1)
 
     def floor_hits(self, raw: Raw) -> Tensor:
-        """Number of spread outputs sitting on the positivity floor (collapsed variances)."""
+        """Spread outputs sitting on the positivity floor (collapsed variances): a count, per model of a stack."""
         raise NotImplementedError("a family with has_floor = True counts its floor hits")
 
     def reference(self, dist: Distribution) -> Any:

@@ -86,7 +86,7 @@ class Gaussian(Family):
 
     def distribution(self, raw: Raw, loc: Any = 0.0, scale: Any = 1.0):
         """Predictive Normal with batch shape [..., B] in original units."""
-        return D.Normal(loc + scale * raw["loc"][..., 0], scale * self.spread.std(raw["spread"][..., 0]))
+        return D.Normal(loc + scale * raw["loc"][..., 0], scale * self.spread.std(raw["spread"][..., 0]), validate_args=False)
 
     def nll_terms(self, raw: Raw, y: Tensor) -> Tensor:
         """Per-sample NLL, 1/2 log 2pi + 1/2 log v + (y - mu)^2 / (2v)."""
@@ -124,7 +124,7 @@ class Gaussian(Family):
         return stats.norm(dist.loc.numpy(), dist.scale.numpy())
 
     def floor_hits(self, raw: Raw) -> Tensor:
-        return self.spread.at_floor(raw["spread"]).sum()
+        return total(self.spread.at_floor(raw["spread"]))
 
 
 @ops.crps.register("torch.distributions.Normal")

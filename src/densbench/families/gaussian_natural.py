@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from densbench.errors import one_of, positive
-from densbench.families.base import Family, Raw, register, weighted_total
+from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, torch
 from densbench.ops import HALF_LOG_2PI
 from densbench.positivity import KINDS, Positivity
@@ -56,7 +56,7 @@ class GaussianNatural(Family):
 
     def distribution(self, raw: Raw, loc: Any = 0.0, scale: Any = 1.0):
         mu, v, _ = self._mean_var(raw)
-        return D.Normal(loc + scale * mu[..., 0], scale * v[..., 0].sqrt())
+        return D.Normal(loc + scale * mu[..., 0], scale * v[..., 0].sqrt(), validate_args=False)
 
     def expected_nll(self, raw: Raw, m: Tensor, s2: Tensor | float) -> Tensor:
         """Per-sample E_{t ~ N(m, s2)}[-log N(t | mu, v)]; s2 = 0 gives the NLL of the sample m."""
@@ -99,7 +99,7 @@ class GaussianNatural(Family):
         return mu, v
 
     def floor_hits(self, raw: Raw) -> Tensor:
-        return self.variance_map.at_floor(raw["spread"]).sum()
+        return total(self.variance_map.at_floor(raw["spread"]))
 
     def reference(self, dist: Any) -> Any:
         from scipy import stats

@@ -57,7 +57,7 @@ class GaussianUnit(Canonical):
     traits = frozenset({"natural", "crps"})
 
     def buffers(self) -> dict[str, Tensor]:
-        return {"dispersion": torch.ones(())}
+        return {"dispersion": torch.ones(1, 1, 1)}  # one per model of a stack: [N, 1, 1] against eta [N, B, 1]
 
     def residual(self, eta: Tensor, y: Tensor) -> Tensor:
         return eta - y
@@ -74,7 +74,7 @@ class GaussianUnit(Canonical):
 
     def distribution(self, raw: Raw, loc: Any = 0.0, scale: Any = 1.0):
         eta = raw["eta"][..., 0]
-        return D.Normal(loc + scale * eta, scale * raw["dispersion"].sqrt().expand(eta.shape))
+        return D.Normal(loc + scale * eta, scale * raw["dispersion"][..., 0].sqrt().expand(eta.shape), validate_args=False)
 
     def reference(self, dist: Any) -> Any:
         from scipy import stats
@@ -82,11 +82,12 @@ class GaussianUnit(Canonical):
         return stats.norm(dist.loc.numpy(), dist.scale.numpy())
 
     def training_statistics(self, raw: Raw, y: Tensor) -> dict[str, Tensor]:
-        resid = (y - raw["eta"]).double()
-        return {"squares": (resid * resid).sum(), "count": torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)}
+        resid = (y - raw["eta"]).double()  # [N, B, 1]: per model of the stack
+        return {"squares": (resid * resid).sum((-2, -1)), "count": torch.full((resid.shape[0],), float(resid.shape[-2]),
+                                                                             dtype=torch.float64, device=y.device)}
 
     def update_buffers(self, buffers: dict[str, Tensor], sums: dict[str, Tensor]) -> None:
-        buffers["dispersion"].fill_(float(sums["squares"] / sums["count"]))
+        buffers["dispersion"].copy_((sums["squares"] / sums["count"]).view_as(buffers["dispersion"]))
 
 
 @register

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from densbench import ops
 from densbench.errors import one_of, positive
-from densbench.families.base import Family, Raw, register, weighted_total
+from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, torch
 from densbench.positivity import KINDS, Positivity
 
@@ -79,7 +79,7 @@ class Laplace(Family):
         return raw["loc"], 2 * self.scale_map.value(raw["spread"]) ** 2
 
     def floor_hits(self, raw: Raw) -> Tensor:
-        return self.scale_map.at_floor(raw["spread"]).sum()
+        return total(self.scale_map.at_floor(raw["spread"]))
 
     def reference(self, dist: Any) -> Any:
         from scipy import stats

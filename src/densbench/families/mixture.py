@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from densbench.errors import one_of, positive
-from densbench.families.base import Family, Raw, register, weighted_total
+from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import torch
 from densbench.ops import HALF_LOG_2PI
 from densbench.positivity import KINDS, Positivity, Spread
@@ -104,4 +104,4 @@ class Mixture(Family):
         return total, {"logits": g_a, "loc": g_mu, "spread": g_raw}
 
     def floor_hits(self, raw: Raw) -> Tensor:
-        return self.spread.at_floor(raw["spread"]).sum()
+        return total(self.spread.at_floor(raw["spread"]))

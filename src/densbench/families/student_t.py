@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from densbench import ops
 from densbench.errors import ConfigError, one_of, positive
-from densbench.families.base import Family, Raw, register, weighted_total
+from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, F, torch
 from densbench.positivity import KINDS, Positivity
 
@@ -111,7 +111,7 @@ class StudentT(Family):
         return raw["loc"], torch.where(nu > 2, var, torch.full_like(var, math.inf))
 
     def floor_hits(self, raw: Raw) -> Tensor:
-        return self.scale_map.at_floor(raw["spread"]).sum()
+        return total(self.scale_map.at_floor(raw["spread"]))
 
     def reference(self, dist: Any) -> Any:
         from scipy import stats

@@ -1,0 +1,121 @@
+"""A Hydra launcher that trains the jobs of a multirun that differ only in replication keys as one stack.
+
+The jobs of a sweep are grouped by their resolved config with the replication keys (``replicate``:
+seed, data split) left out; each group of two or more trains in this process as one stack of models
+(densbench.run.run_group), and every job still gets its own run directory, result.json, events and
+figures. Groups of one, and groups whose data cannot stack, run as ordinary jobs. Hydra's own
+bookkeeping (the .hydra folder, callbacks) is done per job, as its basic launcher does.
+"""
+
+# no `from __future__ import annotations`: Hydra's plugin scan loads this module outside sys.modules,
+# where dataclasses cannot resolve string annotations
+import copy
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StackedLauncherConf:
+    _target_: str = "hydra_plugins.densbench_stacked_launcher.stacked_launcher.StackedLauncher"
+    # config keys whose values may differ within one stack (the replication axes of a sweep)
+    replicate: list[str] = field(default_factory=lambda: ["seed", "dataset.split", "dataset.seed"])
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="densbench")
+
+
+def _without(tree: Any, dotted: list[str]) -> Any:
+    """A copy of a nested dict without the dotted keys."""
+    tree = copy.deepcopy(tree)
+    for key in dotted:
+        node, parts = tree, key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+    return tree
+
+
+class StackedLauncher(Launcher):
+    """Groups a sweep's jobs by config (replication keys aside) and trains each group as one stack."""
+
+    def __init__(self, replicate: list[str]) -> None:
+        self.replicate = list(replicate)
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def _job(self, idx: int, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig, str]:
+        """(sweep config, task config, run directory) of one job, resolved as Hydra's run_job would."""
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        HydraConfig.instance().set_config(sweep_config)
+        run_dir = os.path.join(str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),
+                               str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")))
+        task_cfg = copy.deepcopy(sweep_config)
+        with open_dict(task_cfg):
+            del task_cfg["hydra"]
+        return sweep_config, task_cfg, run_dir
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from densbench.run import JobSpec, run_group
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        jobs = [(initial_job_idx + i, list(o), *self._job(initial_job_idx + i, o)) for i, o in enumerate(job_overrides)]
+        groups: dict[str, list[int]] = {}
+        for k, (_, _, _, task_cfg, _) in enumerate(jobs):
+            key = json.dumps(_without(OmegaConf.to_container(task_cfg, resolve=True), self.replicate), sort_keys=True, default=str)
+            groups.setdefault(key, []).append(k)
+        log.info(f"Launching {len(jobs)} jobs as {len(groups)} stack(s)")
+        done: dict[int, dict] = {}
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            print(f"densbench: training {len(members)} jobs as one stack: " + ", ".join(
+                " ".join(filter_overrides(jobs[k][1])) or "defaults" for k in members[:3]) + (" ..." if len(members) > 3 else ""),
+                file=sys.stderr, flush=True)
+            specs = [JobSpec(jobs[k][3], Path(jobs[k][4]), jobs[k][1], "stacked") for k in members]
+            for k, result in zip(members, run_group(specs)):
+                done[k] = result
+        returns = []
+        for k, (idx, overrides, sweep_config, _, _) in enumerate(jobs):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            # a stacked job already ran: Hydra's bookkeeping (output folder, .hydra files, callbacks) around its result
+            task = self.task_function if k not in done else _returning(done[k])
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=task, config=sweep_config,
+                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
+
+
+def _returning(result: dict):
+    """A task function that returns what a stacked job's run returned (its test NLL)."""
+
+    def task(cfg: DictConfig) -> float | None:
+        if result.get("status") != "ok":
+            print(f"densbench: {result.get('status')}: {result.get('error')}", file=sys.stderr)
+        return (result.get("metrics") or {}).get("nll")
+
+    return task

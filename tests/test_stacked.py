@@ -1,0 +1,194 @@
+"""Stacked training: jobs that differ only in seed or data split train as one stack of models and
+every job ends exactly as if it had run alone; deep ensembles are stacks scored as mixtures."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_cfg, run_cli
+from densbench.distributions import NormalMixture
+from densbench.ensemble import uniform_mixture
+from densbench.results import EXECUTION_METRICS
+from densbench.run import JobSpec, run_group, run_job
+from densbench.signals import Interrupted
+
+TESTS = str(Path(__file__).parent)
+F64 = ["trainer.precision=64-true", "logger=none", "figures=false"]
+# minibatches, early stopping and a short last period: every per-model mechanism is exercised
+LOOP = ["experiment=fast", "trainer.max_steps=90", "trainer.eval_every=20", "trainer.steps_per_call=7", "trainer.batch_size=32",
+        "trainer.early_stopping_patience=2", *F64]
+
+
+def _numbers(res):
+    return ({k: v for k, v in res["metrics"].items() if k not in EXECUTION_METRICS}, res["curves"],
+            {k: res["train"][k] for k in ("opt_steps", "best_val_nll", "last_val_nll", "stopped_early")})
+
+
+def _close(got, want, path="") -> None:
+    # a batched matmul and a single one may sum in different orders (BLAS picks kernels by batch
+    # size), so float64 results agree to rounding, not bit for bit
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), path
+        for k in want:
+            _close(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            _close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12, nan_ok=True), path
+    else:
+        assert got == want, path
+
+
+def _stacked_vs_alone(tmp_path, variants, *common):
+    cfgs = [make_cfg(*common, *v) for v in variants]
+    stacked = run_group([JobSpec(cfg, tmp_path / f"stack{i}", launcher="stacked") for i, cfg in enumerate(cfgs)])
+    alone = [run_job(cfg, tmp_path / f"alone{i}") for i, cfg in enumerate(cfgs)]
+    for s, a in zip(stacked, alone):
+        assert s["status"] == a["status"] == "ok", (s.get("error"), a.get("error"))
+        assert s["train"]["stack"]["models"] == len(variants) and a["train"]["stack"]["models"] == 1
+        _close(_numbers(s), _numbers(a))
+    return stacked, alone
+
+
+@pytest.mark.parametrize("grad", ["autograd", "analytic"])
+def test_seeds_stacked_train_exactly_as_alone(tmp_path, grad):
+    stacked, _ = _stacked_vs_alone(tmp_path, [["seed=0"], ["seed=1"], ["seed=2"]], *LOOP, f"grad={grad}")
+    assert len({s["metrics"]["nll"] for s in stacked}) == 3  # three different models
+
+
+@pytest.mark.parametrize("grad", ["autograd", "analytic"])
+def test_splits_stacked_train_exactly_as_alone(tmp_path, grad):
+    common = ["experiment=uci_boston", "trainer.max_epochs=4", "trainer.early_stopping_patience=1", f"grad={grad}", *F64]
+    stacked, _ = _stacked_vs_alone(tmp_path, [[f"dataset.split={i}"] for i in range(3)], *common)
+    assert len({tuple(s["curves"]["train_val_nll"]) for s in stacked}) == 3
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="batch-size-independent products come from MKL's reproducibility mode")
+def test_float32_stacks_train_bit_for_bit_as_alone(tmp_path):
+    # MKL_CBWR (set when densbench is imported) and the unfused Adam step round every element the
+    # same whatever the stack size: the acceptance sweep's float32 numbers are the basic launcher's
+    common = ["experiment=uci_boston", "trainer.max_epochs=6", "logger=none", "figures=false"]
+    cfgs = [make_cfg(*common, f"dataset.split={i}") for i in range(3)]
+    stacked = run_group([JobSpec(cfg, tmp_path / f"stack{i}") for i, cfg in enumerate(cfgs)])
+    for i, (s, cfg) in enumerate(zip(stacked, cfgs)):
+        assert _numbers(s) == _numbers(run_job(cfg, tmp_path / f"alone{i}"))
+
+
+def test_a_mixed_group_of_seeds_and_splits_and_a_mixture_head(tmp_path):
+    common = ["experiment=uci_concrete", "trainer.max_epochs=3", "loss=mdn", "head.components=3", *F64]
+    _stacked_vs_alone(tmp_path, [["dataset.split=0", "seed=0"], ["dataset.split=1", "seed=0"], ["dataset.split=0", "seed=5"]], *common)
+
+
+def test_a_diverging_model_fails_its_job_alone(tmp_path):
+    import sys
+
+    sys.path.insert(0, TESTS)  # the callback's module
+    poison = ["+callbacks.poison._target_=helpers.PoisonModel", "+callbacks.poison.model=1", "+callbacks.poison.step=14"]  # a chunk edge (7 steps a call)
+    cfgs = [make_cfg(*LOOP, f"seed={i}", *poison) for i in range(3)]
+    res = run_group([JobSpec(cfg, tmp_path / f"j{i}") for i, cfg in enumerate(cfgs)])
+    assert [r["status"] for r in res] == ["ok", "failed", "ok"]
+    assert res[1]["error_kind"] == "diverged" and "non-finite loss at optimisation step 14" in res[1]["error"]
+    # its neighbours trained on as if alone
+    for i in (0, 2):
+        _close(_numbers(res[i]), _numbers(run_job(make_cfg(*LOOP, f"seed={i}"), tmp_path / f"alone{i}")))
+
+
+def test_jobs_with_different_data_sizes_run_one_after_the_other(tmp_path, capsys):
+    cfgs = [make_cfg("experiment=fast", "logger=none"), make_cfg("experiment=fast", "logger=none", "dataset.max_train=100")]
+    res = run_group([JobSpec(cfg, tmp_path / f"j{i}") for i, cfg in enumerate(cfgs)])
+    assert [r["status"] for r in res] == ["ok", "ok"] and all(r["train"]["stack"]["models"] == 1 for r in res)
+    assert "2 jobs run one after the other, not as one stack: their splits differ in size" in capsys.readouterr().err
+
+
+def test_several_devices_and_a_stack_exclude_each_other(tmp_path):
+    res = run_job(make_cfg("experiment=fast", "trainer=ddp", "ensemble.members=2"), tmp_path)
+    assert res["status"] == "failed" and "exclude each other" in res["error"]
+
+
+def test_an_interrupted_stack_resumes_exactly_stacked_or_alone(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(TESTS)
+    marker = tmp_path / "marker"
+    sig = ["+callbacks.sig._target_=helpers.SignalAtStep", "+callbacks.sig.step=33", f"+callbacks.sig.marker={marker}"]
+    cfgs = [make_cfg(*LOOP, f"seed={s}", *sig) for s in (0, 1)]
+    marker.write_text("no signal")
+    ref = [run_job(cfg, tmp_path / f"ref{i}") for i, cfg in enumerate(cfgs)]
+    marker.unlink()
+    dirs = [tmp_path / f"run{i}" for i in range(2)]
+    with pytest.raises(Interrupted):
+        run_group([JobSpec(cfg, d) for cfg, d in zip(cfgs, dirs)])
+    for d in dirs:
+        assert json.loads((d / "result.json").read_text())["status"] == "interrupted"
+        assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["engine"]["opt_steps"] == 34
+    # job 0 goes on as part of a stack again, job 1 alone from its share of the stack's checkpoint
+    again = [run_group([JobSpec(cfgs[0], dirs[0])])[0], run_job(cfgs[1], dirs[1])]
+    for a, r in zip(again, ref):
+        assert a["status"] == "ok" and a["resumed_from_step"] == 34
+        _close(_numbers(a), _numbers(r))
+
+
+def test_an_ensemble_is_scored_as_the_mixture_of_its_members(tmp_path):
+    res = run_job(make_cfg("experiment=fast", "ensemble.members=3", *F64), tmp_path / "ens")
+    assert res["status"] == "ok" and res["train"]["stack"] == {"models": 3, "jobs": 1, "members": 3}
+    m, mm = res["metrics"], res["metrics_members"]
+    # a mixture's NLL is below its members' mean (Jensen), and each member starts from its own seed
+    assert m["nll"] < mm["nll"] and len(res["train"]["members"]) == 3
+    assert len({tuple(h["val_nll"]) for h in res["train"]["members"]}) == 3
+    # member m is the plain job with seed + 7919 m, selected on its own validation curve
+    alone = [run_job(make_cfg("experiment=fast", f"seed={7919 * i}", *F64), tmp_path / f"m{i}") for i in range(3)]
+    for member, one in zip(res["train"]["members"], alone):
+        _close(member["val_nll"], one["curves"]["train_val_nll"])
+    for name in ("nll", "crps", "rmse"):
+        assert mm[name] == pytest.approx(sum(a["metrics"][name] for a in alone) / 3, rel=1e-9)
+
+
+def test_uniform_mixture_keeps_every_component_and_weight():
+    g = torch.Generator().manual_seed(0)
+    normals = [torch.distributions.Normal(torch.randn(5, generator=g), torch.rand(5, generator=g) + 0.1) for _ in range(3)]
+    y = torch.randn(5, generator=g)
+    mix = uniform_mixture(normals)
+    assert isinstance(mix, NormalMixture)
+    expected = torch.logsumexp(torch.stack([d.log_prob(y) for d in normals]), 0) - math.log(3)
+    torch.testing.assert_close(mix.log_prob(y), expected)
+    mixtures = [NormalMixture(torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g), torch.rand(5, 2, generator=g) + 0.1)
+                for _ in range(2)]
+    both = uniform_mixture(mixtures)
+    assert both.loc.shape == (5, 4)
+    torch.testing.assert_close(both.log_prob(y), torch.logsumexp(torch.stack([d.log_prob(y) for d in mixtures]), 0) - math.log(2))
+    laplaces = [torch.distributions.Laplace(torch.randn(5, generator=g), torch.rand(5, generator=g) + 0.1) for _ in range(2)]
+    lmix = uniform_mixture(laplaces)
+    torch.testing.assert_close(lmix.log_prob(y), torch.logsumexp(torch.stack([d.log_prob(y) for d in laplaces]), 0) - math.log(2))
+
+
+@pytest.mark.parametrize("head", ["negbin", "glm"])
+def test_an_ensemble_needs_a_location_scale_or_mixture_head(tmp_path, head):
+    res = run_job(make_cfg("experiment=fast", "dataset=sine_poisson", f"head={head}", "ensemble.members=2"), tmp_path)
+    assert res["status"] == "skipped" and "needs a location-scale or mixture head" in res["error"]
+
+
+@pytest.mark.slow
+def test_the_stacked_launcher_trains_a_sweep_as_one_stack(tmp_path):
+    args = ["-m", "experiment=fast", "seed=0,1,2", "loss=nll,mdn", "figures=true", "trainer.precision=64-true",
+            f"report.dir={tmp_path}/rep"]
+    stacked = run_cli([*args, "launcher=stacked", f"hydra.sweep.dir={tmp_path}/stacked"], cwd=tmp_path)
+    assert stacked.returncode == 0, stacked.stderr[-3000:]
+    assert stacked.stderr.count("densbench: training 3 jobs as one stack") == 2  # one stack per loss
+    basic = run_cli([*args, f"hydra.sweep.dir={tmp_path}/basic"], cwd=tmp_path)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+
+    def results(root):
+        return {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / root).rglob("result.json")}
+
+    s, b = results("stacked"), results("basic")
+    assert sorted(s) == sorted(b) and len(s) == 6
+    for name in s:
+        run = tmp_path / "stacked" / name
+        assert s[name]["launcher"] == "stacked" and b[name]["launcher"] == "basic"
+        assert s[name]["train"]["stack"]["models"] == 3
+        assert (run / ".hydra" / "config.yaml").exists() and (run / "predictive.png").exists()
+        assert list((run / "tb").glob("events.out.tfevents.*"))
+        _close(_numbers(s[name]), _numbers(b[name]))
