@@ -22,8 +22,9 @@ from densbench.signals import Interrupted
 TESTS = str(Path(__file__).parent)
 # eval_every is not a multiple of steps_per_call: periods [0, 53), [53, 106), ... and chunks
 # [53, 103), [103, 106): step 75 lies inside a chunk
+# checkpoint_every_s=0: last.ckpt after every validation, so a kill finds the last period's state
 LOOP = ["experiment=fast", "trainer.max_steps=160", "trainer.eval_every=53", "trainer.steps_per_call=50",
-        "trainer.batch_size=32", "logger=none", "figures=false"]
+        "trainer.batch_size=32", "trainer.checkpoint_every_s=0", "logger=none", "figures=false"]
 
 
 def _signal_args(marker, sig="SIGINT", step=75):
@@ -183,6 +184,26 @@ def test_last_checkpoint_follows_every_period_not_only_the_best(tmp_path):
     assert state["engine"]["opt_steps"] == res["train"]["opt_steps"] == 160
     assert json.loads(state["engine"]["history"])[0]["step"] == [53, 106, 159, 160]  # one model's history
     assert len(res["curves"]["train_val_nll"]) == 4
+
+
+def test_checkpoints_after_validation_are_throttled_but_the_final_state_is_kept(tmp_path, monkeypatch):
+    from densbench import checkpoints
+
+    written = []
+    original = checkpoints.save_atomic
+
+    def save(obj, path):
+        if path.name == checkpoints.LAST:
+            written.append(obj["engine"]["opt_steps"])
+        return original(obj, path)
+
+    monkeypatch.setattr(checkpoints, "save_atomic", save)
+    every = [a for a in LOOP if not a.startswith("trainer.checkpoint_every_s")]
+    assert run_job(make_cfg(*every, "trainer.checkpoint_every_s=0"), tmp_path / "each")["status"] == "ok"
+    assert written == [53, 106, 159, 160]
+    written.clear()
+    res = run_job(make_cfg(*every, "trainer.checkpoint_every_s=1e9"), tmp_path / "throttled")
+    assert written == [160] and res["status"] == "ok"  # only the end of training
 
 
 def _csv(path, rows):

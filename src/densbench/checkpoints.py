@@ -9,6 +9,7 @@ be read back (empty, truncated, another version) is reported in one line and ign
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,22 +121,34 @@ def restore(module: Any, selection: Any, ckpt: dict[str, Any], optimizer: bool =
 
 
 class Checkpoints(pl.Callback):
-    """Writes each job's last.ckpt after every evaluation period (validation and selection done) and when
-    a run is interrupted between two steps. Only global rank zero writes."""
+    """Writes each job's last.ckpt after an evaluation period (validation and selection done) at most
+    every `every_s` seconds, at the end of training, and when a run is interrupted between two steps.
+    Only global rank zero writes."""
 
-    def __init__(self, directories: list[Path], selection: Any) -> None:
+    def __init__(self, directories: list[Path], selection: Any, every_s: float = 0.0) -> None:
         self.directories = [Path(d) for d in directories]
         self.selection = selection
+        # a stack of 20 jobs validated every epoch would otherwise spend half its training time
+        # writing checkpoints; an orderly interrupt writes one anyway, only a kill loses up to this much
+        self.every_s = float(every_s)
+        self._written, self._step = time.monotonic(), -1
 
     def save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         """Write the current training state of every job (rank zero)."""
         if trainer.is_global_zero:
             for state, directory in zip(job_states(pl_module, self.selection), self.directories):
                 save_atomic(state, directory / LAST)
+        self._written, self._step = time.monotonic(), pl_module.state.opt_steps
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         # runs after the period's validation and model selection
-        self.save(trainer, pl_module)
+        if time.monotonic() - self._written >= self.every_s:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # the final state, so a run stopped while testing or writing figures is not trained again
+        if pl_module.state.opt_steps != self._step:
+            self.save(trainer, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException

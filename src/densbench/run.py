@@ -235,7 +235,8 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False) -> Built:
                      class_targets=bool(getattr(family, "class_targets", False)))
 
     throughput = Throughput(stack.size)
-    callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection)]
+    callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection,
+                                                                  float(t.checkpoint_every_s))]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = pl.Trainer(
         accelerator=t.accelerator,

@@ -61,6 +61,7 @@ class StackedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        _compose_each_job_once(hydra_context.config_loader)
 
     def _job(self, idx: int, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig, str]:
         """(sweep config, task config, run directory) of one job, resolved as Hydra's run_job would."""
@@ -108,6 +109,29 @@ class StackedLauncher(Launcher):
                                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
+
+
+def _compose_each_job_once(loader: Any) -> None:
+    """Let the launcher take over the job configs the sweeper composed to validate the batch.
+
+    Hydra's sweeper composes every job of a batch to check it, discards the configs, and the
+    launcher composes them all again: about 0.1 s a job, more than a stacked job trains. The first
+    composition of an override list is kept and handed out once, to the launcher.
+    """
+    if getattr(loader, "_densbench_once", False):
+        return
+    compose, kept = loader.load_sweep_config, {}
+
+    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        key = (id(master_config), tuple(sweep_overrides))
+        if key in kept:
+            return kept.pop(key)
+        cfg = compose(master_config, sweep_overrides)
+        kept[key] = copy.deepcopy(cfg)
+        return cfg
+
+    loader.load_sweep_config = load_sweep_config
+    loader._densbench_once = True
 
 
 def _returning(result: dict):
