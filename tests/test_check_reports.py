@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("check")
-    proc = run_cli(["-m", "experiment=fast", "loss=nll,mdn", "logger=none", f"hydra.sweep.dir={tmp}/mr", f"report.dir={tmp}/rep"], cwd=tmp)
+    proc = run_cli(["-m", "experiment=fast", "loss=nll,mdn", "logger=none", f"hydra.sweep.dir={tmp}/mr"], cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return tmp / "rep" / "mr"
+    return tmp / "mr" / "report"
 
 
 def _check(report, *args):

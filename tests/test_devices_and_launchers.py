@@ -19,22 +19,22 @@ def _results(root):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 def test_gpu_job_is_skipped_and_the_sweep_goes_on(tmp_path):
-    proc = run_cli(["-m", "trainer=cpu,gpu", "experiment=fast", f"hydra.sweep.dir={tmp_path}/mr", f"report.dir={tmp_path}/rep"], cwd=tmp_path)
+    proc = run_cli(["-m", "trainer=cpu,gpu", "experiment=fast", f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     by_device = {r["labels"]["device"]: r for r in _results(tmp_path / "mr")}
     assert by_device["cpu"]["status"] == "ok"
     assert by_device["gpu"]["status"] == "skipped" and "needs 1 CUDA device(s); this machine has 0" in by_device["gpu"]["error"]
-    assert "| skipped | trainer.accelerator=gpu needs 1 CUDA device(s)" in (tmp_path / "rep" / "mr" / "report.md").read_text()
+    assert "| skipped | trainer.accelerator=gpu needs 1 CUDA device(s)" in (tmp_path / "mr" / "report" / "report.md").read_text()
 
 
 def test_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
     proc = run_cli(["-m", "loss=kl,nll", "experiment=fast", "launcher=parallel", "hydra.launcher.n_jobs=2",
-                    f"hydra.sweep.dir={tmp_path}/mr", f"report.dir={tmp_path}/rep"], cwd=tmp_path)
+                    f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = _results(tmp_path / "mr")
     assert sorted(r["labels"]["loss"] for r in results) == ["kl", "nll"]
     assert all(r["status"] == "ok" and r["config"]["trainer"]["threads"] == 1 for r in results)
-    assert (tmp_path / "rep" / "mr" / "report.md").exists()
+    assert (tmp_path / "mr" / "report" / "report.md").exists()
 
 
 def test_throughput_recorded_in_result_and_tensorboard(tmp_path):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def headline_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     proc = run_cli(
-        ["-m", "loss=kl,nll,mdn", "experiment=fast", "figures=true", f"hydra.sweep.dir={tmp}/multirun", f"report.dir={tmp}/reports"],
+        ["-m", "loss=kl,nll,mdn", "experiment=fast", "figures=true", f"hydra.sweep.dir={tmp}/multirun"],
         cwd=tmp,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,15 +64,15 @@ def test_tensorboard_events_have_the_tags(headline_sweep):
 
 def test_report_written_after_the_sweep(headline_sweep):
     tmp, _ = headline_sweep
-    report = tmp / "reports" / "multirun" / "report.md"
+    report = tmp / "multirun" / "report" / "report.md"
     text = report.read_text()
     assert "| hetero_sine | gaussian | kl |" in text and "| hetero_sine | mixture | nll |" in text
-    assert (tmp / "reports" / "multirun" / "summary.csv").read_text().count("\n") == 4
+    assert (tmp / "multirun" / "report" / "summary.csv").read_text().count("\n") == 4
 
 
 def test_a_loss_by_head_grid_runs_every_valid_pair_and_skips_the_rest(tmp_path):
     proc = run_cli(["-m", "experiment=fast", "logger=none", "loss=nll,beta_nll,crps,faithful",
-                    "head=gaussian,gaussian_natural,student_t,laplace", f"hydra.sweep.dir={tmp_path}/mr", f"report.dir={tmp_path}/rep"],
+                    "head=gaussian,gaussian_natural,student_t,laplace", f"hydra.sweep.dir={tmp_path}/mr"],
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")]
@@ -81,7 +81,7 @@ def test_a_loss_by_head_grid_runs_every_valid_pair_and_skips_the_rest(tmp_path):
     assert sum(r["status"] == "ok" for r in results) >= 12
     skipped = [k for k, r in status.items() if r["status"] == "skipped"]
     assert skipped == [("faithful", "gaussian_natural")] and "has none" in status[skipped[0]]["error"]
-    rows = list(csv.DictReader(open(tmp_path / "rep" / "mr" / "summary.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "mr" / "report" / "summary.csv")))
     assert sorted((r["loss"], r["head"]) for r in rows) == sorted(k for k, r in status.items() if r["status"] == "ok")
-    report = (tmp_path / "rep" / "mr" / "report.md").read_text()
+    report = (tmp_path / "mr" / "report" / "report.md").read_text()
     assert "| skipped | incompatible: loss=faithful trains a `loc` output by squared error; head=gaussian_natural has none |" in report

@@ -25,7 +25,7 @@ def test_one_job_diverges_one_raises_the_others_finish_and_a_rerun_resumes_only_
     def sweep(lrs, *extra, fail_at=1000000):
         # lr=1e30 diverges; the RaiseAtStep callback raises once its step is reached (40 steps per run)
         return run_cli(["-m", "experiment=fast", f"optimizer.lr={lrs}", "+callbacks.fail._target_=helpers.RaiseAtStep",
-                        f"+callbacks.fail.step={fail_at}", f"hydra.sweep.dir={tmp_path}/mr", f"report.dir={tmp_path}/rep", *extra],
+                        f"+callbacks.fail.step={fail_at}", f"hydra.sweep.dir={tmp_path}/mr", *extra],
                        cwd=tmp_path, env=env)
 
     first = sweep("1e-3,1e-2,1e30")
@@ -41,7 +41,7 @@ def test_one_job_diverges_one_raises_the_others_finish_and_a_rerun_resumes_only_
     raised = by_lr[2e-3][1]
     assert raised["status"] == "failed" and "injected failure after step 20" in raised["error"]
     assert "helpers.py" in (tmp_path / "mr" / by_lr[2e-3][0] / "traceback.txt").read_text()
-    report = (tmp_path / "rep" / "mr" / "report.md").read_text()
+    report = (tmp_path / "mr" / "report" / "report.md").read_text()
     assert "training diverged" in report and "injected failure" in report
 
     stamps = {name: r["finished"] for name, r in res.items()}

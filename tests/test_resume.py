@@ -275,7 +275,7 @@ def test_an_unwritable_output_directory_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_two_identical_sweeps_at_once_run_every_job_once(tmp_path):
     args = [sys.executable, "-m", "densbench", "-m", "experiment=fast", "seed=0,1", "trainer.max_steps=400",
-            f"hydra.sweep.dir={tmp_path}/mr", f"report.dir={tmp_path}/rep"]
+            f"hydra.sweep.dir={tmp_path}/mr"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -289,4 +289,4 @@ def test_two_identical_sweeps_at_once_run_every_job_once(tmp_path):
         assert len(writers) == 1, f"{run} was trained by {len(writers)} processes"
         assert _read(run)["status"] == "ok"
     err = outs[0][1] + outs[1][1]
-    assert err.count("densbench: reusing the finished result") == 2  # each job: one trained it, the other reused it
+    assert err.count("densbench: reused an earlier ok result:") == 2  # each job: one trained it, the other reused it

@@ -172,8 +172,7 @@ def test_an_ensemble_needs_a_location_scale_or_mixture_head(tmp_path, head):
 
 @pytest.mark.slow
 def test_the_stacked_launcher_trains_a_sweep_as_one_stack(tmp_path):
-    args = ["-m", "experiment=fast", "seed=0,1,2", "loss=nll,mdn", "figures=true", "trainer.precision=64-true",
-            f"report.dir={tmp_path}/rep"]
+    args = ["-m", "experiment=fast", "seed=0,1,2", "loss=nll,mdn", "figures=true", "trainer.precision=64-true"]
     stacked = run_cli([*args, "launcher=stacked", f"hydra.sweep.dir={tmp_path}/stacked"], cwd=tmp_path)
     assert stacked.returncode == 0, stacked.stderr[-3000:]
     assert stacked.stderr.count("densbench: training 3 jobs as one stack") == 2  # one stack per loss

@@ -136,10 +136,10 @@ def test_poisson_head_on_regression_or_negative_csv_targets_is_refused(tmp_path)
 @pytest.mark.slow
 def test_uci_protocol_runs_as_a_multirun_and_reports_published_figures(tmp_path):
     proc = run_cli(["-m", "experiment=uci_boston", "dataset.split=0,1", "trainer.max_epochs=3",
-                    f"hydra.sweep.dir={tmp_path}/mr", f"report.dir={tmp_path}/reports"], cwd=tmp_path)
+                    f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = [json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")]
     assert sorted(r["config"]["dataset"]["split"] for r in results) == [0, 1]
     assert all(r["status"] == "ok" and r["metrics"]["nll"] > 0 for r in results)
-    text = (tmp_path / "reports" / "mr" / "report.md").read_text()
+    text = (tmp_path / "mr" / "report" / "report.md").read_text()
     assert "## UCI benchmark beside published results" in text and "| PBP (published) | 20 | 3.01 ± 0.18 | 2.57 ± 0.09 |" in text

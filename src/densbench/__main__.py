@@ -15,15 +15,33 @@ from densbench.signals import Interrupted
 @hydra.main(config_path=config_dir(), config_name=CONFIG_NAME, version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
     """Hydra task function: one job, recorded in its run directory whatever happens."""
-    from densbench.run import run_job
+    single = HydraConfig.get().mode.name == "RUN"
+    if single:
+        refuse_bad_config(cfg)
+    from densbench.run import run_job  # torch and Lightning: seconds of imports
 
-    result = run_job(cfg, HydraConfig.get().runtime.output_dir)
-    status = result.get("status")
-    if status != "ok":
-        print(f"densbench: {status}: {result.get('error')}", file=sys.stderr)
-    if HydraConfig.get().mode.name == "RUN" and status != "ok":  # a sweep records it and goes on
+    result = run_job(cfg, HydraConfig.get().runtime.output_dir)  # announces its outcome in one line
+    if single and result.get("status") != "ok":  # a sweep records it and goes on
         sys.exit(1)
     return (result.get("metrics") or {}).get("nll")
+
+
+def refuse_bad_config(cfg: DictConfig) -> None:
+    """Exit with one line if the config is invalid or its parts do not fit, before torch is imported.
+
+    A sweep instead records such a job (failed, or skipped when incompatible) and goes on.
+    """
+    from densbench.checks import Incompatible, check_config
+    from densbench.errors import ConfigError
+
+    try:
+        check_config(cfg)
+    except Incompatible as exc:
+        print(f"densbench: incompatible: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except ConfigError as exc:
+        print(f"densbench: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def main() -> None:

@@ -133,7 +133,8 @@ def _check_trainer(cfg: DictConfig) -> None:
     positive("trainer.eval_every", t.eval_every, integer=True, allow_null=True)
     positive("trainer.steps_per_call", t.steps_per_call, integer=True)
     positive("trainer.early_stopping_patience", t.early_stopping_patience, integer=True, allow_null=True)
-    positive("trainer.threads", t.threads, integer=True)
+    if t.threads != "auto":
+        positive("trainer.threads", t.threads, integer=True)
     positive("trainer.flag_margin", t.flag_margin)
     positive("trainer.absurd_loss", t.absurd_loss)
     positive("trainer.devices", t.devices, integer=True)

@@ -31,12 +31,41 @@ def config_dir() -> str:
     raise FileNotFoundError(f"densbench configs not found in {packaged} or {repo}")
 
 
-def slug(text: str, limit: int = 80) -> str:
-    """A directory-safe name; long names keep a readable prefix and a short hash."""
-    s = re.sub(r"[^A-Za-z0-9=,._+-]+", "-", str(text)).strip("-") or "default"
-    if len(s) > limit:
-        s = s[: limit - 9] + "-" + hashlib.sha1(s.encode()).hexdigest()[:8]
-    return s
+NAME_LIMIT = 240  # characters of a run or sweep directory name (file systems allow 255 bytes)
+_ITEM_START = re.compile(r"(?:,|__)(?=[+~]?[A-Za-z_][\w.@/]*=)")  # a separator that begins another key=value
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9=,._+@\[\]-]+", "-", text).strip("-")
+
+
+def _shorten_value(item: str, keep: int = 12) -> str:
+    key, sep, value = item.partition("=")
+    if not sep or len(value) <= keep + 7:
+        return item
+    return f"{key}={value[:keep]}-{hashlib.sha1(value.encode()).hexdigest()[:6]}"
+
+
+def slug(text: str, limit: int = NAME_LIMIT, sep: str = ",") -> str:
+    """A directory-safe name of key=value items that keeps every key readable.
+
+    Short names stay as they are. A long one has its longest values cut to a prefix and a short hash,
+    one at a time, until it fits (to 12 characters, then if need be to 3); keys are never dropped, so
+    whatever varies in a sweep stays visible.
+    Only a name whose keys alone are too long ends in a hash of the rest.
+    """
+    items = [_safe(i) for i in _ITEM_START.split(str(text)) if _safe(i)] or ["default"]
+    for keep in (12, 3):  # first cut long values to a readable prefix, then any value to a stub
+        while len(sep.join(items)) > limit:
+            longest = max(range(len(items)), key=lambda i: len(items[i].partition("=")[2]))
+            shorter = _shorten_value(items[longest], keep)
+            if shorter == items[longest]:
+                break
+            items[longest] = shorter
+    name = sep.join(items)
+    if len(name) > limit:
+        name = name[: limit - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
 
 
 def command_overrides(argv: list[str] | None = None) -> list[str]:
@@ -60,7 +89,7 @@ def run_name(name: str | None) -> str:
     """`name` if given, else a slug of the command-line overrides."""
     if name not in (None, "", "None", "null"):
         return slug(name)
-    return slug(" ".join(command_overrides()).replace(" ", "__")) if command_overrides() else "default"
+    return slug("__".join(command_overrides()), sep="__") if command_overrides() else "default"
 
 
 def register_resolvers() -> None:

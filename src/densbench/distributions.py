@@ -10,12 +10,13 @@ exact up to a normaliser computed on a fine grid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal, constraints
+from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal, constraints, register_kl
 
 from densbench import ops
 from densbench.ops import HALF_LOG_2PI, INV_SQRT_PI, std_normal_cdf, std_normal_pdf
@@ -49,24 +50,71 @@ def _mixture_cdf(d: NormalMixture, y: Tensor) -> Tensor:
     return (d.weights * std_normal_cdf((y.unsqueeze(-1) - d.loc) / d.scale)).sum(-1)
 
 
+GRID_POINTS = 64  # CDF evaluations per batch entry for the first guesses of its quantiles
+CHUNK_ELEMENTS = 250_000  # entries x components evaluated at once: small enough to stay in the CPU's cache
+
+
 @ops.icdf.register(NormalMixture)
 def _mixture_icdf(d: NormalMixture, p: Tensor) -> Tensor:
-    # the mixture quantile lies between the smallest and largest component quantiles
-    comp = d.loc + d.scale * (math.sqrt(2.0) * torch.erfinv(2 * p.unsqueeze(-1) - 1))
-    lo, hi = comp.min(-1).values, comp.max(-1).values
-    k = d.loc.shape[-1]
-    n = d.loc.numel() // k
-    w, loc, scale = (t.reshape(n, k) for t in (d.weights, d.loc, d.scale))
+    """Quantiles: the CDF tabulated on a grid per batch entry gives every level its cell (an exact
+    bracket) and a first guess by inverse Hermite interpolation; safeguarded Newton steps finish."""
+    k, batch = d.loc.shape[-1], d.batch_shape
+    n = math.prod(batch)
+    shape = torch.broadcast_shapes(p.shape, batch)
+    pf = p.expand(shape).reshape(-1, n).t()  # [n, M]: the M levels asked of each batch entry
+    loc = d.loc.reshape(n, k)
+    inv = 1 / (d.scale.reshape(n, k) * math.sqrt(2.0))
+    # F(x) = sum_k w_k/2 erfc((m_k - x) c_k) and f(x) = sum_k w_k c_k/sqrt(pi) exp(-((m_k - x) c_k)^2)
+    cdf_w = 0.5 * d.weights.reshape(n, k)
+    pdf_w = 2 * cdf_w * inv * INV_SQRT_PI
+    out = torch.empty_like(pf)
+    rows = max(1, CHUNK_ELEMENTS // (pf.shape[1] * k))
+    for r in range(0, n, rows):
+        part = slice(r, r + rows)
+        out[part] = _mixture_quantile_rows(pf[part], loc[part], inv[part], cdf_w[part], pdf_w[part])
+    return out.t().reshape(shape)
 
-    def F(x: Tensor, idx: Tensor) -> Tensor:
-        row = idx % n
-        return (w[row] * std_normal_cdf((x.unsqueeze(-1) - loc[row]) / scale[row])).sum(-1)
 
-    def f(x: Tensor, idx: Tensor) -> Tensor:
-        row = idx % n
-        return (w[row] * std_normal_pdf((x.unsqueeze(-1) - loc[row]) / scale[row]) / scale[row]).sum(-1)
+def _mixture_quantile_rows(p: Tensor, loc: Tensor, inv: Tensor, cdf_w: Tensor, pdf_w: Tensor) -> Tensor:
+    n, m = p.shape
+    loc, inv, cdf_w, pdf_w = (t.unsqueeze(1) for t in (loc, inv, cdf_w, pdf_w))  # [n, 1, K]: broadcast over levels
 
-    return ops.solve_quantiles(F, f, p, lo, hi)
+    def cdf_pdf(x: Tensor) -> tuple[Tensor, Tensor]:  # x [n, L, 1]
+        t = (loc - x) * inv
+        return (cdf_w * torch.erfc(t)).sum(-1), (pdf_w * torch.exp(-(t * t))).sum(-1)
+
+    # the mixture's quantile at p lies between its components' smallest and largest quantiles at p
+    z = torch.erfinv(2 * torch.stack([p.min(1).values, p.max(1).values], -1) - 1).unsqueeze(-1)  # [n, 2, 1]
+    comp = loc + z / inv  # [n, 2, K]
+    lo, hi = comp[:, 0].min(-1).values, comp[:, 1].max(-1).values
+    grid = lo.unsqueeze(-1) + (hi - lo).unsqueeze(-1) * torch.linspace(0, 1, GRID_POINTS, dtype=p.dtype, device=p.device)
+    Fg, fg = cdf_pdf(grid.unsqueeze(-1))  # [n, G]
+    cell = torch.searchsorted(Fg, p.contiguous()).clamp(1, GRID_POINTS - 1)
+    x_lo, x_hi = grid.gather(1, cell - 1), grid.gather(1, cell)
+    x0 = _inverse_hermite(p, x_lo, x_hi, Fg.gather(1, cell - 1), Fg.gather(1, cell), fg.gather(1, cell - 1), fg.gather(1, cell))
+
+    def Ff(x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        if idx.numel() == n * m:  # every entry: broadcast instead of gathering the parameters
+            F, f = cdf_pdf(x.reshape(n, m, 1))
+            return F.reshape(-1), f.reshape(-1)
+        mu, c, a, b = packed.index_select(0, idx // m).unbind(1)  # one gather for the four parameters
+        t = (mu - x.unsqueeze(-1)) * c
+        return (a * torch.erfc(t)).sum(-1), (b * torch.exp(-(t * t))).sum(-1)
+
+    packed = torch.cat([loc, inv, cdf_w, pdf_w], 1)  # [n, 4, K]
+    return ops.solve_quantiles(Ff, p, x_lo, x_hi, x0=x0)
+
+
+def _inverse_hermite(p: Tensor, x0: Tensor, x1: Tensor, F0: Tensor, F1: Tensor, f0: Tensor, f1: Tensor) -> Tensor:
+    """x with F(x) ~ p inside [x0, x1], from F and its density at both ends: the cubic Hermite
+    interpolant of the inverse CDF (slopes 1/f), kept inside the cell (a flat CDF gives huge slopes)."""
+    dF = F1 - F0
+    u = ((p - F0) / dF).nan_to_num(0.5).clamp(0, 1)
+    u2, u3 = u * u, u * u * u
+    m0, m1 = dF / f0, dF / f1
+    x = (2 * u3 - 3 * u2 + 1) * x0 + (u3 - 2 * u2 + u) * m0 + (-2 * u3 + 3 * u2) * x1 + (u3 - u2) * m1
+    linear = x0 + u * (x1 - x0)
+    return torch.where(torch.isfinite(x) & (x >= x0) & (x <= x1), x, linear)
 
 
 def _a(m: Tensor, s: Tensor) -> Tensor:
@@ -159,7 +207,7 @@ class InverseSinePosterior(Distribution):
         self.grid_x = torch.linspace(lo, hi, grid, dtype=self.y.dtype, device=self.y.device)
         w = torch.full_like(self.grid_x, (hi - lo) / (grid - 1))
         w[0] = w[-1] = w[0] / 2
-        log_lik = self._log_lik(self.grid_x.unsqueeze(0))  # [N, G]
+        log_lik = self.log_lik(self.grid_x.unsqueeze(0))  # [N, G]
         self.log_norm = torch.logsumexp(log_lik + w.log(), dim=-1)  # [N]
         self.grid_w = torch.exp(log_lik - self.log_norm.unsqueeze(-1)) * w  # quadrature weights [N, G]
         super().__init__(batch_shape=self.y.shape, validate_args=False)
@@ -168,8 +216,10 @@ class InverseSinePosterior(Distribution):
         """The forward map g(x) = a sin(b x) + c x."""
         return self.amp * torch.sin(self.freq * x) + self.slope * x
 
-    def _log_lik(self, x: Tensor) -> Tensor:
-        y = self.y.unsqueeze(-1) if x.dim() == 2 else self.y
+    def log_lik(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(y | x), for this posterior's y (broadcast over a trailing node axis when x is 2-D) or given y."""
+        if y is None:
+            y = self.y.unsqueeze(-1) if x.dim() == 2 else self.y
         z = (y - self.curve(x)) / self.noise
         return -0.5 * z * z - HALF_LOG_2PI - math.log(self.noise)
 
@@ -200,6 +250,119 @@ class InverseSinePosterior(Distribution):
         n = int(np.prod(sample_shape)) if len(sample_shape) else 1
         idx = torch.multinomial(self.grid_w.clamp_min(0), n, replacement=True)  # [N, n]
         return self.grid_x[idx].T.reshape(*sample_shape, -1) if len(sample_shape) else self.grid_x[idx[:, 0]]
+
+
+PANEL_WIDTH, PANEL_NODES = 0.5, 16  # Gauss-Legendre panels for integrals over the posterior's support
+BUMP_PANEL, BUMP_REACH = 1.5, 6  # around a narrow component: panels 1.5 scales wide, 6 each side of its mean
+MATTERS = 1e-10  # a component whose bump changes the KL by less than this needs no panels of its own
+NODES_PER_CHUNK = 2_000_000  # rows x nodes evaluated at once
+CHECK_NODES, CHECK_TOL = 10, 1e-9  # the coarser rule that checks every row, and how far it may differ
+
+
+@lru_cache(maxsize=16)
+def legendre_panels(lo: float, hi: float, width: float, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of Gauss-Legendre rules of `nodes` points on panels of about `width` covering [lo, hi]."""
+    t, w = np.polynomial.legendre.leggauss(nodes)
+    edges = np.linspace(lo, hi, max(1, math.ceil((hi - lo) / width)) + 1)
+    half, mid = np.diff(edges)[:, None] / 2, (edges[:-1] + edges[1:])[:, None] / 2
+    return (mid + half * t).reshape(-1), (half * w).reshape(-1)
+
+
+def _panel_edges(p: InverseSinePosterior, loc: Tensor, scale: Tensor, matters: Tensor) -> Tensor:
+    """Sorted panel edges per row [N, E]: a uniform grid of PANEL_WIDTH, refined around narrow components that matter."""
+    base = torch.linspace(p.lo, p.hi, math.ceil((p.hi - p.lo) / PANEL_WIDTH) + 1, dtype=loc.dtype, device=loc.device)
+    steps = BUMP_PANEL * torch.arange(-BUMP_REACH, BUMP_REACH + 1, dtype=loc.dtype, device=loc.device)
+    bump = loc.unsqueeze(-1) + scale.unsqueeze(-1) * steps  # [N, K, S]
+    refine = matters & (BUMP_PANEL * scale < PANEL_WIDTH)
+    bump = torch.where(refine.unsqueeze(-1), bump, torch.full_like(bump, p.lo))  # unused edges: empty panels at lo
+    edges = torch.cat([base.expand(loc.shape[0], -1), bump.flatten(1)], 1).clamp(p.lo, p.hi)
+    return edges.sort(-1).values
+
+
+def _kl_on_edges(p: InverseSinePosterior, rows: Tensor, edges: Tensor, nodes: int, log_q: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """KL for `rows` by `nodes`-point Gauss-Legendre rules on the panels between edges [n, E]."""
+    t, gw = (torch.as_tensor(a, dtype=edges.dtype, device=edges.device) for a in np.polynomial.legendre.leggauss(nodes))
+    half, mid = (edges[:, 1:] - edges[:, :-1]).unsqueeze(-1) / 2, (edges[:, 1:] + edges[:, :-1]).unsqueeze(-1) / 2
+    x, w = (mid + half * t).flatten(1), (half * gw).flatten(1)  # [n, Q]; empty panels weigh 0
+    log_p = p.log_lik(x, p.y[rows].unsqueeze(-1))
+    log_p = log_p - torch.logsumexp(log_p + w.log(), -1, keepdim=True)
+    return (w * log_p.exp() * (log_p - log_q(x.T, rows).T)).sum(-1)
+
+
+def _kl_posterior_panels(p: InverseSinePosterior, loc: Tensor, scale: Tensor, matters: Tensor,
+                         log_q: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """KL per row by Gauss-Legendre panels, p normalised on the same nodes, checked by a coarser rule.
+
+    A prediction's narrow components give log q a curvature that wide panels miss: with panels of
+    1.5 component scales around each one that matters, the KL of a trained mdn_doc model agrees with
+    a 250-times finer rule to 2e-13, where the posterior's own 4001-point trapezoid grid erred by 2e-5.
+    Where q puts p's mass far in its components' tails, log q kinks where one tail takes over from
+    another; a row whose 10-node rule disagrees with the 16-node one is scored on the fine grid instead.
+    Components [N, K] are loc and scale; ``log_q(x, rows)`` is the log density of those rows'
+    predictions at nodes x [Q, len(rows)].
+    """
+    edges = _panel_edges(p, loc, scale, matters)
+    out = torch.empty_like(p.y)
+    step = max(1, NODES_PER_CHUNK // (edges.shape[1] * PANEL_NODES))
+    for part in torch.arange(p.y.shape[0], device=loc.device).split(step):
+        e = edges[part]
+        e = e[:, int((e == p.lo).sum(-1).min()) - 1:]  # edges at lo every row of the chunk has are empty panels
+        out[part] = _kl_on_edges(p, part, e, PANEL_NODES, log_q)
+        check = _kl_on_edges(p, part, e, CHECK_NODES, log_q)
+        doubt = part[(out[part] - check).abs() > CHECK_TOL * (1 + out[part].abs())]
+        if len(doubt):
+            out[doubt] = _kl_on_grid(InverseSinePosterior(p.y[doubt], p.lo, p.hi, p.amp, p.freq, p.slope, p.noise),
+                                     lambda x, doubt=doubt: log_q(x, doubt))
+    return out
+
+
+@register_kl(InverseSinePosterior, NormalMixture)
+def _kl_posterior_mixture(p: InverseSinePosterior, q: NormalMixture) -> Tensor:
+    """KL per row; a component matters if its bump moves the integral of p log q by more than MATTERS.
+
+    A bump of weight w on the rest of the mixture, q_rest, changes that integral by about
+    p(m) w / q_rest(m) at its mean m: trained MDNs park unused components, narrow and nearly
+    weightless, where they change nothing, and panels for those would cost time for nothing.
+    """
+    # in the posterior's precision (float64): float32 rounding of log q alone is ~1e-7 nats
+    q = NormalMixture(*(t.to(p.y.dtype) for t in (q.mixture_distribution.logits, q.loc, q.scale)))
+    loc, scale, w = (t.reshape(p.y.shape[0], -1) for t in (q.loc, q.scale, q.weights))
+    own = w / (scale * math.sqrt(2 * math.pi))
+    rest = (q.log_prob(loc.T).T.exp() - own).clamp_min(torch.finfo(loc.dtype).tiny)  # p, q of each row at its means
+    matters = p.log_prob(loc.T).T.exp() * w / rest > MATTERS
+    log_a = torch.log_softmax(q.mixture_distribution.logits.reshape(loc.shape), -1) - scale.log() - HALF_LOG_2PI
+    return _kl_posterior_panels(p, loc, scale, matters, lambda x, rows: _mixture_log_density(x, log_a[rows], loc[rows], 1 / scale[rows]))
+
+
+def _mixture_log_density(x: Tensor, log_a: Tensor, loc: Tensor, inv: Tensor) -> Tensor:
+    """log sum_k exp(log_a_k - ((x - m_k) inv_k)^2 / 2) at x [Q, n] for components [n, K], one component at a time.
+
+    Many nodes and few components: a [Q, n] pass per component runs faster than logsumexp over a
+    trailing axis of 5, which is what MixtureSameFamily.log_prob does.
+    """
+    terms = [log_a[:, k] - 0.5 * ((x - loc[:, k]) * inv[:, k]) ** 2 for k in range(loc.shape[1])]
+    top = torch.stack(terms).amax(0) if len(terms) > 1 else terms[0]
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return top + sum(torch.exp(t - top) for t in terms).log()
+
+
+@register_kl(InverseSinePosterior, Normal)
+def _kl_posterior_normal(p: InverseSinePosterior, q: Normal) -> Tensor:
+    q = Normal(q.loc.to(p.y.dtype), q.scale.to(p.y.dtype))
+    loc, scale = q.loc.reshape(-1, 1), q.scale.reshape(-1, 1)
+    return _kl_posterior_panels(p, loc, scale, torch.ones_like(loc, dtype=torch.bool),
+                                lambda x, rows: Normal(q.loc[rows], q.scale[rows]).log_prob(x))
+
+
+def _kl_on_grid(p: InverseSinePosterior, log_q: Callable[[Tensor], Tensor]) -> Tensor:
+    """KL on the posterior's own 4001-point trapezoid grid; ``log_q`` maps nodes [G, N] to q's log density."""
+    return (p.grid_w * (p.log_lik(p.grid_x.unsqueeze(0)) - p.log_norm.unsqueeze(-1) - log_q(p.grid_x.unsqueeze(-1).expand(-1, p.y.shape[0])).T)).sum(-1)
+
+
+@register_kl(InverseSinePosterior, Distribution)
+def _kl_posterior(p: InverseSinePosterior, q: Distribution) -> Tensor:
+    """KL(p || q) for any prediction on the posterior's own fine grid (its widths are not known here)."""
+    return _kl_on_grid(p, q.log_prob)
 
 
 @ops.quadrature.register(InverseSinePosterior)

@@ -191,41 +191,45 @@ cdf = Operation("cdf", _cdf_generic)
 # ------------------------------------------------------------------------------------------------
 
 
-def solve_quantiles(F: Callable[[Tensor, Tensor], Tensor], f: Callable[[Tensor, Tensor], Tensor], p: Tensor,
-                    lo: Tensor, hi: Tensor, max_iter: int = 200) -> Tensor:
-    """x with F(x) = p for every entry, given brackets F(lo) <= p <= F(hi).
+def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Tensor, lo: Tensor, hi: Tensor,
+                    x0: Tensor | None = None, max_iter: int = 200) -> Tensor:
+    """x with F(x) = p for every entry, given brackets F(lo) <= p <= F(hi) (and optionally first guesses x0).
 
-    ``F(x, idx)`` and ``f(x, idx)`` evaluate the CDF and density at points x for the entries with flat
-    indices idx. Newton steps x - (F(x) - p) / f(x) inside the bracket, which shrinks around the root
-    every step; a step that would leave it, is not finite, or is not at least half the previous step
+    ``Ff(x, idx)`` evaluates the CDF and the density at points x for the entries with flat indices
+    idx. Newton steps x - (F(x) - p) / f(x) inside the bracket, which shrinks around the root every
+    step; a step that would leave it, is not finite, or is not at least half the previous step
     (Newton bouncing between the modes of a mixture) is replaced by bisection (rtsafe of Numerical
     Recipes), so every entry converges at least as fast as bisection and quadratically near its root.
     Converged entries leave the active set, and the loop ends when none is left: accuracy is relative,
-    1e-10 in float64 and 1e-6 in float32.
+    1e-10 in float64 and two ulps in float32 (a component narrower than that must be resolved too).
     """
-    x = 0.5 * (lo + hi)
-    tol = 1e-10 if x.dtype == torch.float64 else 1e-6
+    x = 0.5 * (lo + hi) if x0 is None else x0
+    tol = 1e-10 if x.dtype == torch.float64 else 2 * torch.finfo(x.dtype).eps
+    # float32 resolves a CDF only to ~1e-7: where it equals p to a few ulps no step can do better,
+    # and in the tails (small density) the step criterion would leave such entries bisecting
+    resolved = 0.0 if x.dtype == torch.float64 else 4 * torch.finfo(x.dtype).eps
     shape = x.shape
-    x, lo, hi, p = (t.reshape(-1).clone() for t in (x, lo, hi, p.expand(shape)))
+    x, lo, hi, p = (t.expand(shape).reshape(-1).clone() for t in (x, lo, hi, p))
     active = torch.arange(x.numel(), device=x.device)
     xa, loa, hia, pa, last = x, lo, hi, p, (hi - lo).abs()
     for _ in range(max_iter):
-        gap = F(xa, active) - pa
+        F, f = Ff(xa, active)
+        gap = F - pa
         below = gap < 0
         loa, hia = torch.where(below, xa, loa), torch.where(below, hia, xa)
-        dx = gap / f(xa, active)
+        dx = gap / f
         newton = xa - dx
         use = (newton >= loa) & (newton <= hia) & (2 * dx.abs() <= last)  # False for NaN or infinite steps too
         new = torch.where(use, newton, 0.5 * (loa + hia))
         new = torch.where(gap == 0, xa, new)  # an exact root stays where it is
         last = (new - xa).abs()
         scale = 1 + new.abs()
-        done = (last <= tol * scale) | (hia - loa <= tol * scale)
+        done = (last <= tol * scale) | (hia - loa <= tol * scale) | (gap.abs() <= resolved)
         x[active] = new
-        keep = ~done
-        if not bool(keep.any()):
+        keep = (~done).nonzero().squeeze(1)
+        if not len(keep):
             break
-        active, xa, loa, hia, pa, last = active[keep], new[keep], loa[keep], hia[keep], pa[keep], last[keep]
+        active, xa, loa, hia, pa, last = (t.index_select(0, keep) for t in (active, new, loa, hia, pa, last))
     return x.reshape(shape)
 
 
@@ -267,18 +271,13 @@ def solve_pointwise(dist: Distribution, p: Tensor, lo: Tensor, hi: Tensor) -> Te
     """Quantiles of a [*batch] distribution at levels p [L, *batch], from brackets of the same shape."""
     # a generic distribution is evaluated on the whole grid, converged entries held at a valid point
 
-    def F(x: Tensor, active: Tensor) -> Tensor:
-        return cdf(dist, _fill(x, active)).reshape(-1)[active]
-
-    def f(x: Tensor, active: Tensor) -> Tensor:
-        return dist.log_prob(_fill(x, active)).exp().reshape(-1)[active]
-
-    def _fill(x: Tensor, active: Tensor) -> Tensor:
+    def Ff(x: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
         full = lo.reshape(-1).clone()
         full[active] = x
-        return full.reshape(p.shape)
+        full = full.reshape(p.shape)
+        return cdf(dist, full).reshape(-1)[active], dist.log_prob(full).exp().reshape(-1)[active]
 
-    return solve_quantiles(F, f, p, lo, hi)
+    return solve_quantiles(Ff, p, lo, hi)
 
 
 icdf = Operation("icdf", _icdf_generic)

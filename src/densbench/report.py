@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from densbench.atomic import replacing, save_figure, write_text
+from densbench.progress import sweep_table
 from densbench.results import RESULT_FILE, scan_results
 
 GROUP_KEYS = ("dataset", "head", "loss", "grad", "device")
@@ -440,6 +441,11 @@ def _copy(src: Path, dst: Path) -> None:
         f.write(src.read_bytes())
 
 
+def report_dir(sweep_dir: Path, configured: str | None) -> Path:
+    """Where a sweep's report goes: `report.dir` when set, else <sweep dir>/report."""
+    return Path(configured) if configured not in (None, "", "None", "null") else Path(sweep_dir) / "report"
+
+
 class SweepReport(Callback):
     """Hydra callback: after a multirun, write the report and make the exit status say if jobs failed."""
 
@@ -449,9 +455,12 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         results, skipped = scan_results(sweep_dir)
-        if config.get("report", {}).get("enabled", True):
-            out = Path(config.report.dir) / sweep_dir.name
-            written = write_report(sweep_dir, out)
+        ran_here = sorted(((str(_rel(p, sweep_dir)), r) for p, r in results), key=lambda pr: pr[0])
+        if ran_here:
+            print("densbench: sweep results\n" + sweep_table(ran_here), file=sys.stderr)
+        report = config.get("report") or {}
+        if report.get("enabled", True):
+            written = write_report(sweep_dir, report_dir(sweep_dir, report.get("dir")))
             print(f"densbench: report written to {written.path}")
         for path, why in skipped:
             print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)
@@ -473,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     """Rebuild a report: python -m densbench.report SWEEP_DIR [--out DIR] [--title T]."""
     parser = argparse.ArgumentParser(prog="python -m densbench.report", description=main.__doc__)
     parser.add_argument("sweep_dir", help="a multirun directory (or any folder holding result.json files)")
-    parser.add_argument("--out", default=None, help="output folder (default: reports/<sweep dir name>)")
+    parser.add_argument("--out", default=None, help="output folder (default: <sweep dir>/report)")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
@@ -481,8 +490,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{sweep} is not a directory")
     if not any(sweep.rglob(RESULT_FILE)):
         parser.error(f"no result.json under {sweep}")
-    out = Path(args.out) if args.out else Path("reports") / sweep.resolve().name
-    written = write_report(sweep, out, args.title)
+    written = write_report(sweep, report_dir(sweep, args.out), args.title)
     print(written.path)
     for path, why in written.skipped:
         print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from densbench import checkpoints, provenance, resume
+from densbench import checkpoints, progress, provenance, resume
 from densbench.atomic import save_figure
 from densbench.results import RESULT_FILE, config_hash, read_result, write_json_atomic
 from densbench.signals import Interrupted, JobSignals
@@ -140,6 +140,18 @@ def _check_device(cfg: DictConfig, stacked: bool) -> None:
         )
 
 
+AUTO_THREADS_MIN_ROWS = 2048  # below this many rows per step (all models of a stack) a second thread costs more than it gains
+
+
+def threads(setting: Any, rows_per_step: int) -> int:
+    """torch threads for a job: the configured number, or for `auto` all usable cores on steps of at
+    least AUTO_THREADS_MIN_ROWS rows and one thread on smaller ones (measured: README, Speed)."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if rows_per_step >= AUTO_THREADS_MIN_ROWS else 1
+
+
 def member_seeds(cfg: DictConfig) -> list[int]:
     """The seeds of a job's models: its own, then one per further ensemble member."""
     members = int(cfg.get("ensemble", {}).get("members", 1))
@@ -162,7 +174,7 @@ class Built:
     batch_size: int | None
 
 
-def build(specs: list[JobSpec], keep_step_losses: bool = False) -> Built:
+def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: Any = None) -> Built:
     """Check the configs, load every job's data and wire one stack: module, data module, callbacks, trainer."""
     import lightning.pytorch as pl
     from hydra.utils import instantiate
@@ -181,7 +193,6 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False) -> Built:
     _check_device(cfg, stacked=len(specs) > 1 or len(seeds[0]) > 1)
     _quiet_lightning()
     t = cfg.trainer
-    torch.set_num_threads(int(t.threads))
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
 
     dtype = "float64" if str(t.precision).startswith("64") else "float32"
@@ -202,6 +213,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False) -> Built:
     n_train = len(datas[0].train)
     world = int(t.devices) * int(t.num_nodes)
     batch = None if t.batch_size is None or int(t.batch_size) >= n_train else int(t.batch_size)
+    torch.set_num_threads(threads(t.threads, (batch or n_train) * stack.size // world))
     total, eval_every = _steps(cfg, steps_per_pass(n_train, batch))
     # DDP synchronises gradients inside Lightning's backward: one optimisation step per call
     per_call = 1 if world > 1 else min(int(t.steps_per_call), eval_every)
@@ -237,6 +249,13 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False) -> Built:
     throughput = Throughput(stack.size)
     callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection,
                                                                   float(t.checkpoint_every_s))]
+    if clock is not None:
+        from densbench.timing import Timing
+
+        callbacks.append(Timing(clock))
+    from densbench.progress_bar import Progress
+
+    callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = pl.Trainer(
         accelerator=t.accelerator,
@@ -261,8 +280,11 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False) -> Built:
 
 def train_and_test(specs: list[JobSpec], signals: JobSignals) -> list[dict[str, Any]]:
     """Train one stack and test every job; returns each job's metrics, curves and run facts for result.json."""
+    from densbench.timing import JobClock
+
+    clock = JobClock()
     signals.enter("loading data")
-    b = build(specs)
+    b = build(specs, clock=clock)
     module, dm, trainer, selection, state = b.module, b.datamodule, b.trainer, b.selection, b.module.state
     signals.enter("training", deferred=True)
     resumed = all(s.resume_from is not None for s in specs)
@@ -276,10 +298,10 @@ def train_and_test(specs: list[JobSpec], signals: JobSignals) -> list[dict[str, 
     signals.enter("testing")
     module.load_weights(selection.selected(module))
     trainer.test(module, datamodule=dm, verbose=False)
-    return [_job_out(specs[j], j, b, signals) for j in range(len(specs))]
+    return [_job_out(specs[j], j, b, signals, clock) for j in range(len(specs))]
 
 
-def _job_out(spec: JobSpec, j: int, b: Built, signals: JobSignals) -> dict[str, Any]:
+def _job_out(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Any) -> dict[str, Any]:
     """One job's share of a trained and tested stack: what result.json records, and its files."""
     module, state, selection, data = b.module, b.module.state, b.selection, b.datas[j]
     models = module.jobs[j].models
@@ -317,6 +339,7 @@ def _job_out(spec: JobSpec, j: int, b: Built, signals: JobSignals) -> dict[str, 
             "n_test": len(data.test),
             "parameters": sum(p[0].numel() for p in module.parameters()),
             "stack": {"models": module.stack.size, "jobs": len(module.jobs), "members": len(models)},
+            "threads": torch.get_num_threads(),
         },
         "artifacts": artifacts,
     }
@@ -333,11 +356,13 @@ def _job_out(spec: JobSpec, j: int, b: Built, signals: JobSignals) -> dict[str, 
         if logger:
             logger.log_hyperparams(_flat_hparams(spec.cfg), {f"hp/{k}": v for k, v in metrics.items() if math.isfinite(v)})
             artifacts["tensorboard"] = os.path.relpath(logger.log_dir, spec.run_dir)
+        figures_started = time.perf_counter()
         if spec.cfg.get("figures", True):
             artifacts.update(_figures(spec.cfg, _predictor(module, j, b.preps[j]), b.preps[j], module.test_curves[j],
                                       spec.run_dir, logger, steps))
         if logger:
             logger.finalize("success")
+        out["timing"] = clock.summary(figures_s=time.perf_counter() - figures_started)
     return out
 
 
@@ -544,6 +569,7 @@ def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
     if rank0:
         for spec in specs:
             _finish(spec)
+            progress.announce(spec.result, spec.run_dir)
 
 
 def _reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str]) -> dict | None:
@@ -555,7 +581,8 @@ def _reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str]) -> dict | Non
         return None
     reuse, why = resume.reuse_verdict(previous, key)
     if reuse:
-        _say(f"densbench: reusing the finished result in {run_dir} (resume=false reruns it)")
+        if _rank() == 0:
+            progress.announce(previous, run_dir, reused=True)
         previous["resumed"] = "reused: result.json is ok for this config, code and data"
         return previous
     if why and previous and previous.get("status") == "ok":

@@ -94,9 +94,10 @@ class StackedLauncher(Launcher):
         for members in groups.values():
             if len(members) < 2:
                 continue
-            print(f"densbench: training {len(members)} jobs as one stack: " + ", ".join(
-                " ".join(filter_overrides(jobs[k][1])) or "defaults" for k in members[:3]) + (" ..." if len(members) > 3 else ""),
-                file=sys.stderr, flush=True)
+            shared = set.intersection(*(set(jobs[k][1]) for k in members))
+            differing = [" ".join(o for o in filter_overrides(jobs[k][1]) if o not in shared) for k in members]
+            print(f"densbench: training {len(members)} jobs as one stack: " + ", ".join(differing[:4])
+                  + (f", ... ({len(members) - 4} more)" if len(members) > 4 else ""), file=sys.stderr, flush=True)
             specs = [JobSpec(jobs[k][3], Path(jobs[k][4]), jobs[k][1], "stacked") for k in members]
             for k, result in zip(members, run_group(specs)):
                 done[k] = result
@@ -138,8 +139,6 @@ def _returning(result: dict):
     """A task function that returns what a stacked job's run returned (its test NLL)."""
 
     def task(cfg: DictConfig) -> float | None:
-        if result.get("status") != "ok":
-            print(f"densbench: {result.get('status')}: {result.get('error')}", file=sys.stderr)
         return (result.get("metrics") or {}).get("nll")
 
     return task

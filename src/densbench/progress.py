@@ -1,0 +1,114 @@
+"""The lines a user reads: the one that ends every run, a sweep's job count and closing table.
+
+Torch-free (the sweep side runs in Hydra callbacks); the progress bar of a training is in
+progress_bar.py. Every run ends with one line of its key test metrics and its run directory; a
+sweep counts its finished jobs and ends with a compact table.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from densbench.results import read_result
+
+KEY_METRICS = ("nll", "crps", "rmse", "accuracy")
+TABLE_ROWS = 40  # a sweep's closing table lists at most this many runs (the report has them all)
+
+
+def is_terminal() -> bool:
+    """Whether stderr (where densbench talks) is an interactive terminal."""
+    return sys.stderr.isatty()
+
+
+def say(line: str) -> None:
+    """One line to stderr, flushed."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def duration(seconds: float) -> str:
+    """Seconds as '12.3 s' or '4.5 min'."""
+    seconds = max(0.0, seconds)
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """The key test metrics of a result, as 'nll 0.5301  crps 0.2279 ...'."""
+    parts = []
+    for name in KEY_METRICS:
+        value = metrics.get(name)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{name} {value:.4g}")
+    return "  ".join(parts)
+
+
+def run_line(result: dict[str, Any], run_dir: str | Path, reused: bool = False) -> str:
+    """The one line that ends a run: status, key test metrics (or the error), wall time, run directory."""
+    status = result.get("status", "?")
+    if status == "ok":
+        what = metrics_text(result.get("metrics") or {})
+        took = "" if reused else f"  in {duration(result.get('wall_time_s', 0.0))}"
+        head = "reused an earlier ok result:" if reused else "ok"
+        return f"densbench: {head}  {what}{took}  ->  {run_dir}"
+    return f"densbench: {status}: {result.get('error')}  ->  {run_dir}"
+
+
+def announce(result: dict[str, Any], run_dir: str | Path, reused: bool = False) -> None:
+    """Print a run's closing line."""
+    say(run_line(result, run_dir, reused))
+
+
+def sweep_size(task_overrides: list[str], sweeper_params: dict[str, Any] | None) -> int | None:
+    """How many jobs a basic-sweeper multirun of these overrides has (None if it cannot be told)."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create()
+        counts: dict[str, int] = {}
+        params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
+        for override in parser.parse_overrides(params) + parser.parse_overrides(list(task_overrides)):
+            key = override.get_key_element()
+            counts[key] = len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+        return math.prod(counts.values())
+    except Exception:  # noqa: BLE001 - a count is a nicety, never a reason to fail a sweep
+        return None
+
+
+def sweep_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """A compact table of a sweep's runs: name, status, key metrics, wall time."""
+    names = [name for name, _ in rows[:TABLE_ROWS]]
+    width = min(max((len(n) for n in names), default=3), 60)
+    lines = []
+    for name, res in rows[:TABLE_ROWS]:
+        shown = name if len(name) <= width else "..." + name[-(width - 3):]
+        status = res.get("status", "?")
+        what = metrics_text(res.get("metrics") or {}) if status == "ok" else str(res.get("error") or "")[:80]
+        lines.append(f"  {shown:<{width}}  {status:<11}  {what}")
+    if len(rows) > TABLE_ROWS:
+        lines.append(f"  ... and {len(rows) - TABLE_ROWS} more runs (all in the report)")
+    return "\n".join(lines)
+
+
+class SweepProgress(Callback):
+    """Hydra callback: after every job of a multirun, how many of how many are done, by status."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        params = config.hydra.sweeper.get("params")
+        self.total = sweep_size(list(config.hydra.overrides.task), OmegaConf.to_container(params) if params else None)
+        self.counts: dict[str, int] = {}
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if not hasattr(self, "counts") or config.hydra.mode.name != "MULTIRUN":
+            return
+        result = read_result(Path(config.hydra.runtime.output_dir)) or {}
+        status = result.get("status", "failed")
+        self.counts[status] = self.counts.get(status, 0) + 1
+        done = sum(self.counts.values())
+        of = f"/{self.total}" if self.total else ""
+        tally = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        say(f"densbench: [{done}{of}] jobs done: {tally}")

@@ -1,0 +1,132 @@
+"""The fast evaluation routes against slow independent references: mixture quantiles against
+bisection on scipy's normal CDF, the KL to the MDN document's posterior against a much finer rule."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import ndtr, ndtri
+
+from densbench import ops
+from densbench.distributions import InverseSinePosterior, NormalMixture, legendre_panels
+
+F64 = torch.float64
+
+
+def sharp_mixtures(n: int, k: int = 5, dtype=F64, seed: int = 0) -> NormalMixture:
+    """Mixtures with well separated, very unequal and very narrow components: Newton's hard cases."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 4 * torch.randn(n, k, generator=g, dtype=F64)
+    loc = 10 * torch.randn(n, k, generator=g, dtype=F64)
+    scale = torch.exp(3 * torch.randn(n, k, generator=g, dtype=F64) - 2)
+    return NormalMixture(logits.to(dtype), loc.to(dtype), scale.to(dtype))
+
+
+def bisection_quantiles(d: NormalMixture, p: np.ndarray) -> np.ndarray:
+    """Quantiles [L, N] by 200 bisections of the mixture CDF written with scipy's ndtr."""
+    w, m, s = (t.double().numpy()[None] for t in (d.weights, d.loc, d.scale))  # [1, N, K]
+    lo = np.full(p.shape, (m - 40 * s).min()) * np.ones_like(p)
+    hi = np.full(p.shape, (m + 40 * s).max()) * np.ones_like(p)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        below = (w * ndtr((mid[..., None] - m) / s)).sum(-1) < p
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def test_mixture_quantiles_equal_bisection_to_1e_10():
+    d = sharp_mixtures(300)
+    levels = torch.cat([torch.tensor([1e-9, 1e-4]), torch.linspace(0.005, 0.995, 60), torch.tensor([1 - 1e-4])]).double()
+    q = ops.quantile(d, levels)  # [L, N]
+    ref = bisection_quantiles(d, levels.numpy()[:, None] * np.ones((1, 300)))
+    scale = np.maximum(1.0, np.abs(ref))
+    assert np.max(np.abs(q.numpy() - ref) / scale) < 1e-10
+    # and the CDF there is the level asked for (to 1e-10 relative in x times densities up to ~e^8)
+    assert torch.allclose(ops.cdf(d, q), levels[:, None].expand_as(q), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("p_shape", [(7, 4, 3), (1, 4, 3), (4, 3)])
+def test_mixture_quantiles_take_levels_of_any_broadcastable_shape(p_shape):
+    base = sharp_mixtures(12, seed=1)
+    d = NormalMixture(base.mixture_distribution.logits.reshape(4, 3, 5), base.loc.reshape(4, 3, 5), base.scale.reshape(4, 3, 5))
+    p = torch.rand(p_shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    q = ops.icdf(d, p)
+    assert q.shape == torch.broadcast_shapes(p_shape, (4, 3))
+    assert torch.allclose(ops.cdf(d, q), p.expand_as(q), rtol=0, atol=1e-8)
+    lone = ops.icdf(NormalMixture(d.mixture_distribution.logits[1, 2], d.loc[1, 2], d.scale[1, 2]), p[..., 1, 2])
+    assert torch.allclose(q[..., 1, 2], lone, rtol=1e-10, atol=0)  # an entry's answer does not depend on its batch
+
+
+def test_a_mixture_with_one_component_has_the_normal_quantile():
+    loc, scale = torch.tensor([[0.3], [-2.0]], dtype=F64), torch.tensor([[1e-3], [40.0]], dtype=F64)
+    d = NormalMixture(torch.zeros(2, 1, dtype=F64), loc, scale)
+    p = torch.tensor([[1e-12], [0.5], [0.975], [1 - 1e-12]], dtype=F64).expand(4, 2)
+    # scipy's ndtri, not torch's Normal.icdf, which rounds 2p - 1 and so loses the far tails
+    expected = loc.squeeze(-1) + scale.squeeze(-1) * torch.from_numpy(ndtri(p.numpy()))
+    assert torch.allclose(ops.icdf(d, p), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_mixture_quantiles_match_float64_to_float32_resolution():
+    d64 = sharp_mixtures(200, seed=3)
+    d32 = NormalMixture(d64.mixture_distribution.logits.float(), d64.loc.float(), d64.scale.float())
+    levels = torch.linspace(0.01, 0.99, 99, dtype=F64)
+    q32 = ops.quantile(d32, levels.float())
+    # the level lies between the float64 CDF a few float32 ulps either side of the float32 answer: a
+    # component narrower than an ulp of its location makes the CDF jump there, and no float32 x does better
+    ulps = 4 * q32.abs().clamp_min(1e-30) * torch.finfo(torch.float32).eps
+    below, above = ops.cdf(d64, (q32 - ulps).double()), ops.cdf(d64, (q32 + ulps).double())
+    p = levels[:, None].expand_as(below)
+    assert torch.all(below - 1e-5 <= p) and torch.all(p <= above + 1e-5)
+
+
+def fine_kl(p: InverseSinePosterior, q: torch.distributions.Distribution) -> torch.Tensor:
+    """KL(p || q) with uniform panels a hundred times narrower than the fast rule's."""
+    x, w = (torch.as_tensor(a, dtype=F64) for a in legendre_panels(p.lo, p.hi, 0.005, 24))
+    log_p = p.log_lik(x.unsqueeze(0))
+    log_p = log_p - torch.logsumexp(log_p + w.log(), -1, keepdim=True)
+    log_q = q.log_prob(x.unsqueeze(-1).expand(-1, p.y.shape[0])).T
+    return (w * log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+@pytest.mark.parametrize("narrowest", [0.02, 0.1, 0.3])
+def test_kl_to_the_posterior_matches_a_much_finer_rule_and_beats_the_old_grid(narrowest):
+    g = torch.Generator().manual_seed(4)
+    y = torch.linspace(-9, 9, 40, dtype=F64)
+    post = InverseSinePosterior(y)
+    logits, loc, width = (torch.randn(40, 5, generator=g, dtype=F64), 6 * torch.randn(40, 5, generator=g, dtype=F64),
+                          torch.rand(40, 5, generator=g, dtype=F64))
+    for q in (NormalMixture(logits, loc, narrowest + width), torch.distributions.Normal(loc[:, 0], narrowest + width[:, 0])):
+        kl = torch.distributions.kl_divergence(post, q)
+        ref = fine_kl(post, q)
+        assert (kl - ref).abs().max() < 1e-9
+        # the posterior's own 4001-point trapezoid grid, which the KL used before (and still uses for other predictions)
+        grid_x = post.grid_x.unsqueeze(-1).expand(-1, 40)
+        trapezoid = (post.grid_w * (post.log_prob(grid_x).T - q.log_prob(grid_x).T)).sum(-1)
+        assert (kl - ref).abs().max() < (trapezoid - ref).abs().max() / 10
+        assert torch.all(kl >= 0)
+
+
+def test_kl_of_the_posterior_to_itself_as_a_fine_mixture_is_near_zero():
+    # a fine Gaussian-kernel histogram of the posterior approximates it: KL small, non-negative
+    y = torch.tensor([-3.0, 0.5, 6.0], dtype=F64)
+    post = InverseSinePosterior(y)
+    x, w = post.grid_x[::20], post.grid_w[:, ::20]  # 201 kernels per row
+    q = NormalMixture(w.clamp_min(1e-300).log(), x.expand(3, -1), torch.full((3, x.numel()), 0.15, dtype=F64))
+    kl = torch.distributions.kl_divergence(post, q)
+    assert torch.all(kl > 0) and torch.all(kl < 0.05)
+    assert math.isfinite(float(kl.sum()))
+
+
+def test_a_weightless_narrow_component_changes_nothing_and_float32_predictions_are_scored_in_float64():
+    y = torch.tensor([-4.0, 1.0, 5.0], dtype=F64)
+    post = InverseSinePosterior(y)
+    logits, loc, scale = torch.zeros(3, 2, dtype=F64), torch.tensor([[-2.0, 1.0]] * 3, dtype=F64), torch.ones(3, 2, dtype=F64)
+    plain = torch.distributions.kl_divergence(post, NormalMixture(logits, loc, scale))
+    # a parked component: weight e^-40, scale 0.003, right where the posterior has mass
+    parked = NormalMixture(torch.cat([logits, torch.full((3, 1), -40.0, dtype=F64)], 1),
+                           torch.cat([loc, post.mean.unsqueeze(-1)], 1), torch.cat([scale, torch.full((3, 1), 0.003, dtype=F64)], 1))
+    assert torch.allclose(torch.distributions.kl_divergence(post, parked), plain, rtol=0, atol=1e-12)
+    as32 = NormalMixture(logits.float(), loc.float(), scale.float())  # exactly representable: the same prediction
+    assert torch.distributions.kl_divergence(post, as32).dtype == F64
+    assert torch.allclose(torch.distributions.kl_divergence(post, as32), plain, rtol=0, atol=1e-13)

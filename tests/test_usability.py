@@ -1,0 +1,104 @@
+"""What a user sees and waits for: early refusal of bad configs, progress and closing lines, readable
+run names, reports inside the sweep, timing, thread choice, file modes."""
+
+import json
+import re
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_cfg, run_cli
+from densbench.config import slug
+from densbench.run import AUTO_THREADS_MIN_ROWS, run_job, threads
+
+
+def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path):
+    # a torch that cannot be imported: the refusal must come first
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    env = {"PYTHONPATH": f"{fake.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = run_cli(["optimizer.lr=-1"], cwd=tmp_path, env=env)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 1 and lines == ["densbench: optimizer.lr=-1 must be a positive number"]
+    proc = run_cli(["loss=kl", "dataset=faithful"], cwd=tmp_path, env=env)
+    assert proc.returncode == 1 and "densbench: incompatible: loss=kl trains on the true gaussian" in proc.stderr
+    assert "torch was imported" not in proc.stderr
+
+
+def test_a_run_prints_progress_and_ends_with_its_metrics_and_directory(tmp_path):
+    proc = run_cli(["experiment=fast", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("densbench:")]
+    # not a terminal: plain lines, the last at the last validation, then the closing line
+    assert "step 40/40 (100%)" in lines[-2] and "val_nll" in lines[-2] and "steps/s" in lines[-2]
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert lines[-1].startswith("densbench: ok  nll ") and f"nll {res['metrics']['nll']:.4g}" in lines[-1]
+    assert lines[-1].endswith(f"->  {tmp_path}/run")
+    again = run_cli(["experiment=fast", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert "densbench: reused an earlier ok result:" in again.stderr and "step " not in again.stderr
+
+
+def test_a_sweep_counts_its_jobs_and_ends_with_a_table_and_its_report(tmp_path):
+    proc = run_cli(["-m", "experiment=fast", "loss=kl,nll", "dataset=hetero_sine,faithful", "logger=none",
+                    f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # loss=kl needs a true Gaussian p(y|x), which faithful does not have: skipped, and counted as such
+    assert "densbench: [4/4] jobs done: 3 ok, 1 skipped" in proc.stderr
+    table = proc.stderr.split("densbench: sweep results\n")[1]
+    assert re.search(r"dataset=faithful,experiment=fast,logger=none,loss=nll +ok +nll ", table)
+    assert re.search(r"dataset=faithful,experiment=fast,logger=none,loss=kl +skipped +incompatible", table)
+    assert (tmp_path / "mr" / "report" / "report.md").exists()  # inside the sweep, not in the checkout
+    assert f"report written to {tmp_path}/mr/report/report.md" in proc.stdout
+    published = run_cli(["-m", "experiment=fast", "loss=nll", "logger=none", f"hydra.sweep.dir={tmp_path}/mr2",
+                         f"report.dir={tmp_path}/published"], cwd=tmp_path)
+    assert published.returncode == 0 and (tmp_path / "published" / "report.md").exists()
+
+
+def test_long_run_names_keep_every_key_and_what_varies():
+    common = ("dataset=csv,dataset.path=/data/projects/2026/some-long-folder/with/a/deep/layout/measurements_final_v3.csv,"
+              "dataset.target=price,dataset.task=multiclass,head=categorical,loss=glm,model.hidden=[64,64],optimizer.lr=0.001,"
+              "trainer.max_steps=100000,trainer.batch_size=512,")
+    a, b = slug(common + "grad=analytic"), slug(common + "grad=autograd")
+    assert a != b and a.endswith("grad=analytic") and b.endswith("grad=autograd")
+    for name in (a, b):
+        assert len(name) <= 240
+        for key in ("dataset.path=", "dataset.target=price", "model.hidden=[64,64]", "trainer.batch_size=512"):
+            assert key in name
+    assert slug("experiment=fast,loss=nll") == "experiment=fast,loss=nll"  # short names unchanged
+
+
+def test_threads_auto_uses_every_core_only_for_large_steps():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert threads(3, 10) == 3 and threads("auto", AUTO_THREADS_MIN_ROWS - 1) == 1
+    assert threads("auto", AUTO_THREADS_MIN_ROWS) == cores
+
+
+def test_result_json_says_where_the_time_went_and_is_readable_like_other_files(tmp_path):
+    res = run_job(make_cfg("experiment=fast", "logger=none", "figures=true"), tmp_path)
+    t = res["timing"]
+    assert set(t) == {"startup_s", "train_s", "validation_s", "test_s", "figures_s", "total_s"}
+    assert all(v >= 0 for v in t.values()) and t["train_s"] > 0 and t["test_s"] > 0 and t["figures_s"] > 0
+    assert t["total_s"] >= t["train_s"] + t["validation_s"] + t["test_s"] + t["figures_s"]
+    assert res["train"]["threads"] == 1  # 128 rows a step
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    mode = stat.S_IMODE(plain.stat().st_mode)
+    for path in ("result.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "predictive.png"):
+        assert stat.S_IMODE((tmp_path / path).stat().st_mode) == mode, path
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the process start time comes from /proc")
+def test_the_first_job_of_a_process_counts_its_start_up_from_the_interpreter(tmp_path):
+    code = ("import sys; sys.path.insert(0, %r); from conftest import make_cfg; from densbench.run import run_job; "
+            "print(run_job(make_cfg('experiment=fast', 'logger=none'), %r)['timing']['startup_s'])") % (str(Path(__file__).parent), str(tmp_path))
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    startup = float(out.stdout.strip().splitlines()[-1])
+    # the imports of torch and Lightning happened before the job started, and are counted
+    assert startup > 0.3
