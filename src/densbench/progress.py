@@ -52,7 +52,8 @@ def run_line(result: dict[str, Any], run_dir: str | Path, reused: bool = False) 
     status = result.get("status", "?")
     if status == "ok":
         what = metrics_text(result.get("metrics") or {})
-        took = "" if reused else f"  in {duration(result.get('wall_time_s', 0.0))}"
+        seconds = (result.get("timing") or {}).get("total_s", result.get("wall_time_s", 0.0))  # start-up included
+        took = "" if reused else f"  in {duration(seconds)}"
         head = "reused an earlier ok result:" if reused else "ok"
         return f"densbench: {head}  {what}{took}  ->  {run_dir}"
     return f"densbench: {status}: {result.get('error')}  ->  {run_dir}"
