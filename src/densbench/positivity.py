@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from densbench.errors import one_of, positive
 from densbench.lazy import F, torch
 
 if TYPE_CHECKING:
@@ -129,3 +130,10 @@ class Spread:
     def raw_for_std(self, std: float) -> float:
         """Raw output giving this standard deviation."""
         return self.positivity.inverse(std**2 if self.on == "variance" else std)
+
+
+def head_positivity(kind: str, floor: float) -> Positivity:
+    """The map of a head's positive output from head.positivity and head.floor, refused by those names."""
+    one_of("head.positivity", kind, KINDS)
+    positive("head.floor", floor)
+    return Positivity(kind, float(floor))

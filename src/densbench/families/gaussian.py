@@ -16,7 +16,7 @@ from densbench.errors import one_of, positive
 from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, torch
 from densbench.ops import HALF_LOG_2PI, INV_SQRT_PI, std_normal_cdf, std_normal_pdf
-from densbench.positivity import KINDS, SPREAD_TARGETS, Positivity, Spread
+from densbench.positivity import SPREAD_TARGETS, Spread, head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -70,11 +70,9 @@ class Gaussian(Family):
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, spread: str = "variance",
                  init_std: float | None = None) -> None:
-        one_of("head.positivity", positivity, KINDS)
-        positive("head.floor", floor)
         one_of("head.spread", spread, SPREAD_TARGETS)
         positive("head.init_std", init_std, allow_null=True)
-        self.spread = Spread(Positivity(positivity, float(floor)), spread)
+        self.spread = Spread(head_positivity(positivity, floor), spread)
         self.init_std = init_std
 
     def fields(self) -> dict[str, int]:

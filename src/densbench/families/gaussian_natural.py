@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from densbench.errors import one_of, positive
+from densbench.errors import positive
 from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, torch
 from densbench.ops import HALF_LOG_2PI
-from densbench.positivity import KINDS, Positivity
+from densbench.positivity import head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -36,10 +36,8 @@ class GaussianNatural(Family):
     has_floor = True
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:
-        one_of("head.positivity", positivity, KINDS)
-        positive("head.floor", floor)
         positive("head.init_std", init_std, allow_null=True)
-        self.variance_map = Positivity(positivity, float(floor))
+        self.variance_map = head_positivity(positivity, floor)
         self.init_std = init_std
 
     def fields(self) -> dict[str, int]:

@@ -12,10 +12,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from densbench import ops
-from densbench.errors import one_of, positive
+from densbench.errors import positive
 from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, torch
-from densbench.positivity import KINDS, Positivity
+from densbench.positivity import head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -33,10 +33,8 @@ class Laplace(Family):
     has_floor = True
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:
-        one_of("head.positivity", positivity, KINDS)
-        positive("head.floor", floor)
         positive("head.init_std", init_std, allow_null=True)
-        self.scale_map = Positivity(positivity, float(floor))
+        self.scale_map = head_positivity(positivity, floor)
         self.init_std = init_std
 
     def fields(self) -> dict[str, int]:

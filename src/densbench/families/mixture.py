@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from densbench.errors import one_of, positive
+from densbench.errors import positive
 from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import torch
 from densbench.ops import HALF_LOG_2PI
-from densbench.positivity import KINDS, Positivity, Spread
+from densbench.positivity import Spread, head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -74,11 +74,9 @@ class Mixture(Family):
 
     def __init__(self, components: int = 5, positivity: str = "exp", floor: float = 1e-6, init_std: float | None = None) -> None:
         positive("head.components", components, integer=True)
-        one_of("head.positivity", positivity, KINDS)
-        positive("head.floor", floor)
         positive("head.init_std", init_std, allow_null=True)
         self.k = int(components)
-        self.spread = Spread(Positivity(positivity, float(floor)), "std")
+        self.spread = Spread(head_positivity(positivity, floor), "std")
         self.init_std = init_std
 
     def fields(self) -> dict[str, int]:

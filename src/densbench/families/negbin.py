@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from densbench import ops
-from densbench.errors import one_of, positive
+from densbench.errors import positive
 from densbench.families.base import Family, Raw, register, weighted_total
 from densbench.lazy import D, torch
-from densbench.positivity import KINDS, Positivity
+from densbench.positivity import head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -36,10 +36,8 @@ class NegativeBinomial(Family):
     tasks = ("count",)
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_shape: float | None = 1.0) -> None:
-        one_of("head.positivity", positivity, KINDS)
-        positive("head.floor", floor)
         positive("head.init_shape", init_shape, allow_null=True)
-        self.shape_map = Positivity(positivity, float(floor))
+        self.shape_map = head_positivity(positivity, floor)
         self.init_shape = init_shape
 
     def fields(self) -> dict[str, int]:

@@ -18,10 +18,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from densbench import ops
-from densbench.errors import ConfigError, one_of, positive
+from densbench.errors import ConfigError, positive
 from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, F, torch
-from densbench.positivity import KINDS, Positivity
+from densbench.positivity import head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -55,13 +55,11 @@ class StudentT(Family):
     def __init__(self, df: float | None = None, positivity: str = "softplus", floor: float = 1e-6,
                  init_std: float | None = None, init_df: float = 5.0) -> None:
         positive("head.df", df, allow_null=True)
-        one_of("head.positivity", positivity, KINDS)
-        positive("head.floor", floor)
         positive("head.init_std", init_std, allow_null=True)
         if not (isinstance(init_df, (int, float)) and init_df > DF_MIN):
             raise ConfigError(f"head.init_df={init_df!r} must be a number above {DF_MIN:g}")
         self.df = None if df is None else float(df)
-        self.scale_map = Positivity(positivity, float(floor))
+        self.scale_map = head_positivity(positivity, floor)
         self.init_std, self.init_df = init_std, float(init_df)
 
     def fields(self) -> dict[str, int]:
