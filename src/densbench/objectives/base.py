@@ -5,7 +5,8 @@ class level, ``name`` (its registry key and config file conf/loss/<name>.yaml) a
 (trains on the known true distribution instead of samples), and answers
 
 - ``accepts(family)``: None, or why it cannot train that family (a sweep records the pair as skipped);
-- ``analytic_refusal(family)``: None, or why grad=analytic has no closed form for the pair.
+- ``analytic_refusal(family)``: None, or why grad=analytic has no closed form for the pair (an
+  objective whose analytic path is a family's closed form names that method in ``family_kernel``).
 
 It provides the per-sample loss for the autograd path (``terms``, plus ``constant``: the part that
 depends on the targets alone, computed once per target tensor) and, for grad=analytic, ``kernel``.
@@ -71,6 +72,8 @@ class Objective:
     # the loss holds stop-gradient terms (beta-NLL's weights, faithful's mean): its gradient is by
     # design not the derivative of its value, so it is checked against autograd, not finite differences
     stops_gradients: ClassVar[bool] = False
+    # the family method whose closed form grad=analytic uses, and what it computes (for the refusal)
+    family_kernel: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, reduction: str = "mean") -> None:
         one_of("loss.reduction", reduction, REDUCTIONS)
@@ -88,6 +91,11 @@ class Objective:
 
     def analytic_refusal(self, family: Family) -> str | None:
         """None, or why grad=analytic has no closed form for this pair."""
+        if self.family_kernel is not None:
+            method, what = self.family_kernel
+            if callable(getattr(family, method, None)):
+                return None
+            return f"head={family.name} has no closed-form {what} gradient; use grad=autograd"
         return None if callable(getattr(self, "kernel", None)) else f"loss={self.name} has no analytic gradient"
 
     def detached_fields(self, family: Family) -> frozenset[str]:

@@ -22,16 +22,12 @@ class CRPS(Objective):
     """Mean CRPS of the predictive distribution at the targets."""
 
     name = "crps"
+    family_kernel = ("crps_kernel", "CRPS")
 
     def accepts(self, family: Family) -> str | None:
         if "crps" in family.traits and "regression" in family.tasks:
             return None
         return f"loss=crps needs a continuous head with a closed-form CRPS; head={family.name} has none"
-
-    def analytic_refusal(self, family: Family) -> str | None:
-        if callable(getattr(family, "crps_kernel", None)):
-            return None
-        return f"head={family.name} has no closed-form CRPS gradient; use grad=autograd"
 
     def terms(self, family: Family, raw: dict, y: Any, extra: tuple) -> Any:
         return ops.crps(family.distribution(raw), y[..., 0]).unsqueeze(-1)

@@ -30,17 +30,13 @@ class KL(Objective):
     """KL(N(m, s2) || prediction), the document's loss."""
 
     name = "kl"
+    family_kernel = ("expected_nll_kernel", "KL")
     needs_truth = "gaussian"
 
     def accepts(self, family: Family) -> str | None:
         if "gaussian" in family.traits and callable(getattr(family, "expected_nll", None)):
             return None
         return f"loss=kl compares Gaussians in closed form; head={family.name} is not Gaussian"
-
-    def analytic_refusal(self, family: Family) -> str | None:
-        if callable(getattr(family, "expected_nll_kernel", None)):
-            return None
-        return f"head={family.name} has no closed-form KL gradient; use grad=autograd"
 
     def terms(self, family: Family, raw: dict, y: Any, extra: tuple) -> Any:
         m, s2 = extra

@@ -21,11 +21,7 @@ class NLL(Objective):
     """-log p(y | x), the maximum-likelihood objective."""
 
     name = "nll"
-
-    def analytic_refusal(self, family: Family) -> str | None:
-        if callable(getattr(family, "nll_kernel", None)):
-            return None
-        return f"head={family.name} has no closed-form NLL gradient; use grad=autograd"
+    family_kernel = ("nll_kernel", "NLL")
 
     def terms(self, family: Family, raw: dict, y: Any, extra: tuple) -> Any:
         nll_terms = getattr(family, "nll_terms", None)
