@@ -99,7 +99,7 @@ def test_kl_to_the_posterior_matches_a_much_finer_rule_and_beats_the_old_grid(na
     for q in (NormalMixture(logits, loc, narrowest + width), torch.distributions.Normal(loc[:, 0], narrowest + width[:, 0])):
         kl = torch.distributions.kl_divergence(post, q)
         ref = fine_kl(post, q)
-        assert (kl - ref).abs().max() < 1e-9
+        assert ((kl - ref).abs() / (1 + ref.abs())).max() < 1e-9  # the rows' own check is relative too
         # the posterior's own 4001-point trapezoid grid, which the KL used before (and still uses for other predictions)
         grid_x = post.grid_x.unsqueeze(-1).expand(-1, 40)
         trapezoid = (post.grid_w * (post.log_prob(grid_x).T - q.log_prob(grid_x).T)).sum(-1)
