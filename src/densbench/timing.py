@@ -42,20 +42,24 @@ class JobClock:
         self.started = time.perf_counter() - (now - self.origin)
         self.spans: dict[str, float] = {}
         self.first_step: float | None = None
+        self.test_started: float | None = None
 
     def add(self, name: str, seconds: float) -> None:
         """Add seconds to a named span."""
         self.spans[name] = self.spans.get(name, 0.0) + seconds
 
-    def mark_first_step(self) -> None:
-        """The first optimisation step is about to run: start-up ends here."""
-        if self.first_step is None:
-            self.first_step = time.perf_counter()
+    def mark_first_step(self) -> bool:
+        """The first optimisation step is about to run: start-up ends here. True the first time only."""
+        if self.first_step is not None:
+            return False
+        self.first_step = time.perf_counter()
+        return True
 
     def summary(self, figures_s: float = 0.0) -> dict[str, float]:
         """Seconds per part; `total_s` is the job's wall time so far."""
         now = time.perf_counter()
-        ready = self.first_step if self.first_step is not None else self.spans.get("test_started", now)
+        # a resumed run with no step left is ready when testing starts
+        ready = next((t for t in (self.first_step, self.test_started) if t is not None), now)
         out = {"startup_s": ready - self.started, "train_s": max(self.spans.get("fit", 0.0) - self.spans.get("validation", 0.0), 0.0),
                "validation_s": self.spans.get("validation", 0.0), "test_s": self.spans.get("test", 0.0), "figures_s": figures_s}
         out["total_s"] = now - self.started
@@ -63,7 +67,7 @@ class JobClock:
 
 
 class Timing(pl.Callback):
-    """Feeds a JobClock from Lightning's hooks: fit, validation and test spans, the first step."""
+    """Feeds a JobClock from Lightning's hooks: the first step, then fit (less validation) and test spans."""
 
     def __init__(self, clock: JobClock) -> None:
         self.clock = clock
@@ -76,14 +80,12 @@ class Timing(pl.Callback):
         if name in self._t:
             self.clock.add(name, time.perf_counter() - self._t.pop(name))
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        self._start("fit")
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self._stop("fit")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.clock.mark_first_step()
+        if self.clock.mark_first_step():  # training starts where start-up ends, so neither counts the other
+            self._start("fit")
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self._start("validation")
@@ -92,7 +94,8 @@ class Timing(pl.Callback):
         self._stop("validation")
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        self.clock.spans.setdefault("test_started", time.perf_counter())
+        if self.clock.test_started is None:
+            self.clock.test_started = time.perf_counter()
         self._start("test")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
