@@ -85,9 +85,14 @@ def command_overrides(argv: list[str] | None = None) -> list[str]:
     return out
 
 
+def is_unset(value: object) -> bool:
+    """Whether a config value means 'not given' (null, empty, or the strings None/null from a command line)."""
+    return value in (None, "", "None", "null")
+
+
 def run_name(name: str | None) -> str:
     """`name` if given, else a slug of the command-line overrides."""
-    if name not in (None, "", "None", "null"):
+    if not is_unset(name):
         return slug(name)
     return slug("__".join(command_overrides()), sep="__") if command_overrides() else "default"
 

@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from densbench.atomic import replacing, save_figure, write_text
+from densbench.config import is_unset
 from densbench.progress import sweep_table
 from densbench.results import RESULT_FILE, scan_results
 
@@ -216,10 +217,12 @@ class Written:
     skipped: list[tuple[Path, str]]
 
 
-def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None = None) -> Written:
-    """Build report.md, summary.csv, runs.csv and figures for every result.json under sweep_dir."""
+def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None = None,
+                 scanned: tuple[list[tuple[Path, dict]], list[tuple[Path, str]]] | None = None) -> Written:
+    """Build report.md, summary.csv, runs.csv and figures for every result.json under sweep_dir
+    (`scanned`: what scan_results(sweep_dir) returned, when the caller has read them already)."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
-    results, skipped = scan_results(sweep_dir)
+    results, skipped = scanned if scanned is not None else scan_results(sweep_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_results(results)
     rows = summarise(groups)
@@ -443,7 +446,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 def report_dir(sweep_dir: Path, configured: str | None) -> Path:
     """Where a sweep's report goes: `report.dir` when set, else <sweep dir>/report."""
-    return Path(configured) if configured not in (None, "", "None", "null") else Path(sweep_dir) / "report"
+    return Path(sweep_dir) / "report" if is_unset(configured) else Path(configured)
 
 
 class SweepReport(Callback):
@@ -455,12 +458,12 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         results, skipped = scan_results(sweep_dir)
-        ran_here = sorted(((str(_rel(p, sweep_dir)), r) for p, r in results), key=lambda pr: pr[0])
-        if ran_here:
-            print("densbench: sweep results\n" + sweep_table(ran_here), file=sys.stderr)
+        table = sorted(((str(_rel(p, sweep_dir)), r) for p, r in results), key=lambda pr: pr[0])
+        if table:
+            print("densbench: sweep results\n" + sweep_table(table), file=sys.stderr)
         report = config.get("report") or {}
         if report.get("enabled", True):
-            written = write_report(sweep_dir, report_dir(sweep_dir, report.get("dir")))
+            written = write_report(sweep_dir, report_dir(sweep_dir, report.get("dir")), scanned=(results, skipped))
             print(f"densbench: report written to {written.path}")
         for path, why in skipped:
             print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)
