@@ -80,6 +80,12 @@ def random_splits(n: int, val_fraction: float, test_fraction: float, seed: int):
     return perm[n_test + n_val :], perm[n_test : n_test + n_val], perm[:n_test]
 
 
+def carve_validation(train: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Validation rows from the end of a training permutation, never from test: (train, val)."""
+    n_val = int(round(val_fraction * len(train)))
+    return train[: len(train) - n_val], train[len(train) - n_val :]
+
+
 # ---------------------------------------------------------------------------------------------
 # Synthetic data from the seed documents. Each generator draws n_train + n_val + n_test points
 # from the same process, so held-out sets are fresh draws and the training size matches the

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from densbench import uci
-from densbench.data import TASKS, Data, random_splits
+from densbench.data import TASKS, Data, carve_validation, random_splits
 from densbench.errors import DataError
 
 # name -> (R package, R dataset, target column, task, feature columns or None for "all others")
@@ -108,9 +108,7 @@ def _target(col, task: str, source: str) -> tuple[np.ndarray, int | None]:
 def _splits(cfg, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if cfg.get("protocol", "random") == "uci":
         train, test = uci_split(n, int(cfg.split))
-        n_val = int(round(cfg.val_fraction * len(train)))
-        # validation is carved from the end of the training permutation, never from test
-        return train[: len(train) - n_val], train[len(train) - n_val :], test
+        return (*carve_validation(train, cfg.val_fraction), test)
     return random_splits(n, cfg.val_fraction, cfg.test_fraction, cfg.seed)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densbench.data import Data
+from densbench.data import Data, carve_validation
 from densbench.errors import DataError
 
 ROOT_VARIABLE = "DENSBENCH_UCI_ROOT"
@@ -97,10 +97,9 @@ def load(cfg) -> Data:
         raise DataError(f"{folder / 'data.txt'}: {int(np.isnan(table).sum())} NaN values")
     features, target = _ints(folder / "index_features.txt"), int(_ints(folder / "index_target.txt")[0])
     train, test = read_split(folder, int(cfg.split), len(table))
-    n_val = int(round(cfg.val_fraction * len(train)))
-    # validation is carved from the end of the training permutation, never from test
-    data = Data(cfg.name, "regression", table[:, features], table[:, target], train[: len(train) - n_val],
-                train[len(train) - n_val:], test, [f"x{i}" for i in features], f"column {target}", None)
+    train, val = carve_validation(train, cfg.val_fraction)
+    data = Data(cfg.name, "regression", table[:, features], table[:, target], train, val, test,
+                [f"x{i}" for i in features], f"column {target}", None)
     data.notes["source"] = str(folder)
     return data
 
