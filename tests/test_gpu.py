@@ -5,7 +5,7 @@ import torch
 
 from conftest import make_cfg
 import adapters as losses
-from densbench.objectives.base import GRADS, REDUCTIONS
+from densbench.objectives.base import GRADS
 from densbench.positivity import Positivity, Spread
 from densbench.run import run_job
 

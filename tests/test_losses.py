@@ -7,11 +7,10 @@ import torch
 from torch.distributions import Bernoulli, Categorical, MixtureSameFamily, Normal, Poisson, kl_divergence
 
 import adapters as losses
-from densbench.objectives.base import GRADS, REDUCTIONS
+from densbench.objectives.base import GRADS
 from densbench.positivity import Positivity, Spread
 
 SPREADS = [Spread(Positivity(k, 1e-4), on) for k in ("softplus", "exp") for on in ("variance", "std")]
-GRADS = ["autograd", "analytic"]
 
 
 def _rand(*shape, seed=0):

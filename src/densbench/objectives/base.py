@@ -22,7 +22,7 @@ created, never its inputs. Torch-free at import.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from densbench.errors import one_of
 from densbench.registry import Registry

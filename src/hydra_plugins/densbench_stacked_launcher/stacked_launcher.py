@@ -13,7 +13,6 @@ import copy
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,6 +77,7 @@ class StackedLauncher(Launcher):
         return sweep_config, task_cfg, run_dir
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from densbench.progress import say
         from densbench.run import JobSpec, run_group
 
         setup_globals()
@@ -96,8 +96,8 @@ class StackedLauncher(Launcher):
                 continue
             shared = set.intersection(*(set(jobs[k][1]) for k in members))
             differing = [" ".join(o for o in filter_overrides(jobs[k][1]) if o not in shared) for k in members]
-            print(f"densbench: training {len(members)} jobs as one stack: " + ", ".join(differing[:4])
-                  + (f", ... ({len(members) - 4} more)" if len(members) > 4 else ""), file=sys.stderr, flush=True)
+            say(f"densbench: training {len(members)} jobs as one stack: " + ", ".join(differing[:4])
+                + (f", ... ({len(members) - 4} more)" if len(members) > 4 else ""))
             specs = [JobSpec(jobs[k][3], Path(jobs[k][4]), jobs[k][1], "stacked") for k in members]
             for k, result in zip(members, run_group(specs)):
                 done[k] = result
