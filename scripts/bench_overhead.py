@@ -34,25 +34,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import plain_loops  # noqa: E402
 
-from densbench.config import CONFIG_NAME, config_dir  # noqa: E402
-
-
-def compose(overrides: list[str]):
-    """The densbench config for these overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name=CONFIG_NAME, overrides=overrides)
+from densbench.config import compose_config  # noqa: E402
 
 
 def densbench_fit(overrides: list[str]) -> float:
     """Seconds to build and fit one densbench run (validation, logging, checkpoints included)."""
     from densbench.run import JobSpec, build
 
-    cfg = compose(overrides + ["figures=false"])
+    cfg = compose_config(overrides + ["figures=false"])
     gc.collect()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

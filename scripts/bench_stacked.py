@@ -29,30 +29,19 @@ from pathlib import Path
 
 import torch
 
+from densbench.config import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1, 5, 20, 100)
 SWEEP = ["-m", "experiment=uci_boston", "dataset.split=range(20)", "resume=false"]
 GOALS = {"per_model_20": 12.0, "per_model_100": 20.0, "sweep": 4.0, "ensemble_s": 30.0}
 
 
-def compose(overrides: list[str]):
-    """The densbench config for these overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from densbench.config import CONFIG_NAME, config_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name=CONFIG_NAME, overrides=overrides)
-
-
 def stack_throughput(models: int, tmp: Path) -> dict[str, float]:
     """Train one stack of `models` protocol nets for 40 epochs; densbench's throughput figures."""
     from densbench.run import run_job
 
-    cfg = compose(["experiment=uci_boston", "dataset.split=0", f"ensemble.members={models}", "logger=none",
+    cfg = compose_config(["experiment=uci_boston", "dataset.split=0", f"ensemble.members={models}", "logger=none",
                    "figures=false", "trainer.early_stopping_patience=null"])
     res = run_job(cfg, tmp / f"n{models}-{time.monotonic_ns()}")
     if res["status"] != "ok":
@@ -111,10 +100,10 @@ def startup(repeats: int = 3) -> float:
 
 def composition_s() -> float:
     """Seconds Hydra needs to compose the sweep's 20 job configs (the sweeper's validation pass)."""
-    compose(["experiment=uci_boston"])  # warm caches
+    compose_config(["experiment=uci_boston"])  # warm caches
     t0 = time.perf_counter()
     for split in range(20):
-        compose(["experiment=uci_boston", f"dataset.split={split}"])
+        compose_config(["experiment=uci_boston", f"dataset.split={split}"])
     return time.perf_counter() - t0
 
 

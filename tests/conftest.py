@@ -8,19 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from densbench.config import CONFIG_NAME, config_dir
+from densbench.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_cfg(*overrides: str):
     """Compose the config as `python -m densbench <overrides>` would (without the hydra node)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 @pytest.fixture

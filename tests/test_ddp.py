@@ -86,17 +86,12 @@ def test_submitit_preset_runs_a_job_locally(tmp_path):
 
 
 def test_slurm_preset_composes_with_cluster_settings():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from densbench.config import CONFIG_NAME, config_dir
+    from densbench.config import compose_config
 
     if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
         pytest.skip("hydra-submitit-launcher is not installed")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(CONFIG_NAME, ["launcher=slurm", "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=4",
-                                    "trainer.num_nodes=2"], return_hydra_config=True)
+    cfg = compose_config(["launcher=slurm", "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=4",
+                          "trainer.num_nodes=2"], hydra_node=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)

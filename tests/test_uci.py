@@ -6,12 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from conftest import REPO, make_cfg, run_cli
 from densbench import uci
-from densbench.config import CONFIG_NAME, config_dir
+from densbench.config import compose_config
 from densbench.data import load
 from densbench.errors import DataError
 
@@ -85,9 +83,7 @@ def test_an_index_file_that_is_not_the_published_split_is_refused(tmp_path):
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_each_experiment_has_the_layouts_width_epochs_and_splits(name):
     numbers = uci.protocol(UCI_ROOT / uci.FOLDERS[name] / "data")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name=CONFIG_NAME, overrides=[f"experiment=uci_{name}"], return_hydra_config=True)
+    cfg = compose_config([f"experiment=uci_{name}"], hydra_node=True)
     assert list(cfg.model.hidden) == [numbers["hidden"]] and cfg.trainer.max_epochs == numbers["epochs"]
     assert cfg.hydra.sweeper.params["dataset.split"] == f"range({numbers['splits']})"
 

@@ -11,6 +11,7 @@ import hashlib
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -83,6 +84,17 @@ def command_overrides(argv: list[str] | None = None) -> list[str]:
             continue
         out.append(tok)
     return out
+
+
+def compose_config(overrides: list[str], hydra_node: bool = False) -> Any:
+    """The densbench config for these overrides, as `python -m densbench <overrides>` composes it
+    (for scripts, notebooks and tests; `hydra_node` keeps the hydra: section, e.g. sweeper params)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=hydra_node)
 
 
 def is_unset(value: object) -> bool:
