@@ -7,6 +7,9 @@
    4001-point grid that scored it before, with both errors against a rule of 100x narrower panels.
 3. Whole runs: `python -m densbench experiment=mdn_doc` (and with --diamonds `dataset=diamonds
    loss=mdn`), with result.json's `timing` (start-up, train, validation, test, figures).
+4. With --diamonds, what a second thread buys: densbench's step time on the diamonds MDN (64-64,
+   K = 5) at one thread and at all cores, for batches from 256 rows to full batch, the measurement
+   behind trainer.threads=auto's threshold (run.AUTO_THREADS_MIN_ROWS).
 
     python scripts/bench_eval.py [--diamonds]
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -27,7 +31,9 @@ from pathlib import Path
 import torch
 
 from densbench import ops
+from densbench.config import compose_config
 from densbench.distributions import InverseSinePosterior, NormalMixture, _kl_posterior, legendre_panels
+from densbench.run import AUTO_THREADS_MIN_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS, LEVELS, K = 1000, 100, 5
@@ -73,16 +79,19 @@ def kl_comparison() -> dict[str, float]:
     post = InverseSinePosterior(torch.linspace(-12, 12, ROWS, dtype=torch.float64))
     q = NormalMixture(torch.randn(ROWS, K, generator=g, dtype=torch.float64), 6 * torch.randn(ROWS, K, generator=g, dtype=torch.float64),
                       0.2 + torch.rand(ROWS, K, generator=g, dtype=torch.float64))
+    rows = torch.arange(0, ROWS, 10)  # the reference on every 10th row: 100,000 nodes each
     x, w = (torch.as_tensor(a) for a in legendre_panels(post.lo, post.hi, 0.005, 24))
-    log_p = post.log_lik(x.unsqueeze(0))
+    sub = InverseSinePosterior(post.y[rows])
+    log_p = sub.log_lik(x.unsqueeze(0))
     log_p = log_p - torch.logsumexp(log_p + w.log(), -1, keepdim=True)
-    ref = (w * log_p.exp() * (log_p - q.log_prob(x.unsqueeze(-1).expand(-1, ROWS)).T)).sum(-1)
+    q_sub = NormalMixture(q.mixture_distribution.logits[rows], q.loc[rows], q.scale[rows])
+    ref = (w * log_p.exp() * (log_p - q_sub.log_prob(x.unsqueeze(-1).expand(-1, len(rows))).T)).sum(-1)
     out = {}
     for name, fn in (("panels", lambda: torch.distributions.kl_divergence(post, q)), ("grid_4001", lambda: _kl_posterior(post, q))):
         start = time.perf_counter()
         kl = fn()
         out[f"{name}_s"] = time.perf_counter() - start
-        out[f"{name}_max_error"] = float((kl - ref).abs().max())
+        out[f"{name}_max_error"] = float((kl[rows] - ref).abs().max())
     return out
 
 
@@ -100,7 +109,35 @@ def whole_run(overrides: list[str], tmp: Path) -> dict:
     return {"overrides": overrides, "wall_s": wall, "timing": res["timing"], "metrics": metrics, "threads": res["train"].get("threads")}
 
 
-def render(meta: dict, quant: dict, kl: dict, runs: list[dict]) -> str:
+BATCHES = (256, 1024, 2048, 4096, 16384, None)  # rows per step; None: full batch
+
+
+def thread_gain(tmp: Path, rounds: int = 2) -> list[dict]:
+    """Step time (ms) of the diamonds MDN at one thread and at all cores, per batch size, rounds alternating."""
+    from densbench.run import run_job
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    times: dict[tuple, list[float]] = {}
+    rows: dict[int | None, int] = {}
+    for r in range(rounds):
+        for batch in BATCHES:
+            for threads in ((1, cores) if r % 2 == 0 else (cores, 1)):
+                cfg = compose_config(["dataset=diamonds", "loss=mdn", f"trainer.batch_size={'null' if batch is None else batch}",
+                                      "trainer.max_steps=400", "trainer.eval_every=200", f"trainer.threads={threads}",
+                                      "dataset.max_eval=1000", "logger=none", "figures=false", "resume=false"])
+                res = run_job(cfg, tmp / f"threads-{batch}-{threads}-{r}")
+                if res["status"] != "ok":
+                    raise RuntimeError(res.get("error"))
+                times.setdefault((batch, threads), []).append(res["metrics"]["step_time_ms"])
+                rows[batch] = res["train"]["n_train"] if batch is None else batch
+    out = []
+    for batch in BATCHES:
+        one, many = min(times[(batch, 1)]), min(times[(batch, cores)])
+        out.append({"batch": batch, "rows": rows[batch], "one_ms": one, "all_ms": many, "cores": cores, "gain": one / many})
+    return out
+
+
+def render(meta: dict, quant: dict, kl: dict, runs: list[dict], gains: list[dict]) -> str:
     """The Markdown report."""
     best = quant["typical_float32"]
     lines = [
@@ -116,7 +153,7 @@ def render(meta: dict, quant: dict, kl: dict, runs: list[dict]) -> str:
               "0.1-1.1; 'sharp': scales exp(N(-2, 9)), the solver's hard case, where every level needs a few more safeguarded "
               "Newton steps on a CDF that jumps within a few float32 ulps.", "",
               f"## KL to the exact posterior (MDN document, {ROWS} rows, one thread)", "",
-              "| rule | seconds | max error vs uniform panels 100x narrower |", "|---|---|---|",
+              "| rule | seconds | max error vs uniform panels 100x narrower (every 10th row) |", "|---|---|---|",
               f"| Gauss-Legendre panels, refined around narrow components, checked by a coarser rule | {kl['panels_s']:.3f} | {kl['panels_max_error']:.1e} |",
               f"| the posterior's 4001-point trapezoid grid (before) | {kl['grid_4001_s']:.3f} | {kl['grid_4001_max_error']:.1e} |", "",
               "## Whole runs", "",
@@ -130,6 +167,12 @@ def render(meta: dict, quant: dict, kl: dict, runs: list[dict]) -> str:
     ratio = runs[0]["timing"]["test_s"] / runs[0]["timing"]["train_s"]
     lines += ["", f"Goal: mdn_doc test evaluation at most {GOALS['mdn_doc_test_over_train']:.0%} of training: "
               f"{'met' if ratio <= GOALS['mdn_doc_test_over_train'] else 'not met'} ({ratio:.1%})."]
+    if gains:
+        lines += ["", "## Threads (diamonds MDN, densbench's step time, best of alternating rounds)", "",
+                  f"| rows per step | 1 thread ms | {gains[0]['cores']} threads ms | speed-up |", "|---|---|---|---|"]
+        lines += [f"| {g['rows']:,}{' (full batch)' if g['batch'] is None else ''} | {g['one_ms']:.2f} | {g['all_ms']:.2f} | {g['gain']:.2f}x |"
+                  for g in gains]
+        lines += ["", f"trainer.threads=auto gives a job all cores from {AUTO_THREADS_MIN_ROWS:,} rows per step, one thread below."]
     return "\n".join(lines) + "\n"
 
 
@@ -143,12 +186,14 @@ def main() -> None:
     quant, kl = quantile_rates(), kl_comparison()
     with tempfile.TemporaryDirectory() as tmp:
         runs = [whole_run(["experiment=mdn_doc"], Path(tmp))]
+        gains = []
         if args.diamonds:
             runs.append(whole_run(["dataset=diamonds", "loss=mdn"], Path(tmp)))
+            gains = thread_gain(Path(tmp))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "quantiles": quant, "kl": kl, "runs": runs}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(meta, quant, kl, runs))
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "quantiles": quant, "kl": kl, "runs": runs, "threads": gains}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(meta, quant, kl, runs, gains))
     print(f"wrote {out}.md")
 
 

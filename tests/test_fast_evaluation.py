@@ -2,6 +2,7 @@
 bisection on scipy's normal CDF, the KL to the MDN document's posterior against a much finer rule."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,18 @@ def test_a_weightless_narrow_component_changes_nothing_and_float32_predictions_a
     as32 = NormalMixture(logits.float(), loc.float(), scale.float())  # exactly representable: the same prediction
     assert torch.distributions.kl_divergence(post, as32).dtype == F64
     assert torch.allclose(torch.distributions.kl_divergence(post, as32), plain, rtol=0, atol=1e-13)
+
+
+def test_the_evaluation_benchmarks_kl_table_shows_the_panel_rule_beating_the_old_grid():
+    # the figures reports/bench_eval.md prints, from the script's own code path
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_eval", Path(__file__).resolve().parents[1] / "scripts" / "bench_eval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        kl = bench.kl_comparison()  # on one thread, as the benchmark measures
+    finally:
+        torch.set_num_threads(threads)
+    assert kl["panels_max_error"] < 1e-9 < kl["grid_4001_max_error"]
