@@ -362,8 +362,3 @@ def gaussian_truth_scaled(prep: Prepared, split: str) -> tuple[Tensor, Tensor]:
     loc = (t.loc - prep.target_loc) / prep.target_scale
     var = (t.scale / prep.target_scale) ** 2
     return loc.reshape(-1, 1), var.reshape(-1, 1)
-
-
-def log_jacobian(prep: Prepared) -> float:
-    """log of the target scale: NLL in original units = NLL in standardised units + this."""
-    return math.log(prep.target_scale)

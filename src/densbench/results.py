@@ -86,8 +86,3 @@ def scan_results(root: str | Path) -> tuple[list[tuple[Path, dict]], list[tuple[
         else:
             good.append((path.parent, res))
     return good, bad
-
-
-def find_results(root: str | Path) -> list[tuple[Path, dict]]:
-    """Every usable (run_dir, result) under root, sorted by path."""
-    return scan_results(root)[0]
