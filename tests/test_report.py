@@ -143,3 +143,15 @@ def test_flagged_runs_are_counted_in_their_row_and_listed(tmp_path):
     assert "| 2 (1 flagged) |" in text
     assert "| `b` | ok (flagged) | exploded: test nll is 5e+09 |" in text
     assert _rows(tmp_path / "out")[0]["flagged"] == "1"
+
+
+def test_the_report_shows_where_each_runs_time_went(tmp_path):
+    timed = _result("nll", "autograd", 0, -0.7)
+    timed["timing"] = {"startup_s": 5.25, "train_s": 12.5, "validation_s": 0.75, "test_s": 1.25, "figures_s": 0.5, "total_s": 20.25}
+    write_json_atomic(tmp_path / "sweep" / "timed" / "result.json", timed)
+    write_json_atomic(tmp_path / "sweep" / "old" / "result.json", _result("nll", "autograd", 1, -0.6))  # no timing: its wall time
+    text = write_report(tmp_path / "sweep", tmp_path / "out").path.read_text()
+    assert "| `timed` | ok | hetero_sine | nll | gaussian/softplus | autograd | cpu | 0 | -0.700 | 5.2 | 12.5 | 0.8 | 1.2 | 0.5 | 20.2 |" in text
+    assert "| `old` | ok | hetero_sine | nll | gaussian/softplus | autograd | cpu | 1 | -0.600 | - | - | - | - | - | 1.0 |" in text
+    runs = {r["run"]: r for r in csv.DictReader(open(tmp_path / "out" / "runs.csv"))}
+    assert {k: float(runs["timed"][k]) for k in timed["timing"]} == timed["timing"]

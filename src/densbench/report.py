@@ -233,7 +233,9 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None =
     return Written(write_text(out_dir / "report.md", md), skipped)
 
 
-RUN_COLUMNS = ["run", "status", "flags", "overrides", "config_hash", "source_hash", "data_hash", *GROUP_KEYS, "seed", "split"]
+TIMING_PARTS = ("startup_s", "train_s", "validation_s", "test_s", "figures_s", "total_s")  # result.json's timing
+RUN_COLUMNS = ["run", "status", "flags", "overrides", "config_hash", "source_hash", "data_hash", *GROUP_KEYS, "seed", "split",
+               *TIMING_PARTS]
 
 
 def _run_row(path: Path, res: dict, root: Path) -> dict[str, Any]:
@@ -250,6 +252,7 @@ def _run_row(path: Path, res: dict, root: Path) -> dict[str, Any]:
         **{k: lab.get(k) for k in (*GROUP_KEYS, "seed", "split")},
     }
     row.update({m: v for m, v in (res.get("metrics") or {}).items() if m in CSV_METRICS})
+    row.update({k: v for k, v in (res.get("timing") or {}).items() if k in TIMING_PARTS})
     return row
 
 
@@ -318,15 +321,18 @@ def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, lis
     for section, paths in figures.items():
         if paths:
             lines += [f"## {section}", ""] + [f"![{Path(p).stem}]({p})" for p in paths] + [""]
-    lines += ["## Runs", "", "| run | status | dataset | loss | head | grad | device | seed/split | NLL | wall time (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Runs", "", "Seconds: start-up (process or job start to the first optimisation step), training, validation, "
+              "testing, figures, and the job's total (the jobs of one stack share its start-up, training and test).", "",
+              "| run | status | dataset | loss | head | grad | device | seed/split | NLL | start-up | train | validation | test | figures | total |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p, r in results:
         lab = r.get("labels", {})
         nll = (r.get("metrics") or {}).get("nll")
         ss = lab.get("split") if lab.get("split") is not None else lab.get("seed")
-        wall = r.get("wall_time_s")
+        timing = r.get("timing") or {"total_s": r.get("wall_time_s")}  # results from before timing was recorded
+        seconds = ["-" if timing.get(k) is None else f"{timing[k]:.1f}" for k in TIMING_PARTS]
         lines.append(f"| `{_rel(p, sweep_dir)}` | {r.get('status')} | {lab.get('dataset')} | {lab.get('loss')} | {lab.get('head')} | "
-                     f"{lab.get('grad')} | {lab.get('device')} | {ss} | {_fmt(nll, None)} | {'-' if wall is None else f'{wall:.1f}'} |")
+                     f"{lab.get('grad')} | {lab.get('device')} | {ss} | {_fmt(nll, None)} | " + " | ".join(seconds) + " |")
     lines.append("")
     return "\n".join(lines)
 
