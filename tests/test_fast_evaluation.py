@@ -146,3 +146,13 @@ def test_the_evaluation_benchmarks_kl_table_shows_the_panel_rule_beating_the_old
     finally:
         torch.set_num_threads(threads)
     assert kl["panels_max_error"] < 1e-9 < kl["grid_4001_max_error"]
+
+
+def test_the_mixtures_log_density_equals_torchs_mixture_same_family():
+    d = sharp_mixtures(50, seed=6)
+    reference = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=d.mixture_distribution.logits),
+                                                      torch.distributions.Normal(d.loc, d.scale))
+    x = torch.cat([torch.linspace(-60, 60, 200, dtype=F64).unsqueeze(-1).expand(-1, 50), d.loc.T])  # [205, 50], the means too
+    assert torch.allclose(d.log_prob(x), reference.log_prob(x), rtol=1e-12, atol=1e-12)
+    far = torch.full((1, 50), 1e6, dtype=F64)  # every component's density underflows: still finite and equal
+    assert torch.allclose(d.log_prob(far), reference.log_prob(far), rtol=1e-12)
