@@ -159,6 +159,9 @@ def _check_dataset(d: DictConfig) -> None:
         one_of("dataset.protocol", d.protocol, ("uci", "random"))
     if d.get("protocol") == "uci" and not (isinstance(d.split, int) and 0 <= d.split < 20):
         raise ConfigError(f"dataset.split={d.split!r} must be an integer in 0..19 for the UCI protocol")
+    if d.get("tuning") and not d.get("val_fraction"):
+        raise ConfigError("dataset.tuning=true needs dataset.val_fraction > 0: the stand-in test set and the "
+                          "validation set are carved from the training split with that fraction")
 
 
 def check_against_data(plan: Plan, data: Any, grad: str) -> Family:

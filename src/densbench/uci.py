@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densbench.data import Data, carve_validation
+from densbench.data import Data, protocol_rows
 from densbench.errors import DataError
 
 ROOT_VARIABLE = "DENSBENCH_UCI_ROOT"
@@ -97,18 +97,20 @@ def load(cfg) -> Data:
         raise DataError(f"{folder / 'data.txt'}: {int(np.isnan(table).sum())} NaN values")
     features, target = _ints(folder / "index_features.txt"), int(_ints(folder / "index_target.txt")[0])
     train, test = read_split(folder, int(cfg.split), len(table))
-    train, val = carve_validation(train, cfg.val_fraction)
+    train, val, test = protocol_rows(train, test, cfg.val_fraction, bool(cfg.get("tuning")))
     data = Data(cfg.name, "regression", table[:, features], table[:, target], train, val, test,
                 [f"x{i}" for i in features], f"column {target}", None)
     data.notes["source"] = str(folder)
     return data
 
 
-def source_files(cfg) -> list[str]:
-    """The files a dataset and its split are read from (for its fingerprint)."""
+def source_files(cfg, with_split: bool = True) -> list[str]:
+    """The files a dataset (and with_split: its split) is read from (for its fingerprint)."""
     try:
         folder = folder_of(cfg)
     except DataError:
         return []
-    names = ["data.txt", "index_features.txt", "index_target.txt", f"index_train_{cfg.split}.txt", f"index_test_{cfg.split}.txt"]
+    names = ["data.txt", "index_features.txt", "index_target.txt"]
+    if with_split:
+        names += [f"index_train_{cfg.split}.txt", f"index_test_{cfg.split}.txt"]
     return [str(folder / name) for name in names if (folder / name).is_file()]

@@ -1,0 +1,154 @@
+"""Choose the UCI suite's optimiser settings on validation data carved from the training splits only.
+
+For every dataset of the UCI suite this trains the suite's base method (mean-variance Gaussian NLL)
+on a grid of learning rates and batch sizes, on the first splits, in tuning mode
+(`dataset.tuning=true`): the published split's test rows are never read; a stand-in test set is
+carved from the training rows (as large as the validation set), the validation set that chooses the
+epoch from the rest. A setting is scored by its mean stand-in NLL over the splits; the best one per
+dataset is what the suite uses for every method on that dataset (the experiment configs hold it).
+
+    python scripts/uci_search.py                 # the search; reports/uci_search.{md,json}
+    python scripts/uci_search.py --write         # ... and write the chosen settings into conf/experiment
+    python scripts/uci_search.py --datasets yacht,boston --splits 0 --lrs 0.01 --batches 32  # a slice
+
+The protocol's width and epochs are not searched (n_hidden.txt, n_epochs.txt); weight decay stays
+at the protocol's 1e-3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from densbench.results import read_result
+from densbench.uci import FOLDERS, ROOT_VARIABLE
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = list(FOLDERS)
+MARK = "# chosen by scripts/uci_search.py"
+
+
+def sweep_command(datasets: list[str], splits: list[int], lrs: list[float], batches: list[int],
+                  sweep_dir: Path) -> list[str]:
+    """The one multirun that trains every grid point of every dataset (stacked over splits)."""
+    return [sys.executable, "-m", "densbench", "-m",
+            "experiment=" + ",".join(f"uci_{d}" for d in datasets), "method=gaussian_nll",
+            "++dataset.tuning=true",  # ++: the master config, before a swept experiment picks the dataset, lacks the key
+            "dataset.split=" + ",".join(map(str, splits)),
+            "optimizer.lr=" + ",".join(map(str, lrs)), "trainer.batch_size=" + ",".join(map(str, batches)),
+            "launcher=stacked", "resume=false", "report.enabled=false", "logger=none",
+            f"hydra.sweep.dir={sweep_dir}"]
+
+
+def scores(sweep_dir: Path) -> dict[str, dict[tuple[float, int], list[float]]]:
+    """Stand-in test NLL per dataset and (lr, batch size), one value per split."""
+    out: dict[str, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(sweep_dir.glob("*/result.json")):
+        res = read_result(path.parent)
+        cfg = res["config"]
+        if not cfg["dataset"].get("tuning"):
+            raise SystemExit(f"{path}: not a tuning run; refusing to score it")
+        nll = (res.get("metrics") or {}).get("nll") if res.get("status") == "ok" else None
+        out[cfg["dataset"]["name"]][(float(cfg["optimizer"]["lr"]), int(cfg["trainer"]["batch_size"]))].append(
+            nll if nll is not None and math.isfinite(nll) else math.inf)
+    return out
+
+
+def choose(grid: dict[tuple[float, int], list[float]]) -> tuple[float, int]:
+    """The setting with the lowest mean stand-in NLL (a diverged split counts as infinite)."""
+    return min(grid, key=lambda k: (sum(grid[k]) / len(grid[k]), k))
+
+
+def _mean_se(v: list[float]) -> tuple[float, float]:
+    m = sum(v) / len(v)
+    if len(v) < 2 or not math.isfinite(m):
+        return m, float("nan")
+    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
+
+
+def write_choice(dataset: str, lr: float, batch: int, conf: Path = ROOT / "conf" / "experiment") -> Path:
+    """Put the chosen settings into experiment/uci_<dataset>.yaml (the values on its marked lines)."""
+    path = conf / f"uci_{dataset}.yaml"
+    text = path.read_text()
+    for key, value in (("lr", lr), ("batch_size", batch)):
+        text, n = re.subn(rf"^(  {key}: )\S+(\s+{re.escape(MARK)})$", rf"\g<1>{value}\g<2>", text, flags=re.M)
+        if n != 1:
+            raise SystemExit(f"{path}: expected one line '  {key}: ...  {MARK}', found {n}")
+    path.write_text(text)
+    return path
+
+
+def report(found: dict, chosen: dict, splits: list[int], seconds: float, command: list[str]) -> str:
+    """The search as Markdown: every grid point's stand-in NLL per dataset, the chosen one in bold."""
+    lines = ["# UCI optimiser search", "",
+             "Base method: mean-variance Gaussian NLL, the UCI protocol's width and epochs. Every run is in "
+             "tuning mode (`dataset.tuning=true`): the published test rows of a split are never read; 10% of the "
+             "training rows stand in as a test set and 10% of the rest choose the epoch. Score: mean stand-in "
+             f"NLL over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and the suite uses it "
+             "for every method on that dataset (conf/experiment/uci_<dataset>.yaml).", "",
+             f"Command ({seconds:.0f} s wall): `{' '.join(command[1:])}`", ""]
+    for ds in sorted(found):
+        lines += [f"## {ds}", "", "| lr | batch | stand-in NLL |", "|---|---|---|"]
+        for (lr, batch), vals in sorted(found[ds].items()):
+            m, se = _mean_se(vals)
+            cell = f"{m:.4f} ± {se:.4f}"
+            if (lr, batch) == chosen[ds]:
+                cell = f"**{cell}**"
+            lines.append(f"| {lr:g} | {batch} | {cell} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--splits", default="0,1,2")
+    ap.add_argument("--lrs", default="0.001,0.003,0.01,0.03")
+    ap.add_argument("--batches", default="32,128")
+    ap.add_argument("--root", default=str(ROOT.parent / "shared" / "uci"))
+    ap.add_argument("--sweep-dir", default="multirun/uci_search")
+    ap.add_argument("--out", default="reports")
+    ap.add_argument("--write", action="store_true", help="write the chosen settings into conf/experiment")
+    args = ap.parse_args(argv)
+    datasets = args.datasets.split(",")
+    unknown = [d for d in datasets if d not in FOLDERS]
+    if unknown:
+        ap.error(f"unknown dataset(s) {', '.join(unknown)}; the UCI suite has {', '.join(DATASETS)}")
+    splits = [int(s) for s in args.splits.split(",")]
+    lrs = [float(x) for x in args.lrs.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    sweep_dir = Path(args.sweep_dir)
+    command = sweep_command(datasets, splits, lrs, batches, sweep_dir)
+    started = time.perf_counter()
+    # the data folder through the environment: dataset.root cannot be set before a swept experiment picks the dataset
+    proc = subprocess.run(command, env={**os.environ, ROOT_VARIABLE: args.root})
+    seconds = time.perf_counter() - started
+    found = scores(sweep_dir)
+    missing = [d for d in datasets if d not in found]
+    if missing:
+        print(f"uci_search: no results for {', '.join(missing)} (exit status {proc.returncode})", file=sys.stderr)
+        return 1
+    chosen = {ds: choose(found[ds]) for ds in datasets}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "uci_search.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command) + "\n")
+    (out / "uci_search.json").write_text(json.dumps(
+        {"splits": splits, "seconds": seconds, "command": command[1:],
+         "chosen": {d: {"lr": lr, "batch_size": b} for d, (lr, b) in chosen.items()},
+         "scores": {d: {f"lr={lr:g},batch={b}": v for (lr, b), v in found[d].items()} for d in datasets}},
+        indent=2) + "\n")
+    for ds, (lr, batch) in chosen.items():
+        print(f"uci_search: {ds}: lr {lr:g}, batch {batch}" + (f" -> {write_choice(ds, lr, batch)}" if args.write else ""))
+    return 0 if proc.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
