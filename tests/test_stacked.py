@@ -3,6 +3,7 @@ every job ends exactly as if it had run alone; deep ensembles are stacks scored 
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,24 @@ def test_the_stacked_launcher_trains_a_sweep_as_one_stack(tmp_path):
         assert (run / ".hydra" / "config.yaml").exists() and (run / "predictive.png").exists()
         assert list((run / "tb").glob("events.out.tfevents.*"))
         _close(_numbers(s[name]), _numbers(b[name]))
+        # the launcher derives the configs of a stack's later jobs from its first: Hydra's record of every
+        # job must be what composing it afresh gives (the basic launcher composes each job)
+        assert _record(tmp_path / "stacked" / name) == _record(tmp_path / "basic" / name)
+
+
+
+def _record(run: Path) -> dict:
+    """Hydra's record of a job (.hydra/*.yaml) without what differs by construction: folders and the launcher."""
+    import yaml
+
+    def load(name):
+        text = (run / ".hydra" / name).read_text().replace(str(run.parent), "<sweep>")
+        return yaml.safe_load(re.sub(r"\n *- launcher=\w+", "", text))  # given to one sweep only
+
+    hydra = load("hydra.yaml")["hydra"]
+    for key in ("launcher", "run", "sweep"):
+        hydra.pop(key, None)
+    hydra["runtime"].pop("output_dir", None)
+    hydra["runtime"]["choices"].pop("hydra/launcher", None)
+    hydra["runtime"]["choices"].pop("launcher", None)
+    return {"config": load("config.yaml"), "overrides": load("overrides.yaml"), "hydra": hydra}

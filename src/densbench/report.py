@@ -22,8 +22,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from densbench import uci_report
 from densbench.atomic import replacing, save_figure, write_text
 from densbench.config import is_unset
+from densbench.methods import method_of
 from densbench.progress import sweep_table
 from densbench.results import RESULT_FILE, scan_results
 
@@ -47,27 +49,6 @@ CSV_METRICS = [
     "pit_ks", "oracle_nll", "kl_truth", "nll_gap", "floor_hits", "train_samples_per_s", "train_steps_per_s",
     "step_time_ms", "stack_size", "stack_samples_per_s", "eval_samples_per_s", "peak_memory_mb",
 ]
-
-
-# REFERENCE.md section 2: RMSE and test NLL (mean, standard error over the 20 splits)
-PUBLISHED = {
-    "boston": {
-        "PBP": ((3.01, 0.18), (2.57, 0.09)),
-        "MC dropout (paper)": ((2.97, 0.19), (2.46, 0.06)),
-        "MC dropout (2018 rerun)": ((2.90, 0.18), (2.40, 0.04)),
-        "Deep Ensembles (M=5)": ((3.28, 1.00), (2.41, 0.25)),
-    },
-    "concrete": {
-        "PBP": ((5.67, 0.09), (3.16, 0.02)),
-        "MC dropout (paper)": ((5.23, 0.12), (3.04, 0.02)),
-        "MC dropout (2018 rerun)": ((4.82, 0.16), (2.93, 0.02)),
-        "Deep Ensembles (M=5)": ((6.03, 0.58), (3.06, 0.18)),
-    },
-}
-PUBLISHED_PROTOCOL = (
-    "Published protocol: 20 random 90/10 splits, one hidden layer of 50 ReLU units, 40 epochs, inputs and "
-    "targets standardised on the training split, NLL with the ½ log 2π constant in original units."
-)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
@@ -113,7 +94,7 @@ def run_axes(res: dict) -> dict[str, str]:
             if k not in REPLICATION_KEYS and k.split(".")[0] not in BOOKKEEPING_KEYS}
     prov = res.get("provenance") or {}
     flat["code"] = json.dumps(prov.get("source_hash"))
-    flat["data"] = json.dumps(prov.get("data_hash"))
+    flat["data"] = json.dumps(prov.get("dataset_hash") or prov.get("data_hash"))
     return flat
 
 
@@ -167,6 +148,7 @@ def summarise(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
     rows = []
     for key, runs in groups.items():
         row: dict[str, Any] = dict(zip(ROW_KEYS, key))
+        row["method"] = method_of(runs[0].get("config") or {}, runs[0].get("labels") or {})
         row["runs"] = len(runs)
         row["flagged"] = sum(1 for r in runs if r.get("flags"))
         for m in CSV_METRICS:
@@ -226,7 +208,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_results(results)
     rows = summarise(groups)
-    _write_csv(out_dir / "summary.csv", list(ROW_KEYS) + ["runs", "flagged"] + [c for m in CSV_METRICS for c in (m, f"{m}_se")], rows)
+    _write_csv(out_dir / "summary.csv", list(ROW_KEYS) + ["method", "runs", "flagged"] + [c for m in CSV_METRICS for c in (m, f"{m}_se")], rows)
     _write_csv(out_dir / "runs.csv", RUN_COLUMNS + CSV_METRICS, [_run_row(p, r, sweep_dir) for p, r in results])
     figures = _figures(groups, rows, out_dir, results)
     md = _markdown(title or sweep_dir.name, sweep_dir, results, rows, figures, skipped)
@@ -308,7 +290,7 @@ def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, lis
             lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {r['device']} | {_cell(r['config'])} | "
                          f"{r['analytic']:.0f} | {r['autograd']:.0f} | {r['ratio']:.2f} |")
         lines.append("")
-    lines += _published_section(results)
+    lines += uci_report.section(results, sweep_dir)
     attention = [(p, r) for p, r in results if r.get("status") != "ok" or r.get("flags")]
     if attention or skipped:
         lines += ["## Runs that need attention", "", "| run | status | what |", "|---|---|---|"]
@@ -339,44 +321,6 @@ def _markdown(title: str, sweep_dir: Path, results, rows, figures: dict[str, lis
 
 def _rel(p: Path, root: Path) -> Path:
     return p.relative_to(root) if p != root else Path(p.name)
-
-
-def _published_section(results) -> list[str]:
-    """densbench's UCI-protocol runs beside the published PBP, MC dropout and Deep Ensembles figures."""
-    by: dict[tuple, list[dict]] = defaultdict(list)
-    for _, r in results:
-        lab, cfg = r.get("labels", {}), r.get("config", {})
-        if r.get("status") == "ok" and lab.get("dataset") in PUBLISHED and cfg.get("dataset", {}).get("protocol") == "uci":
-            by[(lab["dataset"], lab["loss"], lab["head"], lab["grad"])].append(r)
-    if not by:
-        return []
-    lines = ["## UCI benchmark beside published results", "", PUBLISHED_PROTOCOL, ""]
-    for ds in sorted({k[0] for k in by}):
-        lines += [f"### {ds}", "", "| method | splits | RMSE | test NLL |", "|---|---|---|---|"]
-        for name, ((rm, rse), (nm, nse)) in PUBLISHED[ds].items():
-            lines.append(f"| {name} (published) | 20 | {rm:.2f} ± {rse:.2f} | {nm:.2f} ± {nse:.2f} |")
-        notes = set()
-        for key, runs in sorted(by.items()):
-            if key[0] != ds:
-                continue
-            rm, rse = _mean_se([r["metrics"].get("rmse") for r in runs])
-            nm, nse = _mean_se([r["metrics"].get("nll") for r in runs])
-            lines.append(f"| densbench {key[1]} ({key[2]}, grad={key[3]}) | {len(runs)} | {_fmt(rm, rse, 2)} | **{_fmt(nm, nse, 2)}** |")
-            notes.add(_protocol_note(runs[0]))
-        lines += [""] + [f"densbench protocol: {n}" for n in sorted(notes)] + [""]
-    return lines
-
-
-def _protocol_note(res: dict) -> str:
-    c = res.get("config", {})
-    t, d, o, m = c.get("trainer", {}), c.get("dataset", {}), c.get("optimizer", {}), c.get("model", {})
-    epochs = f"{t.get('max_epochs')} epochs" if t.get("max_epochs") else f"{t.get('max_steps')} steps"
-    val = d.get("val_fraction") or 0
-    select = (f"the epoch with the best NLL on {val:.0%} of the training split held out (trains on {1 - val:.0%} of it)"
-              if val else "the last epoch (no validation split, as published)")
-    opt = str(o.get("_target_", "")).rsplit(".", 1)[-1]
-    return (f"hidden layers {m.get('hidden')} ({m.get('activation')}), {epochs}, batch {t.get('batch_size')}, {opt} "
-            f"lr {o.get('lr')}, weight decay {o.get('weight_decay')}; tested at {select}.")
 
 
 def _short(row: dict) -> str:

@@ -1,0 +1,62 @@
+"""Named methods (conf/method/*.yaml): which recipe a run's config is, read from the recipes themselves.
+
+A method is a loss x head pair and an ensemble size. The names come from the YAML files, so a new
+method is one YAML here too, and a report can label a run `beta_nll` or `ensemble` without a table
+kept by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from densbench.config import config_dir
+
+
+class Recipe(NamedTuple):
+    """What a method fixes: the loss config (and the objective class it names), the head and the ensemble size."""
+
+    loss: str
+    head: str
+    members: int
+    objective: str
+
+
+_OVERRIDE = re.compile(r"^\s*-\s*override\s+/(loss|head)\s*:\s*(\S+)\s*$", re.M)
+_MEMBERS = re.compile(r"^ensemble:\s*\n\s+members:\s*(\d+)", re.M)
+
+
+@lru_cache(maxsize=1)
+def recipes() -> dict[str, Recipe]:
+    """Every method of conf/method by name."""
+    out = {}
+    for path in sorted(Path(config_dir(), "method").glob("*.yaml")):
+        text = path.read_text()
+        picked = dict(_OVERRIDE.findall(text))
+        members = _MEMBERS.search(text)
+        loss = picked.get("loss", "nll")
+        out[path.stem] = Recipe(loss, picked.get("head", "gaussian"), int(members.group(1)) if members else 1, _objective(loss))
+    return out
+
+
+def _objective(loss: str) -> str:
+    # loss configs can be aliases (loss=mdn is the NLL objective with a mixture head): runs record the objective
+    match = re.search(r"^_target_:\s*(\S+)", Path(config_dir(), "loss", f"{loss}.yaml").read_text(), re.M)
+    return match.group(1) if match else loss
+
+
+def single_method(config: dict[str, Any], labels: dict[str, Any]) -> str | None:
+    """The single-model method with a run's objective and head, or None."""
+    objective = ((config or {}).get("loss") or {}).get("_target_")
+    for name, recipe in recipes().items():
+        if recipe.members == 1 and (recipe.objective, recipe.head) == (objective, labels.get("head")):
+            return name
+    return None
+
+
+def method_of(config: dict[str, Any], labels: dict[str, Any]) -> str | None:
+    """The method a run is: `ensemble` for any ensemble (of whichever members), else its single-model method."""
+    members = int(((config or {}).get("ensemble") or {}).get("members", 1) or 1)
+    return "ensemble" if members > 1 else single_method(config, labels)

@@ -1,0 +1,268 @@
+"""The UCI section of a report: densbench's methods beside the published figures, paired per split.
+
+Published figures are REFERENCE.md section 2, each source tagged with its protocol; the paired
+comparison reads the per-split test log-likelihoods of the 4000-epoch MC-dropout runs that ship with
+the standard layout (<dataset>/results/test_ll_100_xepochs_1_hidden_layers.txt).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from densbench.methods import method_of, single_method
+from densbench.uci import FOLDERS, ROOT_VARIABLE
+
+DATASETS = tuple(FOLDERS)
+SUITE_FILE = "suite.json"  # written into the sweep directory by scripts/uci_suite.py: its command and wall time
+MCD_4000 = "test_ll_100_xepochs_1_hidden_layers.txt"
+
+
+class Source(NamedTuple):
+    """A published result: its name, the protocol it was produced under, and whether its ± is an SE."""
+
+    name: str
+    protocol: str
+    se: bool
+
+
+SOURCES = (
+    Source("PBP", "HL&A 2015: 40 epochs (protein 20), no model selection, the published splits", True),
+    Source("MCD 2016", "Gal & Ghahramani 2016: 40 epochs (protein 20), dropout and τ by validation, the published splits", True),
+    Source("MCD 2018", "MC-dropout repository rerun: 4000 epochs, batch 128, dropout and τ by grid search on an "
+                       "inner 80/20 split, the published splits", True),
+    Source("Deep Ens.", "Lakshminarayanan et al. 2017: 5 nets with adversarial training, 40 epochs (protein 20), "
+                        "the published splits; ± behaves like a standard deviation (÷√20 for an SE)", False),
+    Source("NGBoost", "Duan et al. 2020: gradient-boosted trees, its own regenerated splits, 20% of training data "
+                      "to choose the number of trees; quoted from a later paper's table", False),
+    Source("DER", "Amini et al. 2020 (deep evidential regression): quoted from a later paper's table", False),
+)
+# REFERENCE.md section 2, in SOURCES order: test NLL and RMSE as printed (mean, ±; None: printed without one)
+NLL = {
+    "boston": ["2.57±.09", "2.46±.06", "2.40±.04", "2.41±.25", "2.43±.15", "2.35±.06"],
+    "concrete": ["3.16±.02", "3.04±.02", "2.93±.02", "3.06±.18", "3.04±.17", "3.01±.02"],
+    "energy": ["2.04±.02", "1.99±.02", "1.21±.01", "1.38±.22", "0.60±.45", "1.39±.06"],
+    "kin8nm": ["-0.90±.01", "-0.95±.01", "-1.14±.01", "-1.20±.02", "-0.49±.02", "-1.24±.01"],
+    "naval": ["-3.73±.01", "-3.80±.01", "-4.45±.00", "-5.63±.05", "-5.34±.04", "-5.73±.07"],
+    "power": ["2.84±.01", "2.80±.01", "2.80±.01", "2.79±.04", "2.79±.11", "2.81±.07"],
+    "protein": ["2.97±.00", "2.89±.00", "2.87±.00", "2.83±.02", "2.81±.03", "2.63±.00"],
+    "wine": ["0.97±.01", "0.93±.01", "0.93±.01", "0.94±.12", "0.91±.06", "0.89±.05"],
+    "yacht": ["1.63±.02", "1.55±.03", "1.25±.01", "1.18±.21", "0.20±.26", "1.03±.19"],
+}
+RMSE = {
+    "boston": ["3.01±.18", "2.97±.19", "2.90±.18", "3.28±1.00", "2.94±.53", "3.06±.16"],
+    "concrete": ["5.67±.09", "5.23±.12", "4.82±.16", "6.03±.58", "5.06±.61", "5.85±.15"],
+    "energy": ["1.80±.05", "1.66±.04", "0.54±.06", "2.09±.29", "0.46±.06", "2.06±.10"],
+    "kin8nm": ["0.10", "0.10", "0.08", "0.09", "0.16", "0.09"],
+    "naval": ["0.01", "0.01", "0.00", "0.00", "0.00", "0.00"],
+    "power": ["4.12±.03", "4.02±.04", "4.01±.04", "4.11±.17", "3.79±.18", "4.23±.09"],
+    "protein": ["4.73±.01", "4.36±.01", "4.27±.02", "4.71±.06", "4.33±.03", "4.64±.03"],
+    "wine": ["0.64±.01", "0.62±.01", "0.62±.01", "0.64±.04", "0.63±.04", "0.61±.02"],
+    "yacht": ["1.02±.05", "1.11±.09", "0.67±.05", "1.58±.48", "0.50±.20", "1.57±.56"],
+}
+METRICS = (("nll", "test NLL"), ("rmse", "RMSE"), ("crps", "CRPS"), ("mace", "cal. error"))
+
+
+def published(table: dict[str, list[str]], dataset: str, source: str) -> tuple[float, float | None]:
+    """(mean, ±) of a published figure."""
+    text = table[dataset][[s.name for s in SOURCES].index(source)]
+    mean, _, pm = text.partition("±")
+    return float(mean), (float(pm) if pm else None)
+
+
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return float("nan"), None
+    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def _fmt(m: float, se: float | None, digits: int = 2) -> str:
+    if not math.isfinite(m):
+        return "-"
+    return f"{m:.{digits}f}" if se is None else f"{m:.{digits}f} ± {se:.{digits}f}"
+
+
+def collect(results: list[tuple[Path, dict]]) -> dict[str, dict[str, list[dict]]]:
+    """Ok UCI-protocol runs of the nine datasets, by dataset and method (tuning runs left out)."""
+    out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for _, r in results:
+        cfg, lab = r.get("config") or {}, r.get("labels") or {}
+        d = cfg.get("dataset") or {}
+        if r.get("status") != "ok" or lab.get("dataset") not in FOLDERS or d.get("protocol") != "uci" or d.get("tuning"):
+            continue
+        method = method_of(cfg, lab)
+        if method is None:
+            method = f"{lab.get('loss')}/{lab.get('head')}"
+        out[lab["dataset"]][method].append(r)
+    return out
+
+
+def _results_folder(dataset: str, runs: list[dict]) -> Path | None:
+    """The dataset's results/ folder in the standard layout the runs read (or DENSBENCH_UCI_ROOT)."""
+    for r in runs:
+        source = (r.get("provenance") or {}).get("data_source")
+        if isinstance(source, list) and source and Path(source[0]).name == "data.txt":
+            return Path(source[0]).parent.parent / "results"
+    root = os.environ.get(ROOT_VARIABLE)
+    return Path(root) / FOLDERS[dataset] / "results" if root else None
+
+
+def mcd_4000(dataset: str, runs: list[dict]) -> np.ndarray | None:
+    """Per-split test NLL of the 4000-epoch MC-dropout runs, or None where the file is not at hand."""
+    folder = _results_folder(dataset, runs)
+    path = folder / MCD_4000 if folder else None
+    if path is None or not path.is_file():
+        return None
+    return -np.atleast_1d(np.loadtxt(path, dtype=np.float64))
+
+
+def paired(runs: list[dict], reference: np.ndarray) -> dict[str, Any] | None:
+    """densbench NLL minus the reference NLL, split by split: mean ± se, splits won, splits paired."""
+    by_split = {int(r["labels"]["split"]): r["metrics"]["nll"] for r in runs if r["labels"].get("split") is not None}
+    common = sorted(s for s in by_split if s < len(reference) and by_split[s] is not None)
+    if len(common) < 2:
+        return None
+    diff = np.array([by_split[s] - reference[s] for s in common])
+    return {"mean": float(diff.mean()), "se": float(diff.std(ddof=1) / math.sqrt(len(diff))),
+            "won": int((diff < 0).sum()), "splits": len(common)}
+
+
+def validation_best(methods: dict[str, list[dict]]) -> str | None:
+    """The single-model method with the lowest mean validation NLL (no test data in the choice)."""
+    scores = {m: _mean_se([(r.get("train") or {}).get("best_val_nll") for r in runs])[0]
+              for m, runs in methods.items() if m != "ensemble"}
+    scores = {m: v for m, v in scores.items() if math.isfinite(v)}
+    return min(scores, key=scores.get) if scores else None
+
+
+def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
+    """The UCI part of a report (empty when the sweep has no UCI-protocol runs)."""
+    found = collect(results)
+    if not found:
+        return []
+    datasets = [d for d in DATASETS if d in found]
+    methods = sorted({m for d in datasets for m in found[d]}, key=lambda m: (m == "ensemble", m))
+    lines = ["## UCI regression benchmark", ""]
+    suite = _suite(sweep_dir)
+    if suite:
+        lines += [f"The whole suite ran in **{suite['wall_s'] / 60:.1f} min** wall ({suite['wall_s']:.0f} s, "
+                  f"{suite.get('jobs', '?')} jobs) on {suite.get('machine', 'this machine')}: `{suite['command']}`.", ""]
+    lines += _leaderboard(found, datasets, methods)
+    lines += _goals(found, datasets)
+    lines += ["### Published protocols", "", "| source | protocol | ± |", "|---|---|---|"]
+    lines += [f"| {s.name} | {s.protocol} | {'standard error' if s.se else 'as printed (not a standard error)'} |" for s in SOURCES]
+    lines += ["", "densbench (all methods): the published splits and the protocol's width and epochs "
+              "(n_hidden.txt, n_epochs.txt); inputs and targets standardised on the training rows; 10% of each training "
+              "split held out to choose the epoch by validation NLL; optimiser settings per dataset from "
+              "`scripts/uci_search.py` (validation data carved from training splits 0-2, never test data); ± is a "
+              "standard error over splits.", ""]
+    for ds in datasets:
+        lines += _dataset_table(ds, found[ds], methods)
+    return lines
+
+
+def _suite(sweep_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(sweep_dir) / SUITE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _nll(runs: list[dict]) -> tuple[float, float | None]:
+    return _mean_se([(r.get("metrics") or {}).get("nll") for r in runs])
+
+
+def _leaderboard(found, datasets: list[str], methods: list[str]) -> list[str]:
+    names = [s.name for s in SOURCES]
+    lines = ["### Leaderboard: test NLL (lower is better)", "",
+             "Mean over splits; **bold**: the best of the row, densbench methods and published figures together. "
+             "The published columns are not all on the same protocol (see below).", "",
+             "| dataset | " + " | ".join(methods + names) + " |", "|---|" + "---|" * (len(methods) + len(names))]
+    for ds in datasets:
+        cells = [_nll(found[ds][m])[0] if m in found[ds] else float("nan") for m in methods]
+        cells += [published(NLL, ds, n)[0] for n in names]
+        best = min((c for c in cells if math.isfinite(c)), default=float("nan"))
+        text = [("-" if not math.isfinite(c) else (f"**{c:.2f}**" if round(c, 2) == round(best, 2) else f"{c:.2f}")) for c in cells]
+        lines.append(f"| {ds} | " + " | ".join(text) + " |")
+    lines.append("")
+    return lines
+
+
+def _goals(found, datasets: list[str]) -> list[str]:
+    lines = ["### Against MC dropout (2016) and Deep Ensembles", "",
+             "Best densbench method by mean test NLL (the leaderboard's reading), and the single-model method a user "
+             "would pick without test data (lowest mean validation NLL).", "",
+             "| dataset | best method | its NLL | ≤ MCD 2016 | ≤ Deep Ens. | chosen by validation | its NLL | ≤ MCD 2016 | ≤ Deep Ens. |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    tally = defaultdict(int)
+    for ds in datasets:
+        nlls = {m: _nll(runs)[0] for m, runs in found[ds].items()}
+        best = min(nlls, key=lambda m: nlls[m] if math.isfinite(nlls[m]) else math.inf)
+        chosen = validation_best(found[ds])
+        mcd, de = published(NLL, ds, "MCD 2016")[0], published(NLL, ds, "Deep Ens.")[0]
+        row = [ds]
+        for tag, m in (("best", best), ("chosen", chosen)):
+            if m is None:
+                row += ["-"] * 4
+                continue
+            v = nlls[m]
+            beats = (round(v, 2) <= mcd, round(v, 2) <= de)
+            tally[(tag, "mcd")] += beats[0]
+            tally[(tag, "de")] += beats[1]
+            row += [m, f"{v:.3f}", "yes" if beats[0] else "no", "yes" if beats[1] else "no"]
+        lines.append("| " + " | ".join(row) + " |")
+    n = len(datasets)
+    lines += ["", f"Best method at least as good as MC dropout (2016) on {tally[('best', 'mcd')]} of {n} datasets and as "
+              f"Deep Ensembles on {tally[('best', 'de')]} of {n}; the validation-chosen method on "
+              f"{tally[('chosen', 'mcd')]} and {tally[('chosen', 'de')]} of {n} (means compared at the published "
+              "two decimals).", ""]
+    return lines
+
+
+def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[str]) -> list[str]:
+    lines = [f"### {ds}", "", "| method | splits | " + " | ".join(h for _, h in METRICS) + " | protocol |",
+             "|---|---|" + "---|" * len(METRICS) + "---|"]
+    n_splits = max(len(r) for r in methods_runs.values())
+    for s in SOURCES:
+        (nm, nse), (rm, rse) = published(NLL, ds, s.name), published(RMSE, ds, s.name)
+        splits = {"NGBoost": "own", "DER": "as quoted"}.get(s.name, str(5 if ds == "protein" else 20))
+        lines.append(f"| {s.name} (published) | {splits} | {_fmt(nm, nse)} | {_fmt(rm, rse)} | - | - | {s.name} |")
+    for m in methods:
+        runs = methods_runs.get(m)
+        if not runs:
+            continue
+        cells = [_fmt(*_mean_se([(r.get("metrics") or {}).get(k) for r in runs]), 3) for k, _ in METRICS]
+        label = m
+        if m == "ensemble":
+            members = single_method(runs[0].get("config") or {}, runs[0]["labels"]) or f"{runs[0]['labels'].get('loss')}/{runs[0]['labels'].get('head')}"
+            label = f"ensemble of 5 {members}"
+        lines.append(f"| densbench {label} | {len(runs)} | " + " | ".join(cells) + f" | {_protocol(runs[0])} |")
+    reference = mcd_4000(ds, [r for runs in methods_runs.values() for r in runs])
+    lines.append("")
+    if reference is None:
+        lines += [f"Paired comparison with the 4000-epoch MC-dropout runs: their per-split file ({MCD_4000}) is not at hand.", ""]
+        return lines
+    lines += [f"Paired per split with the 4000-epoch MC-dropout runs (MCD 2018's per-split test NLL, mean "
+              f"{reference.mean():.3f} over {len(reference)} splits): densbench NLL minus theirs.", "",
+              "| method | mean difference ± se | splits won | splits |", "|---|---|---|---|"]
+    for m in methods:
+        p = paired(methods_runs.get(m) or [], reference)
+        if p:
+            lines.append(f"| {m} | {p['mean']:+.3f} ± {p['se']:.3f} | {p['won']} | {p['splits']} |")
+    lines.append("")
+    if n_splits < len(reference):
+        lines += [f"(densbench ran {n_splits} of the {len(reference)} splits.)", ""]
+    return lines
+
+
+def _protocol(res: dict) -> str:
+    c = res.get("config") or {}
+    t, o = c.get("trainer") or {}, c.get("optimizer") or {}
+    return f"{t.get('max_epochs')} ep, batch {t.get('batch_size')}, lr {o.get('lr')}"

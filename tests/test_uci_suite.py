@@ -1,0 +1,156 @@
+"""The UCI suite: tuning mode never reads test rows, the optimiser search, named methods, the report's
+published figures and paired comparison, and the suite command on a slice of the datasets."""
+
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, make_cfg
+from densbench import uci_report
+from densbench.data import load
+from densbench.errors import ConfigError
+from densbench.methods import method_of, recipes
+from densbench.run import labels
+
+sys.path.insert(0, str(REPO / "scripts"))
+import uci_search  # noqa: E402
+
+UCI_ROOT = REPO.parent / "shared" / "uci"
+needs_layout = pytest.mark.skipif(not (UCI_ROOT / "yacht" / "data" / "data.txt").is_file(),
+                                  reason=f"the UCI layout is not at {UCI_ROOT}")
+
+
+def _published_rows(name, split, tuning, root=None):
+    extra = [f"dataset.root={root}"] if root else []
+    cfg = make_cfg(f"dataset={name}", f"dataset.split={split}", "dataset.val_fraction=0.1",
+                   f"dataset.tuning={str(tuning).lower()}", *extra).dataset
+    return load(cfg)
+
+
+@pytest.mark.parametrize("name", ["boston", "concrete"])
+def test_tuning_mode_sees_only_the_published_training_rows(name):
+    plain, tuned = _published_rows(name, 3, False), _published_rows(name, 3, True)
+    published_train = set(plain.train) | set(plain.val)
+    parts = [set(tuned.train), set(tuned.val), set(tuned.test)]
+    assert set().union(*parts) == published_train  # every row it sees is a training row of the split...
+    assert not set(plain.test) & set().union(*parts)  # ...and not one test row
+    assert sum(map(len, parts)) == len(published_train)  # disjoint
+    assert len(tuned.test) == round(0.1 * len(published_train))
+
+
+@needs_layout
+def test_tuning_mode_from_the_standard_layout_never_touches_test_rows():
+    plain, tuned = _published_rows("yacht", 7, False, UCI_ROOT), _published_rows("yacht", 7, True, UCI_ROOT)
+    assert not set(plain.test) & (set(tuned.train) | set(tuned.val) | set(tuned.test))
+
+
+def test_tuning_without_a_validation_fraction_is_refused():
+    from densbench.checks import check_config
+
+    with pytest.raises(ConfigError, match="dataset.tuning=true needs dataset.val_fraction > 0"):
+        check_config(make_cfg("dataset=boston", "dataset.tuning=true"))
+
+
+def _result(dataset, lr, batch, nll, tuning=True, split=0):
+    return {"status": "ok", "labels": {"dataset": dataset, "split": split}, "metrics": {"nll": nll},
+            "config": {"dataset": {"name": dataset, "tuning": tuning}, "optimizer": {"lr": lr}, "trainer": {"batch_size": batch}}}
+
+
+def test_the_search_scores_mean_held_out_nll_and_refuses_runs_that_saw_test_rows(tmp_path):
+    runs = [("boston", 0.01, 32, 2.5), ("boston", 0.01, 32, 2.7), ("boston", 0.003, 32, 2.55), ("boston", 0.003, 32, 2.6),
+            ("boston", 0.03, 128, float("nan")), ("boston", 0.03, 128, 1.0)]
+    for i, (ds, lr, b, nll) in enumerate(runs):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(_result(ds, lr, b, nll if math.isfinite(nll) else None)))
+    found = uci_search.scores(tmp_path)
+    assert sorted(found["boston"][(0.01, 32)]) == [2.5, 2.7]
+    assert uci_search.choose(found["boston"]) == (0.003, 32)  # 2.575 < 2.6; a diverged split rules 0.03 out
+    (tmp_path / "r9").mkdir()
+    (tmp_path / "r9" / "result.json").write_text(json.dumps(_result("boston", 0.1, 8, 0.1, tuning=False)))
+    with pytest.raises(SystemExit, match="not a tuning run"):
+        uci_search.scores(tmp_path)
+
+
+def test_the_search_writes_its_choice_into_the_experiment_config(tmp_path):
+    conf = tmp_path / "experiment"
+    shutil.copytree(REPO / "conf" / "experiment", conf)
+    uci_search.write_choice("protein", 0.003, 128, conf)
+    text = (conf / "uci_protein.yaml").read_text()
+    assert re.search(r"^  lr: 0.003\s+# chosen by scripts/uci_search.py$", text, re.M)
+    assert re.search(r"^  batch_size: 128\s+# chosen by scripts/uci_search.py$", text, re.M)
+    assert "max_epochs: 20" in text  # the rest of the file untouched
+    (conf / "uci_yacht.yaml").write_text("trainer:\n  batch_size: 32\n")
+    with pytest.raises(SystemExit, match="expected one line"):
+        uci_search.write_choice("yacht", 0.01, 32, conf)
+
+
+@pytest.mark.parametrize("name", sorted(recipes()))
+def test_every_method_config_is_recognised_from_the_run_it_composes(name):
+    cfg = make_cfg("dataset=boston", f"method={name}")
+    from omegaconf import OmegaConf
+
+    assert method_of(OmegaConf.to_container(cfg, resolve=True), labels(cfg)) == name
+
+
+def test_published_figures_parse_as_printed():
+    assert uci_report.published(uci_report.NLL, "kin8nm", "Deep Ens.") == (-1.20, 0.02)
+    assert uci_report.published(uci_report.RMSE, "naval", "PBP") == (0.01, None)
+    assert set(uci_report.NLL) == set(uci_report.RMSE) == set(uci_report.DATASETS)
+    assert all(len(v) == len(uci_report.SOURCES) for v in (*uci_report.NLL.values(), *uci_report.RMSE.values()))
+
+
+def test_paired_comparison_is_the_mean_and_se_of_per_split_differences():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(2.4, 0.2, 20)
+    ours = reference + rng.normal(-0.05, 0.1, 20)
+    runs = [{"labels": {"split": s}, "metrics": {"nll": float(ours[s])}} for s in range(20)]
+    p = uci_report.paired(runs, reference)
+    diff = ours - reference
+    assert p["splits"] == 20 and p["won"] == int((diff < 0).sum())
+    assert p["mean"] == pytest.approx(diff.mean(), abs=1e-12)
+    assert p["se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(20), abs=1e-12)
+    assert uci_report.paired(runs[:1], reference) is None  # one split is no comparison
+
+
+@needs_layout
+def test_the_4000_epoch_reference_is_read_from_the_layout_the_runs_read():
+    runs = [{"provenance": {"data_source": [str(UCI_ROOT / "yacht" / "data" / "data.txt")]}}]
+    nll = uci_report.mcd_4000("yacht", runs)
+    ll = np.loadtxt(UCI_ROOT / "yacht" / "results" / uci_report.MCD_4000)
+    assert np.array_equal(nll, -ll) and nll.mean() == pytest.approx(1.25, abs=0.01)  # MCD 2018's published 1.25
+
+
+@pytest.mark.slow
+@needs_layout
+def test_the_suite_command_on_a_slice_writes_the_report_with_published_rows(tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "uci_suite.py"), "--root", str(UCI_ROOT),
+                           "--datasets", "yacht", "--methods", "gaussian_nll,student_t",
+                           "--sweep-dir", str(tmp_path / "mr"), "--out", str(out),
+                           "--extra", "trainer.max_epochs=2", "logger=none"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    suite = json.loads((tmp_path / "mr" / uci_report.SUITE_FILE).read_text())
+    assert suite["jobs"] == 60 and suite["wall_s"] > 0
+    results = [json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")]
+    assert all(r["status"] == "ok" and r["launcher"] == "stacked" for r in results)
+    # the ensemble's members are the single-model method with the lower mean validation NLL
+    val = {m: np.mean([r["train"]["best_val_nll"] for r in results
+                       if r["config"]["ensemble"]["members"] == 1 and method_of(r["config"], r["labels"]) == m])
+           for m in ("gaussian_nll", "student_t")}
+    assert suite["ensemble_members"] == {"yacht": min(val, key=val.get)}
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert {r["dataset"] for r in rows} == {"yacht"} and all(r["runs"] == "20" for r in rows)
+    assert sorted(r["method"] for r in rows) == ["ensemble", "gaussian_nll", "student_t"]
+    text = (out / "report.md").read_text()
+    assert "| MCD 2016 (published) | 20 | 1.55 ± 0.03 | 1.11 ± 0.09 |" in text
+    assert re.search(r"\| yacht \| [-0-9.*]+ \| [-0-9.*]+ \| [-0-9.*]+ \| 1\.63 \| 1\.55 \| 1\.25 \| 1\.18 \| \*\*0\.20\*\* \| 1\.03 \|", text)
+    assert "Paired per split with the 4000-epoch MC-dropout runs" in text and "| 20 |" in text
+    assert f"{suite['wall_s'] / 60:.1f} min" in text
