@@ -154,3 +154,14 @@ def test_the_suite_command_on_a_slice_writes_the_report_with_published_rows(tmp_
     assert re.search(r"\| yacht \| [-0-9.*]+ \| [-0-9.*]+ \| [-0-9.*]+ \| 1\.63 \| 1\.55 \| 1\.25 \| 1\.18 \| \*\*0\.20\*\* \| 1\.03 \|", text)
     assert "Paired per split with the 4000-epoch MC-dropout runs" in text and "| 20 |" in text
     assert f"{suite['wall_s'] / 60:.1f} min" in text
+
+
+@needs_layout
+def test_discrete_targets_are_recognised_from_the_data_the_runs_read():
+    def atoms(folder):
+        return uci_report.target_atoms([{"provenance": {"data_source": [str(UCI_ROOT / folder / "data" / "data.txt")]}}])
+
+    wine, yacht = atoms("wine-quality-red"), atoms("yacht")
+    assert (wine["rows"], wine["distinct"], wine["on_atoms"]) == (1599, 6, 1.0)  # quality scores 3..8
+    assert yacht["on_atoms"] < uci_report.ATOM_SHARE
+    assert uci_report.target_atoms([{"provenance": {"data_source": "synthetic hetero_sine"}}]) is None
