@@ -25,28 +25,29 @@ from pathlib import Path
 from densbench.methods import recipes
 from densbench.report import write_report
 from densbench.results import scan_results
-from densbench.uci import FOLDERS, ROOT_VARIABLE
+from densbench.uci import FOLDERS, ROOT_VARIABLE, protocol
 from densbench.uci_report import SUITE_FILE, collect, validation_best
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = [m for m, r in recipes().items() if r.members == 1]
-SPLITS = {"protein": 5}  # n_splits.txt; every other dataset has 20
+def n_splits(dataset: str, root: str) -> int:
+    """The number of published splits, from the layout's n_splits.txt."""
+    return protocol(Path(root) / FOLDERS[dataset] / "data")["splits"]
 
 
-def multirun(datasets: list[str], overrides: list[str], sweep_dir: Path, resume: bool) -> list[str]:
-    """One stacked multirun over datasets (all with the same number of splits)."""
-    n = SPLITS.get(datasets[0], 20)
+def multirun(datasets: list[str], n: int, overrides: list[str], sweep_dir: Path, resume: bool) -> list[str]:
+    """One stacked multirun over datasets (all with n splits)."""
     return [sys.executable, "-m", "densbench", "-m", "experiment=" + ",".join(f"uci_{d}" for d in datasets),
             *overrides, f"dataset.split=range({n})", "launcher=stacked", f"resume={str(resume).lower()}",
             "report.enabled=false", f"hydra.sweep.dir={sweep_dir}"]
 
 
-def by_splits(datasets: list[str]) -> list[list[str]]:
+def by_splits(datasets: list[str], root: str) -> dict[int, list[str]]:
     """The datasets grouped by their number of splits (one multirun each)."""
     groups: dict[int, list[str]] = defaultdict(list)
     for d in datasets:
-        groups[SPLITS.get(d, 20)].append(d)
-    return list(groups.values())
+        groups[n_splits(d, root)].append(d)
+    return dict(groups)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         commands.append(" ".join(cmd[1:]))
         failed += subprocess.run(cmd, env=env).returncode != 0
 
-    for group in by_splits(datasets):
-        run(multirun(group, [f"method={args.methods}", *args.extra], sweep_dir, args.resume))
+    for n, group in by_splits(datasets, args.root).items():
+        run(multirun(group, n, [f"method={args.methods}", *args.extra], sweep_dir, args.resume))
     found = collect(scan_results(sweep_dir)[0])
     members: dict[str, list[str]] = defaultdict(list)
     for d in datasets:
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         members[best].append(d)
     for method, ds in sorted(members.items()):
         recipe = recipes()[method]
-        for group in by_splits(ds):
-            run(multirun(group, ["method=ensemble", f"loss={recipe.loss}", f"head={recipe.head}", *args.extra],
+        for n, group in by_splits(ds, args.root).items():
+            run(multirun(group, n, ["method=ensemble", f"loss={recipe.loss}", f"head={recipe.head}", *args.extra],
                          sweep_dir, args.resume))
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)
