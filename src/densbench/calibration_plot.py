@@ -14,12 +14,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def calibration_figure(curves: list[dict], title: str = ""):
-    """PIT histogram and calibration curve (reliability diagram for classes), averaged over runs."""
+def calibration_figure(curves: list[dict], title: str = "", before: list[dict] | None = None):
+    """PIT histogram and calibration curve (reliability diagram for classes), averaged over runs;
+    `before`: the same runs' curves before recalibration, drawn beside them."""
 
-    def avg(name):
-        arrs = [np.asarray(c[name], dtype=float) for c in curves if name in c]
+    def avg(name, source=curves):
+        arrs = [np.asarray(c[name], dtype=float) for c in (source or []) if name in c]
         return np.mean(arrs, 0) if arrs else None
+
+    pit_before, obs_before = avg("pit_hist", before), avg("calibration_observed", before)
+    label = "recalibrated" if before else "model"
 
     pit, exp, obs = avg("pit_hist"), avg("calibration_expected"), avg("calibration_observed")
     conf, acc, cnt = avg("reliability_conf"), avg("reliability_acc"), avg("reliability_count")
@@ -29,7 +33,10 @@ def calibration_figure(curves: list[dict], title: str = ""):
     if pit is not None:
         ax = axes[0, i]
         b = len(pit)
-        ax.bar((np.arange(b) + 0.5) / b, pit * b, width=1 / b, color="#2E2585", alpha=0.75)
+        ax.bar((np.arange(b) + 0.5) / b, pit * b, width=1 / b, color="#2E2585", alpha=0.75, label=label)
+        if pit_before is not None:
+            ax.stairs(pit_before * b, np.linspace(0, 1, b + 1), color="#DD5500", lw=1.5, label="before recalibration")
+            ax.legend(fontsize=8)
         ax.axhline(1.0, color="grey", ls="--", lw=1)
         ax.set_xlabel("PIT value")
         ax.set_ylabel("density")
@@ -37,7 +44,9 @@ def calibration_figure(curves: list[dict], title: str = ""):
         i += 1
     ax = axes[0, i] if i < len(panels) else None
     if ax is not None and exp is not None:
-        ax.plot(exp, obs, color="#2E2585", lw=1.8, label="model")
+        ax.plot(exp, obs, color="#2E2585", lw=1.8, label=label)
+        if obs_before is not None:
+            ax.plot(exp, obs_before, color="#DD5500", lw=1.5, ls="-.", label="before recalibration")
         ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="ideal")
         ax.set_xlabel("expected proportion in central interval")
         ax.set_ylabel("observed proportion")

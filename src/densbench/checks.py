@@ -84,6 +84,7 @@ def check_config(cfg: DictConfig) -> Plan:
     kind = data.describe(cfg.dataset)
     plan = Plan(objective, head, kind.task, kind.truth)
     check_pair(plan, str(cfg.grad), cfg.dataset.name)
+    check_recalibration(cfg, plan.task)
     if members > 1 and not ({"location_scale", "mixture"} & plan.bound_family().traits):
         raise Incompatible(f"ensemble.members={members} scores the members' mixture, which needs a location-scale or "
                            f"mixture head; head={head.name} is neither")
@@ -162,6 +163,25 @@ def _check_dataset(d: DictConfig) -> None:
     if d.get("tuning") and not d.get("val_fraction"):
         raise ConfigError("dataset.tuning=true needs dataset.val_fraction > 0: the stand-in test set and the "
                           "validation set are carved from the training split with that fraction")
+
+
+def check_recalibration(cfg: DictConfig, task: str, n_val: int | None = None) -> None:
+    """recalibrate= names a method that applies: a regression task with enough validation rows to fit it on."""
+    from densbench import recalibration
+
+    name = cfg.get("recalibrate", "none")
+    one_of("recalibrate", name, recalibration.NAMES)
+    if name == "none":
+        return
+    if task != "regression":
+        raise Incompatible(f"recalibrate={name} recalibrates continuous predictive distributions; dataset={cfg.dataset.name} "
+                           f"is a {task} task (recalibrate=none there)")
+    d = cfg.dataset
+    if n_val is None and (d.get("val_fraction") == 0 or d.get("n_val") == 0):
+        n_val = 0
+    if n_val is not None and n_val < recalibration.MIN_POINTS:
+        raise Incompatible(f"recalibrate={name} is fitted on the validation split, which has {n_val} rows for "
+                           f"dataset={d.name}; it needs at least {recalibration.MIN_POINTS} (raise dataset.val_fraction or n_val)")
 
 
 def check_against_data(plan: Plan, data: Any, grad: str) -> Family:

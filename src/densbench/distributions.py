@@ -4,7 +4,8 @@
 of Gaussian members): CDF as the weighted sum, quantiles by the safeguarded solver inside the bracket
 of component quantiles (never a moment-matched Gaussian), CRPS in closed form, the binned pmf and
 Gauss-Hermite quadrature per component. ``InverseSinePosterior``: the MDN document's inverse problem,
-exact up to a normaliser computed on a fine grid.
+exact up to a normaliser computed on a fine grid. ``Recalibrated``: a predictive composed with a
+recalibration map, R(F(y)) (densbench.recalibration, recalibrate=isotonic).
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ def _a(m: Tensor, s: Tensor) -> Tensor:
     return m * (2 * std_normal_cdf(z) - 1) + 2 * s * std_normal_pdf(z)
 
 
+@ops.rescale.register(NormalMixture)
+def _mixture_rescale(d: NormalMixture, factor: Tensor | float) -> NormalMixture:
+    """Every component's standard deviation times the factor."""
+    factor = torch.as_tensor(factor, dtype=d.scale.dtype, device=d.scale.device)
+    return NormalMixture(d.mixture_distribution.logits, d.loc, d.scale * factor.unsqueeze(-1) if factor.dim() else d.scale * factor)
+
+
 @ops.crps.register(NormalMixture)
 def crps_mixture(d: NormalMixture, y: Tensor) -> Tensor:
     """CRPS of a Gaussian mixture, sum_i w_i A(y - m_i, s_i^2) - 1/2 sum_ij w_i w_j A(m_i - m_j, s_i^2 + s_j^2)."""
@@ -191,6 +199,75 @@ def _mixture_quadrature(d: NormalMixture, nodes: int = ops.QUADRATURE_NODES) -> 
     wt = w * d.weights.unsqueeze(0)
     # components' nodes side by side: [Q * K, ...]
     return y.movedim(-1, 1).reshape(-1, *d.batch_shape), wt.movedim(-1, 1).reshape(-1, *d.batch_shape)
+
+
+RECALIBRATED_LEVELS = 1000  # quantile midpoints behind a recalibrated distribution's mean, variance and CRPS
+
+
+def piecewise_linear(x: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+    """Interpolation through strictly increasing knots (xs, ys) at x clamped to [xs[0], xs[-1]], and its slope."""
+    x = x.clamp(xs[0], xs[-1])
+    i = (torch.searchsorted(xs, x.contiguous(), right=True) - 1).clamp(0, len(xs) - 2)
+    x0, y0 = xs[i], ys[i]
+    slope = (ys[i + 1] - y0) / (xs[i + 1] - x0)
+    return y0 + slope * (x - x0), slope
+
+
+class Recalibrated(Distribution):
+    """G(y) = R(F(y)): a base predictive F composed with a recalibration map R, a continuous CDF on [0, 1]
+    through knots (p, R(p)) that increase strictly from (0, 0) to (1, 1)."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, base: Distribution, knots_p: Tensor, knots_r: Tensor):
+        self.base, self.knots_p, self.knots_r = base, knots_p, knots_r
+        self._grid: Tensor | None = None
+        super().__init__(base.batch_shape, validate_args=False)
+
+    def cdf(self, value: Tensor) -> Tensor:
+        """R(F(y))."""
+        return piecewise_linear(ops.cdf(self.base, value).double(), self.knots_p, self.knots_r)[0]
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """log R'(F(y)) + log f(y)."""
+        _, slope = piecewise_linear(ops.cdf(self.base, value).double(), self.knots_p, self.knots_r)
+        return slope.log() + self.base.log_prob(value).double()
+
+    def icdf(self, value: Tensor) -> Tensor:
+        """F^-1(R^-1(q)); R^-1 interpolates the same knots with the axes swapped."""
+        u, _ = piecewise_linear(value.double(), self.knots_r, self.knots_p)
+        return ops.icdf(self.base, u.to(self.base.mean.dtype)).double()
+
+    def quantile_grid(self) -> Tensor:
+        """Quantiles at RECALIBRATED_LEVELS midpoints, [L, *batch], computed once for mean, variance and CRPS."""
+        if self._grid is None:
+            levels = (torch.arange(RECALIBRATED_LEVELS, dtype=torch.float64, device=self.knots_p.device) + 0.5) / RECALIBRATED_LEVELS
+            # not ops.quantile, which reads the mean (this grid) for its dtype
+            self._grid = self.icdf(levels.view(-1, *([1] * len(self.batch_shape))).expand(-1, *self.batch_shape))
+        return self._grid
+
+    @property
+    def mean(self) -> Tensor:
+        """By the quantile midpoint rule: through R the mean has no closed form."""
+        return self.quantile_grid().mean(0)
+
+    @property
+    def variance(self) -> Tensor:
+        """By the quantile midpoint rule."""
+        q = self.quantile_grid()
+        return (q - q.mean(0)).pow(2).mean(0)
+
+
+@ops.crps.register(Recalibrated)
+def _recalibrated_crps(d: Recalibrated, y: Tensor) -> Tensor:
+    """The quantile integral 2 int (1{y <= q(t)} - t)(q(t) - y) dt on the grid the mean and variance use."""
+    q = d.quantile_grid()
+    t = ((torch.arange(RECALIBRATED_LEVELS, dtype=torch.float64, device=q.device) + 0.5) / RECALIBRATED_LEVELS)
+    t = t.view(-1, *([1] * (q.dim() - 1)))
+    yd = y.double()
+    return 2 * (((yd <= q).double() - t) * (q - yd)).mean(0)
 
 
 class InverseSinePosterior(Distribution):

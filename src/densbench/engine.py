@@ -287,10 +287,11 @@ def run_chunk(module: Any, chunk: Chunk, step: Callable[[Tensor], None], count_h
 class EvalBatch:
     """One job's split (or this rank's shard of it) for evaluation; a plain class for the reason above."""
 
-    __slots__ = ("job", "x", "y", "x_orig", "u")
+    __slots__ = ("job", "x", "y", "x_orig", "u", "split")
 
-    def __init__(self, job: int | None, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor):
+    def __init__(self, job: int | None, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor, split: str = "test"):
         self.job = job  # index of the job (run directory); None: every job's split, stacked
+        self.split = split  # "val" in the test loop: the rows a job's recalibration is fitted on
         self.x = x  # standardised inputs, in the model's dtype
         self.y = y  # targets in original units, float64 (class indices for class targets)
         self.x_orig = x_orig  # inputs in original units, for the truth
@@ -314,12 +315,14 @@ class DensityData(pl.LightningDataModule):
     """Holds every job's splits as tensors and moves them to the training device once."""
 
     def __init__(self, preps: list[Any], stack: Stack, batch_size: int | None, state: EngineState, steps_per_call: int,
-                 seeds: list[int], truth_targets: bool = False, class_targets: bool = False):
+                 seeds: list[int], truth_targets: bool = False, class_targets: bool = False,
+                 calibrate: list[bool] | None = None):
         super().__init__()
         self.preps, self.stack, self.seeds = preps, stack, seeds
         self.batch_size, self.state, self.steps_per_call = batch_size, state, steps_per_call
         self.truth_targets = truth_targets  # train on the true Gaussian's mean and variance (loss=kl)
         self.class_targets = class_targets  # targets as class indices (categorical heads)
+        self.calibrate = calibrate or [False] * len(preps)  # jobs whose recalibration sees their validation split first
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         self.source: TrainSource | None = None
@@ -342,11 +345,14 @@ class DensityData(pl.LightningDataModule):
         extra = tuple(self._put(torch.stack(part)) for part in zip(*extras)) if extras else ()
         self.source = TrainSource(self._put(torch.stack(xs)), self._put(torch.stack(ys)), extra, self.stack,
                                   self.batch_size, rank, world)
-        test = [self._eval_batch(j, "test", rank, world) for j in range(len(self.preps))]
+        # a job's recalibration is fitted on its whole validation split (every rank the same, so every
+        # rank fits the same map) before its test batch is scored
+        test = [b for j in range(len(self.preps))
+                for b in ([self._eval_batch(j, "val", 0, 1)] if self.calibrate[j] else []) + [self._eval_batch(j, "test", rank, world)]]
         # validation of every model at once: the jobs' splits are stacked (a stack's jobs have equal sizes)
         val = [self._eval_batch(j, "val", rank, world) for j in range(len(self.preps))]
         self.eval = {"test": test, "val": [EvalBatch(None, torch.stack([b.x for b in val]), torch.stack([b.y for b in val]),
-                                                      torch.empty(0), torch.empty(0))]}
+                                                      torch.empty(0), torch.empty(0), "val")]}
 
     def _put(self, t: Tensor) -> Tensor:
         return t.to(self.device, dtype=self.dtype if t.is_floating_point() else t.dtype)
@@ -363,7 +369,7 @@ class DensityData(pl.LightningDataModule):
         u = torch.rand(len(idx), generator=g, dtype=torch.float64)
         rows = slice(rank, None, world)
         y = y[rows].reshape(-1).long() if (data.task == "multiclass" or self.class_targets) else y[rows].to(torch.float64)
-        return EvalBatch(job, self._put(x[rows]), self._put(y), x_orig[rows].to(self.device), u[rows].to(self.device))
+        return EvalBatch(job, self._put(x[rows]), self._put(y), x_orig[rows].to(self.device), u[rows].to(self.device), split)
 
     def train_dataloader(self):
         return ChunkStream(self.source, self.state, self.steps_per_call)

@@ -50,3 +50,11 @@ def _mixture_icdf(d: MixtureSameFamily, p: Tensor) -> Tensor:
     """Quantiles on the mixture's CDF, inside the bracket of the components' quantiles at the same level."""
     comp = ops.icdf(d.component_distribution, p.unsqueeze(-1).expand(*p.shape, d.mixture_distribution.probs.shape[-1]))
     return ops.solve_pointwise(d, p, comp.min(-1).values, comp.max(-1).values)
+
+
+@ops.rescale.register(MixtureSameFamily)
+def _mixture_rescale(d: MixtureSameFamily, factor: Tensor | float) -> MixtureSameFamily:
+    """Every member's spread times the factor, through the members' own rescale."""
+    factor = torch.as_tensor(factor, dtype=d.mixture_distribution.logits.dtype, device=d.mixture_distribution.logits.device)
+    return MixtureSameFamily(d.mixture_distribution, ops.rescale(d.component_distribution, factor.unsqueeze(-1) if factor.dim() else factor),
+                             validate_args=False)

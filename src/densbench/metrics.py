@@ -43,9 +43,11 @@ def _q_index(p: Tensor) -> Tensor:
 class PredictiveMetrics(Metric):
     """NLL, accuracy, CRPS, PIT, calibration, sharpness, intervals and truth gaps of one split.
 
-    ``update(dist, y, truth=None, u=None)`` takes the predictive distribution (batch [N]) and targets
-    in original units, the true distribution where known, and uniforms for the randomised PIT of
-    discrete targets. ``full=False`` keeps only what validation needs (NLL and the point error).
+    ``update(dist, y, truth=None, u=None, intervals=None)`` takes the predictive distribution (batch
+    [N]) and targets in original units, the true distribution where known, uniforms for the
+    randomised PIT of discrete targets, and central intervals {level: (lo, hi)} that replace the
+    predictive's own at those COVERAGES levels (conformal intervals). ``full=False`` keeps only what
+    validation needs (NLL and the point error).
     """
 
     full_state_update = False
@@ -71,14 +73,16 @@ class PredictiveMetrics(Metric):
                 self.add_state(name, torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
 
     # ----------------------------------------------------------------------------------------
-    def update(self, dist: Distribution, y: Tensor, truth: Distribution | None = None, u: Tensor | None = None) -> None:
+    def update(self, dist: Distribution, y: Tensor, truth: Distribution | None = None, u: Tensor | None = None,
+               intervals: dict[float, tuple[Tensor, Tensor]] | None = None) -> None:
         """Accumulate one batch."""
         with ops.recording_fallbacks() as used:
-            self._update(dist, y, truth, u)
+            self._update(dist, y, truth, u, intervals)
         self.fallbacks.update(used)
         self.fallbacks.update({part: f"unavailable: {why}" for part, why in self.missing.items()})
 
-    def _update(self, dist: Distribution, y: Tensor, truth: Distribution | None, u: Tensor | None) -> None:
+    def _update(self, dist: Distribution, y: Tensor, truth: Distribution | None, u: Tensor | None,
+                intervals: dict[float, tuple[Tensor, Tensor]] | None) -> None:
         y = y.reshape(dist.batch_shape) if not isinstance(dist, Categorical) else y.reshape(-1)
         self.n += y.shape[0]
         self.nll += -target_log_prob(dist, y, self.task).double().sum()
@@ -100,7 +104,7 @@ class PredictiveMetrics(Metric):
         if self.task != "multiclass":
             parts["pit"] = lambda: self._update_pit(dist, y, u)
         if not self.classification:
-            parts["intervals"] = lambda: self._update_intervals(dist, y)
+            parts["intervals"] = lambda: self._update_intervals(dist, y, intervals or {})
         for name, part in parts.items():
             # a distribution without an operation a part needs (a CDF, say) loses that part's
             # metrics, not the run: they come out NaN and result.json's fallbacks say why
@@ -126,7 +130,7 @@ class PredictiveMetrics(Metric):
             self.quantile_hits += (v.unsqueeze(-1) <= levels).double().sum(0)
         return v
 
-    def _update_intervals(self, dist: Distribution, y: Tensor) -> None:
+    def _update_intervals(self, dist: Distribution, y: Tensor, given: dict[float, tuple[Tensor, Tensor]]) -> None:
         levels = _Q_LEVELS.to(y.device, y.dtype)
         q = quantile(dist, levels).double()  # [199, N]
         yd = y.double()
@@ -141,7 +145,8 @@ class PredictiveMetrics(Metric):
         score = (hi - lo) + pen * (lo - yd) * (lo > yd) + pen * (yd - hi) * (yd > hi)
         self.interval_score += score.mean(0).sum()
         for j, c in enumerate(COVERAGES):
-            lo_c, hi_c = q[_q_index(torch.tensor(0.5 - c / 2))], q[_q_index(torch.tensor(0.5 + c / 2))]
+            lo_c, hi_c = given.get(c) or (q[_q_index(torch.tensor(0.5 - c / 2))], q[_q_index(torch.tensor(0.5 + c / 2))])
+            lo_c, hi_c = lo_c.reshape(yd.shape).double(), hi_c.reshape(yd.shape).double()
             self.cover_hits[j] += ((yd >= lo_c) & (yd <= hi_c)).double().sum()
             self.width[j] += (hi_c - lo_c).sum()
 

@@ -20,7 +20,8 @@ from torch.distributions import Distribution
 
 from densbench import checkpoints, ensemble
 from densbench.engine import Chunk, EngineState, EvalBatch, Selection, Stack, run_chunk
-from densbench.metrics import ModelScores, PredictiveMetrics
+from densbench.metrics import COVERAGES, ModelScores, PredictiveMetrics
+from densbench.recalibration import Recalibration
 from densbench.networks import Head
 from densbench.objectives import Objective
 
@@ -39,6 +40,7 @@ class Job:
     truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x), where known
     logger: Any = None  # its Lightning logger (None: no logging)
     key: dict[str, str] = field(default_factory=dict)  # what its checkpoints must match
+    recalibration: Recalibration = field(default_factory=Recalibration)  # fitted on its validation split before its test
 
 
 class DensityModule(pl.LightningModule):
@@ -75,12 +77,17 @@ class DensityModule(pl.LightningModule):
         self.register_buffer("job_of", torch.tensor(job_of), persistent=False)
         self.val_scores = ModelScores(task, stack.size)
         self.test_metrics = nn.ModuleList([PredictiveMetrics(task, full=True) for _ in jobs])
+        # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated)
+        self.uncalibrated_metrics = nn.ModuleDict({str(j): PredictiveMetrics(task, full=True)
+                                                   for j, job in enumerate(jobs) if job.recalibration.active})
         # an ensemble's members are also scored alone (result.json reports their mean)
         self.member_metrics = nn.ModuleDict({str(m): PredictiveMetrics(task, full=True)
                                              for job in jobs if len(job.models) > 1 for m in job.models})
         self.diverged: dict[int, str] = {}  # model -> message
         self.test_results: list[dict[str, float]] = [{} for _ in jobs]
         self.member_results: list[dict[str, float]] = [{} for _ in jobs]
+        self.uncalibrated_results: list[dict[str, float]] = [{} for _ in jobs]
+        self.uncalibrated_curves: list[dict[str, list[float]]] = [{} for _ in jobs]
         self.test_curves: list[dict[str, list[float]]] = [{} for _ in jobs]
         self.test_samples = 0
 
@@ -241,8 +248,14 @@ class DensityModule(pl.LightningModule):
         models = torch.tensor(self.jobs[j].models, device=self.device)
         raw = self(batch.x.expand(len(models), *batch.x.shape), models)
         pred, members = self.predictive(j, raw)
+        recalibration = self.jobs[j].recalibration
+        if batch.split == "val":  # the job's validation split, handed over before its test split
+            recalibration.fit(pred, batch.y)
+            return
         truth = self.jobs[j].truth(batch.x_orig) if self.jobs[j].truth is not None else None
-        self.test_metrics[j].update(pred, batch.y, truth, batch.u)
+        self.test_metrics[j].update(recalibration.apply(pred), batch.y, truth, batch.u, recalibration.intervals(pred, COVERAGES))
+        if recalibration.active:
+            self.uncalibrated_metrics[str(j)].update(pred, batch.y, truth, batch.u)
         if len(members) > 1:
             for m, dist in zip(self.jobs[j].models, members):
                 self.member_metrics[str(m)].update(dist, batch.y, truth, batch.u)
@@ -258,6 +271,12 @@ class DensityModule(pl.LightningModule):
             self.test_curves[j] = self.test_metrics[j].curves()
             self.test_metrics[j].reset()
             self.test_results[j] = {k: float(v) for k, v in values.items()}
+            if job.recalibration.active:
+                before = self.uncalibrated_metrics[str(j)]
+                self.uncalibrated_results[j] = {k: float(v) for k, v in before.compute().items()}
+                self.uncalibrated_curves[j] = before.curves()
+                before.reset()
+                self.log_job(j, {f"test_uncalibrated/{k}": v for k, v in self.uncalibrated_results[j].items()})
             if len(job.models) > 1:  # the mean of the members' own metrics
                 own = [self.member_metrics[str(m)].compute() for m in job.models]
                 self.member_results[j] = {k: float(sum(o[k] for o in own) / len(own)) for k in own[0]}

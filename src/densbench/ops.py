@@ -1,6 +1,6 @@
 """Operations on predictive distributions, dispatched on the distribution's type, with generic fallbacks.
 
-Each operation (``cdf``, ``icdf``, ``crps``, ``binned_log_prob``, ``quadrature``, ``kl``) keeps a
+Each operation (``cdf``, ``icdf``, ``crps``, ``binned_log_prob``, ``quadrature``, ``rescale``) keeps a
 registry from distribution types to closed forms, filled the way ``torch.distributions.register_kl``
 is: next to the type, by the family module that produces it (``@ops.crps.register(...)``). Types
 can be named by their dotted path ("torch.distributions.Laplace") so that family modules register
@@ -397,6 +397,38 @@ def kl_to_truth(truth: Distribution, pred: Distribution) -> Tensor:
     log_ratio = truth.log_prob(ys) - log_q
     # weights that are exactly zero (outside a truth's support) must not turn 0 * inf into NaN
     return torch.where(w > 0, w * log_ratio, torch.zeros_like(w)).sum(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Spread: location-scale parameters, and the spread multiplied by a factor (post-hoc recalibration)
+# ------------------------------------------------------------------------------------------------
+
+
+def location_scale(dist: Distribution) -> tuple[Tensor, Tensor] | None:
+    """(loc, scale) of a location-scale distribution on the real line (Normal, Laplace, Student-t), else None.
+
+    Read from the parametrisation: a real-support distribution whose arguments include loc and scale
+    (a mixture's batch-shaped loc would be its components', so mixtures are excluded).
+    """
+    args = getattr(dist, "arg_constraints", {})
+    if isinstance(dist, D.MixtureSameFamily) or "loc" not in args or "scale" not in args:
+        return None
+    if dist.support is not D.constraints.real:
+        return None
+    return dist.loc, dist.scale
+
+
+def _rescale_generic(dist: Distribution, factor: Tensor | float) -> Distribution:
+    if location_scale(dist) is None:
+        raise Unavailable(f"no rescale for {type(dist).__name__}: it is neither location-scale nor a registered mixture")
+    params = {name: getattr(dist, name) for name in dist.arg_constraints if name in ("loc", "scale", "df")}
+    params["scale"] = params["scale"] * factor
+    return type(dist)(**params, validate_args=False)
+
+
+rescale = Operation("rescale", _rescale_generic)
+rescale.__doc__ = """The same distribution with its spread multiplied by `factor`: sigma -> factor * sigma for
+location-scale families, every component's for mixtures (weights and locations unchanged)."""
 
 
 # ------------------------------------------------------------------------------------------------

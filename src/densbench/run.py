@@ -181,7 +181,8 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: Any = Non
     from densbench import data as data_mod
     from densbench.analytic import use_compiled_kernels
     from densbench.checkpoints import Checkpoints
-    from densbench.checks import check_against_data, check_config
+    from densbench import recalibration
+    from densbench.checks import check_against_data, check_config, check_recalibration
     from densbench.engine import DensityData, EngineState, Selection, Stack, Throughput, steps_per_pass
     from densbench.module import DensityModule, Job
     from densbench.networks import Head
@@ -200,6 +201,8 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: Any = Non
     sizes = {(len(d.train), len(d.val), d.n_features) for d in datas}
     if len(sizes) > 1:
         raise NotStackable(f"their splits differ in size ({', '.join(f'{a}/{b} rows, {c} features' for a, b, c in sorted(sizes))})")
+    for s, d in zip(specs, datas):  # a stack's jobs may differ in recalibrate (a replication key: it never changes training)
+        check_recalibration(s.cfg, d.task, len(d.val))
     preps = [data_mod.prepare(d, dtype=dtype) for d in datas]
 
     stack = Stack(jobs=[], seeds=[])
@@ -232,7 +235,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: Any = Non
             purge = {"purge_step": state.opt_steps + 1} if resume_from is not None else {}
             logger = instantiate(cfg.logger, save_dir=str(s.run_dir), **purge)
         loggers.append(logger)
-    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key)
+    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.get("recalibrate", "none"))))
             for models, p, d, lg, s in zip(stack.jobs, preps, datas, loggers, specs)]
     module = DensityModule(backbone, head, plan.objective, instantiate(cfg.optimizer), cfg.grad, datas[0].task, stack, jobs,
                            state, selection, samples_per_step=batch or n_train, resume_from=resume_from)
@@ -243,7 +246,8 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: Any = Non
         module.head.compile(mode=t.compile_mode)
     dm = DensityData(preps, stack, batch, state, per_call, [int(s.cfg.seed) for s in specs],
                      truth_targets=plan.objective.needs_truth == "gaussian",
-                     class_targets=bool(getattr(family, "class_targets", False)))
+                     class_targets=bool(getattr(family, "class_targets", False)),
+                     calibrate=[job.recalibration.active for job in jobs])
 
     throughput = Throughput(stack.size)
     callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection,
@@ -342,6 +346,12 @@ def _job_out(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Any) -
         },
         "artifacts": artifacts,
     }
+    recalibration = module.jobs[j].recalibration
+    if recalibration.active:
+        out["metrics_uncalibrated"] = module.uncalibrated_results[j]
+        out["curves_uncalibrated"] = module.uncalibrated_curves[j]
+        out["recalibration"] = {"method": recalibration.name, "fitted_on": f"validation split ({len(data.val)} rows)",
+                                "changes_density": recalibration.changes_density, **recalibration.fitted()}
     if len(models) > 1:
         out["metrics_members"] = module.member_results[j]
         out["train"]["members"] = history
@@ -358,7 +368,8 @@ def _job_out(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Any) -
         figures_started = time.perf_counter()
         if spec.cfg.get("figures", True):
             artifacts.update(_figures(spec.cfg, _predictor(module, j, b.preps[j]), b.preps[j], module.test_curves[j],
-                                      spec.run_dir, logger, steps))
+                                      spec.run_dir, logger, steps,
+                                      module.uncalibrated_curves[j] if recalibration.changes_density else None))
         if logger:
             logger.finalize("success")
         out["timing"] = clock.summary(figures_s=time.perf_counter() - figures_started)
@@ -380,7 +391,7 @@ def _predictor(module: Any, job: int, prep: Any):
     return predict
 
 
-def _figures(cfg, predict, prep, curves, run_dir: Path, logger, step: int) -> dict[str, str]:
+def _figures(cfg, predict, prep, curves, run_dir: Path, logger, step: int, before: dict | None = None) -> dict[str, str]:
     """Predictive-distribution and calibration figures: PNGs in the run directory and TensorBoard images."""
     import matplotlib.pyplot as plt
 
@@ -390,7 +401,7 @@ def _figures(cfg, predict, prep, curves, run_dir: Path, logger, step: int) -> di
     out = {}
     figs = {"figure": ("predictive", predictive_figure(predict, prep, title=_title(cfg)))}
     if curves:
-        figs["calibration_figure"] = ("calibration", calibration_figure([curves], title=_title(cfg)))
+        figs["calibration_figure"] = ("calibration", calibration_figure([curves], title=_title(cfg), before=[before] if before else None))
     for key, (name, fig) in figs.items():
         save_figure(fig, run_dir / f"{name}.png", dpi=110)
         if logger:
@@ -416,7 +427,9 @@ def _quiet_lightning() -> None:
 
 def _title(cfg: DictConfig) -> str:
     lab = labels(cfg)
-    return f"{lab['dataset']} | loss={lab['loss']} | head={lab['head']} | grad={lab['grad']}"
+    recal = cfg.get("recalibrate", "none")
+    return (f"{lab['dataset']} | loss={lab['loss']} | head={lab['head']} | grad={lab['grad']}"
+            + (f" | recalibrate={recal}" if recal != "none" else ""))
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:

@@ -4,14 +4,14 @@ The positivity map (softplus or exp, plus a floor) gives the variance or the sta
 (``spread``). The NLL and the KL to a Gaussian target share one formula: KL(N(m, s2) || N(mu, v)) is
 the expected NLL under the target minus its entropy, so the KL document's derivatives are the NLL's
 with (y - mu)^2 replaced by s2 + (m - mu)^2. Closed forms of torch's Normal (CRPS, the binned pmf of
-count targets, Gauss-Hermite quadrature) are registered here.
+count targets, Gauss-Hermite quadrature, the NLL-optimal spread factor) are registered here.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from densbench import ops
+from densbench import ops, recalibration
 from densbench.errors import one_of, positive
 from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, torch
@@ -146,3 +146,10 @@ def _normal_quadrature(d: Any, nodes: int = ops.QUADRATURE_NODES) -> tuple[Tenso
 
     y, w = gauss_hermite(d.loc, d.scale, nodes)
     return y, w.expand_as(y)
+
+
+@recalibration.spread_factor.register("torch.distributions.Normal")
+def _normal_spread_factor(d: Any, y: Tensor) -> float:
+    """argmin_s of the mean NLL of N(mu, s^2 sigma^2): s^2 = mean((y - mu)^2 / sigma^2)."""
+    z = (y.double() - d.loc.double()) / d.scale.double()
+    return float(z.pow(2).mean().sqrt())

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.densbench_stacked_launcher.stacked_launcher.StackedLauncher"
     # config keys whose values may differ within one stack (the replication axes of a sweep)
-    replicate: list[str] = field(default_factory=lambda: ["seed", "dataset.split", "dataset.seed"])
+    # recalibrate: post-hoc, so jobs that differ only in it train identical models side by side
+    replicate: list[str] = field(default_factory=lambda: ["seed", "dataset.split", "dataset.seed", "recalibrate"])
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="densbench")
