@@ -1,0 +1,241 @@
+"""Post-hoc recalibration: closed forms, calibration restored, conformal guarantees, no test data in the fit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Laplace, Normal, StudentT
+
+from densbench import data as data_mod
+from densbench import ops, recalibration
+from densbench.checks import Incompatible, check_config
+from densbench.distributions import NormalMixture
+from densbench.ensemble import uniform_mixture
+from densbench.errors import ConfigError
+from densbench.metrics import PredictiveMetrics
+from densbench.run import JobSpec, run_group, run_job
+
+from conftest import make_cfg
+
+
+def _miscalibrated(n: int, seed: int, ratio: float = 0.5) -> tuple[Normal, torch.Tensor]:
+    """Predictive N(mu, (ratio sigma)^2) against targets drawn from N(mu, sigma^2)."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(n, generator=g, dtype=torch.float64)
+    sigma = 0.5 + torch.rand(n, generator=g, dtype=torch.float64)
+    y = mu + sigma * torch.randn(n, generator=g, dtype=torch.float64)
+    return Normal(mu, ratio * sigma), y
+
+
+def _score(dist, y) -> dict[str, float]:
+    m = PredictiveMetrics("regression")
+    m.update(dist, y)
+    return {k: float(v) for k, v in m.compute().items()}
+
+
+def test_scale_factor_gaussian_closed_form_and_search_agree():
+    dist, y = _miscalibrated(4000, 0)
+    z2 = ((y - dist.loc) / dist.scale).pow(2).mean()
+    fitted = recalibration.make("scale")
+    fitted.fit(dist, y)
+    assert fitted.fitted()["how"] == "closed form"
+    assert fitted.factor == pytest.approx(float(z2.sqrt()), rel=1e-12)
+    assert fitted.factor == pytest.approx(2.0, rel=0.05)  # the predictive sigma is half the truth
+    assert recalibration._search_factor(dist, y) == pytest.approx(fitted.factor, rel=1e-6)
+    # the closed form is the minimum: the NLL of the rescaled predictive rises either side
+    nll = lambda s: float(-Normal(dist.loc, s * dist.scale).log_prob(y).mean())  # noqa: E731
+    assert nll(fitted.factor) < min(nll(fitted.factor * 0.99), nll(fitted.factor * 1.01))
+
+
+def test_scale_search_matches_the_laplace_closed_form():
+    # Laplace(mu, s b): NLL = log(2 s b) + |y - mu| / (s b), minimised at s = mean(|y - mu| / b)
+    dist, y = _miscalibrated(3000, 1)
+    lap = Laplace(dist.loc, dist.scale)
+    fitted = recalibration.make("scale")
+    fitted.fit(lap, y)
+    assert fitted.fitted()["how"] == "search on log s"
+    assert fitted.factor == pytest.approx(float(((y - lap.loc).abs() / lap.scale).mean()), rel=1e-6)
+    assert isinstance(fitted.apply(lap), Laplace)
+    assert torch.allclose(fitted.apply(lap).scale, lap.scale * fitted.factor)
+
+
+def test_rescale_keeps_family_and_scales_every_component():
+    mix = NormalMixture(torch.zeros(3, 2, dtype=torch.float64), torch.tensor([[0.0, 1.0]] * 3, dtype=torch.float64),
+                        torch.tensor([[1.0, 2.0]] * 3, dtype=torch.float64))
+    out = ops.rescale(mix, 3.0)
+    assert isinstance(out, NormalMixture) and torch.equal(out.scale, mix.scale * 3) and torch.equal(out.loc, mix.loc)
+    t = StudentT(torch.full((3,), 5.0), torch.zeros(3), torch.ones(3))
+    ens = uniform_mixture([t, StudentT(torch.full((3,), 3.0), torch.ones(3), torch.ones(3))])
+    scaled = ops.rescale(ens, 2.0)
+    assert torch.equal(scaled.component_distribution.scale, 2 * ens.component_distribution.scale)
+    assert torch.equal(scaled.component_distribution.df, ens.component_distribution.df)
+    with pytest.raises(ops.Unavailable):
+        ops.rescale(torch.distributions.Poisson(torch.ones(2)), 2.0)
+
+
+def test_isotonic_restores_calibration_of_a_too_narrow_gaussian():
+    val, y_val = _miscalibrated(3000, 2)
+    test, y_test = _miscalibrated(40000, 3)
+    iso = recalibration.make("isotonic")
+    iso.fit(val, y_val)
+    before, after = _score(test, y_test), _score(iso.apply(test), y_test)
+    truth = _score(Normal(test.loc, 2 * test.scale), y_test)
+    assert before["mace"] > 0.15  # intervals half as wide as they should be
+    # sampling noise of a calibration curve from 3000 validation and 40000 test points: ~1/sqrt(3000)
+    assert after["mace"] < 0.02
+    assert abs(after["coverage90"] - 0.9) < 0.02
+    # the density through a piecewise-linear R: close to the truth's NLL, far below the raw one's
+    assert after["nll"] < before["nll"] - 0.5 and after["nll"] == pytest.approx(truth["nll"], abs=0.1)
+    assert after["crps"] == pytest.approx(truth["crps"], rel=0.02)
+
+
+def test_recalibrated_distribution_is_consistent():
+    val, y_val = _miscalibrated(500, 4, ratio=2.0)
+    iso = recalibration.make("isotonic")
+    iso.fit(val, y_val)
+    test, _ = _miscalibrated(7, 5, ratio=2.0)
+    g = iso.apply(test)
+    p = torch.tensor([0.05, 0.3, 0.5, 0.9], dtype=torch.float64)
+    q = ops.quantile(g, p)
+    assert torch.allclose(g.cdf(q), p.unsqueeze(-1).expand_as(q), atol=1e-9)
+    # density = derivative of the CDF (central differences inside a linear piece of R)
+    y = q[1]
+    h = 1e-6
+    assert torch.allclose(g.log_prob(y).exp(), (g.cdf(y + h) - g.cdf(y - h)) / (2 * h), rtol=1e-4)
+    # the density integrates to one
+    grid = torch.linspace(-30, 30, 200001, dtype=torch.float64).unsqueeze(-1).expand(-1, 7)
+    assert torch.allclose(torch.trapezoid(g.log_prob(grid).exp(), grid, dim=0), torch.ones(7, dtype=torch.float64), atol=1e-4)
+
+
+def test_isotonic_knots_are_the_empirical_cdf_with_ties_merged():
+    # n = 4: every k = 2nd point of the empirical CDF; the tie at 0.5 is one point at count 3
+    p, r = recalibration.isotonic_knots(torch.tensor([0.5, 0.2, 0.5, 0.9], dtype=torch.float64))
+    assert p.tolist() == [0.0, 0.5, 0.9, 1.0]
+    assert r.tolist() == pytest.approx([0.0, 3 / 5, 4 / 5, 1.0])
+    v = torch.rand(10000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p, r = recalibration.isotonic_knots(v)
+    assert len(p) == 100 + 2 and (p.diff() > 0).all() and (r.diff() > 0).all()
+    sorted_v = v.sort().values
+    assert torch.equal(p[1:-1], sorted_v[99::100])  # the 100th, 200th, ... PIT values
+    assert torch.allclose(r[1:-1], torch.arange(100, 10001, 100, dtype=torch.float64) / 10001)
+
+
+def test_conformal_coverage_inside_its_finite_sample_band():
+    n_val, level, reps = 49, 0.9, 300
+    cover = []
+    for rep in range(reps):
+        val, y_val = _miscalibrated(n_val, 100 + rep, ratio=0.4)
+        test, y_test = _miscalibrated(500, 10000 + rep, ratio=0.4)
+        conf = recalibration.make("conformal")
+        conf.fit(val, y_val)
+        lo, hi = conf.intervals(test, (level,))[level]
+        cover.append(float(((y_test >= lo) & (y_test <= hi)).double().mean()))
+    mean, se = float(np.mean(cover)), float(np.std(cover, ddof=1) / math.sqrt(reps))
+    # split conformal: level <= E[coverage] <= level + 1/(n+1)
+    assert level - 3 * se <= mean <= level + 1 / (n_val + 1) + 3 * se
+
+
+def test_conformal_uses_the_pit_score_for_mixtures_and_infinite_bounds_when_too_few_points():
+    mix = NormalMixture(torch.zeros(40, 2, dtype=torch.float64), torch.tensor([[-1.0, 1.0]] * 40, dtype=torch.float64),
+                        torch.full((40, 2), 0.3, dtype=torch.float64))
+    y = mix.sample()
+    conf = recalibration.make("conformal")
+    conf.fit(mix, y)
+    assert conf.fitted()["score"] == "|F(y) - 1/2|"
+    lo, hi = conf.intervals(mix, (0.5, 0.99))[0.5]
+    q = conf.threshold(0.5)
+    assert torch.allclose(mix.cdf(lo), torch.full_like(lo, 0.5 - q), atol=1e-8)
+    assert torch.allclose(mix.cdf(hi), torch.full_like(hi, 0.5 + q), atol=1e-8)
+    # ceil(41 * 0.99) = 41 > 40 scores: no finite bound carries the guarantee
+    lo99, hi99 = conf.intervals(mix, (0.99,))[0.99]
+    assert torch.isinf(lo99).all() and torch.isinf(hi99).all()
+
+
+FAST = ["experiment=fast"]
+
+
+def test_refusals_name_the_problem():
+    with pytest.raises(ConfigError, match="recalibrate='sharpen' is not allowed; choose one of: none, scale, isotonic, conformal"):
+        check_config(make_cfg(*FAST, "recalibrate=sharpen"))
+    with pytest.raises(Incompatible, match="binary task"):
+        check_config(make_cfg(*FAST, "dataset=sine_bernoulli", "loss=glm", "recalibrate=isotonic"))
+    with pytest.raises(Incompatible, match="validation split, which has 0 rows"):
+        check_config(make_cfg(*FAST, "dataset.n_val=0", "recalibrate=scale"))
+    # too few rows is known only once the data is loaded: the job is skipped, not crashed
+    res = run_job(make_cfg(*FAST, "dataset.n_val=10", "dataset.max_eval=10", "recalibrate=conformal"), "/tmp/densbench-recal-few")
+    assert res["status"] == "skipped" and "at least 20" in res["error"]
+
+
+def test_recalibration_never_sees_test_targets(tmp_path, monkeypatch):
+    seen = []
+    original_fit = {name: cls.fit for name, cls in recalibration.METHODS.items()}
+
+    def spy(name):
+        def fit(self, dist, y):
+            seen.append(y.clone())
+            return original_fit[name](self, dist, y)
+        return fit
+
+    for name, cls in recalibration.METHODS.items():
+        monkeypatch.setattr(cls, "fit", spy(name))
+    cfg = make_cfg(*FAST, "recalibrate=isotonic")
+    first = run_job(cfg, tmp_path / "a")
+    loaded = data_mod.load(cfg.dataset)
+    assert first["status"] == "ok" and len(seen) == 1
+    assert np.array_equal(np.sort(seen[0].numpy()), np.sort(loaded.y[loaded.val].astype(np.float32)))  # in the model dtype
+
+    # the same job with different test targets fits the same map, and only its test scores move
+    real_load = data_mod.load
+
+    def shifted(dcfg):
+        d = real_load(dcfg)
+        d.y = d.y.copy()
+        d.y[d.test] += 3.0
+        return d
+
+    monkeypatch.setattr(data_mod, "load", shifted)
+    second = run_job(make_cfg(*FAST, "recalibrate=isotonic", "resume=false"), tmp_path / "b")
+    assert second["recalibration"] == first["recalibration"]
+    assert second["metrics"]["nll"] != first["metrics"]["nll"]
+
+
+def test_stacked_sweep_of_every_recalibration(tmp_path):
+    names = list(recalibration.NAMES)
+    specs = [JobSpec(make_cfg(*FAST, f"recalibrate={n}", "ensemble.members=2"), tmp_path / n, launcher="stacked") for n in names]
+    results = dict(zip(names, run_group(specs)))
+    assert all(r["status"] == "ok" for r in results.values())
+    none = results["none"]
+    assert "metrics_uncalibrated" not in none
+    for name in names[1:]:
+        r = results[name]
+        assert r["train"]["stack"]["models"] == 2 * len(names)  # one stack, two members per job
+        # the models of a stack train as they would alone: the raw predictive is the none job's
+        assert r["metrics_uncalibrated"]["nll"] == pytest.approx(none["metrics"]["nll"], rel=1e-6)
+        assert r["recalibration"]["method"] == name
+        saved = json.loads((tmp_path / name / "result.json").read_text())
+        assert saved["metrics_uncalibrated"] == r["metrics_uncalibrated"]
+    assert results["conformal"]["metrics"]["nll"] == results["conformal"]["metrics_uncalibrated"]["nll"]
+    assert results["conformal"]["metrics"]["coverage90"] != results["conformal"]["metrics_uncalibrated"]["coverage90"]
+    assert results["scale"]["recalibration"]["how"] == "search on log s"  # an ensemble is a mixture: no closed form
+    assert results["scale"]["metrics"]["nll"] != none["metrics"]["nll"]
+
+
+def test_cli_sweep_writes_before_and_after(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli(["-m", *FAST, "recalibrate=none,scale,isotonic,conformal", "head=mixture", "head.components=2",
+                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text()
+    assert "## Recalibration: before and after" in report
+    rows = [line for line in report.splitlines() if line.startswith("| hetero_sine") and "→" in line]
+    assert len(rows) == 3 and {r.split("|")[4].strip() for r in rows} == {f"recalibrate={n}" for n in ("scale", "isotonic", "conformal")}
+    results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/result.json")]
+    assert len(results) == 4 and all(r["status"] == "ok" for r in results)
+    iso = next(r for r in results if r["config"]["recalibrate"] == "isotonic")
+    assert iso["recalibration"]["knots"] == len(iso["recalibration"]["pit"]) > 2
+    assert iso["curves_uncalibrated"]["calibration_observed"] != iso["curves"]["calibration_observed"]
