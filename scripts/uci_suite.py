@@ -5,7 +5,8 @@
 
 Every job runs with launcher=stacked (the splits of a dataset and method train as one stack of
 models). Stage 1 trains the six single-model methods (protein has 5 splits, so it is a multirun of
-its own); stage 2 trains, per dataset, a 5-member deep ensemble of the single-model method with the
+its own), and the recalibrated method (gaussian_nll) once more with recalibrate=scale,isotonic,conformal
+(post-hoc, fitted on the validation rows; the three jobs of a split stack with the splits); stage 2 trains, per dataset, a 5-member deep ensemble of the single-model method with the
 lowest mean validation NLL in stage 1 (validation rows are carved from the training split: no test
 data in the choice). The report, with the suite's wall time, is written once at the end.
 """
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-dir", default="multirun/uci_suite")
     ap.add_argument("--out", default="reports/uci")
     ap.add_argument("--resume", action="store_true", help="reuse finished jobs (default: train everything anew)")
+    ap.add_argument("--recalibrate", default="scale,isotonic,conformal", help="recalibrations of --recalibrated ('' for none)")
+    ap.add_argument("--recalibrated", default="gaussian_nll", help="the single-model methods that are recalibrated")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every job (e.g. trainer.max_epochs=2)")
     args = ap.parse_args(argv)
     datasets = args.datasets.split(",")
@@ -77,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for n, group in by_splits(datasets, args.root).items():
         run(multirun(group, n, [f"method={args.methods}", *args.extra], sweep_dir, args.resume))
+        if args.recalibrate and args.recalibrated:
+            run(multirun(group, n, [f"method={args.recalibrated}", f"recalibrate={args.recalibrate}", *args.extra],
+                         sweep_dir, args.resume))
     found = collect(scan_results(sweep_dir)[0])
     members: dict[str, list[str]] = defaultdict(list)
     for d in datasets:

@@ -138,7 +138,7 @@ def test_the_suite_command_on_a_slice_writes_the_report_with_published_rows(tmp_
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     suite = json.loads((tmp_path / "mr" / uci_report.SUITE_FILE).read_text())
-    assert suite["jobs"] == 60 and suite["wall_s"] > 0
+    assert suite["jobs"] == 60 + 60 and suite["wall_s"] > 0  # 3 methods and 3 recalibrations of gaussian_nll, 20 splits
     results = [json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")]
     assert all(r["status"] == "ok" and r["launcher"] == "stacked" for r in results)
     # the ensemble's members are the single-model method with the lower mean validation NLL
@@ -148,13 +148,22 @@ def test_the_suite_command_on_a_slice_writes_the_report_with_published_rows(tmp_
     assert suite["ensemble_members"] == {"yacht": min(val, key=val.get)}
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert {r["dataset"] for r in rows} == {"yacht"} and all(r["runs"] == "20" for r in rows)
-    assert sorted(r["method"] for r in rows) == ["ensemble", "gaussian_nll", "student_t"]
+    assert sorted(r["method"] for r in rows if r["recalibrate"] == "none") == ["ensemble", "gaussian_nll", "student_t"]
+    assert sorted((r["method"], r["recalibrate"]) for r in rows if r["recalibrate"] != "none") == [
+        ("gaussian_nll", "conformal"), ("gaussian_nll", "isotonic"), ("gaussian_nll", "scale")]
+    recalibrated = [r for r in results if r["config"]["recalibrate"] != "none"]
+    plain = {r["labels"]["split"]: r["metrics"]["nll"] for r in results
+             if r["config"]["recalibrate"] == "none" and method_of(r["config"], r["labels"]) == "gaussian_nll"}
+    # recalibration is post-hoc: the models it starts from are the plain gaussian_nll ones, split by split
+    assert all(r["metrics_uncalibrated"]["nll"] == pytest.approx(plain[r["labels"]["split"]], rel=1e-6) for r in recalibrated)
     text = (out / "report.md").read_text()
     assert "| MCD 2016 (published) | 20 | 1.55 ± 0.03 | 1.11 ± 0.09 |" in text
     assert re.search(r"\| yacht \| [-0-9.*]+ \| [-0-9.*]+ \| [-0-9.*]+ \| 1\.63 \| 1\.55 \| 1\.25 \| 1\.18 \| \*\*0\.20\*\* \| 1\.03 \|", text)
     assert "Paired per split with the 4000-epoch MC-dropout runs" in text
     assert re.search(r"^\| student_t \| [+-]\d+\.\d{3} ± \d+\.\d{3} \| \d+ \| 20 \|$", text, re.M)
     assert f"{suite['wall_s'] / 60:.1f} min" in text
+    assert re.search(r"^\| yacht \| 20 \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \|.*\| \[0\.900, 0\.9\d\d\] \|", text, re.M)
+    assert "Goals for `gaussian_nll`: isotonic halves the mean calibration error on" in text
 
 
 @needs_layout
