@@ -239,3 +239,15 @@ def test_cli_sweep_writes_before_and_after(tmp_path):
     iso = next(r for r in results if r["config"]["recalibrate"] == "isotonic")
     assert iso["recalibration"]["knots"] == len(iso["recalibration"]["pit"]) > 2
     assert iso["curves_uncalibrated"]["calibration_observed"] != iso["curves"]["calibration_observed"]
+
+
+def test_calibration_floor_matches_simulated_perfect_calibration():
+    from densbench.uci_report import calibration_floor
+
+    rng = np.random.default_rng(0)
+    levels = np.linspace(0, 1, 100)
+    n = 60
+    pit = rng.random((4000, n))  # a perfectly calibrated predictive: uniform PIT values
+    inside = (np.abs(pit[..., None] - 0.5) <= levels / 2).mean(1)
+    simulated = np.abs(inside - levels).mean(1).mean()
+    assert calibration_floor(n) == pytest.approx(simulated, rel=0.05)

@@ -206,6 +206,13 @@ def _metric(runs: list[dict], name: str, before: bool = False) -> tuple[float, f
     return _mean_se([(r.get("metrics_uncalibrated" if before else "metrics") or {}).get(name) for r in runs])
 
 
+def calibration_floor(n: int, levels: int = 100) -> float:
+    """Expected cal. error of a perfectly calibrated predictive on n test points: the mean over the central
+    interval levels p of E|B/n - p|, B ~ Binomial(n, p), in its normal approximation sqrt(2/pi) sqrt(p(1-p)/n)."""
+    ps = np.linspace(0, 1, levels)
+    return float(np.mean(np.sqrt(2 / np.pi) * np.sqrt(ps * (1 - ps) / max(n, 1))))
+
+
 def _recalibration(results: list[tuple[Path, dict]], datasets: list[str]) -> list[str]:
     """Recalibrated runs beside the same models as trained, per dataset and method, and the goals they are held to."""
     found = {name: collect(results, name) for name in RECALIBRATIONS}
@@ -215,13 +222,15 @@ def _recalibration(results: list[tuple[Path, dict]], datasets: list[str]) -> lis
     lines = ["### Recalibration: before and after", "",
              "Each recalibration is fitted on the validation rows of the split (`recalibrate=`) and scored on its test rows; "
              "before = the same models as trained (`metrics_uncalibrated`). cal. error = mean absolute calibration error "
-             "over 100 central intervals. `conformal` defines intervals only (its NLL is the model's); its 90% coverage "
+             "over 100 central intervals; its floor is what a perfectly calibrated predictive would still show on the "
+             "split's test rows (sampling noise, `calibration_floor`), so no recalibration can go far below it. "
+             "`conformal` defines intervals only (its NLL is the model's); its 90% coverage "
              "is held to the split-conformal band [0.90, 0.90 + 1/(n_val + 1)], up to two standard errors over splits.", ""]
     for method in methods:
         lines += [f"Method `{method}`:", "",
-                  "| dataset | splits | cal. error as trained | scale | isotonic | NLL as trained | scale | isotonic "
-                  "| cover@90 as trained | conformal | band | width@90 as trained → conformal |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| dataset | splits | n_val / n_test | cal. error as trained | scale | isotonic | floor | NLL as trained "
+                  "| scale | isotonic | cover@90 as trained | conformal | band | width@90 as trained → conformal |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         goals = defaultdict(int)
         counted = defaultdict(int)
         for ds in datasets:
@@ -229,7 +238,8 @@ def _recalibration(results: list[tuple[Path, dict]], datasets: list[str]) -> lis
             if not any(runs.values()):
                 continue
             base = next(r for r in runs.values() if r)
-            cells = [ds, str(max(len(r) for r in runs.values()))]
+            train = base[0].get("train") or {}
+            cells = [ds, str(max(len(r) for r in runs.values())), f"{train.get('n_val')} / {train.get('n_test')}"]
             mace0 = _metric(base, "mace", before=True)
             cells.append(_fmt(*mace0, 3))
             for name in ("scale", "isotonic"):
@@ -238,6 +248,7 @@ def _recalibration(results: list[tuple[Path, dict]], datasets: list[str]) -> lis
                 if name == "isotonic" and runs[name]:
                     counted["isotonic"] += 1
                     goals["isotonic"] += after[0] <= 0.5 * _metric(runs[name], "mace", before=True)[0]
+            cells.append(f"{calibration_floor(int(train.get('n_test') or 0)):.3f}")
             cells.append(_fmt(*_metric(base, "nll", before=True), 3))
             for name in ("scale", "isotonic"):
                 cells.append(_fmt(*_metric(runs[name], "nll"), 3) if runs[name] else "-")
