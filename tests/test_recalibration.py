@@ -158,7 +158,7 @@ def test_conformal_uses_the_pit_score_for_mixtures_and_infinite_bounds_when_too_
 FAST = ["experiment=fast"]
 
 
-def test_refusals_name_the_problem():
+def test_refusals_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="recalibrate='sharpen' is not allowed; choose one of: none, scale, isotonic, conformal"):
         check_config(make_cfg(*FAST, "recalibrate=sharpen"))
     with pytest.raises(Incompatible, match="binary task"):
@@ -166,7 +166,7 @@ def test_refusals_name_the_problem():
     with pytest.raises(Incompatible, match="validation split, which has 0 rows"):
         check_config(make_cfg(*FAST, "dataset.n_val=0", "recalibrate=scale"))
     # too few rows is known only once the data is loaded: the job is skipped, not crashed
-    res = run_job(make_cfg(*FAST, "dataset.n_val=10", "dataset.max_eval=10", "recalibrate=conformal"), "/tmp/densbench-recal-few")
+    res = run_job(make_cfg(*FAST, "dataset.n_val=10", "dataset.max_eval=10", "recalibrate=conformal"), tmp_path)
     assert res["status"] == "skipped" and "at least 20" in res["error"]
 
 
@@ -251,3 +251,18 @@ def test_calibration_floor_matches_simulated_perfect_calibration():
     inside = (np.abs(pit[..., None] - 0.5) <= levels / 2).mean(1)
     simulated = np.abs(inside - levels).mean(1).mean()
     assert calibration_floor(n) == pytest.approx(simulated, rel=0.05)
+
+
+def test_tensorboard_gets_before_and_after_and_the_figure_both_curves(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    res = run_job(make_cfg(*FAST, "recalibrate=isotonic", "figures=true"), tmp_path)
+    assert res["status"] == "ok"
+    events = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    ea = EventAccumulator(str(events[0].parent))
+    ea.Reload()
+    for tag, metrics in (("test", res["metrics"]), ("test_uncalibrated", res["metrics_uncalibrated"])):
+        for name in ("nll", "crps", "mace", "coverage90"):
+            assert ea.Scalars(f"{tag}/{name}")[-1].value == pytest.approx(metrics[name], rel=1e-5)
+    assert res["metrics"]["nll"] != res["metrics_uncalibrated"]["nll"]
+    assert "calibration" in ea.Tags()["images"] and (tmp_path / res["artifacts"]["calibration_figure"]).is_file()
