@@ -204,7 +204,7 @@ def test_recalibration_never_sees_test_targets(tmp_path, monkeypatch):
 
 
 def test_stacked_sweep_of_every_recalibration(tmp_path):
-    names = list(recalibration.NAMES)
+    names = list(recalibration.METHODS)
     specs = [JobSpec(make_cfg(*FAST, f"recalibrate={n}", "ensemble.members=2"), tmp_path / n, launcher="stacked") for n in names]
     results = dict(zip(names, run_group(specs)))
     assert all(r["status"] == "ok" for r in results.values())

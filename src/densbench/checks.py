@@ -170,7 +170,7 @@ def check_recalibration(cfg: DictConfig, task: str, n_val: int | None = None) ->
     from densbench import recalibration
 
     name = cfg.get("recalibrate", "none")
-    one_of("recalibrate", name, recalibration.NAMES)
+    one_of("recalibrate", name, recalibration.METHODS)
     if name == "none":
         return
     if task != "regression":

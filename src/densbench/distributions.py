@@ -138,10 +138,9 @@ def _a(m: Tensor, s: Tensor) -> Tensor:
 
 
 @ops.rescale.register(NormalMixture)
-def _mixture_rescale(d: NormalMixture, factor: Tensor | float) -> NormalMixture:
+def _mixture_rescale(d: NormalMixture, factor: float) -> NormalMixture:
     """Every component's standard deviation times the factor."""
-    factor = torch.as_tensor(factor, dtype=d.scale.dtype, device=d.scale.device)
-    return NormalMixture(d.mixture_distribution.logits, d.loc, d.scale * factor.unsqueeze(-1) if factor.dim() else d.scale * factor)
+    return NormalMixture(d.mixture_distribution.logits, d.loc, d.scale * factor)
 
 
 @ops.crps.register(NormalMixture)
@@ -201,9 +200,6 @@ def _mixture_quadrature(d: NormalMixture, nodes: int = ops.QUADRATURE_NODES) -> 
     return y.movedim(-1, 1).reshape(-1, *d.batch_shape), wt.movedim(-1, 1).reshape(-1, *d.batch_shape)
 
 
-RECALIBRATED_LEVELS = 1000  # quantile midpoints behind a recalibrated distribution's mean, variance and CRPS
-
-
 def piecewise_linear(x: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
     """Interpolation through strictly increasing knots (xs, ys) at x clamped to [xs[0], xs[-1]], and its slope."""
     x = x.clamp(xs[0], xs[-1])
@@ -241,9 +237,9 @@ class Recalibrated(Distribution):
         return ops.icdf(self.base, u.to(self.base.mean.dtype)).double()
 
     def quantile_grid(self) -> Tensor:
-        """Quantiles at RECALIBRATED_LEVELS midpoints, [L, *batch], computed once for mean, variance and CRPS."""
+        """Quantiles at the CRPS's ops.CRPS_LEVELS midpoints, [L, *batch], computed once for mean, variance and CRPS."""
         if self._grid is None:
-            levels = (torch.arange(RECALIBRATED_LEVELS, dtype=torch.float64, device=self.knots_p.device) + 0.5) / RECALIBRATED_LEVELS
+            levels = ops.midpoint_levels(ops.CRPS_LEVELS, torch.float64, self.knots_p.device)
             # not ops.quantile, which reads the mean (this grid) for its dtype
             self._grid = self.icdf(levels.view(-1, *([1] * len(self.batch_shape))).expand(-1, *self.batch_shape))
         return self._grid
@@ -262,12 +258,8 @@ class Recalibrated(Distribution):
 
 @ops.crps.register(Recalibrated)
 def _recalibrated_crps(d: Recalibrated, y: Tensor) -> Tensor:
-    """The quantile integral 2 int (1{y <= q(t)} - t)(q(t) - y) dt on the grid the mean and variance use."""
-    q = d.quantile_grid()
-    t = ((torch.arange(RECALIBRATED_LEVELS, dtype=torch.float64, device=q.device) + 0.5) / RECALIBRATED_LEVELS)
-    t = t.view(-1, *([1] * (q.dim() - 1)))
-    yd = y.double()
-    return 2 * (((yd <= q).double() - t) * (q - yd)).mean(0)
+    """The generic quantile integral, on the grid the mean and variance already use."""
+    return ops.crps_from_quantiles(d.quantile_grid(), y.double())
 
 
 class InverseSinePosterior(Distribution):

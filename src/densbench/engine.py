@@ -347,10 +347,11 @@ class DensityData(pl.LightningDataModule):
                                   self.batch_size, rank, world)
         # a job's recalibration is fitted on its whole validation split (every rank the same, so every
         # rank fits the same map) before its test batch is scored
-        test = [b for j in range(len(self.preps))
-                for b in ([self._eval_batch(j, "val", 0, 1)] if self.calibrate[j] else []) + [self._eval_batch(j, "test", rank, world)]]
-        # validation of every model at once: the jobs' splits are stacked (a stack's jobs have equal sizes)
         val = [self._eval_batch(j, "val", rank, world) for j in range(len(self.preps))]
+        test = [b for j in range(len(self.preps))
+                for b in ([val[j] if world == 1 else self._eval_batch(j, "val", 0, 1)] if self.calibrate[j] else [])
+                + [self._eval_batch(j, "test", rank, world)]]
+        # validation of every model at once: the jobs' splits are stacked (a stack's jobs have equal sizes)
         self.eval = {"test": test, "val": [EvalBatch(None, torch.stack([b.x for b in val]), torch.stack([b.y for b in val]),
                                                       torch.empty(0), torch.empty(0), "val")]}
 

@@ -53,8 +53,6 @@ def _mixture_icdf(d: MixtureSameFamily, p: Tensor) -> Tensor:
 
 
 @ops.rescale.register(MixtureSameFamily)
-def _mixture_rescale(d: MixtureSameFamily, factor: Tensor | float) -> MixtureSameFamily:
+def _mixture_rescale(d: MixtureSameFamily, factor: float) -> MixtureSameFamily:
     """Every member's spread times the factor, through the members' own rescale."""
-    factor = torch.as_tensor(factor, dtype=d.mixture_distribution.logits.dtype, device=d.mixture_distribution.logits.device)
-    return MixtureSameFamily(d.mixture_distribution, ops.rescale(d.component_distribution, factor.unsqueeze(-1) if factor.dim() else factor),
-                             validate_args=False)
+    return MixtureSameFamily(d.mixture_distribution, ops.rescale(d.component_distribution, factor), validate_args=False)

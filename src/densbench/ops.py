@@ -344,18 +344,25 @@ def pit(dist: Distribution, y: Tensor, u: Tensor | None = None, counts: bool = F
 CRPS_LEVELS = 1000  # midpoint rule of the quantile integral: error O(1/L^2) for smooth quantile functions
 
 
+def midpoint_levels(n: int, dtype: Any, device: Any) -> Tensor:
+    """The n probability levels (i + 1/2) / n: the midpoint rule on (0, 1)."""
+    return (torch.arange(n, dtype=dtype, device=device) + 0.5) / n
+
+
+def crps_from_quantiles(q: Tensor, y: Tensor) -> Tensor:
+    """CRPS(F, y) = 2 int_0^1 (1{y <= q(t)} - t)(q(t) - y) dt from quantiles q [L, *batch] at L midpoint levels."""
+    t = midpoint_levels(q.shape[0], q.dtype, q.device).view(-1, *([1] * (q.dim() - 1)))
+    return 2 * (((y <= q).to(q.dtype) - t) * (q - y)).mean(0)
+
+
 def _crps_generic(dist: Distribution, y: Tensor) -> Tensor:
     if is_discrete(dist):
         _note("crps", "ranked probability score by pmf sums", dist)
         grid = count_grid(dist, int(y.max().item()) if y.numel() else 0)
         F = torch.cumsum(pmf(dist, grid), 0)
         return ((F - (y.unsqueeze(0) <= grid).to(F.dtype)) ** 2).sum(0)
-    # CRPS(F, y) = 2 int_0^1 (1{y <= q(t)} - t)(q(t) - y) dt, the quantile (pinball) integral
     _note("crps", "quantile integral", dist)
-    levels = (torch.arange(CRPS_LEVELS, dtype=dist.mean.dtype, device=dist.mean.device) + 0.5) / CRPS_LEVELS
-    q = quantile(dist, levels)
-    t = levels.view(-1, *([1] * len(dist.batch_shape)))
-    return 2 * (((y <= q).to(q.dtype) - t) * (q - y)).mean(0)
+    return crps_from_quantiles(quantile(dist, midpoint_levels(CRPS_LEVELS, dist.mean.dtype, dist.mean.device)), y)
 
 
 crps = Operation("crps", _crps_generic)
@@ -374,8 +381,7 @@ def _quadrature_generic(dist: Distribution, nodes: int = QUADRATURE_NODES) -> tu
         grid = count_grid(dist)
         return grid, pmf(dist, grid)
     _note("quadrature", "midpoints of quantiles", dist)
-    levels = (torch.arange(4 * nodes, dtype=dist.mean.dtype, device=dist.mean.device) + 0.5) / (4 * nodes)
-    ys = quantile(dist, levels)
+    ys = quantile(dist, midpoint_levels(4 * nodes, dist.mean.dtype, dist.mean.device))
     return ys, torch.full_like(ys, 1.0 / ys.shape[0])
 
 
@@ -418,10 +424,10 @@ def location_scale(dist: Distribution) -> tuple[Tensor, Tensor] | None:
     return dist.loc, dist.scale
 
 
-def _rescale_generic(dist: Distribution, factor: Tensor | float) -> Distribution:
+def _rescale_generic(dist: Distribution, factor: float) -> Distribution:
     if location_scale(dist) is None:
         raise Unavailable(f"no rescale for {type(dist).__name__}: it is neither location-scale nor a registered mixture")
-    params = {name: getattr(dist, name) for name in dist.arg_constraints if name in ("loc", "scale", "df")}
+    params = {name: getattr(dist, name) for name in dist.arg_constraints}
     params["scale"] = params["scale"] * factor
     return type(dist)(**params, validate_args=False)
 

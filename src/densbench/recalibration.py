@@ -204,11 +204,10 @@ class Conformal(Recalibration):
     def fit(self, dist: Distribution, y: Tensor) -> None:
         """Sorted validation conformity scores."""
         ls = ops.location_scale(dist)
-        if ls is not None:
-            self.score = "|y - mu| / sigma"
+        self.normalised = ls is not None
+        if self.normalised:
             scores = (y.double() - ls[0].double()).abs() / ls[1].double()
         else:
-            self.score = "|F(y) - 1/2|"
             scores = (ops.pit(dist, y).double() - 0.5).abs()
         self.scores = scores.flatten().sort().values.cpu()
 
@@ -221,7 +220,7 @@ class Conformal(Recalibration):
     def intervals(self, dist: Distribution, levels: tuple[float, ...]) -> dict[float, tuple[Tensor, Tensor]]:
         """mu -+ q sigma, or the predictive quantiles at 1/2 -+ q for the PIT score."""
         out = {}
-        ls = ops.location_scale(dist) if self.score.startswith("|y") else None
+        ls = ops.location_scale(dist) if self.normalised else None
         for c in levels:
             q = self.threshold(c)
             if ls is not None:
@@ -239,8 +238,6 @@ class Conformal(Recalibration):
         """The score, the number of validation points and the score threshold at each reported level."""
         from densbench.metrics import COVERAGES
 
-        return {"score": self.score, "n": len(self.scores),
+        return {"score": "|y - mu| / sigma" if self.normalised else "|F(y) - 1/2|", "n": len(self.scores),
                 "thresholds": {f"{round(100 * c)}": self.threshold(c) for c in COVERAGES}}
 
-
-NAMES = tuple(METHODS)

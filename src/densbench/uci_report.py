@@ -231,40 +231,35 @@ def _recalibration(results: list[tuple[Path, dict]], datasets: list[str]) -> lis
                   "| dataset | splits | n_val / n_test | cal. error as trained | scale | isotonic | floor | NLL as trained "
                   "| scale | isotonic | cover@90 as trained | conformal | band | width@90 as trained → conformal |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        goals = defaultdict(int)
-        counted = defaultdict(int)
+        goals, counted = defaultdict(int), defaultdict(int)
         for ds in datasets:
             runs = {name: found[name].get(ds, {}).get(method, []) for name in RECALIBRATIONS}
             if not any(runs.values()):
                 continue
-            base = next(r for r in runs.values() if r)
-            train = base[0].get("train") or {}
-            cells = [ds, str(max(len(r) for r in runs.values())), f"{train.get('n_val')} / {train.get('n_test')}"]
-            mace0 = _metric(base, "mace", before=True)
-            cells.append(_fmt(*mace0, 3))
-            for name in ("scale", "isotonic"):
-                after = _metric(runs[name], "mace")
-                cells.append(_fmt(*after, 3) if runs[name] else "-")
-                if name == "isotonic" and runs[name]:
-                    counted["isotonic"] += 1
-                    goals["isotonic"] += after[0] <= 0.5 * _metric(runs[name], "mace", before=True)[0]
-            cells.append(f"{calibration_floor(int(train.get('n_test') or 0)):.3f}")
-            cells.append(_fmt(*_metric(base, "nll", before=True), 3))
-            for name in ("scale", "isotonic"):
-                cells.append(_fmt(*_metric(runs[name], "nll"), 3) if runs[name] else "-")
-                if name == "scale" and runs[name]:
-                    counted["scale"] += 1
-                    goals["scale"] += _metric(runs[name], "nll")[0] - _metric(runs[name], "nll", before=True)[0] <= 0.01
-            cells.append(_fmt(*_metric(base, "coverage90", before=True), 3))
-            conf = runs["conformal"]
-            if conf:
-                m, se = _metric(conf, "coverage90")
-                n_val = min((r.get("train") or {}).get("n_val") or 0 for r in conf)
-                hi = COVER_LEVEL + 1 / (n_val + 1)
+            # each recalibration's own runs carry their models as trained: before and after of the same models
+            before = {name: {k: _metric(r, k, before=True) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
+            after = {name: {k: _metric(r, k) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
+            base = next(iter(before.values()))
+            train = next(r for r in runs.values() if r)[0].get("train") or {}
+            cells = [ds, str(max(len(r) for r in runs.values())), f"{train.get('n_val')} / {train.get('n_test')}",
+                     _fmt(*base["mace"], 3)]
+            cells += [_fmt(*after[name]["mace"], 3) if name in after else "-" for name in ("scale", "isotonic")]
+            cells += [f"{calibration_floor(int(train.get('n_test') or 0)):.3f}", _fmt(*base["nll"], 3)]
+            cells += [_fmt(*after[name]["nll"], 3) if name in after else "-" for name in ("scale", "isotonic")]
+            cells.append(_fmt(*base["coverage90"], 3))
+            if "isotonic" in after:
+                counted["isotonic"] += 1
+                goals["isotonic"] += after["isotonic"]["mace"][0] <= 0.5 * before["isotonic"]["mace"][0]
+            if "scale" in after:
+                counted["scale"] += 1
+                goals["scale"] += after["scale"]["nll"][0] - before["scale"]["nll"][0] <= 0.01
+            if "conformal" in after:
+                m, se = after["conformal"]["coverage90"]
+                hi = COVER_LEVEL + 1 / (min((r.get("train") or {}).get("n_val") or 0 for r in runs["conformal"]) + 1)
                 counted["conformal"] += 1
                 goals["conformal"] += COVER_LEVEL - 2 * (se or 0) <= m <= hi + 2 * (se or 0)
-                w0, w1 = _metric(conf, "width90", before=True)[0], _metric(conf, "width90")[0]
-                cells += [_fmt(m, se, 3), f"[0.900, {hi:.3f}]", f"{w0:.3g} → {w1:.3g}"]
+                cells += [_fmt(m, se, 3), f"[0.900, {hi:.3f}]",
+                          f"{before['conformal']['width90'][0]:.3g} → {after['conformal']['width90'][0]:.3g}"]
             else:
                 cells += ["-", "-", "-"]
             lines.append("| " + " | ".join(cells) + " |")
