@@ -9,7 +9,7 @@
    loss=mdn`), with result.json's `timing` (start-up, train, validation, test, figures).
 4. With --diamonds, what a second thread buys: densbench's step time on the diamonds MDN (64-64,
    K = 5) at one thread and at all cores, for batches from 256 rows to full batch, the measurement
-   behind trainer.threads=auto's threshold (run.AUTO_THREADS_MIN_ROWS).
+   behind loop.threads=auto's threshold (run.AUTO_THREADS_MIN_ROWS).
 
     python scripts/bench_eval.py [--diamonds]
 
@@ -33,7 +33,7 @@ import torch
 from densbench import ops
 from densbench.config import compose_config
 from densbench.distributions import InverseSinePosterior, NormalMixture, _kl_posterior, legendre_panels
-from densbench.run import AUTO_THREADS_MIN_ROWS
+from densbench.devices import AUTO_THREADS_MIN_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS, LEVELS, K = 1000, 100, 5
@@ -122,8 +122,8 @@ def thread_gain(tmp: Path, rounds: int = 2) -> list[dict]:
     for r in range(rounds):
         for batch in BATCHES:
             for threads in ((1, cores) if r % 2 == 0 else (cores, 1)):
-                cfg = compose_config(["dataset=diamonds", "loss=mdn", f"trainer.batch_size={'null' if batch is None else batch}",
-                                      "trainer.max_steps=400", "trainer.eval_every=200", f"trainer.threads={threads}",
+                cfg = compose_config(["dataset=diamonds", "loss=mdn", f"loop.batch_size={'null' if batch is None else batch}",
+                                      "loop.max_steps=400", "loop.eval_every=200", f"loop.threads={threads}",
                                       "dataset.max_eval=1000", "logger=none", "figures=false", "resume=false"])
                 res = run_job(cfg, tmp / f"threads-{batch}-{threads}-{r}")
                 if res["status"] != "ok":
@@ -172,7 +172,7 @@ def render(meta: dict, quant: dict, kl: dict, runs: list[dict], gains: list[dict
                   f"| rows per step | 1 thread ms | {gains[0]['cores']} threads ms | speed-up |", "|---|---|---|---|"]
         lines += [f"| {g['rows']:,}{' (full batch)' if g['batch'] is None else ''} | {g['one_ms']:.2f} | {g['all_ms']:.2f} | {g['gain']:.2f}x |"
                   for g in gains]
-        lines += ["", f"trainer.threads=auto gives a job all cores from {AUTO_THREADS_MIN_ROWS:,} rows per step, one thread below."]
+        lines += ["", f"loop.threads=auto gives a job all cores from {AUTO_THREADS_MIN_ROWS:,} rows per step, one thread below."]
     return "\n".join(lines) + "\n"
 
 

@@ -39,7 +39,8 @@ from densbench.config import compose_config  # noqa: E402
 
 def densbench_fit(overrides: list[str]) -> float:
     """Seconds to build and fit one densbench run (validation, logging, checkpoints included)."""
-    from densbench.run import JobSpec, build
+    from densbench.assembly import build
+    from densbench.run import JobSpec
 
     cfg = compose_config(overrides + ["figures=false"])
     gc.collect()
@@ -139,7 +140,7 @@ def parallel(repeats: int) -> dict:
     py = sys.executable
     # the third sweep shows how the speed-up grows once training outweighs the fixed costs of a sweep
     sweeps = {"4 seeds of loss=nll": ["loss=nll", "seed=0,1,2,3"], "loss=kl,nll,mdn,glm": ["loss=kl,nll,mdn,glm"],
-              "4 seeds of loss=nll, 4x longer": ["loss=nll", "seed=0,1,2,3", "trainer.max_steps=12000"]}
+              "4 seeds of loss=nll, 4x longer": ["loss=nll", "seed=0,1,2,3", "loop.max_steps=12000"]}
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -42,7 +42,7 @@ def stack_throughput(models: int, tmp: Path) -> dict[str, float]:
     from densbench.run import run_job
 
     cfg = compose_config(["experiment=uci_boston", "dataset.split=0", f"ensemble.members={models}", "logger=none",
-                   "figures=false", "trainer.early_stopping_patience=null"])
+                   "figures=false", "loop.early_stopping_patience=null"])
     res = run_job(cfg, tmp / f"n{models}-{time.monotonic_ns()}")
     if res["status"] != "ok":
         raise RuntimeError(f"stack of {models}: {res.get('error')}")

@@ -43,7 +43,7 @@ def sweep_command(datasets: list[str], splits: list[int], lrs: list[float], batc
             "experiment=" + ",".join(f"uci_{d}" for d in datasets), "method=gaussian_nll",
             "++dataset.tuning=true",  # ++: the master config, before a swept experiment picks the dataset, lacks the key
             "dataset.split=" + ",".join(map(str, splits)),
-            "optimizer.lr=" + ",".join(map(str, lrs)), "trainer.batch_size=" + ",".join(map(str, batches)),
+            "optimizer.lr=" + ",".join(map(str, lrs)), "loop.batch_size=" + ",".join(map(str, batches)),
             "launcher=stacked", "resume=false", "report.enabled=false", "logger=none",
             f"hydra.sweep.dir={sweep_dir}"]
 
@@ -57,7 +57,7 @@ def scores(sweep_dir: Path) -> dict[str, dict[tuple[float, int], list[float]]]:
         if not cfg["dataset"].get("tuning"):
             raise SystemExit(f"{path}: not a tuning run; refusing to score it")
         nll = (res.get("metrics") or {}).get("nll") if res.get("status") == "ok" else None
-        out[cfg["dataset"]["name"]][(float(cfg["optimizer"]["lr"]), int(cfg["trainer"]["batch_size"]))].append(
+        out[cfg["dataset"]["name"]][(float(cfg["optimizer"]["lr"]), int(cfg["loop"]["batch_size"]))].append(
             nll if nll is not None and math.isfinite(nll) else math.inf)
     return out
 

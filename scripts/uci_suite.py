@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="reuse finished jobs (default: train everything anew)")
     ap.add_argument("--recalibrate", default="scale,isotonic,conformal", help="recalibrations of --recalibrated ('' for none)")
     ap.add_argument("--recalibrated", default="gaussian_nll", help="the single-model methods that are recalibrated")
-    ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every job (e.g. trainer.max_epochs=2)")
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every job (e.g. loop.max_epochs=2)")
     args = ap.parse_args(argv)
     datasets = args.datasets.split(",")
     unknown = [d for d in datasets if d not in FOLDERS] + [m for m in args.methods.split(",") if m not in SINGLE]

@@ -33,12 +33,12 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = _results(tmp_path / "mr")
     assert sorted(r["labels"]["loss"] for r in results) == ["kl", "nll"]
-    assert all(r["status"] == "ok" and r["config"]["trainer"]["threads"] == 1 for r in results)
+    assert all(r["status"] == "ok" and r["config"]["loop"]["threads"] == 1 for r in results)
     assert (tmp_path / "mr" / "report" / "report.md").exists()
 
 
 def test_throughput_recorded_in_result_and_tensorboard(tmp_path):
-    res = run_job(make_cfg("experiment=fast", "trainer.max_steps=60"), tmp_path)
+    res = run_job(make_cfg("experiment=fast", "loop.max_steps=60"), tmp_path)
     m = res["metrics"]
     # 3 evaluation periods of 20 steps; the first is warm-up, so 40 timed steps of 128 samples
     assert m["train_steps_per_s"] > 0 and m["train_samples_per_s"] == pytest.approx(128 * m["train_steps_per_s"])
@@ -52,7 +52,7 @@ def test_throughput_recorded_in_result_and_tensorboard(tmp_path):
 @pytest.mark.parametrize("grad", ["autograd", "analytic"])
 def test_compile_option_trains_to_the_same_result(tmp_path, grad):
     eager = run_job(make_cfg("experiment=fast", f"grad={grad}", "trainer.precision=64-true", "logger=none"), tmp_path / "eager")
-    compiled = run_job(make_cfg("experiment=fast", f"grad={grad}", "trainer.precision=64-true", "logger=none", "trainer.compile=true"),
+    compiled = run_job(make_cfg("experiment=fast", f"grad={grad}", "trainer.precision=64-true", "logger=none", "loop.compile=true"),
                        tmp_path / "compiled")
     assert compiled["status"] == "ok", compiled.get("error")
     assert compiled["metrics"]["nll"] == pytest.approx(eager["metrics"]["nll"], rel=1e-6)

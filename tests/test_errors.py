@@ -31,10 +31,10 @@ INVALID = [  # values densbench refuses
     (["head.floor=-1e-3"], r"head.floor=-0.001 must be a positive number"),
     (["loss=mdn", "head.components=0"], r"head.components=0 must be a positive integer"),
     (["head.positivity=relu"], r"head.positivity='relu' is not allowed; choose one of: softplus, exp"),
-    (["trainer.batch_size=0"], r"trainer.batch_size=0 must be a positive integer or null"),
+    (["loop.batch_size=0"], r"loop.batch_size=0 must be a positive integer or null"),
     (["model.hidden=[16,0]"], r"model.hidden=\[16, 0\] must be a list of positive integers"),
-    (["trainer.eval_every=-5"], r"trainer.eval_every=-5 must be a positive integer or null"),
-    (["trainer.compile_mode=fast"], r"trainer.compile_mode='fast' is not allowed; choose one of: default, reduce-overhead"),
+    (["loop.eval_every=-5"], r"loop.eval_every=-5 must be a positive integer or null"),
+    (["loop.compile_mode=fast"], r"loop.compile_mode='fast' is not allowed; choose one of: default, reduce-overhead"),
     (["optimizer.lr=-1"], r"optimizer.lr=-1 must be a positive number"),
 ]
 

@@ -58,10 +58,10 @@ def test_one_job_diverges_one_raises_the_others_finish_and_a_rerun_resumes_only_
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
-    cfg = make_cfg("experiment=fast", "loss=mdn", "trainer.batch_size=32", "logger=none", "figures=false")
+    cfg = make_cfg("experiment=fast", "loss=mdn", "loop.batch_size=32", "logger=none", "figures=false")
     a = run_job(cfg, tmp_path / "a")
     b = run_job(cfg, tmp_path / "b")
     metrics = lambda r: {k: v for k, v in r["metrics"].items() if k not in EXECUTION_METRICS}  # noqa: E731
     assert a["status"] == "ok" and metrics(a) == metrics(b) and a["curves"] == b["curves"]
-    c = run_job(make_cfg("experiment=fast", "loss=mdn", "trainer.batch_size=32", "logger=none", "figures=false", "seed=1"), tmp_path / "c")
+    c = run_job(make_cfg("experiment=fast", "loss=mdn", "loop.batch_size=32", "logger=none", "figures=false", "seed=1"), tmp_path / "c")
     assert metrics(c)["nll"] != metrics(a)["nll"]

@@ -16,15 +16,16 @@ import torch
 from conftest import make_cfg, run_cli
 from densbench import checkpoints, provenance
 from densbench.results import EXECUTION_METRICS
-from densbench.run import flags, run_job
+from densbench.outcome import flags
+from densbench.run import run_job
 from densbench.signals import Interrupted
 
 TESTS = str(Path(__file__).parent)
 # eval_every is not a multiple of steps_per_call: periods [0, 53), [53, 106), ... and chunks
 # [53, 103), [103, 106): step 75 lies inside a chunk
 # checkpoint_every_s=0: last.ckpt after every validation, so a kill finds the last period's state
-LOOP = ["experiment=fast", "trainer.max_steps=160", "trainer.eval_every=53", "trainer.steps_per_call=50",
-        "trainer.batch_size=32", "trainer.checkpoint_every_s=0", "logger=none", "figures=false"]
+LOOP = ["experiment=fast", "loop.max_steps=160", "loop.eval_every=53", "loop.steps_per_call=50",
+        "loop.batch_size=32", "loop.checkpoint_every_s=0", "logger=none", "figures=false"]
 
 
 def _signal_args(marker, sig="SIGINT", step=75):
@@ -100,7 +101,7 @@ def _send_sigterm(*_, **__):
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.mark.parametrize("target,stage", [("densbench.data.load", "loading data"), ("densbench.run._figures", "writing figures")])
+@pytest.mark.parametrize("target,stage", [("densbench.data.load", "loading data"), ("densbench.outcome.write_figures", "writing figures")])
 def test_a_signal_at_any_stage_leaves_a_record(tmp_path, monkeypatch, capsys, target, stage):
     args = ["experiment=fast", "logger=none", "figures=true"]
     module, name = target.rsplit(".", 1)
@@ -198,11 +199,11 @@ def test_checkpoints_after_validation_are_throttled_but_the_final_state_is_kept(
         return original(obj, path)
 
     monkeypatch.setattr(checkpoints, "save_atomic", save)
-    every = [a for a in LOOP if not a.startswith("trainer.checkpoint_every_s")]
-    assert run_job(make_cfg(*every, "trainer.checkpoint_every_s=0"), tmp_path / "each")["status"] == "ok"
+    every = [a for a in LOOP if not a.startswith("loop.checkpoint_every_s")]
+    assert run_job(make_cfg(*every, "loop.checkpoint_every_s=0"), tmp_path / "each")["status"] == "ok"
     assert written == [53, 106, 159, 160]
     written.clear()
-    res = run_job(make_cfg(*every, "trainer.checkpoint_every_s=1e9"), tmp_path / "throttled")
+    res = run_job(make_cfg(*every, "loop.checkpoint_every_s=1e9"), tmp_path / "throttled")
     assert written == [160] and res["status"] == "ok"  # only the end of training
 
 
@@ -228,7 +229,7 @@ def test_a_result_is_reused_only_for_the_same_config_code_and_data(tmp_path, mon
     assert second["provenance"]["data_hash"] != prov["data_hash"]
     # other code: retrained as well
     real = provenance.code_revision()
-    monkeypatch.setattr("densbench.run.provenance.code_revision", lambda: dict(real, source_hash="0" * 16))
+    monkeypatch.setattr("densbench.resume.provenance.code_revision", lambda: dict(real, source_hash="0" * 16))
     capsys.readouterr()
     third = run_job(cfg, tmp_path / "run")
     assert "resumed" not in third
@@ -274,7 +275,7 @@ def test_an_unwritable_output_directory_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_two_identical_sweeps_at_once_run_every_job_once(tmp_path):
-    args = [sys.executable, "-m", "densbench", "-m", "experiment=fast", "seed=0,1", "trainer.max_steps=400",
+    args = [sys.executable, "-m", "densbench", "-m", "experiment=fast", "seed=0,1", "loop.max_steps=400",
             f"hydra.sweep.dir={tmp_path}/mr"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -19,8 +19,8 @@ from densbench.signals import Interrupted
 TESTS = str(Path(__file__).parent)
 F64 = ["trainer.precision=64-true", "logger=none", "figures=false"]
 # minibatches, early stopping and a short last period: every per-model mechanism is exercised
-LOOP = ["experiment=fast", "trainer.max_steps=90", "trainer.eval_every=20", "trainer.steps_per_call=7", "trainer.batch_size=32",
-        "trainer.early_stopping_patience=2", *F64]
+LOOP = ["experiment=fast", "loop.max_steps=90", "loop.eval_every=20", "loop.steps_per_call=7", "loop.batch_size=32",
+        "loop.early_stopping_patience=2", *F64]
 
 
 def _numbers(res):
@@ -64,7 +64,7 @@ def test_seeds_stacked_train_exactly_as_alone(tmp_path, grad):
 
 @pytest.mark.parametrize("grad", ["autograd", "analytic"])
 def test_splits_stacked_train_exactly_as_alone(tmp_path, grad):
-    common = ["experiment=uci_boston", "trainer.max_epochs=4", "trainer.early_stopping_patience=1", f"grad={grad}", *F64]
+    common = ["experiment=uci_boston", "loop.max_epochs=4", "loop.early_stopping_patience=1", f"grad={grad}", *F64]
     stacked, _ = _stacked_vs_alone(tmp_path, [[f"dataset.split={i}"] for i in range(3)], *common)
     assert len({tuple(s["curves"]["train_val_nll"]) for s in stacked}) == 3
 
@@ -73,7 +73,7 @@ def test_splits_stacked_train_exactly_as_alone(tmp_path, grad):
 def test_float32_stacks_train_bit_for_bit_as_alone(tmp_path):
     # MKL_CBWR (set when densbench is imported) and the unfused Adam step round every element the
     # same whatever the stack size: the acceptance sweep's float32 numbers are the basic launcher's
-    common = ["experiment=uci_boston", "trainer.max_epochs=6", "logger=none", "figures=false"]
+    common = ["experiment=uci_boston", "loop.max_epochs=6", "logger=none", "figures=false"]
     cfgs = [make_cfg(*common, f"dataset.split={i}") for i in range(3)]
     stacked = run_group([JobSpec(cfg, tmp_path / f"stack{i}") for i, cfg in enumerate(cfgs)])
     for i, (s, cfg) in enumerate(zip(stacked, cfgs)):
@@ -81,7 +81,7 @@ def test_float32_stacks_train_bit_for_bit_as_alone(tmp_path):
 
 
 def test_a_mixed_group_of_seeds_and_splits_and_a_mixture_head(tmp_path):
-    common = ["experiment=uci_concrete", "trainer.max_epochs=3", "loss=mdn", "head.components=3", *F64]
+    common = ["experiment=uci_concrete", "loop.max_epochs=3", "loss=mdn", "head.components=3", *F64]
     _stacked_vs_alone(tmp_path, [["dataset.split=0", "seed=0"], ["dataset.split=1", "seed=0"], ["dataset.split=0", "seed=5"]], *common)
 
 

@@ -135,7 +135,7 @@ def test_poisson_head_on_regression_or_negative_csv_targets_is_refused(tmp_path)
 
 @pytest.mark.slow
 def test_uci_protocol_runs_as_a_multirun_and_reports_published_figures(tmp_path):
-    proc = run_cli(["-m", "experiment=uci_boston", "dataset.split=0,1", "trainer.max_epochs=3",
+    proc = run_cli(["-m", "experiment=uci_boston", "dataset.split=0,1", "loop.max_epochs=3",
                     f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = [json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")]

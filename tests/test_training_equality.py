@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from densbench.run import JobSpec, build
+from densbench.assembly import build
+from densbench.run import JobSpec
 
 
 def loss_curve(tmp_path, grad, *overrides):
@@ -40,12 +41,12 @@ def test_glm_document_runs_identical(tmp_path, dataset, family):
         # lr 0.05 the full-batch loss swings by 0.2 a step, and that edge-of-stability oscillation
         # amplifies round-off just as chaotically)
         ("loss=mdn", "optimizer=sgd", "optimizer.lr=0.02"),
-        ("loss=mdn", "optimizer=sgd", "optimizer.lr=0.02", "head.positivity=softplus", "trainer.batch_size=64"),
+        ("loss=mdn", "optimizer=sgd", "optimizer.lr=0.02", "head.positivity=softplus", "loop.batch_size=64"),
     ],
     ids=lambda o: " ".join(o),
 )
 def test_short_runs_identical(tmp_path, overrides):
-    args = ("trainer.max_steps=300", "trainer.eval_every=100", "dataset.max_train=256", "dataset.max_eval=64", *overrides)
+    args = ("loop.max_steps=300", "loop.eval_every=100", "dataset.max_train=256", "dataset.max_eval=64", *overrides)
     a, b = loss_curve(tmp_path, "analytic", *args), loss_curve(tmp_path, "autograd", *args)
     assert a.shape == b.shape == (300,)
     # the two paths round differently in the last bit, and training amplifies that by orders of

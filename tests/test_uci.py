@@ -84,13 +84,13 @@ def test_an_index_file_that_is_not_the_published_split_is_refused(tmp_path):
 def test_each_experiment_has_the_layouts_width_epochs_and_splits(name):
     numbers = uci.protocol(UCI_ROOT / uci.FOLDERS[name] / "data")
     cfg = compose_config([f"experiment=uci_{name}"], hydra_node=True)
-    assert list(cfg.model.hidden) == [numbers["hidden"]] and cfg.trainer.max_epochs == numbers["epochs"]
+    assert list(cfg.model.hidden) == [numbers["hidden"]] and cfg.loop.max_epochs == numbers["epochs"]
     assert cfg.hydra.sweeper.params["dataset.split"] == f"range({numbers['splits']})"
 
 
 @needs_layout
 def test_a_method_runs_on_a_uci_dataset_from_the_layout(tmp_path):
-    proc = run_cli(["experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "method=beta_nll", "trainer.max_epochs=2", "logger=none",
+    proc = run_cli(["experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "method=beta_nll", "loop.max_epochs=2", "logger=none",
                     f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "result.json").read_text())

@@ -17,7 +17,7 @@ from densbench import uci_report
 from densbench.data import load
 from densbench.errors import ConfigError
 from densbench.methods import method_of, recipes
-from densbench.run import labels
+from densbench.labels import labels
 
 sys.path.insert(0, str(REPO / "scripts"))
 import uci_search  # noqa: E402
@@ -60,7 +60,7 @@ def test_tuning_without_a_validation_fraction_is_refused():
 
 def _result(dataset, lr, batch, nll, tuning=True, split=0):
     return {"status": "ok", "labels": {"dataset": dataset, "split": split}, "metrics": {"nll": nll},
-            "config": {"dataset": {"name": dataset, "tuning": tuning}, "optimizer": {"lr": lr}, "trainer": {"batch_size": batch}}}
+            "config": {"dataset": {"name": dataset, "tuning": tuning}, "optimizer": {"lr": lr}, "loop": {"batch_size": batch}}}
 
 
 def test_the_search_scores_mean_held_out_nll_and_refuses_runs_that_saw_test_rows(tmp_path):
@@ -86,7 +86,7 @@ def test_the_search_writes_its_choice_into_the_experiment_config(tmp_path):
     assert re.search(r"^  lr: 0.003\s+# chosen by scripts/uci_search.py$", text, re.M)
     assert re.search(r"^  batch_size: 128\s+# chosen by scripts/uci_search.py$", text, re.M)
     assert "max_epochs: 20" in text  # the rest of the file untouched
-    (conf / "uci_yacht.yaml").write_text("trainer:\n  batch_size: 32\n")
+    (conf / "uci_yacht.yaml").write_text("loop:\n  batch_size: 32\n")
     with pytest.raises(SystemExit, match="expected one line"):
         uci_search.write_choice("yacht", 0.01, 32, conf)
 
@@ -134,7 +134,7 @@ def test_the_suite_command_on_a_slice_writes_the_report_with_published_rows(tmp_
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "uci_suite.py"), "--root", str(UCI_ROOT),
                            "--datasets", "yacht", "--methods", "gaussian_nll,student_t",
                            "--sweep-dir", str(tmp_path / "mr"), "--out", str(out),
-                           "--extra", "trainer.max_epochs=2", "logger=none"],
+                           "--extra", "loop.max_epochs=2", "logger=none"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     suite = json.loads((tmp_path / "mr" / uci_report.SUITE_FILE).read_text())

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import make_cfg, run_cli
 from densbench.config import slug
-from densbench.run import AUTO_THREADS_MIN_ROWS, run_job, threads
+from densbench.devices import AUTO_THREADS_MIN_ROWS, threads
+from densbench.run import run_job
 
 
 def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path):
@@ -61,12 +62,12 @@ def test_a_sweep_counts_its_jobs_and_ends_with_a_table_and_its_report(tmp_path):
 def test_long_run_names_keep_every_key_and_what_varies():
     common = ("dataset=csv,dataset.path=/data/projects/2026/some-long-folder/with/a/deep/layout/measurements_final_v3.csv,"
               "dataset.target=price,dataset.task=multiclass,head=categorical,loss=glm,model.hidden=[64,64],optimizer.lr=0.001,"
-              "trainer.max_steps=100000,trainer.batch_size=512,")
+              "loop.max_steps=100000,loop.batch_size=512,")
     a, b = slug(common + "grad=analytic"), slug(common + "grad=autograd")
     assert a != b and a.endswith("grad=analytic") and b.endswith("grad=autograd")
     for name in (a, b):
         assert len(name) <= 240
-        for key in ("dataset.path=", "dataset.target=price", "model.hidden=[64,64]", "trainer.batch_size=512"):
+        for key in ("dataset.path=", "dataset.target=price", "model.hidden=[64,64]", "loop.batch_size=512"):
             assert key in name
     assert slug("experiment=fast,loss=nll") == "experiment=fast,loss=nll"  # short names unchanged
 

@@ -2,7 +2,7 @@
 
 The forward runs an objective's kernel (see densbench.objectives.base for its contract), which
 returns the loss and its gradients with respect to the raw output fields in one fused pass; the
-backward hands those gradients over, scaled by the incoming gradient. With ``trainer.compile=true``
+backward hands those gradients over, scaled by the incoming gradient. With ``loop.compile=true``
 the kernel runs through torch.compile.
 """
 

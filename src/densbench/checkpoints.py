@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 
 from densbench.atomic import replacing
+from densbench.results import KEY_FIELDS
 from densbench.signals import Interrupted
 
 LAST = "last.ckpt"  # the latest consistent state: after every evaluation period and at an interruption
@@ -48,8 +49,6 @@ def load(path: str | Path, key: dict[str, str]) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError("it was written by another densbench version")
     if ckpt.get("key") != key:
-        from densbench.resume import KEY_FIELDS
-
         changed = [KEY_FIELDS.get(k, k) for k in key if (ckpt.get("key") or {}).get(k) != key[k]]
         raise CheckpointError(f"it was written with another {' and '.join(changed) or 'run'}")
     return ckpt

@@ -20,13 +20,18 @@ from typing import Any
 from omegaconf import DictConfig
 
 from densbench.errors import ConfigError, one_of, positive
+from densbench.loop import Loop
 from densbench.families import Family
 from densbench.objectives import Objective
 from densbench.objectives.base import GRADS
 
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "32", "64")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Trainer arguments the engine sets itself (the loop's length, logging per job, its own callbacks and
+# checkpoints); a trainer config must leave them alone
+ENGINE_OWNED = ("max_epochs", "max_steps", "max_time", "logger", "callbacks", "enable_progress_bar", "enable_model_summary",
+                "enable_checkpointing", "num_sanity_val_steps", "limit_train_batches", "limit_val_batches",
+                "val_check_interval", "check_val_every_n_epoch", "default_root_dir", "use_distributed_sampler")
 
 
 class Incompatible(ConfigError):
@@ -55,6 +60,7 @@ class Plan:
     family: Family  # as configured; bind it to the data (a head like glm picks its canonical family)
     task: str
     truth: str | None
+    loop: Loop
 
     def bound_family(self) -> Family:
         """The family bound to the task, as far as the task alone settles it (the class count of
@@ -69,7 +75,8 @@ def check_config(cfg: DictConfig) -> Plan:
     from densbench import data
 
     one_of("grad", cfg.grad, GRADS)
-    _check_trainer(cfg)
+    _check_trainer(cfg.trainer)
+    loop: Loop = instantiate_checked(cfg.loop)
     _check_dataset(cfg.dataset)
     hidden = cfg.model.get("hidden", [])
     if any(not (isinstance(w, int) and w >= 1) for w in hidden):
@@ -82,7 +89,7 @@ def check_config(cfg: DictConfig) -> Plan:
     objective: Objective = instantiate_checked(cfg.loss)
     head: Family = instantiate_checked(cfg.head)
     kind = data.describe(cfg.dataset)
-    plan = Plan(objective, head, kind.task, kind.truth)
+    plan = Plan(objective, head, kind.task, kind.truth, loop)
     check_pair(plan, str(cfg.grad), cfg.dataset.name)
     check_recalibration(cfg, plan.task)
     if members > 1 and not ({"location_scale", "mixture"} & plan.bound_family().traits):
@@ -124,23 +131,17 @@ def _with_truth(kind: str) -> list[str]:
     return [name for name, (_, k) in SYNTHETIC.items() if k.truth == kind]
 
 
-def _check_trainer(cfg: DictConfig) -> None:
-    t = cfg.trainer
+def _check_trainer(t: DictConfig) -> None:
     one_of("trainer.accelerator", t.accelerator, ACCELERATORS)
     one_of("trainer.precision", str(t.precision), PRECISIONS)
-    positive("trainer.max_steps", t.max_steps, integer=True, allow_null=t.max_epochs is not None)
-    positive("trainer.max_epochs", t.max_epochs, integer=True, allow_null=True)
-    positive("trainer.batch_size", t.batch_size, integer=True, allow_null=True)
-    positive("trainer.eval_every", t.eval_every, integer=True, allow_null=True)
-    positive("trainer.steps_per_call", t.steps_per_call, integer=True)
-    positive("trainer.early_stopping_patience", t.early_stopping_patience, integer=True, allow_null=True)
-    if t.threads != "auto":
-        positive("trainer.threads", t.threads, integer=True)
-    positive("trainer.flag_margin", t.flag_margin)
-    positive("trainer.absurd_loss", t.absurd_loss)
     positive("trainer.devices", t.devices, integer=True)
     positive("trainer.num_nodes", t.num_nodes, integer=True)
-    one_of("trainer.compile_mode", t.compile_mode, COMPILE_MODES)
+    owned = [k for k in t if k in ENGINE_OWNED]
+    if owned:
+        where = {k: f"loop.{k}" for k in ("max_steps", "max_epochs")}
+        raise ConfigError(f"trainer.{owned[0]} is set by densbench's loop, not by the trainer config"
+                          + (f": use {where[owned[0]]}" if owned[0] in where else "")
+                          + f" (the loop's settings: loop.*; the trainer's own keys: {', '.join(k for k in t if k not in ENGINE_OWNED and not k.startswith('_'))})")
 
 
 def _check_dataset(d: DictConfig) -> None:

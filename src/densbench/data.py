@@ -8,44 +8,22 @@ are index arrays; standardisation is fitted on the training split only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
+from densbench import provenance, tables
 from densbench.errors import DataError
+from densbench.splits import TASKS, Data
 from densbench.lazy import D, torch
 
 if TYPE_CHECKING:
     from torch import Tensor
     from torch.distributions import Distribution
 
-TASKS = ("regression", "count", "binary", "multiclass")
 __all__ = ["DataError", "TASKS", "Data", "load", "prepare", "describe", "fingerprint"]
-
-
-@dataclass
-class Data:
-    """A dataset in original units with its splits."""
-
-    name: str
-    task: str
-    x: np.ndarray  # [N, d] float64
-    y: np.ndarray  # [N] float64 (regression, count, binary) or int64 (multiclass)
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    feature_names: list[str]
-    target_name: str
-    n_classes: int | None = None
-    truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x)
-    notes: dict = field(default_factory=dict)
-
-    @property
-    def n_features(self) -> int:
-        """Number of input columns."""
-        return self.x.shape[1]
 
 
 @dataclass(frozen=True)
@@ -70,32 +48,6 @@ class Standardizer:
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         return (v - self.loc) / self.scale
-
-
-def random_splits(n: int, val_fraction: float, test_fraction: float, seed: int):
-    """Random train/val/test index split."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(test_fraction * n))
-    n_val = int(round(val_fraction * n))
-    return perm[n_test + n_val :], perm[n_test : n_test + n_val], perm[:n_test]
-
-
-def carve_validation(train: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Validation rows from the end of a training permutation, never from test: (train, val)."""
-    n_val = int(round(val_fraction * len(train)))
-    return train[: len(train) - n_val], train[len(train) - n_val :]
-
-
-def protocol_rows(train: np.ndarray, test: np.ndarray, val_fraction: float, tuning: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) of a published split; tuning: the test rows are set aside unread.
-
-    For a hyperparameter search the split's test rows must play no part, so a stand-in test set is
-    carved from the training rows (as large as the validation set), then the validation set from
-    what remains: every row the run sees belongs to the published training split.
-    """
-    if tuning:
-        train, test = carve_validation(train, val_fraction)
-    return (*carve_validation(train, val_fraction), test)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,27 +201,26 @@ def inverse_sine(cfg) -> Data:
 
 def describe(cfg) -> Kind:
     """Task and truth of the dataset a config names, without loading it (torch-free)."""
-    from densbench import tables
-
     if cfg.name in SYNTHETIC:
         return SYNTHETIC[cfg.name][1]
     if cfg.name in tables.LOADERS:
         return Kind(tables.task_of(cfg), None)
+    raise _unknown(cfg.name)
+
+
+def _unknown(name: str) -> DataError:
     allowed = ", ".join(sorted(set(SYNTHETIC) | set(tables.LOADERS)))
-    raise DataError(f"dataset.name={cfg.name!r} is unknown; allowed: {allowed}")
+    return DataError(f"dataset.name={name!r} is unknown; allowed: {allowed}")
 
 
 def load(cfg) -> Data:
     """Build the dataset named by cfg.name."""
-    from densbench import tables  # real data lives beside, imported only when asked for
-
     if cfg.name in SYNTHETIC:
         data = SYNTHETIC[cfg.name][0](cfg)
     elif cfg.name in tables.LOADERS:
         data = tables.LOADERS[cfg.name](cfg)
     else:
-        allowed = ", ".join(sorted(set(SYNTHETIC) | set(tables.LOADERS)))
-        raise DataError(f"dataset.name={cfg.name!r} is unknown; allowed: {allowed}")
+        raise _unknown(cfg.name)
     # caps for quick runs: the first rows of each split (splits are already shuffled)
     if cfg.get("max_train"):
         data.train = data.train[: int(cfg.max_train)]
@@ -288,8 +239,6 @@ def fingerprint(cfg) -> dict:
     data_hash covers everything the run read (the resume key); dataset_hash leaves out what only
     picks a replicate (a split's index files), so that the splits of one dataset share a report row.
     """
-    from densbench import provenance, tables
-
     if cfg.name in SYNTHETIC:
         settings = provenance.settings_fingerprint({k: v for k, v in cfg.items() if k not in REPLICATION_KEYS})
         return {"data_hash": settings, "dataset_hash": settings, "data_source": f"synthetic {cfg.name}"}

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal, constraints, register_kl
 
 from densbench import ops
-from densbench.ops import HALF_LOG_2PI, INV_SQRT_PI, std_normal_cdf, std_normal_pdf
+from densbench.ops import HALF_LOG_2PI, INV_SQRT_PI, SQRT_2PI, std_normal_cdf, std_normal_pdf
 
 
 class NormalMixture(MixtureSameFamily):
@@ -413,7 +413,7 @@ def _kl_posterior_mixture(p: InverseSinePosterior, q: NormalMixture) -> Tensor:
     # in the posterior's precision (float64): float32 rounding of log q alone is ~1e-7 nats
     q = NormalMixture(*(t.to(p.y.dtype) for t in (q.mixture_distribution.logits, q.loc, q.scale)))
     loc, scale, w = (t.reshape(p.y.shape[0], -1) for t in (q.loc, q.scale, q.weights))
-    own = w / (scale * math.sqrt(2 * math.pi))
+    own = w / (scale * SQRT_2PI)
     rest = (q.log_prob(loc.T).T.exp() - own).clamp_min(torch.finfo(loc.dtype).tiny)  # p, q of each row at its means
     matters = p.log_prob(loc.T).T.exp() * w / rest > MATTERS
     logits = q.mixture_distribution.logits

@@ -17,6 +17,13 @@ own seed), its own validation, model selection, early stopping and divergence ch
 same numbers as it would alone. Chunk boundaries are aligned to the start of their period, and the
 per-step losses of a period are summed in one fixed order at its end: where a run stops (a signal
 between two steps, a kill after a checkpoint) changes nothing in what it computes after resuming.
+
+The engine uses only Lightning's public API, but three behaviours it relies on have no hook of their
+own, and tests/test_lightning_contract.py pins them for the supported ``lightning`` range: a train
+loader with no length is validated once, after its last batch, however many batches an epoch yields;
+an epoch's loader is iterated (so its chunks planned) only after the previous validation; batches of
+a class Lightning does not know reach ``training_step`` as the same objects, neither copied nor moved.
+The settings of the loop are the ``loop`` config group (densbench.loop); Lightning's own, ``trainer``.
 """
 
 from __future__ import annotations
@@ -33,12 +40,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from densbench.loop import steps_per_pass
 from densbench.signals import raise_if_stopped
-
-
-def steps_per_pass(n_train: int, batch_size: int | None) -> int:
-    """Optimisation steps per pass over the training data (1 for full batch)."""
-    return 1 if batch_size is None else math.ceil(n_train / batch_size)
 
 
 @dataclass(frozen=True)
@@ -371,6 +374,10 @@ class DensityData(pl.LightningDataModule):
         rows = slice(rank, None, world)
         y = y[rows].reshape(-1).long() if (data.task == "multiclass" or self.class_targets) else y[rows].to(torch.float64)
         return EvalBatch(job, self._put(x[rows]), self._put(y), x_orig[rows].to(self.device), u[rows].to(self.device), split)
+
+    def training_rows(self) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """(x, y, extra) of every model's whole training split on this rank, [N, n, ...]."""
+        return self.source.full()
 
     def train_dataloader(self):
         return ChunkStream(self.source, self.state, self.steps_per_call)

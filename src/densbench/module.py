@@ -72,8 +72,9 @@ class DensityModule(pl.LightningModule):
         self.state, self.selection = state, selection
         self.resume_from = resume_from  # a checkpoint to continue from, loaded once optimisers exist
         job_of = stack.job_of
-        self.register_buffer("model_loc", torch.tensor([[jobs[j].target_loc] for j in job_of]), persistent=False)
-        self.register_buffer("model_scale", torch.tensor([[jobs[j].target_scale] for j in job_of]), persistent=False)
+        # per model [N, 1]: the target standardisation of its job, for validating every model in one pass
+        self.register_buffer("target_loc", torch.tensor([[jobs[j].target_loc] for j in job_of]), persistent=False)
+        self.register_buffer("target_scale", torch.tensor([[jobs[j].target_scale] for j in job_of]), persistent=False)
         self.register_buffer("job_of", torch.tensor(job_of), persistent=False)
         self.val_scores = ModelScores(task, stack.size)
         self.test_metrics = nn.ModuleList([PredictiveMetrics(task, full=True) for _ in jobs])
@@ -205,9 +206,8 @@ class DensityModule(pl.LightningModule):
     def _refresh_from_training(self) -> None:
         # families that estimate something from the training data after fitting (the canonical
         # Gaussian's dispersion) get its sums, per model, over every rank's share
-        source = self.trainer.datamodule.source
         with torch.no_grad():
-            x, y, _ = source.full()
+            x, y, _ = self.trainer.datamodule.training_rows()
             sums = self.family.training_statistics(self(x), y)
             if sums is None:
                 return
@@ -220,7 +220,7 @@ class DensityModule(pl.LightningModule):
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         # every model on its own job's validation split, in one stacked pass
         raw = self(batch.x[self.job_of])
-        dist = self.family.distribution(raw, self.model_loc, self.model_scale)
+        dist = self.family.distribution(raw, self.target_loc, self.target_scale)
         self.val_scores.update(dist, batch.y[self.job_of])
 
     def on_validation_epoch_end(self) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the one home of the Gaussian normalising constant
+SQRT_2PI = math.sqrt(2 * math.pi)  # the same constant outside the log, where a density is needed directly
 
 
 class Unavailable(NotImplementedError):

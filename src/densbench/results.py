@@ -12,6 +12,8 @@ from densbench.atomic import replacing
 
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "failed", "skipped", "interrupted")
+# what a result or checkpoint must match to be reused, and the word for each in messages
+KEY_FIELDS = {"config_hash": "config", "source_hash": "code", "data_hash": "data"}
 # metrics of how a run executed (speed, memory, the size of its stack): they vary between identical
 # runs and between launchers, everything else must not
 EXECUTION_METRICS = frozenset({"train_samples_per_s", "train_steps_per_s", "step_time_ms", "stack_size",

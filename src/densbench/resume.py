@@ -1,4 +1,4 @@
-"""Whether a run directory's earlier work can be reused, and who may work in it now.
+"""Provenance and resume: a job's key, whether a run directory's earlier work can be reused, who may work in it now.
 
 A finished result is reused, and an unfinished run continued from its checkpoint, only when the
 config, the code and the data are the ones that produced them; otherwise the run starts over and one
@@ -12,15 +12,60 @@ import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from densbench import checkpoints, provenance
+from densbench.data import fingerprint
+from densbench.progress import announce, say
+from densbench.results import KEY_FIELDS, config_hash, read_result
 
 LOCK_FILE = ".densbench.lock"
-KEY_FIELDS = {"config_hash": "config", "source_hash": "code", "data_hash": "data"}
+# bookkeeping switches: they change where and whether a run is written, never its numbers
+NOT_IN_KEY = ("resume", "report", "name")
 
 
-def run_key(config_hash: str, source_hash: str, data_hash: str) -> dict[str, str]:
-    """What a result or checkpoint must match to be reused."""
-    return {"config_hash": config_hash, "source_hash": source_hash, "data_hash": data_hash}
+def job_key(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """The resolved config, the key a reusable result must match, and the provenance to record."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    code = provenance.code_revision()
+    data = fingerprint(cfg.dataset)
+    key = {"config_hash": config_hash({k: v for k, v in resolved.items() if k not in NOT_IN_KEY}),
+           "source_hash": code["source_hash"], "data_hash": data["data_hash"]}
+    prov = dict(code, **data, versions=provenance.library_versions())
+    return resolved, key, prov
+
+
+def reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str], rank0: bool) -> dict | None:
+    """The earlier result to reuse, or None (after one line saying why an ok result is not reused)."""
+    previous = read_result(run_dir)
+    if not cfg.get("resume", True):
+        if rank0:  # a forced rerun starts from scratch
+            (run_dir / "checkpoints" / checkpoints.LAST).unlink(missing_ok=True)
+        return None
+    reuse, why = reuse_verdict(previous, key)
+    if reuse:
+        if rank0:
+            announce(previous, run_dir, reused=True)
+        previous["resumed"] = "reused: result.json is ok for this config, code and data"
+        return previous
+    if why and previous and previous.get("status") == "ok":
+        say(f"densbench: rerunning {run_dir}: {why}")
+    return None
+
+
+def previous_checkpoint(run_dir: Path, key: dict[str, str]) -> dict | None:
+    """The last checkpoint of an unfinished run with this key; anything else is reported and set aside."""
+    path = run_dir / "checkpoints" / checkpoints.LAST
+    if not path.exists():
+        return None
+    try:
+        return checkpoints.load(path, key)
+    except checkpoints.CheckpointError as exc:
+        say(f"densbench: ignoring {path}: {exc}; the run starts over")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def key_of(result: dict) -> dict[str, str | None]:

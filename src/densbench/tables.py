@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from densbench import uci
-from densbench.data import TASKS, Data, protocol_rows, random_splits
+from densbench.splits import TASKS, Data, protocol_rows, random_splits
 from densbench.errors import DataError
 
 # name -> (R package, R dataset, target column, task, feature columns or None for "all others")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densbench.data import Data, protocol_rows
+from densbench.splits import Data, protocol_rows
 from densbench.errors import DataError
 
 ROOT_VARIABLE = "DENSBENCH_UCI_ROOT"

@@ -396,5 +396,5 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
 
 def _protocol(res: dict) -> str:
     c = res.get("config") or {}
-    t, o = c.get("trainer") or {}, c.get("optimizer") or {}
+    t, o = c.get("loop") or {}, c.get("optimizer") or {}
     return f"{t.get('max_epochs')} ep, batch {t.get('batch_size')}, lr {o.get('lr')}"

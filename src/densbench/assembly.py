@@ -1,0 +1,175 @@
+"""Assembly: from checked configs and loaded data to one wired stack (module, data, callbacks, trainer), untrained."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from densbench import checkpoints, recalibration
+from densbench import data as data_mod
+from densbench.analytic import use_compiled_kernels
+from densbench.checkpoints import Checkpoints
+from densbench.checks import check_against_data, check_config, check_recalibration
+from densbench.devices import check_device, threads, world_size
+from densbench.engine import DensityData, EngineState, Selection, Stack, Throughput, param_dtype
+from densbench.module import DensityModule, Job
+from densbench.networks import Head
+from densbench.progress_bar import Progress
+from densbench.timing import JobClock, Timing
+
+ENSEMBLE_SEED_STEP = 7919  # member m of a job with seed s starts from seed s + 7919 m
+
+
+class NotStackable(Exception):
+    """Jobs that cannot train as one stack (different data sizes); they run one after the other instead."""
+
+
+def member_seeds(cfg: DictConfig) -> list[int]:
+    """The seeds of a job's models: its own, then one per further ensemble member."""
+    members = int(cfg.get("ensemble", {}).get("members", 1))
+    return [int(cfg.seed) + ENSEMBLE_SEED_STEP * m for m in range(members)]
+
+
+@dataclass
+class JobSpec:
+    """One job to run: its config, its run directory, and what reruns it."""
+
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str] | None = None
+    launcher: str = "basic"
+    # filled while running
+    result: dict[str, Any] = field(default_factory=dict)
+    key: dict[str, str] = field(default_factory=dict)
+    resume_from: dict | None = None
+    start: float = 0.0
+
+
+@dataclass
+class Built:
+    """Everything one stack needs, wired but not yet trained."""
+
+    datas: list[Any]
+    preps: list[Any]
+    module: DensityModule
+    datamodule: DensityData
+    trainer: pl.Trainer
+    selection: Selection
+    throughput: Throughput
+    loggers: list[Any]
+    steps_per_call: int
+    batch_size: int | None
+    has_val: bool  # without validation rows there is no selection: the last weights are tested
+
+
+def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock | None = None) -> Built:
+    """Check the configs, load every job's data and wire one stack: module, data module, callbacks, trainer."""
+    cfg = specs[0].cfg  # the jobs of a stack differ only in seed and data split
+    plan = check_config(cfg)
+    loop = plan.loop
+    seeds = [member_seeds(s.cfg) for s in specs]
+    check_device(cfg, stacked=len(specs) > 1 or len(seeds[0]) > 1)
+    quiet_lightning()
+    pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
+
+    dtype = "float64" if param_dtype(str(cfg.trainer.precision)) == torch.float64 else "float32"
+    datas = [data_mod.load(s.cfg.dataset) for s in specs]
+    family = [check_against_data(plan, d, str(cfg.grad)) for d in datas][0]
+    sizes = {(len(d.train), len(d.val), d.n_features) for d in datas}
+    if len(sizes) > 1:
+        raise NotStackable(f"their splits differ in size ({', '.join(f'{a}/{b} rows, {c} features' for a, b, c in sorted(sizes))})")
+    for s, d in zip(specs, datas):  # a stack's jobs may differ in recalibrate (a replication key: it never changes training)
+        check_recalibration(s.cfg, d.task, len(d.val))
+    preps = [data_mod.prepare(d, dtype=dtype) for d in datas]
+
+    stack = Stack(jobs=[], seeds=[])
+    for job_seeds in seeds:
+        stack.jobs.append(list(range(len(stack.seeds), len(stack.seeds) + len(job_seeds))))
+        stack.seeds.extend(job_seeds)
+    backbone = instantiate(cfg.model, in_features=datas[0].n_features, seeds=stack.seeds)
+    head = Head(family, backbone.out_features, stack.seeds, detached=plan.objective.detached_fields(family))
+
+    n_train, has_val = len(datas[0].train), len(datas[0].val) > 0
+    world = world_size(cfg.trainer)
+    batch = loop.batch(n_train)
+    torch.set_num_threads(threads(loop.threads, (batch or n_train) * stack.size // world))
+    total, eval_every = loop.steps(n_train)
+    # DDP synchronises gradients inside Lightning's backward: one optimisation step per call
+    per_call = 1 if world > 1 else min(loop.steps_per_call, eval_every)
+    state = EngineState(total, eval_every, stack.size, keep_step_losses)
+    resume_from = None
+    if all(s.resume_from is not None for s in specs):
+        resume_from = checkpoints.merge([s.resume_from for s in specs])
+        # the step count decides the first chunk plan, which Lightning makes before the weights load
+        state.load_state_dict(resume_from["engine"])
+    selection = Selection(stack.size, loop.early_stopping_patience if has_val else None)
+
+    loggers = []
+    for s in specs:
+        logger = None
+        if cfg.get("logger") and "_target_" in cfg.logger:
+            # events a killed run wrote after its last checkpoint are hidden, not shown twice
+            purge = {"purge_step": state.opt_steps + 1} if resume_from is not None else {}
+            logger = instantiate(cfg.logger, save_dir=str(s.run_dir), **purge)
+        loggers.append(logger)
+    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.get("recalibrate", "none"))))
+            for models, p, d, lg, s in zip(stack.jobs, preps, datas, loggers, specs)]
+    module = DensityModule(backbone, head, plan.objective, instantiate(cfg.optimizer), cfg.grad, datas[0].task, stack, jobs,
+                           state, selection, samples_per_step=batch or n_train, resume_from=resume_from)
+    # set for every job: the kernels are process-wide and a sweep runs many jobs in one process
+    use_compiled_kernels(loop.compile and cfg.grad == "analytic")
+    if loop.compile:
+        module.backbone.compile(mode=loop.compile_mode)
+        module.head.compile(mode=loop.compile_mode)
+    dm = DensityData(preps, stack, batch, state, per_call, [int(s.cfg.seed) for s in specs],
+                     truth_targets=plan.objective.needs_truth == "gaussian",
+                     class_targets=bool(getattr(family, "class_targets", False)),
+                     calibrate=[job.recalibration.active for job in jobs])
+
+    throughput = Throughput(stack.size)
+    callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection,
+                                                                  float(loop.checkpoint_every_s))]
+    if clock is not None:
+        callbacks.append(Timing(clock))
+    callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = trainer_for(cfg.trainer, specs[0].run_dir, max_epochs=state.periods_left, callbacks=callbacks, validate=has_val)
+    return Built(datas, preps, module, dm, trainer, selection, throughput, loggers, per_call, batch, has_val)
+
+
+def trainer_for(node: DictConfig, root: Path, max_epochs: int, callbacks: list[pl.Callback], validate: bool) -> pl.Trainer:
+    """Lightning's Trainer from the trainer config, with what the engine owns (checks.ENGINE_OWNED) set here.
+
+    One Lightning epoch is one evaluation period (densbench.engine), so max_epochs is the number of
+    periods left; each job logs to its own logger, so the trainer has none.
+    """
+    return instantiate(
+        node,
+        max_epochs=max_epochs,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if validate else 0,
+        default_root_dir=str(root),
+        use_distributed_sampler=False,
+    )()
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's banner lines and advice that does not apply to this loop."""
+    # we pass checkpoints explicitly, and our batches are whole device-resident tensors, not DataLoader workers
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (r".*LeafSpec.*", r".*does not have many workers.*", r".*exists and is not empty.*"):
+        warnings.filterwarnings("ignore", message=pattern)

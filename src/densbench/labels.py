@@ -1,0 +1,50 @@
+"""The axes a run is known by in reports, titles and TensorBoard: dataset, objective, family, gradient path, devices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from densbench.checks import Plan, check_config
+from densbench.devices import world_size
+
+
+def labels(cfg: DictConfig, plan: Plan | None = None) -> dict[str, Any]:
+    """The axes a report groups by: dataset, objective, predictive family, gradient path, devices."""
+    if plan is None:
+        try:
+            plan = check_config(cfg)
+        except Exception:  # noqa: BLE001 - a config that fails its checks is still labelled from its names
+            plan = None
+    if plan is not None:
+        loss = plan.objective.label
+        head = plan.bound_family().label
+    else:
+        loss, head = (_registered_name(node) for node in (cfg.loss, cfg.head))
+    t = cfg.trainer
+    n = world_size(t)
+    return {
+        "dataset": cfg.dataset.name,
+        "loss": loss,
+        "head": head,
+        "grad": cfg.grad,
+        "device": t.accelerator if n == 1 else f"{t.accelerator}x{n}",
+        "seed": int(cfg.seed),
+        "split": int(cfg.dataset.get("split", 0) or 0) if cfg.dataset.get("protocol") == "uci" else None,
+    }
+
+
+def _registered_name(node: DictConfig) -> str:
+    """The registry name of a loss or head config's class, even when its values fail the checks."""
+    try:
+        return str(get_class(node._target_).name)
+    except Exception:  # noqa: BLE001 - an unknown class: the last part of its path
+        return str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower()
+
+
+def title(lab: dict[str, Any], recal: str = "none") -> str:
+    """One line naming a run (its labels and recalibration), for its figures."""
+    return (f"{lab['dataset']} | loss={lab['loss']} | head={lab['head']} | grad={lab['grad']}"
+            + (f" | recalibrate={recal}" if recal != "none" else ""))
