@@ -61,3 +61,13 @@ def test_option_composes_instantiates_and_is_checked(group, option, tmp_path):
         assert str(exc)
     else:
         assert plan.loop == instantiate(job.loop)
+
+
+def test_trainer_is_lightnings_with_extra_arguments_passed_through(tmp_path):
+    from densbench.assembly import trainer_for
+
+    cfg = compose_config(["+trainer.reload_dataloaders_every_n_epochs=3", "trainer.precision=64-true"])
+    trainer = trainer_for(cfg.trainer, tmp_path, max_epochs=7, callbacks=[], validate=False)
+    assert isinstance(trainer, pl.Trainer)
+    assert trainer.reload_dataloaders_every_n_epochs == 3 and trainer.max_epochs == 7
+    assert str(trainer.precision) == "64-true" and trainer.logger is None and trainer.limit_val_batches == 0

@@ -36,6 +36,10 @@ INVALID = [  # values densbench refuses
     (["loop.eval_every=-5"], r"loop.eval_every=-5 must be a positive integer or null"),
     (["loop.compile_mode=fast"], r"loop.compile_mode='fast' is not allowed; choose one of: default, reduce-overhead"),
     (["optimizer.lr=-1"], r"optimizer.lr=-1 must be a positive number"),
+    (["loop.checkpoint_every_s=-1"], r"loop.checkpoint_every_s=-1 must be a number >= 0"),
+    # the loop owns these Trainer arguments: the old spelling points to its new home
+    (["+trainer.max_steps=5"], r"trainer.max_steps is set by densbench's loop, not by the trainer config: use loop.max_steps"),
+    (["+trainer.callbacks=[]"], r"trainer.callbacks is set by densbench's loop, not by the trainer config.*the trainer's own keys: accelerator, devices"),
 ]
 
 
@@ -76,6 +80,7 @@ def test_gpu_job_without_gpu_is_skipped(tmp_path):
     [
         (["loss=foo"], "Could not find 'loss/foo'"),
         (["trainer.foo=1"], "Key 'foo' is not in struct"),
+        (["trainer.batch_size=32"], "Key 'batch_size' is not in struct"),  # a loop key before the loop group
         (["dataset=nope"], "Could not find 'dataset/nope'"),
     ],
 )
