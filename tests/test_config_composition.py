@@ -71,3 +71,20 @@ def test_trainer_is_lightnings_with_extra_arguments_passed_through(tmp_path):
     assert isinstance(trainer, pl.Trainer)
     assert trainer.reload_dataloaders_every_n_epochs == 3 and trainer.max_epochs == 7
     assert str(trainer.precision) == "64-true" and trainer.logger is None and trainer.limit_val_batches == 0
+
+
+def test_every_trainer_argument_the_engine_sets_is_refused_in_the_trainer_config(monkeypatch, tmp_path):
+    # checks.ENGINE_OWNED (what a trainer config may not set) and assembly.trainer_for (what the
+    # engine sets) are two lists of one fact: an argument added to the second must join the first
+    from densbench import assembly
+    from densbench.checks import ENGINE_OWNED
+
+    passed = {}
+
+    def capture(node, **kwargs):
+        passed.update(kwargs)
+        return lambda: None
+
+    monkeypatch.setattr(assembly, "instantiate", capture)
+    assembly.trainer_for(compose_config([]).trainer, tmp_path, max_epochs=1, callbacks=[], validate=True)
+    assert passed and set(passed) <= set(ENGINE_OWNED)
