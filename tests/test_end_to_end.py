@@ -50,16 +50,27 @@ def test_one_ok_result_per_job(headline_sweep):
 
 
 def test_tensorboard_events_have_the_tags(headline_sweep):
+    from tensorboard.plugins.hparams import metadata
+
     tmp, _ = headline_sweep
+    sessions = {}
     for run, (run_dir, _) in _results(tmp).items():
         ea = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
         ea.Reload()
         tags = ea.Tags()
-        for tag in ("train/loss", "val/nll", "test/nll", "test/rmse", "test/oracle_nll", "test/kl_truth", "hp/nll"):
+        for tag in ("train/loss", "val/nll", "test/nll", "test/rmse", "test/oracle_nll", "test/kl_truth"):
             assert tag in tags["scalars"], (run, tag)
+        assert not [t for t in tags["scalars"] if t.startswith("hp/")]  # the final metrics are written once, as test/
         assert [e.step for e in ea.Scalars("val/nll")] == [20, 40]  # x-axis = optimisation steps
         assert {"predictive", "calibration"} <= set(tags["images"])
-        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(ea.PluginTagToContent("hparams"))
+        hp = ea.PluginTagToContent("hparams")
+        # no experiment summary: TensorBoard then builds the HParams table from the runs' sessions and
+        # shows first the hyperparameters whose values differ between them (the swept loss and head)
+        assert "_hparams_/experiment" not in hp and "_hparams_/session_start_info" in hp
+        sessions[run] = dict(metadata.parse_session_start_info_plugin_data(hp["_hparams_/session_start_info"]).hparams)
+    values = {key: {str(s[key]) for s in sessions.values()} for key in ("loss", "head", "lr", "dataset")}
+    assert len(values["loss"]) == 2 and len(values["head"]) == 2  # kl/nll, gaussian/mixture: they differ
+    assert len(values["lr"]) == 1 and len(values["dataset"]) == 1
 
 
 def test_report_written_after_the_sweep(headline_sweep):

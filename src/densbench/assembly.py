@@ -13,13 +13,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from densbench import checkpoints, recalibration
+from densbench import checkpoints, job_log, recalibration
 from densbench import data as data_mod
 from densbench.analytic import use_compiled_kernels
 from densbench.checkpoints import Checkpoints
 from densbench.checks import check_against_data, check_config, check_recalibration
 from densbench.devices import check_device, threads, world_size
 from densbench.engine import DensityData, EngineState, Selection, Stack, Throughput, param_dtype
+from densbench.job_log import JobLog
 from densbench.module import DensityModule, Job
 from densbench.networks import Head
 from densbench.progress_bar import Progress
@@ -64,7 +65,7 @@ class Built:
     trainer: pl.Trainer
     selection: Selection
     throughput: Throughput
-    loggers: list[Any]
+    logs: list[JobLog]
     steps_per_call: int
     batch_size: int | None
     has_val: bool  # without validation rows there is no selection: the last weights are tested
@@ -112,16 +113,9 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
         state.load_state_dict(resume_from["engine"])
     selection = Selection(stack.size, loop.early_stopping_patience if has_val else None)
 
-    loggers = []
-    for s in specs:
-        logger = None
-        if cfg.get("logger") and "_target_" in cfg.logger:
-            # events a killed run wrote after its last checkpoint are hidden, not shown twice
-            purge = {"purge_step": state.opt_steps + 1} if resume_from is not None else {}
-            logger = instantiate(cfg.logger, save_dir=str(s.run_dir), **purge)
-        loggers.append(logger)
+    logs = [job_log.make(cfg.get("logger"), s.run_dir, state.opt_steps if resume_from is not None else None) for s in specs]
     jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.get("recalibrate", "none"))))
-            for models, p, d, lg, s in zip(stack.jobs, preps, datas, loggers, specs)]
+            for models, p, d, lg, s in zip(stack.jobs, preps, datas, logs, specs)]
     module = DensityModule(backbone, head, plan.objective, instantiate(cfg.optimizer), cfg.grad, datas[0].task, stack, jobs,
                            state, selection, samples_per_step=batch or n_train, resume_from=resume_from)
     # set for every job: the kernels are process-wide and a sweep runs many jobs in one process
@@ -142,7 +136,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = trainer_for(cfg.trainer, specs[0].run_dir, max_epochs=state.periods_left, callbacks=callbacks, validate=has_val)
-    return Built(datas, preps, module, dm, trainer, selection, throughput, loggers, per_call, batch, has_val)
+    return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val)
 
 
 def trainer_for(node: DictConfig, root: Path, max_epochs: int, callbacks: list[pl.Callback], validate: bool) -> pl.Trainer:

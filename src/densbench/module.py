@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import lightning.pytorch as pl
 import torch
@@ -20,6 +20,7 @@ from torch.distributions import Distribution
 
 from densbench import checkpoints, ensemble
 from densbench.engine import Chunk, EngineState, EvalBatch, Selection, Stack, run_chunk
+from densbench.job_log import JobLog
 from densbench.metrics import COVERAGES, ModelScores, PredictiveMetrics
 from densbench.recalibration import Recalibration
 from densbench.networks import Head
@@ -38,7 +39,7 @@ class Job:
     target_loc: float = 0.0  # the target standardisation of its training split
     target_scale: float = 1.0
     truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x), where known
-    logger: Any = None  # its Lightning logger (None: no logging)
+    log: JobLog = field(default_factory=JobLog)  # its loggers (none: no logging)
     key: dict[str, str] = field(default_factory=dict)  # what its checkpoints must match
     recalibration: Recalibration = field(default_factory=Recalibration)  # fitted on its validation split before its test
 
@@ -129,9 +130,9 @@ class DensityModule(pl.LightningModule):
         Straight to the logger: self.log costs milliseconds per key, which adds up over hundreds of
         evaluations, and it knows nothing of the jobs of a stack.
         """
-        logger = self.jobs[job].logger
-        if logger and self.trainer.is_global_zero:
-            logger.log_metrics({k: float(v) for k, v in values.items()}, step=self.state.opt_steps)
+        log = self.jobs[job].log
+        if log and self.trainer.is_global_zero:
+            log.metrics({k: float(v) for k, v in values.items()}, step=self.state.opt_steps)
 
     def log_models(self, prefix: str, values: dict[str, Tensor]) -> None:
         """Per-model values [N] to each job's logger: the value of a single model, or an ensemble's mean and members."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +16,7 @@ from densbench.assembly import Built, JobSpec
 from densbench.atomic import save_figure
 from densbench.calibration_plot import calibration_figure
 from densbench.figures import predictive_figure
+from densbench.job_log import JobLog
 from densbench.labels import title
 from densbench.signals import JobSignals
 from densbench.timing import JobClock
@@ -79,18 +79,18 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
                                  "config": OmegaConf.to_container(spec.cfg, resolve=True)},
                                 spec.run_dir / "checkpoints" / checkpoints.BEST)
         signals.enter("writing figures")
-        logger = b.loggers[j]
-        if logger:
-            logger.log_hyperparams(flat_hparams(spec.cfg, spec.result["labels"]), {f"hp/{k}": v for k, v in metrics.items() if math.isfinite(v)})
-            artifacts["tensorboard"] = os.path.relpath(logger.log_dir, spec.run_dir)
+        log = b.logs[j]
+        if log:
+            log.hyperparams(flat_hparams(spec.cfg, spec.result["labels"]))
+            artifacts.update(log.locations(spec.run_dir))
         figures_started = time.perf_counter()
         if spec.cfg.get("figures", True):
             name = title(spec.result["labels"], str(spec.cfg.get("recalibrate", "none")))
             artifacts.update(write_figures(name, predictor(module, j, b.preps[j]), b.preps[j], module.test_curves[j],
-                                           spec.run_dir, logger, steps,
+                                           spec.run_dir, log, steps,
                                            module.uncalibrated_curves[j] if recalibration.changes_density else None))
-        if logger:
-            logger.finalize("success")
+        if log:
+            log.finalize("success")
         out["timing"] = clock.summary(figures_s=time.perf_counter() - figures_started)
     return out
 
@@ -110,21 +110,18 @@ def predictor(module: Any, job: int, prep: Any) -> Callable[[Any], Any]:
     return predict
 
 
-def write_figures(name: str, predict: Callable[[Any], Any], prep: Any, curves: dict, run_dir: Path, logger: Any,
+def write_figures(name: str, predict: Callable[[Any], Any], prep: Any, curves: dict, run_dir: Path, log: JobLog,
                   step: int, before: dict | None = None) -> dict[str, str]:
-    """Predictive-distribution and calibration figures: PNGs in the run directory and TensorBoard images."""
+    """Predictive-distribution and calibration figures: PNGs in the run directory, and to every logger that takes figures."""
     out = {}
     figs = {"figure": ("predictive", predictive_figure(predict, prep, title=name))}
     if curves:
         figs["calibration_figure"] = ("calibration", calibration_figure([curves], title=name, before=[before] if before else None))
     for key, (name, fig) in figs.items():
         save_figure(fig, run_dir / f"{name}.png", dpi=110)
-        if logger:
-            logger.experiment.add_figure(name, fig, global_step=step)
+        log.figure(name, fig, step)
         plt.close(fig)
         out[key] = f"{name}.png"
-    if logger:
-        logger.experiment.flush()
     return out
 
 

@@ -25,9 +25,10 @@ from omegaconf import DictConfig
 from densbench import uci_report
 from densbench.atomic import replacing, save_figure, write_text
 from densbench.config import is_unset
+from densbench.leaderboard import Cell, Leaderboard, best_of, to_latex, to_markdown
 from densbench.methods import method_of
 from densbench.progress import sweep_table
-from densbench.results import RESULT_FILE, scan_results
+from densbench.results import RESULT_FILE, flat_config, run_record, scan_results
 
 GROUP_KEYS = ("dataset", "head", "loss", "grad", "device")
 ROW_KEYS = GROUP_KEYS + ("config",)  # config: the other settings that differ between rows
@@ -77,14 +78,9 @@ BOOKKEEPING_KEYS = ("name", "resume", "report", "figures", "logger")  # never ch
 _MISSING = "<unset>"
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+def flatten(tree: Any) -> dict[str, str]:
     """Dotted keys of a nested config, values as canonical JSON (lists and nulls compare exactly)."""
-    if isinstance(tree, dict):
-        out: dict[str, str] = {}
-        for k, v in tree.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str)}
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in flat_config(tree).items()}
 
 
 def run_axes(res: dict) -> dict[str, str]:
@@ -195,6 +191,43 @@ def throughput_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+LEADERBOARD_COLUMNS = (("nll", "NLL"), ("crps", "CRPS"), ("mace", "cal. error"), ("rmse", "RMSE"))  # lower is better
+
+
+def sweep_leaderboard(rows: list[dict], title: str) -> Leaderboard:
+    """The sweep's configurations (rows of the main table) with mean ± SE of the headline metrics, best per dataset bold."""
+    cols = [(m, h) for m, h in LEADERBOARD_COLUMNS if any(r.get(m) is not None and math.isfinite(r[m]) for r in rows)]
+    grads = {r["grad"] for r in rows}
+    board = Leaderboard(caption=f"{title}: test metrics, mean ± standard error over seeds and splits (lower is better)",
+                        row_header="dataset: loss / head", columns=[h for _, h in cols], digits=3,
+                        notes="Bold: the best of each dataset's rows in that column. cal. error: mean absolute calibration "
+                              "error of central intervals over 100 levels.")
+    cells = [[Cell(r.get(m, float("nan")), r.get(f"{m}_se")) for m, _ in cols] for r in rows]
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        idx = [i for i, r in enumerate(rows) if r["dataset"] == ds]
+        for k in range(len(cols)):
+            for i, b in zip(idx, best_of([cells[i][k].mean for i in idx], board.digits)):
+                cells[i][k] = Cell(cells[i][k].mean, cells[i][k].pm, b)
+    for r, c in zip(rows, cells):
+        name = f"{r['dataset']}: {r['loss']} / {r['head']}" + (f", {r['grad']}" if len(grads) > 1 else "")
+        board.rows.append((name + (f" ({r['config']})" if r.get("config") else ""), c))
+    return board
+
+
+def write_leaderboards(sweep_dir: str | Path, out_dir: str | Path, fmt: str, title: str | None = None) -> list[Path]:
+    """leaderboard.tex or .md (every configuration) and, with UCI-protocol runs, uci_leaderboard beside it."""
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    results, _ = scan_results(sweep_dir)
+    rows = summarise(group_results(results))
+    render, ext = (to_latex, "tex") if fmt == "latex" else (to_markdown, "md")
+    boards = {"leaderboard": sweep_leaderboard(rows, title or sweep_dir.name)} if rows else {}
+    uci = uci_report.leaderboard_of(results)
+    if uci is not None:
+        boards["uci_leaderboard"] = uci
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [write_text(out_dir / f"{name}.{ext}", render(board)) for name, board in boards.items()]
+
+
 @dataclass
 class Written:
     """What write_report produced: the report's path and the result files it had to leave out."""
@@ -227,19 +260,9 @@ RUN_COLUMNS = ["run", "status", "flags", "overrides", "config_hash", "source_has
 
 
 def _run_row(path: Path, res: dict, root: Path) -> dict[str, Any]:
-    """A run's line in runs.csv: where it is, how to rerun it, what it depends on, its metrics."""
-    prov, lab = res.get("provenance") or {}, res.get("labels") or {}
-    row: dict[str, Any] = {
-        "run": str(path.relative_to(root)) if path != root else path.name,
-        "status": res.get("status"),
-        "flags": "; ".join(res.get("flags") or []),
-        "overrides": json.dumps(res.get("overrides")),
-        "config_hash": res.get("config_hash"),
-        "source_hash": prov.get("source_hash"),
-        "data_hash": prov.get("data_hash"),
-        **{k: lab.get(k) for k in (*GROUP_KEYS, "seed", "split")},
-    }
-    row.update({m: v for m, v in (res.get("metrics") or {}).items() if m in CSV_METRICS})
+    """A run's line in runs.csv: results.load's record of it, with how to rerun it and where its time went."""
+    row = run_record(path, res, root)
+    row["overrides"] = json.dumps(res.get("overrides"))
     row.update({k: v for k, v in (res.get("timing") or {}).items() if k in TIMING_PARTS})
     return row
 
@@ -469,13 +492,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", help="a multirun directory (or any folder holding result.json files)")
     parser.add_argument("--out", default=None, help="output folder (default: <sweep dir>/report)")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--format", choices=("markdown", "latex"), default="markdown",
+                        help="markdown: the full report and leaderboard.md; latex: the leaderboards as .tex tables")
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
     if not sweep.is_dir():
         parser.error(f"{sweep} is not a directory")
     if not any(sweep.rglob(RESULT_FILE)):
         parser.error(f"no result.json under {sweep}")
-    written = write_report(sweep, report_dir(sweep, args.out), args.title)
+    out = report_dir(sweep, args.out)
+    if args.format == "latex":
+        for path in write_leaderboards(sweep, out, "latex", args.title):
+            print(path)
+        return
+    written = write_report(sweep, out, args.title)
+    write_leaderboards(sweep, out, "markdown", args.title)
     print(written.path)
     for path, why in written.skipped:
         print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from densbench.atomic import replacing
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "failed", "skipped", "interrupted")
@@ -88,3 +92,82 @@ def scan_results(root: str | Path) -> tuple[list[tuple[Path, dict]], list[tuple[
         else:
             good.append((path.parent, res))
     return good, bad
+
+
+LABEL_COLUMNS = ("dataset", "loss", "head", "grad", "device", "seed", "split")
+PROVENANCE_COLUMNS = ("config_hash", "source_hash", "data_hash", "git_commit")
+HEADLINE_METRICS = ("coverage90", "mace", "accuracy", "rmse", "nll", "crps")  # the last columns of load()
+
+
+def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested config with their values (lists as they are)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flat_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def run_record(path: Path, res: dict, root: Path) -> dict[str, Any]:
+    """One run as a flat record: where it is, its status, labels, provenance and every metric."""
+    prov = res.get("provenance") or {}
+    lab = res.get("labels") or {}
+    rec: dict[str, Any] = {
+        "run": str(path.relative_to(root)) if path != root and path.is_relative_to(root) else path.name,
+        "status": res.get("status"),
+        "error": res.get("error"),
+        "flags": "; ".join(res.get("flags") or []),
+        **{k: lab.get(k) for k in LABEL_COLUMNS},
+        "config_hash": res.get("config_hash"),
+        **{k: prov.get(k) for k in PROVENANCE_COLUMNS if k != "config_hash"},
+    }
+    rec.update(res.get("metrics") or {})
+    return rec
+
+
+def _found(path_or_glob: str | Path) -> tuple[Path, list[tuple[Path, dict]]]:
+    """The folder runs are named from and every usable (run_dir, result) a path or glob holds."""
+    text = str(path_or_glob)
+    matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+    if not matches:
+        raise FileNotFoundError(f"no results at {text}: give a sweep or run directory, a result.json, or a glob of them")
+    fixed = []  # the glob's leading parts without wildcards: run names are relative to them
+    for part in Path(text).parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    root = Path(*fixed) if fixed else Path(".")
+    if root.is_file():
+        root = root.parent
+    found: list[tuple[Path, dict]] = []
+    for m in matches:
+        if m.is_file():
+            res = read_result(m.parent)
+            if res is not None and problem(res) is None:
+                found.append((m.parent, res))
+        elif m.is_dir():
+            found.extend(scan_results(m)[0])
+    return root, found
+
+
+def load(path_or_glob: str | Path) -> pd.DataFrame:
+    """Every run under a sweep directory (or a glob) as a DataFrame indexed by run: its status, labels,
+    provenance, the config keys that vary between the runs (as dotted columns) and every metric."""
+    import pandas as pd  # only here: the rest of densbench reads results without pandas
+
+    root, found = _found(path_or_glob)
+    records = [run_record(p, r, root) for p, r in found]
+    configs = [flat_config(r.get("config") or {}) for _, r in found]
+    keys = sorted({k for c in configs for k in c})
+    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    for rec, c in zip(records, configs):
+        for k in varying:
+            if k not in rec:  # a label column of the same name (e.g. seed) already holds it
+                rec[k] = c.get(k)
+    frame = pd.DataFrame.from_records(records).set_index("run")
+    # pandas prints only the first and last columns of a wide frame: the labels that differ between
+    # the runs (the swept axes) come first, the headline metrics last, everything else between
+    first = [c for c in LABEL_COLUMNS if c in frame and frame[c].nunique(dropna=False) > 1] + ["status"]
+    last = [c for c in HEADLINE_METRICS if c in frame]
+    return frame[first + [c for c in frame if c not in first and c not in last] + last]

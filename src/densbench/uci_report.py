@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from densbench.methods import method_of, single_method
+from densbench.leaderboard import Cell, Leaderboard, best_of, to_markdown
 from densbench.uci import FOLDERS, ROOT_VARIABLE
 
 DATASETS = tuple(FOLDERS)
@@ -174,7 +175,7 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
     if not found:
         return []
     datasets = [d for d in DATASETS if d in found]
-    methods = sorted({m for d in datasets for m in found[d]}, key=lambda m: (m == "ensemble", m))
+    methods = _methods(found, datasets)
     lines = ["## UCI regression benchmark", ""]
     suite = _suite(sweep_dir)
     if suite:
@@ -281,20 +282,37 @@ def _nll(runs: list[dict]) -> tuple[float, float | None]:
     return _mean_se([(r.get("metrics") or {}).get("nll") for r in runs])
 
 
-def _leaderboard(found, datasets: list[str], methods: list[str]) -> list[str]:
+def leaderboard(found, datasets: list[str], methods: list[str]) -> Leaderboard:
+    """Test NLL per dataset: densbench's methods (mean ± SE over splits) beside the published figures, best in bold."""
     names = [s.name for s in SOURCES]
-    lines = ["### Leaderboard: test NLL (lower is better)", "",
-             "Mean over splits; **bold**: the best of the row, densbench methods and published figures together. "
-             "The published columns are not all on the same protocol (see below).", "",
-             "| dataset | " + " | ".join(methods + names) + " |", "|---|" + "---|" * (len(methods) + len(names))]
+    board = Leaderboard(
+        caption="UCI regression: test NLL (lower is better), mean ± standard error over splits",
+        row_header="dataset", columns=methods + names, label="tab:densbench-uci",
+        notes="Bold: the best of the row, densbench methods and published figures together. Published figures as "
+              "printed (Deep Ens., NGBoost and DER: ± is not a standard error); their protocols differ (see the report).")
     for ds in datasets:
-        cells = [_nll(found[ds][m])[0] if m in found[ds] else float("nan") for m in methods]
-        cells += [published(NLL, ds, n)[0] for n in names]
-        best = min((c for c in cells if math.isfinite(c)), default=float("nan"))
-        text = [("-" if not math.isfinite(c) else (f"**{c:.2f}**" if round(c, 2) == round(best, 2) else f"{c:.2f}")) for c in cells]
-        lines.append(f"| {ds} | " + " | ".join(text) + " |")
-    lines.append("")
-    return lines
+        values = [_nll(found[ds][m]) if m in found[ds] else (float("nan"), None) for m in methods]
+        values += [published(NLL, ds, n) for n in names]
+        best = best_of([m for m, _ in values], board.digits)
+        board.rows.append((ds, [Cell(m, pm, b) for (m, pm), b in zip(values, best)]))
+    return board
+
+
+def leaderboard_of(results: list[tuple[Path, dict]]) -> Leaderboard | None:
+    """The UCI leaderboard of a sweep's results, or None when it has no UCI-protocol runs."""
+    found = collect(results)
+    if not found:
+        return None
+    datasets = [d for d in DATASETS if d in found]
+    return leaderboard(found, datasets, _methods(found, datasets))
+
+
+def _methods(found, datasets: list[str]) -> list[str]:
+    return sorted({m for d in datasets for m in found[d]}, key=lambda m: (m == "ensemble", m))
+
+
+def _leaderboard(found, datasets: list[str], methods: list[str]) -> list[str]:
+    return ["### Leaderboard: test NLL (lower is better)", "", to_markdown(leaderboard(found, datasets, methods))]
 
 
 def _goals(found, datasets: list[str], discrete: list[str]) -> list[str]:

@@ -1,0 +1,149 @@
+"""A job's loggers (any of Lightning's, several at once) behind one interface: scalars, hyperparameters, figures, the end.
+
+Lightning's loggers share ``log_metrics``, ``log_hyperparams`` and ``finalize`` but differ in where
+they write, how a resumed run avoids duplicate points, and whether and how they take a figure. Those
+differences are registered next to each logger class here (``register``), as torch registers a KL
+divergence per pair of types; a logger class nobody registered gets the defaults (its files in the
+run directory, no figures: the PNGs beside result.json are every logger's figures).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+from omegaconf import DictConfig
+
+
+@dataclass(frozen=True)
+class LoggerKind:
+    """How densbench drives one class of Lightning logger."""
+
+    name: str  # the artifacts key in result.json
+    subdir: str = ""  # where under the run directory its files go (save_dir)
+    resume: Callable[[int], dict[str, Any]] = field(default=lambda step: {})  # constructor arguments when a run resumes
+    run_name: bool = False  # name its run after the run directory (a tracking server lists many)
+    figure: Callable[[Logger, str, Any, int], None] | None = None
+    log_dir: Callable[[Logger], str | None] = field(default=lambda logger: getattr(logger, "log_dir", None))
+    prepare: Callable[[], None] = field(default=lambda: None)  # called before each one is made
+    hparams: Callable[[Logger, dict[str, Any]], None] = field(default=lambda logger, params: logger.log_hyperparams(params))
+
+
+KINDS: dict[type, LoggerKind] = {}
+
+
+def register(cls: type, kind: LoggerKind) -> None:
+    """Declare how densbench drives a Lightning logger class."""
+    KINDS[cls] = kind
+
+
+def kind_of(cls: type) -> LoggerKind:
+    """The registered kind of a logger class (or of its nearest registered base class), else the defaults."""
+    return next((KINDS[c] for c in cls.__mro__ if c in KINDS), LoggerKind(name=cls.__name__.lower()))
+
+
+def _tensorboard_figure(logger: Logger, name: str, fig: Any, step: int) -> None:
+    logger.experiment.add_figure(name, fig, global_step=step)
+    logger.experiment.flush()
+
+
+def _tensorboard_hparams(logger: Logger, params: dict[str, Any]) -> None:
+    # Only the session's hyperparameters, no experiment summary and no hp/ copies of the final
+    # metrics: without an experiment summary TensorBoard builds the HParams table from all runs,
+    # marks the hyperparameters whose values differ (the swept keys) and shows those first, and
+    # takes the metric columns from the runs' own scalars (test/nll, ...), so the final metrics are
+    # not written twice and the Scalars page holds no single-point hp/ charts.
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.log_hyperparams(params)  # hparams.yaml beside the events
+    _, start, end = hparams(params, {})
+    writer = logger.experiment.file_writer
+    writer.add_summary(start)
+    writer.add_summary(end)
+    writer.flush()
+
+
+def _allow_mlflow_file_store() -> None:
+    # MLflow 3 refuses a file store unless asked (it prefers a database server); a run directory's
+    # own store is exactly what a benchmark run wants, and a user's explicit setting still wins
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
+def _mlflow_figure(logger: Logger, name: str, fig: Any, step: int) -> None:
+    logger.experiment.log_figure(logger.run_id, fig, f"{name}.png")
+
+
+# events a killed run wrote after its last checkpoint are hidden, not shown twice
+register(TensorBoardLogger, LoggerKind("tensorboard", resume=lambda step: {"purge_step": step + 1}, figure=_tensorboard_figure,
+                                       hparams=_tensorboard_hparams))
+register(CSVLogger, LoggerKind("csv"))
+register(MLFlowLogger, LoggerKind("mlflow", subdir="mlruns", run_name=True, figure=_mlflow_figure,
+                                  log_dir=lambda logger: logger.save_dir, prepare=_allow_mlflow_file_store))
+
+
+class JobLog:
+    """Every logger of one job; empty (and false) when logging is off."""
+
+    def __init__(self, loggers: list[Logger] | None = None) -> None:
+        self.loggers = list(loggers or [])
+
+    def __bool__(self) -> bool:
+        return bool(self.loggers)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        """Scalars at an optimisation step, to every logger."""
+        for logger in self.loggers:
+            logger.log_metrics(values, step=step)
+
+    def hyperparams(self, params: dict[str, Any]) -> None:
+        """The run's hyperparameters, in each logger's own record of them (the final metrics are its test/ scalars)."""
+        for logger in self.loggers:
+            kind_of(type(logger)).hparams(logger, params)
+
+    def figure(self, name: str, fig: Any, step: int) -> None:
+        """A matplotlib figure to every logger that takes figures."""
+        for logger in self.loggers:
+            draw = kind_of(type(logger)).figure
+            if draw is not None:
+                draw(logger, name, fig, step)
+
+    def locations(self, run_dir: Path) -> dict[str, str]:
+        """Where each logger wrote, relative to the run directory (result.json's artifacts)."""
+        out = {}
+        for logger in self.loggers:
+            kind = kind_of(type(logger))
+            where = kind.log_dir(logger)
+            if where:
+                out[kind.name] = os.path.relpath(where, run_dir)
+        return out
+
+    def finalize(self, status: str = "success") -> None:
+        """Flush and close every logger."""
+        for logger in self.loggers:
+            logger.finalize(status)
+
+
+def entries(node: DictConfig | None) -> list[DictConfig]:
+    """The logger configs of `logger=`: none, one, or several (`logger=[tensorboard,csv]`)."""
+    if not node:
+        return []
+    return [entry for entry in node.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def make(node: DictConfig | None, run_dir: Path, resumed_at: int | None = None) -> JobLog:
+    """A job's loggers from the logger config, writing under its run directory."""
+    loggers = []
+    for entry in entries(node):
+        kind = kind_of(get_class(entry._target_))
+        kind.prepare()
+        kwargs: dict[str, Any] = {"save_dir": str(run_dir / kind.subdir) if kind.subdir else str(run_dir)}
+        if kind.run_name:
+            kwargs["run_name"] = run_dir.name
+        if resumed_at is not None:
+            kwargs.update(kind.resume(resumed_at))
+        loggers.append(instantiate(entry, **kwargs))
+    return JobLog(loggers)

@@ -1,0 +1,159 @@
+"""results.load as a DataFrame, and the leaderboards as Markdown and LaTeX tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import run_cli
+from densbench import results
+from densbench.leaderboard import Cell, Leaderboard, best_of, tex_escape, to_latex, to_markdown
+from densbench.report import main as report_main
+
+
+@pytest.fixture(scope="module")
+def fast_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    proc = run_cli(["-m", "experiment=fast", "loss=kl,nll", "seed=0,1", "logger=none", "name=tiny"], cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp / "multirun" / "tiny"
+
+
+def test_load_has_one_row_per_run_equal_to_its_result_json(fast_sweep):
+    frame = results.load(fast_sweep)
+    files = sorted(fast_sweep.rglob("result.json"))
+    assert list(frame.columns[:3]) == ["loss", "seed", "status"] and list(frame.columns[-2:]) == ["nll", "crps"]
+    assert len(frame) == len(files) == 4
+    for path in files:
+        res = json.loads(path.read_text())
+        row = frame.loc[path.parent.name]
+        assert row["status"] == res["status"] and row["loss"] == res["labels"]["loss"]
+        assert row["source_hash"] == res["provenance"]["source_hash"] and row["config_hash"] == res["config_hash"]
+        for name, value in res["metrics"].items():
+            assert (value is None and math.isnan(row[name])) or row[name] == value, name
+    # the keys the sweep varied are columns; the ones it did not are not
+    assert {"loss._target_", "seed"} <= set(frame.columns)
+    assert "optimizer.lr" not in frame.columns and "dataset.name" not in frame.columns
+
+
+def test_load_takes_a_glob_and_refuses_a_path_without_results(fast_sweep, tmp_path):
+    frame = results.load(str(fast_sweep / "*seed=1*" / "result.json"))
+    assert len(frame) == 2 and set(frame["seed"]) == {1}
+    with pytest.raises(FileNotFoundError, match="no results at"):
+        results.load(tmp_path / "nothing-here*")
+
+
+def test_the_command_line_example_prints_the_rows(fast_sweep):
+    code = f"import densbench.results as r; print(r.load({str(fast_sweep)!r})[['loss', 'nll', 'crps']])"
+    out = subprocess.run(["python", "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()  # the column names, the index name, then one line per run
+    assert len(lines) == 6 and lines[0].split() == ["loss", "nll", "crps"] and lines[1].strip() == "run"
+
+
+def test_best_is_marked_at_the_printed_precision():
+    assert best_of([0.1234, 0.1231, float("nan"), None], 3) == [True, True, False, False]
+    assert best_of([0.2, 0.1], 2, lower=False) == [True, False]
+
+
+def _balanced(tex: str) -> bool:
+    depth = 0
+    for ch in re.sub(r"\\[{}]", "", tex):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def check_latex(tex: str, columns: int) -> None:
+    """A LaTeX-free check of a table's syntax: environments, braces, math, cells per row, escaped text."""
+    begins, ends = re.findall(r"\\begin\{(\w+)\}", tex), re.findall(r"\\end\{(\w+)\}", tex)
+    assert begins == ends[::-1], (begins, ends)
+    assert _balanced(tex)
+    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", tex).group(1)
+    assert len(spec) == columns
+    body = tex.split(r"\begin{tabular}")[1].split(r"\end{tabular}")[0]
+    rows = [line for line in body.splitlines() if line.endswith(r"\\")]
+    for row in rows:
+        assert row.count("&") - row.count(r"\&") == columns - 1, row
+        assert row.count("$") % 2 == 0, row
+    for line in tex.splitlines():
+        text = re.sub(r"\$[^$]*\$", "", line)  # outside math mode
+        assert not re.search(r"(?<!\\)[_%#&]", text.replace(" & ", " ")), line
+
+
+def test_latex_table_content_and_syntax():
+    board = Leaderboard("A_caption with 50% & more", "dataset", ["nll_gauss", "MCD 2016"],
+                        [("boston", [Cell(2.30, 0.045, True), Cell(2.46, 0.06)]), ("wine", [Cell(-0.5, None), Cell(float("nan"))])],
+                        notes="± is a standard error")
+    tex = to_latex(board)
+    check_latex(tex, 3)
+    assert r"boston & $\mathbf{2.30 \pm 0.04}$ & $2.46 \pm 0.06$ \\" in tex  # 0.045 is stored just below, so it prints as 0.04
+    assert r"wine & $-0.50$ & - \\" in tex
+    assert r"\caption{A\_caption with 50\% \& more}" in tex and r"nll\_gauss" in tex
+    md = to_markdown(board)
+    assert "| boston | **2.30 ± 0.04** | 2.46 ± 0.06 |" in md and "| wine | -0.50 | - |" in md
+    assert tex_escape("a_b#c") == r"a\_b\#c"
+
+
+def test_report_cli_writes_a_latex_leaderboard_with_the_sweeps_numbers(fast_sweep, tmp_path):
+    out = tmp_path / "tables"
+    report_main([str(fast_sweep), "--out", str(out), "--format", "latex"])
+    tex = (out / "leaderboard.tex").read_text()
+    check_latex(tex, 5)
+    frame = results.load(fast_sweep)
+    for loss, runs in frame.groupby("loss"):
+        mean = runs["nll"].mean()
+        assert f"{mean:.3f}" in tex, (loss, mean)
+    best = min(frame.groupby("loss")["nll"].mean())
+    assert rf"\mathbf{{{best:.3f}" in tex
+    if shutil.which("pdflatex"):
+        doc = tmp_path / "doc.tex"
+        doc.write_text("\\documentclass{article}\\begin{document}\\input{" + str(out / "leaderboard") + "}\\end{document}\n")
+        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_csv_logger_beside_tensorboard_gets_the_same_final_metrics(tmp_path):
+    import csv
+
+    from densbench.run import run_job
+    from conftest import make_cfg
+
+    res = run_job(make_cfg("experiment=fast", "logger=[tensorboard,csv]"), tmp_path)
+    assert res["status"] == "ok" and {"tensorboard", "csv"} <= set(res["artifacts"])
+    rows = list(csv.DictReader(open(tmp_path / res["artifacts"]["csv"] / "metrics.csv")))
+    final = {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/") and v}
+    assert final and all(final[f"test/{k}"] == pytest.approx(v) for k, v in res["metrics"].items()
+                         if f"test/{k}" in final and v is not None)
+    assert any(r.get("val/nll") for r in rows) and any(r.get("train/loss") for r in rows)
+    assert (tmp_path / res["artifacts"]["csv"] / "hparams.yaml").exists()
+    assert list((tmp_path / res["artifacts"]["tensorboard"]).glob("events.out.tfevents.*"))
+
+
+def test_mlflow_run_is_listed_by_mlflows_own_client_with_metrics_params_and_figures(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from densbench.run import run_job
+    from conftest import make_cfg
+
+    res = run_job(make_cfg("experiment=fast", "logger=mlflow", "figures=true"), tmp_path / "job")
+    assert res["status"] == "ok"
+    store = tmp_path / "job" / res["artifacts"]["mlflow"]
+    client = MlflowClient(tracking_uri=store.as_uri())
+    experiment = client.get_experiment_by_name("densbench")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_name == "job" and runs[0].info.status == "FINISHED"
+    metrics, params = runs[0].data.metrics, runs[0].data.params
+    assert metrics["test/nll"] == pytest.approx(res["metrics"]["nll"]) and metrics["test/crps"] == pytest.approx(res["metrics"]["crps"])
+    assert params["loss"] == res["labels"]["loss"] and params["dataset"] == "hetero_sine"
+    history = client.get_metric_history(runs[0].info.run_id, "val/nll")
+    assert [m.step for m in history] == res["curves"]["train_step"]
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"predictive.png", "calibration.png"} <= artifacts
