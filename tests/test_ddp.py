@@ -45,7 +45,7 @@ def test_rank_zero_alone_writes(single_and_ddp):
     assert len({e.parent for e in events}) == 1
     ea = EventAccumulator(str(events[0].parent))
     ea.Reload()
-    assert [e.step for e in ea.Scalars("val/nll")] == [20, 40]  # one writer: no duplicate points
+    assert [e.step for e in ea.Scalars("curves/val/nll")] == [20, 40]  # one writer: no duplicate points
 
 
 def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):

@@ -58,19 +58,62 @@ def test_tensorboard_events_have_the_tags(headline_sweep):
         ea = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
         ea.Reload()
         tags = ea.Tags()
-        for tag in ("train/loss", "val/nll", "test/nll", "test/rmse", "test/oracle_nll", "test/kl_truth"):
+        for tag in ("curves/train/loss", "curves/val/nll", "test/nll", "test/rmse", "test/oracle_nll", "test/kl_truth"):
             assert tag in tags["scalars"], (run, tag)
         assert not [t for t in tags["scalars"] if t.startswith("hp/")]  # the final metrics are written once, as test/
-        assert [e.step for e in ea.Scalars("val/nll")] == [20, 40]  # x-axis = optimisation steps
+        assert [e.step for e in ea.Scalars("curves/val/nll")] == [20, 40]  # x-axis = optimisation steps
         assert {"predictive", "calibration"} <= set(tags["images"])
+        # TensorBoard's Scalars page sorts its sections by name and opens the first: the curves'
+        sections = sorted({t.split("/", 1)[0] for t in tags["scalars"]})
+        assert sections[0] == "curves" and {"test", "throughput"} <= set(sections)
         hp = ea.PluginTagToContent("hparams")
-        # no experiment summary: TensorBoard then builds the HParams table from the runs' sessions and
-        # shows first the hyperparameters whose values differ between them (the swept loss and head)
+        # a run declares no experiment (the sweep does, once, for all of its runs), only its session
         assert "_hparams_/experiment" not in hp and "_hparams_/session_start_info" in hp
         sessions[run] = dict(metadata.parse_session_start_info_plugin_data(hp["_hparams_/session_start_info"]).hparams)
     values = {key: {str(s[key]) for s in sessions.values()} for key in ("loss", "head", "lr", "dataset")}
     assert len(values["loss"]) == 2 and len(values["head"]) == 2  # kl/nll, gaussian/mixture: they differ
     assert len(values["lr"]) == 1 and len(values["dataset"]) == 1
+
+
+def test_tensorboard_hparams_table_shows_the_swept_keys_and_the_headline_metrics_first(headline_sweep):
+    """The HParams table as TensorBoard's own backend serves it from the sweep's event files."""
+    tmp, _ = headline_sweep
+    experiment, groups = _tensorboard_hparams(tmp / "multirun")
+    # TensorBoard's HParams tab displays the first five hyperparameters and metrics of this experiment
+    shown = [h.name for h in experiment.hparam_infos][:5]
+    assert {h.name for h in experiment.hparam_infos if h.differs} == {"loss", "head"} <= set(shown)
+    assert [m.name.tag for m in experiment.metric_infos][:3] == ["test/nll", "test/crps", "test/rmse"]
+    domains = {h.name: {v.string_value for v in h.domain_discrete.values} for h in experiment.hparam_infos}
+    assert domains["loss"] == {"kl", "nll"} and domains["head"] == {"gaussian", "mixture"}
+    # one session group per run, its metric columns equal to the run's result.json
+    results = {res["labels"]["loss"] + "/" + res["labels"]["head"]: res for _, res in _results(tmp).values()}
+    assert len(groups) == 3
+    tags = [m.name.tag for m in experiment.metric_infos]
+    for group in groups:
+        res = results[group.hparams["loss"].string_value + "/" + group.hparams["head"].string_value]
+        values = {tags[i].split("/", 1)[1]: mv.value for i, mv in enumerate(group.metric_values)}
+        for name in ("nll", "crps", "rmse", "coverage90", "train_samples_per_s"):
+            assert values[name] == pytest.approx(res["metrics"][name], rel=1e-6)
+
+
+def _tensorboard_hparams(logdir):
+    """The experiment and session groups TensorBoard's HParams plugin serves for a log directory."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    ctx = backend_context.Context(base_plugin.TBContext(data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)),
+                                                        logdir=str(logdir)))
+    rc = context.RequestContext()
+    experiment = ctx.experiment_from_metadata(rc, "", True, ctx.hparams_metadata(rc, ""), ctx.hparams_from_data_provider(rc, "", 100))
+    request = api_pb2.ListSessionGroupsRequest(allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_UNKNOWN], slice_size=100)
+    metrics = [api_pb2.ColParams(metric=m.name) for m in experiment.metric_infos]
+    request.col_params.extend(metrics)
+    return experiment, list_session_groups.Handler(rc, ctx, "", request).run().session_groups
 
 
 def test_report_written_after_the_sweep(headline_sweep):

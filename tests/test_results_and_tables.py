@@ -136,6 +136,34 @@ def test_csv_logger_beside_tensorboard_gets_the_same_final_metrics(tmp_path):
     assert list((tmp_path / res["artifacts"]["tensorboard"]).glob("events.out.tfevents.*"))
 
 
+def test_tensorboard_declaration_is_replaced_whole_and_a_broken_run_does_not_fail_the_sweep(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    from conftest import make_cfg
+    from densbench import job_log, tb_experiment
+    from densbench.run import run_job
+
+    runs = [(tmp_path / f"s{seed}", run_job(make_cfg("experiment=fast", f"seed={seed}"), tmp_path / f"s{seed}")) for seed in (0, 1)]
+    dirs = [d / res["artifacts"]["tensorboard"] for d, res in runs]
+
+    def declared():
+        (path,) = tmp_path.glob("*tfevents*")
+        (value,) = [v for e in EventFileLoader(str(path)).Load() for v in e.summary.value]
+        exp = metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
+        return {h.name for h in exp.hparam_infos if h.differs}
+
+    tb_experiment.declare(tmp_path, dirs[:1])
+    assert declared() == set()  # one run: nothing differs
+    tb_experiment.declare(tmp_path, dirs)  # a second sweep end (the sweep extended) replaces the first
+    assert declared() == {"seed"} and not list(tmp_path.glob(".hparams-*"))
+    (dirs[1] / "hparams.yaml").write_text("seed: [unclosed")
+    job_log.sweep_end(tmp_path, runs)
+    assert f"the sweep's tensorboard record was not written: ValueError: {dirs[1] / 'hparams.yaml'} is not readable YAML" \
+        in capsys.readouterr().err
+    assert declared() == {"seed"}  # the last good declaration stands
+
+
 def test_mlflow_run_is_listed_by_mlflows_own_client_with_metrics_params_and_figures(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient

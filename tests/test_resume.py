@@ -15,6 +15,7 @@ import torch
 
 from conftest import make_cfg, run_cli
 from densbench import checkpoints, provenance
+from densbench.checks import check_config
 from densbench.results import EXECUTION_METRICS
 from densbench.outcome import flags
 from densbench.run import run_job
@@ -237,16 +238,19 @@ def test_a_result_is_reused_only_for_the_same_config_code_and_data(tmp_path, mon
 
 
 def test_flags_name_a_validation_nll_that_ran_away_and_finite_explosions():
-    cfg = make_cfg("experiment=fast")
+    loop = check_config(make_cfg("experiment=fast")).loop
     out = {"train": {"best_val_nll": 0.5, "last_val_nll": 2.0}, "curves": {"train_train_loss": [1.0, 3.0e9]},
            "metrics": {"nll": 5e9, "rmse": 1e12, "crps": 0.2}}
-    found = flags(cfg, out)
+    found = flags(loop, out)
     assert any(f.startswith("val_nll_rose: the last validation NLL 2 is more than 1 above the best 0.5") for f in found)
     assert "exploded: a period's mean training loss reached 3e+09 (above 1e+06)" in found
     assert "exploded: test nll is 5e+09 (above 1e+06)" in found and "exploded: test rmse is 1e+12 (above 1e+06)" in found
     calm = {"train": {"best_val_nll": 0.5, "last_val_nll": 0.9}, "curves": {"train_train_loss": [1.0, 0.5]},
             "metrics": {"nll": 0.4, "rmse": 1.0}}
-    assert flags(cfg, calm) == []
+    assert flags(loop, calm) == []
+    # the thresholds are the checked loop settings of the run's config
+    wide = check_config(make_cfg("experiment=fast", "loop.flag_margin=2", "loop.absurd_loss=1e13")).loop
+    assert flags(wide, out) == []
 
 
 @pytest.mark.parametrize("column,where", [("a", "feature column 'a'"), ("y", "target column 'y'")])

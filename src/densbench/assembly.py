@@ -21,6 +21,7 @@ from densbench.checks import check_against_data, check_config, check_recalibrati
 from densbench.devices import check_device, threads, world_size
 from densbench.engine import DensityData, EngineState, Selection, Stack, Throughput, param_dtype
 from densbench.job_log import JobLog
+from densbench.loop import Loop
 from densbench.module import DensityModule, Job
 from densbench.networks import Head
 from densbench.progress_bar import Progress
@@ -69,6 +70,7 @@ class Built:
     steps_per_call: int
     batch_size: int | None
     has_val: bool  # without validation rows there is no selection: the last weights are tested
+    loop: Loop  # the checked loop settings (the report's flags read their thresholds)
 
 
 def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock | None = None) -> Built:
@@ -136,7 +138,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = trainer_for(cfg.trainer, specs[0].run_dir, max_epochs=state.periods_left, callbacks=callbacks, validate=has_val)
-    return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val)
+    return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val, loop)
 
 
 def trainer_for(node: DictConfig, root: Path, max_epochs: int, callbacks: list[pl.Callback], validate: bool) -> pl.Trainer:

@@ -138,9 +138,8 @@ def _check_trainer(t: DictConfig) -> None:
     positive("trainer.num_nodes", t.num_nodes, integer=True)
     owned = [k for k in t if k in ENGINE_OWNED]
     if owned:
-        where = {k: f"loop.{k}" for k in ("max_steps", "max_epochs")}
         raise ConfigError(f"trainer.{owned[0]} is set by densbench's loop, not by the trainer config"
-                          + (f": use {where[owned[0]]}" if owned[0] in where else "")
+                          + (f": use loop.{owned[0]}" if owned[0] in ("max_steps", "max_epochs") else "")
                           + f" (the loop's settings: loop.*; the trainer's own keys: {', '.join(k for k in t if k not in ENGINE_OWNED and not k.startswith('_'))})")
 
 

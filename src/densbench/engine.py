@@ -539,7 +539,7 @@ class Throughput(pl.Callback):
         # taken once, so TensorBoard and result.json show the same peak memory
         self.figures = self.summary(trainer.strategy.root_device)
         for job in range(len(pl_module.jobs)):
-            pl_module.log_job(job, {f"throughput/{k}": v for k, v in self.figures.items()})
+            pl_module.log_job(job, {f"throughput/{k}": v for k, v in self.figures.items()}, final=True)
 
     def summary(self, device: torch.device) -> dict[str, float]:
         """Throughput figures for result.json and TensorBoard: per model, and for the whole stack."""

@@ -10,6 +10,7 @@ run directory, no figures: the PNGs beside result.json are every logger's figure
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,8 @@ from typing import Any, Callable
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from omegaconf import DictConfig
+
+from densbench import tb_experiment
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class LoggerKind:
     log_dir: Callable[[Logger], str | None] = field(default=lambda logger: getattr(logger, "log_dir", None))
     prepare: Callable[[], None] = field(default=lambda: None)  # called before each one is made
     hparams: Callable[[Logger, dict[str, Any]], None] = field(default=lambda logger, params: logger.log_hyperparams(params))
+    tag: Callable[[str, bool], str] = field(default=lambda name, final: name)  # a scalar's name here (final: one value per run)
+    sweep_end: Callable[[Path, list[Path]], Any] | None = None  # after a sweep, given the sweep and its runs' log directories
 
 
 KINDS: dict[type, LoggerKind] = {}
@@ -52,11 +57,9 @@ def _tensorboard_figure(logger: Logger, name: str, fig: Any, step: int) -> None:
 
 
 def _tensorboard_hparams(logger: Logger, params: dict[str, Any]) -> None:
-    # Only the session's hyperparameters, no experiment summary and no hp/ copies of the final
-    # metrics: without an experiment summary TensorBoard builds the HParams table from all runs,
-    # marks the hyperparameters whose values differ (the swept keys) and shows those first, and
-    # takes the metric columns from the runs' own scalars (test/nll, ...), so the final metrics are
-    # not written twice and the Scalars page holds no single-point hp/ charts.
+    # The session's hyperparameters only: no hp/ copies of the final metrics (they are the test/
+    # scalars already) and no experiment summary, which TensorBoard reads once per log directory and
+    # so must cover every run of a sweep: the sweep writes it at its end (tb_experiment.declare).
     from torch.utils.tensorboard.summary import hparams
 
     logger.log_hyperparams(params)  # hparams.yaml beside the events
@@ -65,6 +68,13 @@ def _tensorboard_hparams(logger: Logger, params: dict[str, Any]) -> None:
     writer.add_summary(start)
     writer.add_summary(end)
     writer.flush()
+
+
+def _tensorboard_tag(name: str, final: bool) -> str:
+    # the Scalars page sorts its sections by name and opens the first two; under their own section
+    # the training curves come before test/ and throughput/, whose charts hold a single point each
+    # (those final values are the HParams table's columns, where they are read)
+    return name if final else f"curves/{name}"
 
 
 def _allow_mlflow_file_store() -> None:
@@ -79,7 +89,7 @@ def _mlflow_figure(logger: Logger, name: str, fig: Any, step: int) -> None:
 
 # events a killed run wrote after its last checkpoint are hidden, not shown twice
 register(TensorBoardLogger, LoggerKind("tensorboard", resume=lambda step: {"purge_step": step + 1}, figure=_tensorboard_figure,
-                                       hparams=_tensorboard_hparams))
+                                       hparams=_tensorboard_hparams, tag=_tensorboard_tag, sweep_end=tb_experiment.declare))
 register(CSVLogger, LoggerKind("csv"))
 register(MLFlowLogger, LoggerKind("mlflow", subdir="mlruns", run_name=True, figure=_mlflow_figure,
                                   log_dir=lambda logger: logger.save_dir, prepare=_allow_mlflow_file_store))
@@ -94,10 +104,11 @@ class JobLog:
     def __bool__(self) -> bool:
         return bool(self.loggers)
 
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        """Scalars at an optimisation step, to every logger."""
+    def metrics(self, values: dict[str, float], step: int, final: bool = False) -> None:
+        """Scalars at an optimisation step, to every logger (final: the run's end values, not a curve's point)."""
         for logger in self.loggers:
-            logger.log_metrics(values, step=step)
+            tag = kind_of(type(logger)).tag
+            logger.log_metrics({tag(k, final): v for k, v in values.items()}, step=step)
 
     def hyperparams(self, params: dict[str, Any]) -> None:
         """The run's hyperparameters, in each logger's own record of them (the final metrics are its test/ scalars)."""
@@ -147,3 +158,14 @@ def make(node: DictConfig | None, run_dir: Path, resumed_at: int | None = None) 
             kwargs.update(kind.resume(resumed_at))
         loggers.append(instantiate(entry, **kwargs))
     return JobLog(loggers)
+
+
+def sweep_end(sweep_dir: Path, records: list[tuple[Path, dict[str, Any]]]) -> None:
+    """After a sweep: each logger kind that wants one writes its sweep-wide record (TensorBoard: the HParams experiment)."""
+    for kind in KINDS.values():
+        dirs = [p / r["artifacts"][kind.name] for p, r in records if kind.name in (r.get("artifacts") or {})]
+        if kind.sweep_end is not None and dirs:
+            try:
+                kind.sweep_end(Path(sweep_dir), dirs)
+            except Exception as e:  # the runs and the report stand without it
+                print(f"densbench: the sweep's {kind.name} record was not written: {type(e).__name__}: {e}", file=sys.stderr)

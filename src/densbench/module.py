@@ -124,15 +124,15 @@ class DensityModule(pl.LightningModule):
         for name, net in (("backbone", self.backbone), ("head", self.head)):
             net.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
 
-    def log_job(self, job: int, values: dict[str, Tensor | float]) -> None:
-        """Write scalars to a job's logger at the current optimisation step (global rank zero only).
+    def log_job(self, job: int, values: dict[str, Tensor | float], final: bool = False) -> None:
+        """Write scalars to a job's loggers at the current optimisation step (global rank zero only; final: end values).
 
         Straight to the logger: self.log costs milliseconds per key, which adds up over hundreds of
         evaluations, and it knows nothing of the jobs of a stack.
         """
         log = self.jobs[job].log
         if log and self.trainer.is_global_zero:
-            log.metrics({k: float(v) for k, v in values.items()}, step=self.state.opt_steps)
+            log.metrics({k: float(v) for k, v in values.items()}, step=self.state.opt_steps, final=final)
 
     def log_models(self, prefix: str, values: dict[str, Tensor]) -> None:
         """Per-model values [N] to each job's logger: the value of a single model, or an ensemble's mean and members."""
@@ -277,11 +277,11 @@ class DensityModule(pl.LightningModule):
                 self.uncalibrated_results[j] = {k: float(v) for k, v in before.compute().items()}
                 self.uncalibrated_curves[j] = before.curves()
                 before.reset()
-                self.log_job(j, {f"test_uncalibrated/{k}": v for k, v in self.uncalibrated_results[j].items()})
+                self.log_job(j, {f"test_uncalibrated/{k}": v for k, v in self.uncalibrated_results[j].items()}, final=True)
             if len(job.models) > 1:  # the mean of the members' own metrics
                 own = [self.member_metrics[str(m)].compute() for m in job.models]
                 self.member_results[j] = {k: float(sum(o[k] for o in own) / len(own)) for k in own[0]}
-            self.log_job(j, {f"test/{k}": v for k, v in self.test_results[j].items()})
+            self.log_job(j, {f"test/{k}": v for k, v in self.test_results[j].items()}, final=True)
 
     def fallbacks(self, job: int) -> dict[str, str]:
         """Metrics of a job computed by a generic method instead of a closed form."""

@@ -18,6 +18,7 @@ from densbench.calibration_plot import calibration_figure
 from densbench.figures import predictive_figure
 from densbench.job_log import JobLog
 from densbench.labels import title
+from densbench.loop import Loop
 from densbench.signals import JobSignals
 from densbench.timing import JobClock
 
@@ -92,6 +93,7 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
         if log:
             log.finalize("success")
         out["timing"] = clock.summary(figures_s=time.perf_counter() - figures_started)
+    out["flags"] = flags(b.loop, out)
     return out
 
 
@@ -140,15 +142,15 @@ def flat_hparams(cfg: DictConfig, lab: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def flags(cfg: DictConfig, out: dict[str, Any]) -> list[str]:
+def flags(loop: Loop, out: dict[str, Any]) -> list[str]:
     """Warnings a report must show beside a finished run: validation NLL that ran away, absurd values."""
-    loop, found = cfg.loop, []
+    found = []
     train = out["train"]
     best, last = train.get("best_val_nll"), train.get("last_val_nll")
-    margin = float(loop.get("flag_margin", 1.0))
+    margin = loop.flag_margin
     if best is not None and last is not None and last > best + margin:
         found.append(f"val_nll_rose: the last validation NLL {last:.4g} is more than {margin:g} above the best {best:.4g}")
-    absurd = float(loop.get("absurd_loss", 1e6))
+    absurd = loop.absurd_loss
     worst = max((abs(v) for v in out["curves"].get("train_train_loss", []) if math.isfinite(v)), default=0.0)
     if worst > absurd:
         found.append(f"exploded: a period's mean training loss reached {worst:.3g} (above {absurd:g})")

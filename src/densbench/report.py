@@ -472,6 +472,9 @@ class SweepReport(Callback):
             print(f"densbench: report written to {written.path}")
         for path, why in skipped:
             print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)
+        from densbench import job_log  # the loggers' own modules (Lightning's): not for the report command line
+
+        job_log.sweep_end(sweep_dir, results)
         # the exit status is about the jobs this command ran; results of earlier runs in the same
         # directory (kept by resume) are in the report but not in the count
         started = getattr(self, "_started", 0.0)

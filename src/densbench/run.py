@@ -29,7 +29,7 @@ from densbench.devices import Skipped
 from densbench.engine import as_param_dtype
 from densbench.errors import ConfigError, DataError
 from densbench.labels import labels
-from densbench.outcome import flags, job_outcome
+from densbench.outcome import job_outcome
 from densbench.results import RESULT_FILE, write_json_atomic
 from densbench.signals import Interrupted, JobSignals
 from densbench.timing import JobClock
@@ -113,7 +113,7 @@ def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
             if "diverged" in out:
                 spec.result.update(status="failed", error=f"Diverged: {out['diverged']}", error_kind="diverged")
             else:
-                spec.result.update(status="ok", error=None, flags=flags(spec.cfg, out), **out)
+                spec.result.update(status="ok", error=None, flags=out.pop("flags"), **out)
     except Skipped as exc:
         for spec in specs:
             spec.result.update(status="skipped", error=str(exc))

@@ -1,0 +1,107 @@
+"""The HParams experiment a sweep declares to TensorBoard: which hyperparameters and metrics its table shows first.
+
+Left to infer the table from the runs, TensorBoard puts the hyperparameters that differ first (its
+HParams tab shows five of each by default), but takes the metric columns as every scalar tag in name
+order, so the five shown are test/check_score ... test/crps and not the NLL. A declaration fixes
+both, and has to cover every run: TensorBoard reads one experiment per log directory, so it is
+written once, at the sweep's root, from all of its runs, after they have finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FILE = "events.out.tfevents.densbench-hparams"  # "tfevents" in the name is what TensorBoard looks for
+FIRST = ("nll", "crps", "rmse", "accuracy", "coverage90", "mace")  # the headline metrics, in this order
+SECTIONS = ("test", "test_uncalibrated", "throughput")  # final values (one point per run): the metric columns
+
+
+def metric_order(tag: str) -> tuple:
+    """Sort key of a metric column: the headline test metrics first, then each section's in name order."""
+    section, _, name = tag.partition("/")
+    first = FIRST.index(name) if section == "test" and name in FIRST else len(FIRST)
+    return (SECTIONS.index(section) if section in SECTIONS else len(SECTIONS), first, name)
+
+
+def final_tags(log_dir: Path) -> set[str]:
+    """The scalar tags of a run's event files that hold a final value (test/..., throughput/...)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags = set()
+    for path in sorted(log_dir.glob("*tfevents*")):
+        for event in EventFileLoader(str(path)).Load():
+            tags.update(v.tag for v in event.summary.value if v.tag.partition("/")[0] in SECTIONS)
+    return tags
+
+
+def _hparam_info(name: str, values: list[Any]) -> Any:
+    from tensorboard.plugins.hparams import api_pb2
+
+    distinct = sorted({str(v) for v in values})
+    info = api_pb2.HParamInfo(name=name, differs=len(distinct) > 1)
+    if all(isinstance(v, bool) for v in values):
+        info.type = api_pb2.DATA_TYPE_BOOL
+        info.domain_discrete.extend(sorted(set(values)))
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        info.type = api_pb2.DATA_TYPE_FLOAT64
+        info.domain_discrete.extend(sorted({float(v) for v in values}))
+    elif all(isinstance(v, str) for v in values):
+        info.type = api_pb2.DATA_TYPE_STRING
+        info.domain_discrete.extend(distinct)
+    else:  # mixed types across runs (an int here, a string there): a free-text column, filtered by regex
+        info.type = api_pb2.DATA_TYPE_STRING
+    return info
+
+
+def experiment(log_dirs: list[Path]) -> Any | None:
+    """The HParams experiment of these runs' TensorBoard directories; None when none logged hyperparameters."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    params, tags = [], set()
+    for d in log_dirs:
+        path = d / "hparams.yaml"
+        if path.is_file():
+            try:
+                params.append(yaml.safe_load(path.read_text()) or {})
+            except yaml.YAMLError as e:
+                raise ValueError(f"{path} is not readable YAML: {' '.join(str(e).split())}") from e
+            tags |= final_tags(d)
+    if not params:
+        return None
+    names = sorted({k for p in params for k in p})
+    # a hyperparameter a run does not have (a head's own key) shows as "None" there, as its YAML does
+    infos = [_hparam_info(k, [p.get(k) if p.get(k) is not None else "None" for p in params]) for k in names]
+    infos.sort(key=lambda info: (not info.differs, info.name))  # the swept keys first: those are displayed
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in sorted(tags, key=metric_order)]
+    return api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+
+
+def declare(sweep_dir: Path, log_dirs: list[Path]) -> Path | None:
+    """Write (or replace) the sweep's experiment at its root, where TensorBoard pointed at the sweep finds it."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+    from torch.utils.tensorboard.writer import FileWriter
+
+    exp = experiment(log_dirs)
+    if exp is None:
+        return None
+    data = plugin_data_pb2.HParamsPluginData(experiment=exp, version=metadata.PLUGIN_DATA_VERSION)
+    summary = Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(data))])
+    target = Path(sweep_dir) / FILE
+    # written aside and moved into place: an interrupted write leaves the previous declaration whole
+    scratch = Path(tempfile.mkdtemp(prefix=".hparams-", dir=sweep_dir))
+    try:
+        writer = FileWriter(str(scratch))
+        writer.add_summary(summary)
+        writer.close()
+        (written,) = scratch.iterdir()
+        os.replace(written, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
