@@ -164,24 +164,38 @@ def test_tensorboard_declaration_is_replaced_whole_and_a_broken_run_does_not_fai
     assert declared() == {"seed"}  # the last good declaration stands
 
 
-def test_mlflow_run_is_listed_by_mlflows_own_client_with_metrics_params_and_figures(tmp_path):
+def test_mlflow_sweep_is_one_store_whose_runs_mlflows_own_client_lists_with_metrics_params_and_figures(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from densbench.run import run_job
-    from conftest import make_cfg
+    proc = run_cli(["-m", "experiment=fast", "logger=mlflow", "figures=true", "loss=kl,nll", f"hydra.sweep.dir={tmp_path}/mr"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")}
+    stores = {(tmp_path / "mr" / name / res["artifacts"]["mlflow"]).resolve() for name, res in found.items()}
+    assert stores == {(tmp_path / "mr" / "mlruns").resolve()}  # one store for the sweep, beside its runs
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as a reader of the store must (MLflow 3)
+    client = MlflowClient(tracking_uri=stores.pop().as_uri())
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("densbench").experiment_id])}
+    assert set(runs) == set(found) and all(r.info.status == "FINISHED" for r in runs.values())
+    for name, res in found.items():
+        run = runs[name]
+        metrics, params = run.data.metrics, run.data.params
+        assert metrics["test/nll"] == pytest.approx(res["metrics"]["nll"]) and metrics["test/crps"] == pytest.approx(res["metrics"]["crps"])
+        assert params["loss"] == res["labels"]["loss"] and params["dataset"] == "hetero_sine"
+        history = client.get_metric_history(run.info.run_id, "val/nll")
+        assert [m.step for m in history] == res["curves"]["train_step"]
+        assert {"predictive.png", "calibration.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
-    res = run_job(make_cfg("experiment=fast", "logger=mlflow", "figures=true"), tmp_path / "job")
-    assert res["status"] == "ok"
-    store = tmp_path / "job" / res["artifacts"]["mlflow"]
-    client = MlflowClient(tracking_uri=store.as_uri())
-    experiment = client.get_experiment_by_name("densbench")
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1 and runs[0].info.run_name == "job" and runs[0].info.status == "FINISHED"
-    metrics, params = runs[0].data.metrics, runs[0].data.params
-    assert metrics["test/nll"] == pytest.approx(res["metrics"]["nll"]) and metrics["test/crps"] == pytest.approx(res["metrics"]["crps"])
-    assert params["loss"] == res["labels"]["loss"] and params["dataset"] == "hetero_sine"
-    history = client.get_metric_history(runs[0].info.run_id, "val/nll")
-    assert [m.step for m in history] == res["curves"]["train_step"]
-    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
-    assert {"predictive.png", "calibration.png"} <= artifacts
+
+def test_a_logger_whose_package_is_missing_is_refused_with_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    from conftest import make_cfg
+    from densbench import job_log
+    from densbench.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(ConfigError, match=r'logger=mlflow needs the mlflow package.*pip install "densbench\[mlflow\]"'):
+        job_log.make(make_cfg("logger=mlflow").logger, tmp_path)

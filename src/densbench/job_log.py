@@ -9,17 +9,21 @@ run directory, no figures: the PNGs beside result.json are every logger's figure
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from omegaconf import DictConfig
 
 from densbench import tb_experiment
+from densbench.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -27,12 +31,14 @@ class LoggerKind:
     """How densbench drives one class of Lightning logger."""
 
     name: str  # the artifacts key in result.json
-    subdir: str = ""  # where under the run directory its files go (save_dir)
+    subdir: str = ""  # where under the run directory (or the sweep's, when shared) its files go (save_dir)
+    requires: str | None = None  # the package it needs beyond Lightning (installed with the extra of that name)
+    shared: bool = False  # one store for a whole sweep (a tracking store lists many runs), not one per run
     resume: Callable[[int], dict[str, Any]] = field(default=lambda step: {})  # constructor arguments when a run resumes
     run_name: bool = False  # name its run after the run directory (a tracking server lists many)
     figure: Callable[[Logger, str, Any, int], None] | None = None
     log_dir: Callable[[Logger], str | None] = field(default=lambda logger: getattr(logger, "log_dir", None))
-    prepare: Callable[[], None] = field(default=lambda: None)  # called before each one is made
+    prepare: Callable[[DictConfig, Path], None] = field(default=lambda entry, save_dir: None)  # before each one is made
     hparams: Callable[[Logger, dict[str, Any]], None] = field(default=lambda logger, params: logger.log_hyperparams(params))
     tag: Callable[[str, bool], str] = field(default=lambda name, final: name)  # a scalar's name here (final: one value per run)
     sweep_end: Callable[[Path, list[Path]], Any] | None = None  # after a sweep, given the sweep and its runs' log directories
@@ -77,10 +83,30 @@ def _tensorboard_tag(name: str, final: bool) -> str:
     return name if final else f"curves/{name}"
 
 
-def _allow_mlflow_file_store() -> None:
-    # MLflow 3 refuses a file store unless asked (it prefers a database server); a run directory's
-    # own store is exactly what a benchmark run wants, and a user's explicit setting still wins
+def _prepare_mlflow(entry: DictConfig, save_dir: Path) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    # MLflow 3 refuses a file store unless asked (it prefers a database server); a sweep's own store
+    # is exactly what a benchmark wants, and a user's explicit setting still wins
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    # the parallel launcher's jobs start together: made here, the experiment is not created twice
+    # (Lightning's logger would create it on first use, and the second job to try would fail)
+    client = MlflowClient(tracking_uri=save_dir.resolve().as_uri())
+    name = str(entry.get("experiment_name", "lightning_logs"))
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name)
+        except MlflowException:
+            if client.get_experiment_by_name(name) is None:  # not a lost race: a real failure
+                raise
+
+
+def _store_root(run_dir: Path) -> Path:
+    """Where a shared store goes: the sweep's directory in a Hydra multirun, else the run's own."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir)
+    return run_dir
 
 
 def _mlflow_figure(logger: Logger, name: str, fig: Any, step: int) -> None:
@@ -91,8 +117,8 @@ def _mlflow_figure(logger: Logger, name: str, fig: Any, step: int) -> None:
 register(TensorBoardLogger, LoggerKind("tensorboard", resume=lambda step: {"purge_step": step + 1}, figure=_tensorboard_figure,
                                        hparams=_tensorboard_hparams, tag=_tensorboard_tag, sweep_end=tb_experiment.declare))
 register(CSVLogger, LoggerKind("csv"))
-register(MLFlowLogger, LoggerKind("mlflow", subdir="mlruns", run_name=True, figure=_mlflow_figure,
-                                  log_dir=lambda logger: logger.save_dir, prepare=_allow_mlflow_file_store))
+register(MLFlowLogger, LoggerKind("mlflow", requires="mlflow", subdir="mlruns", shared=True, run_name=True, figure=_mlflow_figure,
+                                  log_dir=lambda logger: logger.save_dir, prepare=_prepare_mlflow))
 
 
 class JobLog:
@@ -150,8 +176,12 @@ def make(node: DictConfig | None, run_dir: Path, resumed_at: int | None = None) 
     loggers = []
     for entry in entries(node):
         kind = kind_of(get_class(entry._target_))
-        kind.prepare()
-        kwargs: dict[str, Any] = {"save_dir": str(run_dir / kind.subdir) if kind.subdir else str(run_dir)}
+        if kind.requires and importlib.util.find_spec(kind.requires) is None:
+            raise ConfigError(f"logger={kind.name} needs the {kind.requires} package, which is not installed: "
+                              f'pip install "densbench[{kind.requires}]"')
+        save_dir = (_store_root(run_dir) if kind.shared else run_dir) / kind.subdir
+        kind.prepare(entry, save_dir)
+        kwargs: dict[str, Any] = {"save_dir": str(save_dir)}
         if kind.run_name:
             kwargs["run_name"] = run_dir.name
         if resumed_at is not None:
