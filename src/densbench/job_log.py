@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from omegaconf import DictConfig
+from torch.utils.tensorboard.summary import hparams
 
 from densbench import tb_experiment
 from densbench.errors import ConfigError
@@ -66,8 +67,6 @@ def _tensorboard_hparams(logger: Logger, params: dict[str, Any]) -> None:
     # The session's hyperparameters only: no hp/ copies of the final metrics (they are the test/
     # scalars already) and no experiment summary, which TensorBoard reads once per log directory and
     # so must cover every run of a sweep: the sweep writes it at its end (tb_experiment.declare).
-    from torch.utils.tensorboard.summary import hparams
-
     logger.log_hyperparams(params)  # hparams.yaml beside the events
     _, start, end = hparams(params, {})
     writer = logger.experiment.file_writer
@@ -84,7 +83,7 @@ def _tensorboard_tag(name: str, final: bool) -> str:
 
 
 def _prepare_mlflow(entry: DictConfig, save_dir: Path) -> None:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # the optional dependency: imported only when asked for
     from mlflow.tracking import MlflowClient
 
     # MLflow 3 refuses a file store unless asked (it prefers a database server); a sweep's own store

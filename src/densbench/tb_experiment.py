@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from torch.utils.tensorboard.writer import FileWriter
 
 FILE = "events.out.tfevents.densbench-hparams"  # "tfevents" in the name is what TensorBoard looks for
 FIRST = ("nll", "crps", "rmse", "accuracy", "coverage90", "mace")  # the headline metrics, in this order
@@ -31,8 +35,6 @@ def metric_order(tag: str) -> tuple:
 
 def final_tags(log_dir: Path) -> set[str]:
     """The scalar tags of a run's event files that hold a final value (test/..., throughput/...)."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
     tags = set()
     for path in sorted(log_dir.glob("*tfevents*")):
         for event in EventFileLoader(str(path)).Load():
@@ -41,8 +43,6 @@ def final_tags(log_dir: Path) -> set[str]:
 
 
 def _hparam_info(name: str, values: list[Any]) -> Any:
-    from tensorboard.plugins.hparams import api_pb2
-
     distinct = sorted({str(v) for v in values})
     info = api_pb2.HParamInfo(name=name, differs=len(distinct) > 1)
     if all(isinstance(v, bool) for v in values):
@@ -61,8 +61,6 @@ def _hparam_info(name: str, values: list[Any]) -> Any:
 
 def experiment(log_dirs: list[Path]) -> Any | None:
     """The HParams experiment of these runs' TensorBoard directories; None when none logged hyperparameters."""
-    from tensorboard.plugins.hparams import api_pb2
-
     params, tags = [], set()
     for d in log_dirs:
         path = d / "hparams.yaml"
@@ -84,10 +82,6 @@ def experiment(log_dirs: list[Path]) -> Any | None:
 
 def declare(sweep_dir: Path, log_dirs: list[Path]) -> Path | None:
     """Write (or replace) the sweep's experiment at its root, where TensorBoard pointed at the sweep finds it."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
-    from torch.utils.tensorboard.writer import FileWriter
-
     exp = experiment(log_dirs)
     if exp is None:
         return None
