@@ -389,12 +389,17 @@ class DensityData(pl.LightningDataModule):
         return Each(self.eval["test"])
 
 
+SELECTION_TOLERANCE = 1e-9  # relative improvement a validation NLL needs to become the new best
+
+
 class Selection(pl.Callback):
     """Per model: selection and early stopping on its own validation NLL, in memory and in every checkpoint.
 
     Keeps each model's weights of its best validation so far (the last weights when there is no
     validation split) and stops a model after ``patience`` validations without improvement; training
-    ends when every model has stopped.
+    ends when every model has stopped. A validation counts as better only by more than
+    ``SELECTION_TOLERANCE`` (relative): a near-tie decided by the last digits would make the chosen
+    epoch, and every test figure with it, depend on rounding.
     """
 
     def __init__(self, models: int, patience: int | None = None) -> None:
@@ -411,7 +416,8 @@ class Selection(pl.Callback):
         for m in range(self.models):
             if state.active[m]:
                 state.history[m]["val_nll"].append(float(scores[m]))
-        better = active & torch.isfinite(scores) & (scores < self.best_score)
+        margin = SELECTION_TOLERANCE * torch.clamp(self.best_score.abs(), min=1.0).nan_to_num(posinf=0.0)
+        better = active & torch.isfinite(scores) & (scores < self.best_score - margin)
         current = pl_module.weights()
         if self.best_state is None:
             self.best_state = {k: v.detach().clone() for k, v in current.items()}

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from densbench import checkpoints, provenance
+from densbench import checkpoints, numerics, provenance
 from densbench.data import fingerprint
 from densbench.progress import announce, say
 from densbench.results import KEY_FIELDS, config_hash, read_result
@@ -33,7 +33,7 @@ def job_key(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, 
     data = fingerprint(cfg.dataset)
     key = {"config_hash": config_hash({k: v for k, v in resolved.items() if k not in NOT_IN_KEY}),
            "source_hash": code["source_hash"], "data_hash": data["data_hash"]}
-    prov = dict(code, **data, versions=provenance.library_versions())
+    prov = dict(code, **data, versions=provenance.library_versions(), numerics=numerics.describe())
     return resolved, key, prov
 
 

@@ -1,0 +1,85 @@
+"""Pinned numerics: the CPU code paths a run computes with, chosen before torch loads, so figures do not depend on the machine.
+
+Training these small networks is chaotic: a difference in the last bit of one product grows, over a
+few thousand optimisation steps, into differences as large as the gaps between the methods a
+benchmark ranks. What differs between two x86-64 machines with the same code and libraries is which
+kernels run: ATen picks its vectorised kernels by the CPU's instruction sets (scalar, AVX2 or
+AVX-512 builds of exp, log, sums...), and MKL picks its matrix-product kernels by CPU, instruction set
+and by how many products one batched call holds. Measured on one machine (tests/test_numerics.py and
+the README's "Reproducibility"): ATen's AVX2 and AVX-512 kernels agree bit for bit while its scalar
+ones do not; MKL's kernels differ between instruction sets in both precisions, and without its strict
+reproducibility mode a model's products depend on how many models share its stack.
+
+So, unless the caller opts out with ``DENSBENCH_NUMERICS=native``, densbench fixes before torch is
+imported:
+
+- ``ATEN_CPU_CAPABILITY=avx2`` where the CPU has AVX2 and FMA (the caller's value is replaced);
+- ``MKL_CBWR=AVX2,STRICT``: MKL's AVX2 branch in strict mode, whose results do not depend on the
+  number of threads or on the batch size of a batched product, and ``MKL_ENABLE_INSTRUCTIONS``
+  removed (a lower limit would take MKL off that branch).
+
+MKL documents its AVX2 branch for Intel CPUs; on other vendors' CPUs it falls back to its own
+dispatch, and figures may differ there. A process that imported torch before densbench cannot be
+pinned any more; ``describe()`` says so and provenance records it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+ENV_SWITCH = "DENSBENCH_NUMERICS"  # "native": leave the caller's environment and torch's own dispatch alone
+CAPABILITY = "avx2"
+MKL_BRANCH = "AVX2,STRICT"
+_state: dict[str, Any] = {}
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this CPU (Linux /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def pin() -> dict[str, Any]:
+    """Fix ATen's and MKL's code paths in this process's environment (before torch loads); what was done."""
+    if _state:
+        return _state
+    caller = {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}
+    if os.environ.get(ENV_SWITCH, "portable") == "native":
+        _state.update(mode="native", why=f"{ENV_SWITCH}=native")
+    elif "torch" in sys.modules:
+        _state.update(mode="unpinned", why="torch was imported before densbench")
+    elif platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= cpu_flags():
+        _state.update(mode="unpinned", why=f"no AVX2 and FMA on this CPU ({platform.machine()})")
+    else:
+        os.environ["ATEN_CPU_CAPABILITY"] = CAPABILITY
+        os.environ["MKL_CBWR"] = MKL_BRANCH
+        os.environ.pop("MKL_ENABLE_INSTRUCTIONS", None)
+        _state.update(mode="portable", why=None)
+    overridden = {k: v for k, v in caller.items() if v is not None and os.environ.get(k) != v}
+    if overridden:
+        _state["caller"] = overridden
+    return _state
+
+
+def describe() -> dict[str, Any]:
+    """The numerics this process computes with, for provenance: mode, ATen's capability, MKL's branch."""
+    out = dict(pin())
+    out["mkl_cbwr"] = os.environ.get("MKL_CBWR")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def portable() -> bool:
+    """Whether this process's CPU figures are pinned (machine-independent on x86-64 with AVX2)."""
+    return pin()["mode"] == "portable"
