@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal, constraints, register_kl
 
-from densbench import ops
+from densbench import mixtures, ops
 from densbench.ops import HALF_LOG_2PI, INV_SQRT_PI, SQRT_2PI, std_normal_cdf, std_normal_pdf
 
 
@@ -64,71 +64,10 @@ def _mixture_cdf(d: NormalMixture, y: Tensor) -> Tensor:
     return (d.weights * std_normal_cdf((y.unsqueeze(-1) - d.loc) / d.scale)).sum(-1)
 
 
-GRID_POINTS = 64  # CDF evaluations per batch entry for the first guesses of its quantiles
-CHUNK_ELEMENTS = 250_000  # entries x components evaluated at once: small enough to stay in the CPU's cache
-
-
 @ops.icdf.register(NormalMixture)
 def _mixture_icdf(d: NormalMixture, p: Tensor) -> Tensor:
-    """Quantiles: the CDF tabulated on a grid per batch entry gives every level its cell (an exact
-    bracket) and a first guess by inverse Hermite interpolation; safeguarded Newton steps finish."""
-    k, batch = d.loc.shape[-1], d.batch_shape
-    n = math.prod(batch)
-    shape = torch.broadcast_shapes(p.shape, batch)
-    pf = p.expand(shape).reshape(-1, n).t()  # [n, M]: the M levels asked of each batch entry
-    loc = d.loc.reshape(n, k)
-    inv = 1 / (d.scale.reshape(n, k) * math.sqrt(2.0))
-    # F(x) = sum_k w_k/2 erfc((m_k - x) c_k) and f(x) = sum_k w_k c_k/sqrt(pi) exp(-((m_k - x) c_k)^2)
-    cdf_w = 0.5 * d.weights.reshape(n, k)
-    pdf_w = 2 * cdf_w * inv * INV_SQRT_PI
-    out = torch.empty_like(pf)
-    rows = max(1, CHUNK_ELEMENTS // (pf.shape[1] * k))
-    for r in range(0, n, rows):
-        part = slice(r, r + rows)
-        out[part] = _mixture_quantile_rows(pf[part], loc[part], inv[part], cdf_w[part], pdf_w[part])
-    return out.t().reshape(shape)
-
-
-def _mixture_quantile_rows(p: Tensor, loc: Tensor, inv: Tensor, cdf_w: Tensor, pdf_w: Tensor) -> Tensor:
-    n, m = p.shape
-    loc, inv, cdf_w, pdf_w = (t.unsqueeze(1) for t in (loc, inv, cdf_w, pdf_w))  # [n, 1, K]: broadcast over levels
-
-    def cdf_pdf(x: Tensor) -> tuple[Tensor, Tensor]:  # x [n, L, 1]
-        t = (loc - x) * inv
-        return (cdf_w * torch.erfc(t)).sum(-1), (pdf_w * torch.exp(-(t * t))).sum(-1)
-
-    # the mixture's quantile at p lies between its components' smallest and largest quantiles at p
-    z = torch.erfinv(2 * torch.stack([p.min(1).values, p.max(1).values], -1) - 1).unsqueeze(-1)  # [n, 2, 1]
-    comp = loc + z / inv  # [n, 2, K]
-    lo, hi = comp[:, 0].min(-1).values, comp[:, 1].max(-1).values
-    grid = lo.unsqueeze(-1) + (hi - lo).unsqueeze(-1) * torch.linspace(0, 1, GRID_POINTS, dtype=p.dtype, device=p.device)
-    Fg, fg = cdf_pdf(grid.unsqueeze(-1))  # [n, G]
-    cell = torch.searchsorted(Fg, p.contiguous()).clamp(1, GRID_POINTS - 1)
-    x_lo, x_hi = grid.gather(1, cell - 1), grid.gather(1, cell)
-    x0 = _inverse_hermite(p, x_lo, x_hi, Fg.gather(1, cell - 1), Fg.gather(1, cell), fg.gather(1, cell - 1), fg.gather(1, cell))
-
-    def Ff(x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        if idx.numel() == n * m:  # every entry: broadcast instead of gathering the parameters
-            F, f = cdf_pdf(x.reshape(n, m, 1))
-            return F.reshape(-1), f.reshape(-1)
-        mu, c, a, b = packed.index_select(0, idx // m).unbind(1)  # one gather for the four parameters
-        t = (mu - x.unsqueeze(-1)) * c
-        return (a * torch.erfc(t)).sum(-1), (b * torch.exp(-(t * t))).sum(-1)
-
-    packed = torch.cat([loc, inv, cdf_w, pdf_w], 1)  # [n, 4, K]
-    return ops.solve_quantiles(Ff, p, x_lo, x_hi, x0=x0)
-
-
-def _inverse_hermite(p: Tensor, x0: Tensor, x1: Tensor, F0: Tensor, F1: Tensor, f0: Tensor, f1: Tensor) -> Tensor:
-    """x with F(x) ~ p inside [x0, x1], from F and its density at both ends: the cubic Hermite
-    interpolant of the inverse CDF (slopes 1/f), kept inside the cell (a flat CDF gives huge slopes)."""
-    dF = F1 - F0
-    u = ((p - F0) / dF).nan_to_num(0.5).clamp(0, 1)
-    u2, u3 = u * u, u * u * u
-    m0, m1 = dF / f0, dF / f1
-    x = (2 * u3 - 3 * u2 + 1) * x0 + (u3 - 2 * u2 + u) * m0 + (-2 * u3 + 3 * u2) * x1 + (u3 - u2) * m1
-    linear = x0 + u * (x1 - x0)
-    return torch.where(torch.isfinite(x) & (x >= x0) & (x <= x1), x, linear)
+    """Quantiles by densbench.mixtures (grid, inverse Hermite guesses, safeguarded Newton), erfc per component."""
+    return mixtures.batch_quantiles(d, p)
 
 
 def _a(m: Tensor, s: Tensor) -> Tensor:

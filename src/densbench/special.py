@@ -1,11 +1,16 @@
-"""Special functions torch lacks, vectorised and differentiable: the regularised incomplete beta function.
+"""Special functions torch lacks: the regularised incomplete beta function and Student's t quantiles.
 
-I_x(a, b) gives the CDFs of Student's t and of the beta and binomial families. Torch-free at import.
+I_x(a, b) gives the CDFs of Student's t and of the beta and binomial families. Two implementations
+serve two callers: training needs gradients (a CRPS objective through a Student-t CDF), so a
+differentiable torch version stays; evaluation needs none and runs the same function millions of
+times (quantiles of mixtures), so it goes to SciPy's vectorised C (``scipy.special.betainc``,
+``stdtrit``), 100-1000x faster than a continued fraction stepped from Python. ``betainc`` picks by
+whether a gradient is asked for. Torch-free at import.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from densbench.lazy import torch
 
@@ -48,8 +53,47 @@ def _continued_fraction(a: Tensor, b: Tensor, x: Tensor, max_iter: int) -> Tenso
     return h
 
 
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd would record an operation on these tensors."""
+    return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
+
+
+def scipy_apply(fn: Any, *args: Tensor) -> Tensor:
+    """A SciPy ufunc on tensors (broadcast, in float64 on the CPU), returned in the first tensor's dtype and device."""
+    args = torch.broadcast_tensors(*(torch.as_tensor(a) for a in args))
+    out = fn(*(a.detach().to("cpu", torch.float64).numpy() for a in args))
+    return torch.from_numpy(out).to(device=args[0].device, dtype=args[0].dtype if args[0].is_floating_point() else torch.float64)
+
+
 def betainc(a: Tensor, b: Tensor, x: Tensor, max_iter: int = 500) -> Tensor:
     """Regularised incomplete beta function I_x(a, b) for a, b > 0 and x in [0, 1] (broadcasting).
+
+    Without a gradient to carry, SciPy's; with one, the differentiable version below.
+    """
+    if not needs_grad(a, b, x):
+        from scipy import special
+
+        ref = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64)
+        return scipy_apply(special.betainc, a, b, x).to(ref.dtype).clamp(0, 1)
+    return betainc_differentiable(a, b, x, max_iter)
+
+
+def student_t_cdf(z: Tensor, nu: Tensor) -> Tensor:
+    """CDF of the standard Student-t with nu degrees of freedom at z (no gradient)."""
+    from scipy import special
+
+    return scipy_apply(special.stdtr, nu, z).to(z.dtype)
+
+
+def student_t_icdf(p: Tensor, nu: Tensor) -> Tensor:
+    """Quantiles of the standard Student-t with nu degrees of freedom (no gradient)."""
+    from scipy import special
+
+    return scipy_apply(special.stdtrit, nu, p).to(p.dtype)
+
+
+def betainc_differentiable(a: Tensor, b: Tensor, x: Tensor, max_iter: int = 500) -> Tensor:
+    """I_x(a, b) by the modified Lentz continued fraction in torch, differentiable in a, b and x.
 
     Computed in float64 whatever the inputs' dtype: the prefactor x^a (1-x)^b / B(a, b) is a difference
     of terms of order a + b in log space, which float32 would leave with errors of 1e-4 at a ~ 500.
