@@ -141,7 +141,8 @@ def test_tensorboard_declaration_is_replaced_whole_and_a_broken_run_does_not_fai
     from tensorboard.plugins.hparams import metadata
 
     from conftest import make_cfg
-    from densbench import job_log, tb_experiment
+    from densbench import tb_experiment
+    from densbench.report import sweep_end
     from densbench.run import run_job
 
     runs = [(tmp_path / f"s{seed}", run_job(make_cfg("experiment=fast", f"seed={seed}"), tmp_path / f"s{seed}")) for seed in (0, 1)]
@@ -158,7 +159,7 @@ def test_tensorboard_declaration_is_replaced_whole_and_a_broken_run_does_not_fai
     tb_experiment.declare(tmp_path, dirs)  # a second sweep end (the sweep extended) replaces the first
     assert declared() == {"seed"} and not list(tmp_path.glob(".hparams-*"))
     (dirs[1] / "hparams.yaml").write_text("seed: [unclosed")
-    job_log.sweep_end(tmp_path, runs)
+    sweep_end(tmp_path, runs)
     assert f"the sweep's tensorboard record was not written: ValueError: {dirs[1] / 'hparams.yaml'} is not readable YAML" \
         in capsys.readouterr().err
     assert declared() == {"seed"}  # the last good declaration stands

@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from densbench import checkpoints, job_log, recalibration
 from densbench import data as data_mod
@@ -25,6 +25,7 @@ from densbench.loop import Loop
 from densbench.module import DensityModule, Job
 from densbench.networks import Head
 from densbench.progress_bar import Progress
+from densbench.resume import training_key
 from densbench.timing import JobClock, Timing
 
 ENSEMBLE_SEED_STEP = 7919  # member m of a job with seed s starts from seed s + 7919 m
@@ -52,6 +53,7 @@ class JobSpec:
     result: dict[str, Any] = field(default_factory=dict)
     key: dict[str, str] = field(default_factory=dict)
     resume_from: dict | None = None
+    weights_from: Path | None = None  # a finished run that trained this post-hoc job's weights (no training here)
     start: float = 0.0
 
 
@@ -71,6 +73,7 @@ class Built:
     batch_size: int | None
     has_val: bool  # without validation rows there is no selection: the last weights are tested
     loop: Loop  # the checked loop settings (the report's flags read their thresholds)
+    shares: list[Path | None]  # per job, the run directory of the job of this stack whose models it uses (None: its own)
 
 
 def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock | None = None) -> Built:
@@ -93,8 +96,15 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
         check_recalibration(s.cfg, d.task, len(d.val))
     preps = [data_mod.prepare(d, dtype=dtype) for d in datas]
 
-    stack = Stack(jobs=[], seeds=[])
-    for job_seeds in seeds:
+    # jobs that differ only in post-hoc keys (recalibrate) train once: they share one set of models
+    stack, shares, owner = Stack(jobs=[], seeds=[]), [], {}
+    for j, (spec, job_seeds) in enumerate(zip(specs, seeds)):
+        key = spec.result.get("train_key") or training_key(OmegaConf.to_container(spec.cfg, resolve=True))
+        shares.append(owner.get(key))
+        if key in owner:
+            stack.jobs.append(stack.jobs[owner[key]])
+            continue
+        owner[key] = j
         stack.jobs.append(list(range(len(stack.seeds), len(stack.seeds) + len(job_seeds))))
         stack.seeds.extend(job_seeds)
     backbone = instantiate(cfg.model, in_features=datas[0].n_features, seeds=stack.seeds)
@@ -110,7 +120,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     state = EngineState(total, eval_every, stack.size, keep_step_losses)
     resume_from = None
     if all(s.resume_from is not None for s in specs):
-        resume_from = checkpoints.merge([s.resume_from for s in specs])
+        resume_from = checkpoints.merge([s.resume_from for s, shared in zip(specs, shares) if shared is None])
         # the step count decides the first chunk plan, which Lightning makes before the weights load
         state.load_state_dict(resume_from["engine"])
     selection = Selection(stack.size, loop.early_stopping_patience if has_val else None)
@@ -138,7 +148,8 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = trainer_for(cfg.trainer, specs[0].run_dir, max_epochs=state.periods_left, callbacks=callbacks, validate=has_val)
-    return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val, loop)
+    return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val, loop,
+                 [None if i is None else specs[i].run_dir for i in shares])
 
 
 def trainer_for(node: DictConfig, root: Path, max_epochs: int, callbacks: list[pl.Callback], validate: bool) -> pl.Trainer:

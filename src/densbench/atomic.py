@@ -52,3 +52,15 @@ def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     with replacing(path, "wb") as f:
         fig.savefig(f, format=path.suffix.lstrip("."), **kwargs)
     return path
+
+
+def dump_yaml(data: Any) -> str:
+    """Plain data (dicts, lists, scalars) as block YAML in insertion order, by libyaml's C emitter where present.
+
+    Hydra's records of a sweep's jobs (.hydra/*.yaml) are written this way: what OmegaConf.to_yaml
+    writes, read back the same, at a fraction of its cost.
+    """
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)

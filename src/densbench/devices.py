@@ -61,7 +61,10 @@ def check_device(cfg: DictConfig, stacked: bool) -> None:
 def threads(setting: Any, rows_per_step: int) -> int:
     """torch threads for a job: the configured number, or for `auto` all usable cores on steps of at
     least AUTO_THREADS_MIN_ROWS rows and one thread on smaller ones (measured: README, Speed)."""
+    from densbench.stack_plan import threads_cap
+
+    cap = threads_cap()  # a worker of a parallel stacked sweep shares the cores with the others
     if setting != "auto":
-        return int(setting)
+        return int(setting) if cap is None else min(int(setting), cap)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if rows_per_step >= AUTO_THREADS_MIN_ROWS else 1
+    return min(cores, cap or cores) if rows_per_step >= AUTO_THREADS_MIN_ROWS else 1

@@ -58,11 +58,12 @@ class Stack:
 
     @property
     def job_of(self) -> list[int]:
-        """Per model, the index of its job."""
-        out = [0] * self.size
+        """Per model, the index of the first job it serves (jobs that differ only in recalibration share models)."""
+        out = [-1] * self.size
         for j, models in enumerate(self.jobs):
             for m in models:
-                out[m] = j
+                if out[m] < 0:
+                    out[m] = j
         return out
 
 
@@ -76,6 +77,9 @@ class TrainSource:
         self.job_of = torch.tensor(stack.job_of, device=x.device)
         self._perm: tuple[int, Tensor] | None = None
         self._full: tuple[Tensor, Tensor, tuple[Tensor, ...]] | None = None
+        # one data pass's rows of every model in its own order, gathered once per pass: a step's
+        # minibatch is then a slice (a view), not a gather of its own
+        self._pass: tuple[int, Tensor, Tensor, tuple[Tensor, ...]] | None = None
 
     @property
     def n(self) -> int:
@@ -105,11 +109,19 @@ class TrainSource:
 
     def batch(self, step: int) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         """(x, y, extra) of every model's minibatch at `step`, [N, b, ...]."""
-        rows = self.rows(step)
-        if rows is None:
+        if self.batch_size is None:
             return self.full()
-        jobs = self.job_of.unsqueeze(-1)
-        return self.x[jobs, rows], self.y[jobs, rows], tuple(e[jobs, rows] for e in self.extra)
+        if self.world > 1:
+            rows, jobs = self.rows(step), self.job_of.unsqueeze(-1)
+            return self.x[jobs, rows], self.y[jobs, rows], tuple(e[jobs, rows] for e in self.extra)
+        data_pass, j = divmod(step, steps_per_pass(self.n, self.batch_size))
+        if self._pass is None or self._pass[0] != data_pass:
+            self.rows(step)  # the pass's permutations
+            perm, jobs = self._perm[1], self.job_of.unsqueeze(-1)
+            self._pass = (data_pass, self.x[jobs, perm], self.y[jobs, perm], tuple(e[jobs, perm] for e in self.extra))
+        part = slice(j * self.batch_size, (j + 1) * self.batch_size)
+        _, x, y, extra = self._pass
+        return x[:, part], y[:, part], tuple(e[:, part] for e in extra)
 
 
 class EngineState:

@@ -23,7 +23,6 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import hparams
 
-from densbench import tb_experiment
 from densbench.errors import ConfigError
 
 
@@ -42,7 +41,9 @@ class LoggerKind:
     prepare: Callable[[DictConfig, Path], None] = field(default=lambda entry, save_dir: None)  # before each one is made
     hparams: Callable[[Logger, dict[str, Any]], None] = field(default=lambda logger, params: logger.log_hyperparams(params))
     tag: Callable[[str, bool], str] = field(default=lambda name, final: name)  # a scalar's name here (final: one value per run)
-    sweep_end: Callable[[Path, list[Path]], Any] | None = None  # after a sweep, given the sweep and its runs' log directories
+    # after a sweep, "module:function" given the sweep and its runs' log directories; a name, not a
+    # function: result.json records it, and the sweep's end calls it without importing the loggers
+    sweep_end: str | None = None
 
 
 KINDS: dict[type, LoggerKind] = {}
@@ -114,7 +115,7 @@ def _mlflow_figure(logger: Logger, name: str, fig: Any, step: int) -> None:
 
 # events a killed run wrote after its last checkpoint are hidden, not shown twice
 register(TensorBoardLogger, LoggerKind("tensorboard", resume=lambda step: {"purge_step": step + 1}, figure=_tensorboard_figure,
-                                       hparams=_tensorboard_hparams, tag=_tensorboard_tag, sweep_end=tb_experiment.declare))
+                                       hparams=_tensorboard_hparams, tag=_tensorboard_tag, sweep_end="densbench.tb_experiment:declare"))
 register(CSVLogger, LoggerKind("csv"))
 register(MLFlowLogger, LoggerKind("mlflow", requires="mlflow", subdir="mlruns", shared=True, run_name=True, figure=_mlflow_figure,
                                   log_dir=lambda logger: logger.save_dir, prepare=_prepare_mlflow))
@@ -157,6 +158,11 @@ class JobLog:
                 out[kind.name] = os.path.relpath(where, run_dir)
         return out
 
+    def sweep_hooks(self) -> dict[str, str]:
+        """What each logger wants called when the sweep ends ("module:function" by logger name), for result.json."""
+        kinds = [kind_of(type(logger)) for logger in self.loggers]
+        return {kind.name: kind.sweep_end for kind in kinds if kind.sweep_end}
+
     def finalize(self, status: str = "success") -> None:
         """Flush and close every logger."""
         for logger in self.loggers:
@@ -187,14 +193,3 @@ def make(node: DictConfig | None, run_dir: Path, resumed_at: int | None = None) 
             kwargs.update(kind.resume(resumed_at))
         loggers.append(instantiate(entry, **kwargs))
     return JobLog(loggers)
-
-
-def sweep_end(sweep_dir: Path, records: list[tuple[Path, dict[str, Any]]]) -> None:
-    """After a sweep: each logger kind that wants one writes its sweep-wide record (TensorBoard: the HParams experiment)."""
-    for kind in KINDS.values():
-        dirs = [p / r["artifacts"][kind.name] for p, r in records if kind.name in (r.get("artifacts") or {})]
-        if kind.sweep_end is not None and dirs:
-            try:
-                kind.sweep_end(Path(sweep_dir), dirs)
-            except Exception as e:  # the runs and the report stand without it
-                print(f"densbench: the sweep's {kind.name} record was not written: {type(e).__name__}: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from densbench import checkpoints, ensemble
+from densbench.families import Family
 from densbench.engine import Chunk, EngineState, EvalBatch, Selection, Stack, run_chunk
 from densbench.job_log import JobLog
 from densbench.metrics import COVERAGES, ModelScores, PredictiveMetrics
@@ -82,9 +83,10 @@ class DensityModule(pl.LightningModule):
         # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated)
         self.uncalibrated_metrics = nn.ModuleDict({str(j): PredictiveMetrics(task, full=True)
                                                    for j, job in enumerate(jobs) if job.recalibration.active})
-        # an ensemble's members are also scored alone (result.json reports their mean)
-        self.member_metrics = nn.ModuleDict({str(m): PredictiveMetrics(task, full=True)
-                                             for job in jobs if len(job.models) > 1 for m in job.models})
+        # an ensemble's members are also scored alone (result.json reports their mean); per job, as
+        # jobs that differ only in recalibration share their members
+        self.member_metrics = nn.ModuleDict({f"{j}_{i}": PredictiveMetrics(task, full=True)
+                                             for j, job in enumerate(jobs) if len(job.models) > 1 for i in range(len(job.models))})
         self.diverged: dict[int, str] = {}  # model -> message
         self.test_results: list[dict[str, float]] = [{} for _ in jobs]
         self.member_results: list[dict[str, float]] = [{} for _ in jobs]
@@ -206,7 +208,10 @@ class DensityModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _refresh_from_training(self) -> None:
         # families that estimate something from the training data after fitting (the canonical
-        # Gaussian's dispersion) get its sums, per model, over every rank's share
+        # Gaussian's dispersion) get its sums, per model, over every rank's share; the others need
+        # no pass over the training rows
+        if type(self.family).training_statistics is Family.training_statistics:
+            return
         with torch.no_grad():
             x, y, _ = self.trainer.datamodule.training_rows()
             sums = self.family.training_statistics(self(x), y)
@@ -258,8 +263,8 @@ class DensityModule(pl.LightningModule):
         if recalibration.active:
             self.uncalibrated_metrics[str(j)].update(pred, batch.y, truth, batch.u)
         if len(members) > 1:
-            for m, dist in zip(self.jobs[j].models, members):
-                self.member_metrics[str(m)].update(dist, batch.y, truth, batch.u)
+            for i, dist in enumerate(members):
+                self.member_metrics[f"{j}_{i}"].update(dist, batch.y, truth, batch.u)
         self.test_floor_hits[j] += self.head.floor_hits(raw).sum()
         self.test_samples += batch.x.shape[0] * len(models)
 
@@ -279,7 +284,7 @@ class DensityModule(pl.LightningModule):
                 before.reset()
                 self.log_job(j, {f"test_uncalibrated/{k}": v for k, v in self.uncalibrated_results[j].items()}, final=True)
             if len(job.models) > 1:  # the mean of the members' own metrics
-                own = [self.member_metrics[str(m)].compute() for m in job.models]
+                own = [self.member_metrics[f"{j}_{i}"].compute() for i in range(len(job.models))]
                 self.member_results[j] = {k: float(sum(o[k] for o in own) / len(own)) for k in own[0]}
             self.log_job(j, {f"test/{k}": v for k, v in self.test_results[j].items()}, final=True)
 

@@ -19,6 +19,7 @@ from densbench.figures import predictive_figure
 from densbench.job_log import JobLog
 from densbench.labels import title
 from densbench.loop import Loop
+from densbench.results import read_result
 from densbench.signals import JobSignals
 from densbench.timing import JobClock
 
@@ -65,6 +66,12 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
         },
         "artifacts": artifacts,
     }
+    if b.shares[j] is not None:  # trained once for the jobs of this stack that differ only in post-hoc keys
+        out["trained_by"] = str(b.shares[j])
+    if spec.weights_from is not None:  # trained by a finished run: its training record, not this one's
+        trained = read_result(spec.weights_from) or {}
+        out["train"] = {**trained.get("train", {}), "stack": out["train"]["stack"], "threads": out["train"]["threads"]}
+        out["curves"].update({k: v for k, v in (trained.get("curves") or {}).items() if k.startswith("train_")})
     recalibration = module.jobs[j].recalibration
     if recalibration.active:
         out["metrics_uncalibrated"] = module.uncalibrated_results[j]
@@ -84,6 +91,7 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
         if log:
             log.hyperparams(flat_hparams(spec.cfg, spec.result["labels"]))
             artifacts.update(log.locations(spec.run_dir))
+            out["sweep_end"] = log.sweep_hooks()
         figures_started = time.perf_counter()
         if spec.cfg.get("figures", True):
             name = title(spec.result["labels"], str(spec.cfg.get("recalibrate", "none")))

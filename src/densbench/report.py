@@ -8,6 +8,7 @@ with their error; runs that differ only in seed or data split are averaged (mean
 from __future__ import annotations
 
 import argparse
+import importlib
 import csv
 import json
 import math
@@ -472,9 +473,7 @@ class SweepReport(Callback):
             print(f"densbench: report written to {written.path}")
         for path, why in skipped:
             print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)
-        from densbench import job_log  # the loggers' own modules (Lightning's): not for the report command line
-
-        job_log.sweep_end(sweep_dir, results)
+        sweep_end(sweep_dir, results)
         # the exit status is about the jobs this command ran; results of earlier runs in the same
         # directory (kept by resume) are in the report but not in the count
         started = getattr(self, "_started", 0.0)
@@ -484,6 +483,24 @@ class SweepReport(Callback):
             print(f"densbench: {len(failed)} of {len(ran)} runs failed; see the report", file=sys.stderr)
         if failed or skipped:
             sys.exit(1)
+
+
+def sweep_end(sweep_dir: Path, records: list[tuple[Path, dict[str, Any]]]) -> None:
+    """After a sweep, the sweep-wide records its runs' loggers asked for (result.json's sweep_end: TensorBoard's
+    HParams experiment), each given the sweep and the log directories of the runs that asked; by name,
+    so that a sweep whose runs trained elsewhere never imports the loggers (or torch) here."""
+    hooks: dict[tuple[str, str], list[Path]] = {}
+    for path, res in records:
+        for logger, hook in (res.get("sweep_end") or {}).items():
+            where = (res.get("artifacts") or {}).get(logger)
+            if where:
+                hooks.setdefault((logger, hook), []).append(path / where)
+    for (logger, hook), dirs in hooks.items():
+        module, _, name = hook.partition(":")
+        try:
+            getattr(importlib.import_module(module), name)(Path(sweep_dir), dirs)
+        except Exception as e:  # the runs and the report stand without it
+            print(f"densbench: the sweep's {logger} record was not written: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 SKIPPED_EXIT = 3  # the report was written, but some result files could not be read

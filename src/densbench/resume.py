@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,8 @@ from densbench.results import KEY_FIELDS, config_hash, read_result
 LOCK_FILE = ".densbench.lock"
 # bookkeeping switches: they change where and whether a run is written, never its numbers
 NOT_IN_KEY = ("resume", "report", "name")
+# post-hoc: fitted on a trained model, so jobs that differ only in these train the same weights
+NOT_IN_TRAINING = ("recalibrate",)
 
 
 def job_key(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
@@ -35,6 +38,33 @@ def job_key(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, 
            "source_hash": code["source_hash"], "data_hash": data["data_hash"]}
     prov = dict(code, **data, versions=provenance.library_versions(), numerics=numerics.describe())
     return resolved, key, prov
+
+
+def training_key(resolved: dict[str, Any]) -> str:
+    """The hash of what a job trains: its resolved config without bookkeeping and post-hoc keys."""
+    return config_hash({k: v for k, v in resolved.items() if k not in NOT_IN_KEY + NOT_IN_TRAINING})
+
+
+def trained_weights(run_dir: Path, result: dict[str, Any]) -> Path | None:
+    """The run directory beside this one that trained the weights a post-hoc job needs, if it finished.
+
+    Post-hoc jobs (recalibrate=...) of a sweep are named after their overrides, so the job that
+    trained their weights is the folder without the recalibrate item, or with recalibrate=none. It
+    counts only if its result is ok and was trained with the same training key, code and data.
+    """
+    if ((result.get("config") or {}).get("recalibrate") or "none") == "none":
+        return None
+    name = run_dir.name
+    candidates = [re.sub(r"(^|,)recalibrate=[^,]*", "", name).strip(","), re.sub(r"recalibrate=[^,]*", "recalibrate=none", name)]
+    prov = result.get("provenance") or {}
+    for candidate in dict.fromkeys(c for c in candidates if c and c != name):
+        folder = run_dir.parent / candidate
+        other = read_result(folder)
+        if (other and other.get("status") == "ok" and other.get("train_key") == result.get("train_key")
+                and key_of(other)["source_hash"] == prov.get("source_hash") and key_of(other)["data_hash"] == prov.get("data_hash")
+                and (folder / "checkpoints" / checkpoints.BEST).is_file()):
+            return folder
+    return None
 
 
 def reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str], rank0: bool) -> dict | None:

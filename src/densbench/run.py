@@ -45,7 +45,11 @@ def train_and_test(specs: list[JobSpec], signals: JobSignals) -> list[dict[str, 
     module, dm, trainer, selection, state = b.module, b.datamodule, b.trainer, b.selection, b.module.state
     signals.enter("training", deferred=True)
     resumed = all(s.resume_from is not None for s in specs)
-    if state.periods_left:
+    if all(s.weights_from is not None for s in specs):  # post-hoc jobs on weights another run trained
+        as_param_dtype(module, str(specs[0].cfg.trainer.precision)).load_weights(_weights_of(specs))
+        selection.best_state = {k: v.detach().clone() for k, v in module.weights().items()}
+        state.opt_steps = state.total_steps
+    elif state.periods_left:
         trainer.fit(module, datamodule=dm)
     elif resumed:  # training had finished before the interruption: its final state is all we need
         checkpoints.restore(as_param_dtype(module, str(specs[0].cfg.trainer.precision)), selection,
@@ -54,6 +58,15 @@ def train_and_test(specs: list[JobSpec], signals: JobSignals) -> list[dict[str, 
     module.load_weights(selection.selected(module))
     trainer.test(module, datamodule=dm, verbose=False)
     return [job_outcome(specs[j], j, b, signals, clock) for j in range(len(specs))]
+
+
+def _weights_of(specs: list[JobSpec]) -> dict[str, Any]:
+    """The selected weights of the runs that trained these post-hoc jobs, stacked in job order."""
+    import torch
+
+    parts = [torch.load(s.weights_from / "checkpoints" / checkpoints.BEST, map_location="cpu", weights_only=False)["state_dict"]
+             for s in specs]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -71,10 +84,12 @@ def run_group(specs: list[JobSpec]) -> list[dict[str, Any]]:
                 held.enter_context(resume.locked(spec.run_dir, progress.say))
         signals.enter("checking the run directories")
         pending = [spec for spec in specs if not _prepare(spec)]
-        # jobs resumed from different steps (or started afresh) form separate stacks
+        # jobs resumed from different steps (or started afresh), and post-hoc jobs whose weights a
+        # finished run trained, form separate stacks
         by_step: dict[Any, list[JobSpec]] = {}
         for spec in pending:
-            by_step.setdefault((spec.resume_from or {}).get("engine", {}).get("opt_steps"), []).append(spec)
+            step = "trained" if spec.weights_from is not None else (spec.resume_from or {}).get("engine", {}).get("opt_steps")
+            by_step.setdefault(step, []).append(spec)
         for part in by_step.values():
             _run_stack(part, signals, rank0)
     return [spec.result for spec in specs]
@@ -90,12 +105,17 @@ def _prepare(spec: JobSpec) -> bool:
         "overrides": spec.overrides, "launcher": spec.launcher, "provenance": prov,
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    spec.result["train_key"] = resume.training_key(resolved)
     previous = resume.reusable(cfg, spec.run_dir, spec.key, _rank() == 0)
     if previous is not None:
         spec.result = previous
         return True
     spec.resume_from = resume.previous_checkpoint(spec.run_dir, spec.key) if cfg.get("resume", True) else None
     spec.result["resumed_from_step"] = (spec.resume_from or {}).get("engine", {}).get("opt_steps")
+    if spec.resume_from is None:
+        spec.weights_from = resume.trained_weights(spec.run_dir, spec.result)
+        if spec.weights_from is not None:
+            spec.result["trained_by"] = str(spec.weights_from)
     return False
 
 

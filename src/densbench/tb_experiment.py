@@ -4,7 +4,9 @@ Left to infer the table from the runs, TensorBoard puts the hyperparameters that
 HParams tab shows five of each by default), but takes the metric columns as every scalar tag in name
 order, so the five shown are test/check_score ... test/crps and not the NLL. A declaration fixes
 both, and has to cover every run: TensorBoard reads one experiment per log directory, so it is
-written once, at the sweep's root, from all of its runs, after they have finished.
+written once, at the sweep's root, from all of its runs, after they have finished. Torch- and
+Lightning-free (TensorBoard's own reader and writer): a sweep's end runs it in the launcher's main
+process, which trained nothing itself under a parallel launcher.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-from torch.utils.tensorboard.writer import FileWriter
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 FILE = "events.out.tfevents.densbench-hparams"  # "tfevents" in the name is what TensorBoard looks for
 FIRST = ("nll", "crps", "rmse", "accuracy", "coverage90", "mace")  # the headline metrics, in this order
@@ -91,8 +95,8 @@ def declare(sweep_dir: Path, log_dirs: list[Path]) -> Path | None:
     # written aside and moved into place: an interrupted write leaves the previous declaration whole
     scratch = Path(tempfile.mkdtemp(prefix=".hparams-", dir=sweep_dir))
     try:
-        writer = FileWriter(str(scratch))
-        writer.add_summary(summary)
+        writer = EventFileWriter(str(scratch))
+        writer.add_event(Event(wall_time=time.time(), summary=summary))
         writer.close()
         (written,) = scratch.iterdir()
         os.replace(written, target)
