@@ -146,7 +146,7 @@ def test_tensorboard_declaration_is_replaced_whole_and_a_broken_run_does_not_fai
     from densbench.run import run_job
 
     runs = [(tmp_path / f"s{seed}", run_job(make_cfg("experiment=fast", f"seed={seed}"), tmp_path / f"s{seed}")) for seed in (0, 1)]
-    dirs = [d / res["artifacts"]["tensorboard"] for d, res in runs]
+    dirs = [(d / res["artifacts"]["tensorboard"], res) for d, res in runs]
 
     def declared():
         (path,) = tmp_path.glob("*tfevents*")
@@ -158,9 +158,9 @@ def test_tensorboard_declaration_is_replaced_whole_and_a_broken_run_does_not_fai
     assert declared() == set()  # one run: nothing differs
     tb_experiment.declare(tmp_path, dirs)  # a second sweep end (the sweep extended) replaces the first
     assert declared() == {"seed"} and not list(tmp_path.glob(".hparams-*"))
-    (dirs[1] / "hparams.yaml").write_text("seed: [unclosed")
+    (dirs[1][0] / "hparams.yaml").write_text("seed: [unclosed")
     sweep_end(tmp_path, runs)
-    assert f"the sweep's tensorboard record was not written: ValueError: {dirs[1] / 'hparams.yaml'} is not readable YAML" \
+    assert f"the sweep's tensorboard record was not written: ValueError: {dirs[1][0] / 'hparams.yaml'} is not readable YAML" \
         in capsys.readouterr().err
     assert declared() == {"seed"}  # the last good declaration stands
 

@@ -44,6 +44,23 @@ def refuse_bad_config(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+def sweep(overrides: list[str]) -> int:
+    """Run `python -m densbench -m <overrides>` in this process and return its exit status.
+
+    Several sweeps in one process share its stacked launcher's worker pool (hydra.launcher.workers),
+    so a suite of multiruns imports torch and Lightning once per worker.
+    """
+    argv = sys.argv
+    sys.argv = ["densbench", "-m", *overrides]
+    try:
+        app()
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+
+
 def main() -> None:
     """Console entry point."""
     try:

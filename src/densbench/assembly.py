@@ -73,7 +73,8 @@ class Built:
     batch_size: int | None
     has_val: bool  # without validation rows there is no selection: the last weights are tested
     loop: Loop  # the checked loop settings (the report's flags read their thresholds)
-    shares: list[Path | None]  # per job, the run directory of the job of this stack whose models it uses (None: its own)
+    shares: list[int | None]  # per job, the job of this stack whose models it uses (None: its own)
+    trained_by: list[Path | None]  # per job, the run directory that trained its weights, when not itself
 
 
 def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock | None = None) -> Built:
@@ -148,8 +149,8 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = trainer_for(cfg.trainer, specs[0].run_dir, max_epochs=state.periods_left, callbacks=callbacks, validate=has_val)
-    return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val, loop,
-                 [None if i is None else specs[i].run_dir for i in shares])
+    trained_by = [s.weights_from if i is None else (specs[i].weights_from or specs[i].run_dir) for s, i in zip(specs, shares)]
+    return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val, loop, shares, trained_by)
 
 
 def trainer_for(node: DictConfig, root: Path, max_epochs: int, callbacks: list[pl.Callback], validate: bool) -> pl.Trainer:

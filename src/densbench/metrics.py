@@ -31,8 +31,8 @@ MISSING_METRICS = {
     "crps": ("crps",),
     "reliability": ("ece",),
     "pit": ("pit_ks", "mace", "rmsce", "miscal_area", "quantile_mace"),
-    "intervals": ("sharpness", "interval_score", "check_score", "coverage50", "coverage90", "coverage95",
-                  "width50", "width90", "width95"),
+    "sharpness": ("sharpness",),
+    "intervals": ("interval_score", "check_score", "coverage50", "coverage90", "coverage95", "width50", "width90", "width95"),
 }
 
 
@@ -47,15 +47,17 @@ class PredictiveMetrics(Metric):
     [N]) and targets in original units, the true distribution where known, uniforms for the
     randomised PIT of discrete targets, and central intervals {level: (lo, hi)} that replace the
     predictive's own at those COVERAGES levels (conformal intervals). ``full=False`` keeps only what
-    validation needs (NLL and the point error).
+    validation needs (NLL and the point error); ``intervals=False`` leaves out the scores built on
+    quantiles at 199 levels (interval and check scores, coverages and widths), which cost a quantile
+    search per row and level for a mixture (an ensemble's members are scored without them).
     """
 
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self, task: str, full: bool = True, **kwargs):
+    def __init__(self, task: str, full: bool = True, intervals: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.task, self.full = task, full
+        self.task, self.full, self.intervals = task, full, intervals
         self.fallbacks: dict[str, str] = {}  # operations served by a generic method instead of a closed form
         self.missing: dict[str, str] = {}  # metric parts no method could compute for this distribution
         self.classification = task in ("binary", "multiclass")
@@ -104,7 +106,9 @@ class PredictiveMetrics(Metric):
         if self.task != "multiclass":
             parts["pit"] = lambda: self._update_pit(dist, y, u)
         if not self.classification:
-            parts["intervals"] = lambda: self._update_intervals(dist, y, intervals or {})
+            parts["sharpness"] = lambda: self._add("var", dist.variance.double().sum())
+            if self.intervals:
+                parts["intervals"] = lambda: self._update_intervals(dist, y, intervals or {})
         for name, part in parts.items():
             # a distribution without an operation a part needs (a CDF, say) loses that part's
             # metrics, not the run: they come out NaN and result.json's fallbacks say why
@@ -134,7 +138,6 @@ class PredictiveMetrics(Metric):
         levels = _Q_LEVELS.to(y.device, y.dtype)
         q = quantile(dist, levels).double()  # [199, N]
         yd = y.double()
-        self.var += dist.variance.double().sum()
         ps = torch.linspace(0.01, 0.99, SCORE_LEVELS, dtype=torch.float64, device=y.device)
         # check (pinball) score at the 99 quantile levels
         qc = q[_q_index(ps)]
@@ -189,11 +192,12 @@ class PredictiveMetrics(Metric):
             out["miscal_area"] = _area_between(expected, diff)
             out["quantile_mace"] = (self.quantile_hits / n - expected).abs().mean()
             out["sharpness"] = (self.var / n).sqrt()
-            out["interval_score"] = self.interval_score / n
-            out["check_score"] = self.check_score / n
-            for j, c in enumerate(COVERAGES):
-                out[f"coverage{int(round(100 * c))}"] = self.cover_hits[j] / n
-                out[f"width{int(round(100 * c))}"] = self.width[j] / n
+            if self.intervals:
+                out["interval_score"] = self.interval_score / n
+                out["check_score"] = self.check_score / n
+                for j, c in enumerate(COVERAGES):
+                    out[f"coverage{int(round(100 * c))}"] = self.cover_hits[j] / n
+                    out[f"width{int(round(100 * c))}"] = self.width[j] / n
         if self.task != "multiclass":
             out["pit_ks"] = self._pit_uniformity()
         nan = torch.full((), float("nan"), dtype=torch.float64)

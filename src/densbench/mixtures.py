@@ -35,6 +35,7 @@ from densbench.ops import INV_SQRT_PI
 # the levels at which every component places grid nodes: geometric tails down to 1e-12, even steps between
 _TAIL = [1e-12, 1e-9, 1e-7, 1e-5, 1e-4, 1e-3, 5e-3, 0.02, 0.05]
 NODE_LEVELS = sorted(set(_TAIL + [i / 10 for i in range(1, 10)] + [1 - t for t in _TAIL]))
+GRID_NODES = 135  # nodes per row for many components (five components keep all NODE_LEVELS)
 CHUNK_ELEMENTS = 250_000  # entries x components evaluated at once: small enough to stay in the CPU's cache
 CRPS_CHECK = 1e-6  # CRPS error estimate, relative to the components' interquartile span, above which nodes are halved
 CRPS_HALVINGS = 4
@@ -57,12 +58,15 @@ class Components:
         raise NotImplementedError
 
     def grid(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(x, F, f, coarse) [n, G]: sorted nodes at the components' NODE_LEVELS quantiles, the mixture's
-        CDF and density there, and which nodes form the coarser check grid (every other level). Cached."""
+        """(x, F, f, coarse) [n, G]: sorted nodes at the components' quantiles (NODE_LEVELS, thinned evenly to
+        about GRID_NODES in all when there are many components), the mixture's CDF and density there, and
+        which nodes form the coarser check grid (every other level). Cached."""
         if self._grid is None:
-            levels = torch.tensor(NODE_LEVELS, dtype=self.weights.dtype, device=self.weights.device)
+            keep = max(5, min(len(NODE_LEVELS), GRID_NODES // self.k))
+            picked = [NODE_LEVELS[round(i * (len(NODE_LEVELS) - 1) / (keep - 1))] for i in range(keep)]
+            levels = torch.tensor(picked, dtype=self.weights.dtype, device=self.weights.device)
             nodes = self.icdf(levels.expand(self.n, -1))  # [n, L, K]
-            coarse = (torch.arange(len(NODE_LEVELS), device=nodes.device) % 2 == 0).view(1, -1, 1).expand_as(nodes)
+            coarse = (torch.arange(keep, device=nodes.device) % 2 == 0).view(1, -1, 1).expand_as(nodes)
             x, order = nodes.flatten(1).sort(1)
             F, f = self.cdf_pdf(x)
             self._grid = (x, F, f, coarse.flatten(1).gather(1, order))

@@ -85,7 +85,7 @@ class DensityModule(pl.LightningModule):
                                                    for j, job in enumerate(jobs) if job.recalibration.active})
         # an ensemble's members are also scored alone (result.json reports their mean); per job, as
         # jobs that differ only in recalibration share their members
-        self.member_metrics = nn.ModuleDict({f"{j}_{i}": PredictiveMetrics(task, full=True)
+        self.member_metrics = nn.ModuleDict({f"{j}_{i}": PredictiveMetrics(task, full=True, intervals=False)
                                              for j, job in enumerate(jobs) if len(job.models) > 1 for i in range(len(job.models))})
         self.diverged: dict[int, str] = {}  # model -> message
         self.test_results: list[dict[str, float]] = [{} for _ in jobs]

@@ -193,7 +193,8 @@ cdf = Operation("cdf", _cdf_generic)
 
 
 def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Tensor, lo: Tensor, hi: Tensor,
-                    x0: Tensor | None = None, max_iter: int = 200, slope: Tensor | None = None) -> Tensor:
+                    x0: Tensor | None = None, max_iter: int = 200, slope: Tensor | None = None,
+                    rtol: float | None = None) -> Tensor:
     """x with F(x) = p for every entry, given brackets F(lo) <= p <= F(hi) (and optionally first guesses x0).
 
     ``Ff(x, idx)`` evaluates the CDF and the density at points x for the entries with flat indices
@@ -202,7 +203,7 @@ def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Te
     (Newton bouncing between the modes of a mixture) is replaced by bisection (rtsafe of Numerical
     Recipes), so every entry converges at least as fast as bisection and quadratically near its root.
     Converged entries leave the active set, and the loop ends when none is left: accuracy is relative,
-    1e-10 in float64 and two ulps in float32 (a component narrower than that must be resolved too).
+    1e-10 in float64 (or ``rtol``) and two ulps in float32 (a component narrower than that must be resolved too).
 
     ``slope`` (an estimate of the density's derivative near each root, e.g. a secant over the cell
     that brackets it) lets an entry stop without evaluating the point a Newton step lands on: that
@@ -211,7 +212,7 @@ def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Te
     the slope by the secant of the last two densities.
     """
     x = 0.5 * (lo + hi) if x0 is None else x0
-    tol = 1e-10 if x.dtype == torch.float64 else 2 * torch.finfo(x.dtype).eps
+    tol = (rtol or 1e-10) if x.dtype == torch.float64 else 2 * torch.finfo(x.dtype).eps
     # float32 resolves a CDF only to ~1e-7: where it equals p to a few ulps no step can do better,
     # and in the tails (small density) the step criterion would leave such entries bisecting
     resolved = 0.0 if x.dtype == torch.float64 else 4 * torch.finfo(x.dtype).eps

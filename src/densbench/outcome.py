@@ -66,8 +66,8 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
         },
         "artifacts": artifacts,
     }
-    if b.shares[j] is not None:  # trained once for the jobs of this stack that differ only in post-hoc keys
-        out["trained_by"] = str(b.shares[j])
+    if b.trained_by[j] is not None:  # trained once for the jobs that differ only in post-hoc keys
+        out["trained_by"] = str(b.trained_by[j])
     if spec.weights_from is not None:  # trained by a finished run: its training record, not this one's
         trained = read_result(spec.weights_from) or {}
         out["train"] = {**trained.get("train", {}), "stack": out["train"]["stack"], "threads": out["train"]["threads"]}

@@ -487,14 +487,14 @@ class SweepReport(Callback):
 
 def sweep_end(sweep_dir: Path, records: list[tuple[Path, dict[str, Any]]]) -> None:
     """After a sweep, the sweep-wide records its runs' loggers asked for (result.json's sweep_end: TensorBoard's
-    HParams experiment), each given the sweep and the log directories of the runs that asked; by name,
+    HParams experiment), each given the sweep and (log directory, result) of the runs that asked; by name,
     so that a sweep whose runs trained elsewhere never imports the loggers (or torch) here."""
-    hooks: dict[tuple[str, str], list[Path]] = {}
+    hooks: dict[tuple[str, str], list[tuple[Path, dict[str, Any]]]] = {}
     for path, res in records:
         for logger, hook in (res.get("sweep_end") or {}).items():
             where = (res.get("artifacts") or {}).get(logger)
             if where:
-                hooks.setdefault((logger, hook), []).append(path / where)
+                hooks.setdefault((logger, hook), []).append((path / where, res))
     for (logger, hook), dirs in hooks.items():
         module, _, name = hook.partition(":")
         try:

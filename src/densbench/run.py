@@ -46,7 +46,8 @@ def train_and_test(specs: list[JobSpec], signals: JobSignals) -> list[dict[str, 
     signals.enter("training", deferred=True)
     resumed = all(s.resume_from is not None for s in specs)
     if all(s.weights_from is not None for s in specs):  # post-hoc jobs on weights another run trained
-        as_param_dtype(module, str(specs[0].cfg.trainer.precision)).load_weights(_weights_of(specs))
+        owners = [s for s, shared in zip(specs, b.shares) if shared is None]  # jobs that differ only in post-hoc keys share
+        as_param_dtype(module, str(specs[0].cfg.trainer.precision)).load_weights(_weights_of(owners))
         selection.best_state = {k: v.detach().clone() for k, v in module.weights().items()}
         state.opt_steps = state.total_steps
     elif state.periods_left:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
@@ -37,13 +36,13 @@ def metric_order(tag: str) -> tuple:
     return (SECTIONS.index(section) if section in SECTIONS else len(SECTIONS), first, name)
 
 
-def final_tags(log_dir: Path) -> set[str]:
-    """The scalar tags of a run's event files that hold a final value (test/..., throughput/...)."""
-    tags = set()
-    for path in sorted(log_dir.glob("*tfevents*")):
-        for event in EventFileLoader(str(path)).Load():
-            tags.update(v.tag for v in event.summary.value if v.tag.partition("/")[0] in SECTIONS)
-    return tags
+def final_tags(result: dict[str, Any]) -> set[str]:
+    """The scalar tags a run logged with a final value (test/..., throughput/...), from its result.json
+    (the same names the module logged; reading them back from the event files costs a second a run)."""
+    from densbench.results import EXECUTION_METRICS
+
+    tags = {f"{'throughput' if k in EXECUTION_METRICS else 'test'}/{k}" for k in result.get("metrics") or {}}
+    return tags | {f"test_uncalibrated/{k}" for k in result.get("metrics_uncalibrated") or {}}
 
 
 def _hparam_info(name: str, values: list[Any]) -> Any:
@@ -63,17 +62,17 @@ def _hparam_info(name: str, values: list[Any]) -> Any:
     return info
 
 
-def experiment(log_dirs: list[Path]) -> Any | None:
-    """The HParams experiment of these runs' TensorBoard directories; None when none logged hyperparameters."""
+def experiment(runs: list[tuple[Path, dict[str, Any]]]) -> Any | None:
+    """The HParams experiment of these runs (TensorBoard directory, result.json); None when none logged hyperparameters."""
     params, tags = [], set()
-    for d in log_dirs:
+    for d, result in runs:
         path = d / "hparams.yaml"
         if path.is_file():
             try:
                 params.append(yaml.safe_load(path.read_text()) or {})
             except yaml.YAMLError as e:
                 raise ValueError(f"{path} is not readable YAML: {' '.join(str(e).split())}") from e
-            tags |= final_tags(d)
+            tags |= final_tags(result)
     if not params:
         return None
     names = sorted({k for p in params for k in p})
@@ -84,9 +83,10 @@ def experiment(log_dirs: list[Path]) -> Any | None:
     return api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
 
 
-def declare(sweep_dir: Path, log_dirs: list[Path]) -> Path | None:
-    """Write (or replace) the sweep's experiment at its root, where TensorBoard pointed at the sweep finds it."""
-    exp = experiment(log_dirs)
+def declare(sweep_dir: Path, runs: list[tuple[Path, dict[str, Any]]]) -> Path | None:
+    """Write (or replace) the sweep's experiment at its root, where TensorBoard pointed at the sweep finds it
+    (runs: each run's TensorBoard directory and result.json)."""
+    exp = experiment(runs)
     if exp is None:
         return None
     data = plugin_data_pb2.HParamsPluginData(experiment=exp, version=metadata.PLUGIN_DATA_VERSION)
