@@ -54,11 +54,6 @@ def load(path: str | Path, key: dict[str, str]) -> dict[str, Any]:
     return ckpt
 
 
-def _optimizer(module: Any) -> Any:
-    opt = module.optimizers()
-    return opt.optimizer if hasattr(opt, "optimizer") else opt
-
-
 def _rows(value: Any, models: list[int], n: int) -> Any:
     # per-model optimiser state (Adam's moments, momentum buffers) has the parameters' leading model
     # axis; step counts and the like are shared by the stack
@@ -71,7 +66,7 @@ def job_states(module: Any, selection: Any) -> list[dict[str, Any]]:
     """Every job's share of the training state (its models' rows of everything), on the CPU."""
     n = module.stack.size
     weights = {k: v.detach().cpu() for k, v in module.weights().items()}
-    opt = _optimizer(module).state_dict()
+    opt = module.optimizer_state()
     out = []
     for job in module.jobs:
         models = job.models
@@ -114,7 +109,7 @@ def restore(module: Any, selection: Any, ckpt: dict[str, Any], optimizer: bool =
     """
     module.load_weights(ckpt["model"])
     if optimizer:
-        _optimizer(module).load_state_dict(ckpt["optimizer"])
+        module.load_optimizer_state(ckpt["optimizer"])
     module.state.load_state_dict(ckpt["engine"])
     selection.load_state_dict(ckpt["selection"])
 

@@ -20,6 +20,7 @@ from torch.distributions import Distribution
 
 from densbench import checkpoints, ensemble
 from densbench.families import Family
+from densbench.flat_params import FlatParameters
 from densbench.engine import Chunk, EngineState, EvalBatch, Selection, Stack, run_chunk
 from densbench.job_log import JobLog
 from densbench.metrics import COVERAGES, ModelScores, PredictiveMetrics
@@ -112,7 +113,27 @@ class DensityModule(pl.LightningModule):
         return (members[0] if len(members) == 1 else ensemble.uniform_mixture(members)), members
 
     def configure_optimizers(self):
+        # one device in full precision (the plain loop): every parameter a view of one buffer, which
+        # the optimiser steps as one tensor (densbench.flat_params); DDP and mixed precision keep
+        # Lightning's handling of the parameters as they are
+        strategy = self.trainer.strategy
+        self._flat = None
+        if isinstance(strategy, SingleDeviceStrategy) and str(self.trainer.precision) in ("32-true", "64-true"):
+            self._flat = FlatParameters(list(self.parameters()))
+            return self.optimizer_factory([self._flat.param])
         return self.optimizer_factory(self.parameters())
+
+    def optimizer_state(self) -> dict:
+        """The optimiser's state_dict per parameter tensor (whatever the layout it steps), for checkpoints."""
+        opt = self.optimizers()
+        state = (opt.optimizer if hasattr(opt, "optimizer") else opt).state_dict()
+        return self._flat.per_parameter(state) if getattr(self, "_flat", None) is not None else state
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Load what optimizer_state() returned."""
+        opt = self.optimizers()
+        opt = opt.optimizer if hasattr(opt, "optimizer") else opt
+        opt.load_state_dict(self._flat.flat(state) if getattr(self, "_flat", None) is not None else state)
 
     def weights(self) -> dict[str, Tensor]:
         """The networks' parameters and buffers by name ([N, ...] each): what selection and checkpoints keep.
@@ -167,7 +188,10 @@ class DensityModule(pl.LightningModule):
     def _step(self, loss: Tensor) -> None:
         if self._plain:
             raw_opt = self._raw_optimizer
-            raw_opt.zero_grad(set_to_none=True)
+            if self._flat is not None:
+                self._flat.zero_grad()
+            else:
+                raw_opt.zero_grad(set_to_none=True)
             loss.backward()
             raw_opt.step()
         else:
