@@ -4,16 +4,18 @@
     python scripts/uci_suite.py --publish              # the report into reports/uci (the committed one)
     python scripts/uci_suite.py --root ~/UCI_Datasets --resume
 
-Every stage is a multirun with launcher=stacked, run in this process one after the other on one pool
-of worker processes (hydra.launcher.workers, default: one per core), so torch and Lightning are
-imported once per worker for the whole suite and the stacks of every stage keep all cores busy.
-Stage 1 trains the six single-model methods (the splits of a dataset and method as one stack;
-protein has 5 splits, so its datasets form a multirun of their own). Stage 2 recalibrates
-gaussian_nll (recalibrate=scale,isotonic,conformal, fitted on the validation rows) on the weights
-stage 1 trained, which it finds beside them: nothing is trained twice. Stage 3 trains, per dataset,
-a 5-member deep ensemble of the single-model method with the lowest mean validation NLL in stage 1
-(validation rows are carved from the training split: no test data in the choice). The report, with
-the suite's wall time and the cost of evaluation against training, is written once at the end.
+The suite is two multirun commands, run in this process on one pool of worker processes
+(launcher=stacked, hydra.launcher.workers: one per core by default), so torch and Lightning are
+imported once per worker and the stacks of a stage keep every core busy. Each stage lists its jobs
+(hydra/sweeper=list: every dataset with its own number of published splits):
+
+1. the six single-model methods on every split (the splits of a dataset and method train as one
+   stack), and gaussian_nll recalibrated (recalibrate=scale,isotonic,conformal, fitted on the
+   validation rows), whose jobs share the models of gaussian_nll in its stack: nothing trains twice;
+2. per dataset, a 5-member deep ensemble of the single-model method with the lowest mean validation
+   NLL in stage 1 (validation rows are carved from the training split: no test data in the choice).
+
+The report, with the suite's wall time and the cost of evaluation against training, is written once at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import os
 import platform
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from densbench.__main__ import sweep
@@ -43,17 +44,17 @@ def n_splits(dataset: str, root: str) -> int:
     return protocol(Path(root) / FOLDERS[dataset] / "data")["splits"]
 
 
-def multirun(datasets: list[str], n: int, overrides: list[str], common: list[str]) -> list[str]:
-    """The overrides of one stacked multirun over datasets (all with n splits)."""
-    return ["experiment=" + ",".join(f"uci_{d}" for d in datasets), *overrides, f"dataset.split=range({n})", *common]
+def jobs(datasets: dict[str, int], variants: list[list[str]]) -> list[list[str]]:
+    """Every split of every dataset (name: number of splits) with each variant's overrides: hydra/sweeper=list's jobs."""
+    return [[f"experiment=uci_{d}", *v, f"dataset.split={i}"] for d, n in datasets.items() for v in variants for i in range(n)]
 
 
-def by_splits(datasets: list[str], root: str) -> dict[int, list[str]]:
-    """The datasets grouped by their number of splits (one multirun each)."""
-    groups: dict[int, list[str]] = defaultdict(list)
-    for d in datasets:
-        groups[n_splits(d, root)].append(d)
-    return dict(groups)
+def listed(name: str, job_list: list[list[str]], sweep_dir: Path, common: list[str]) -> list[str]:
+    """The overrides of a multirun over the listed jobs (written beside the runs as <name>.yaml)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / f"{name}.yaml"
+    path.write_text(json.dumps(job_list, indent=0) + "\n")  # JSON is YAML
+    return ["hydra/sweeper=list", f"hydra.sweeper.jobs_file={path}", *common]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,30 +89,29 @@ def main(argv: list[str] | None = None) -> int:
         commands.append("-m " + " ".join(overrides))
         failed += sweep(overrides) != 0
 
-    groups = by_splits(datasets, args.root)
-    for n, group in groups.items():
-        run(multirun(group, n, [f"method={args.methods}"], common))
+    splits = {d: n_splits(d, args.root) for d in datasets}
+    variants = [[f"method={m}"] for m in args.methods.split(",")]
     if args.recalibrate and args.recalibrated:
-        for n, group in groups.items():
-            run(multirun(group, n, [f"method={args.recalibrated}", f"recalibrate={args.recalibrate}"], common))
+        variants += [[f"method={m}", f"recalibrate={r}"] for m in args.recalibrated.split(",") for r in args.recalibrate.split(",")]
+    run(listed("stage1", jobs(splits, variants), sweep_dir, common))
     found = collect(scan_results(sweep_dir)[0])
-    members: dict[str, list[str]] = defaultdict(list)
+    members: dict[str, str] = {}
     for d in datasets:
         best = validation_best(found.get(d, {}))
         if best is None:
             print(f"uci_suite: no single-model run of {d} finished; no ensemble for it", file=sys.stderr)
             continue
-        members[best].append(d)
-    for method, ds in sorted(members.items()):
-        recipe = recipes()[method]
-        for n, group in by_splits(ds, args.root).items():
-            run(multirun(group, n, ["method=ensemble", f"loss={recipe.loss}", f"head={recipe.head}"], common))
+        members[d] = best
+    ensembles = [job for d, best in members.items()
+                 for job in jobs({d: splits[d]}, [["method=ensemble", f"loss={recipes()[best].loss}", f"head={recipes()[best].head}"]])]
+    if ensembles:
+        run(listed("stage2", ensembles, sweep_dir, common))
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)
     suite = {"command": "python scripts/uci_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
              "wall_s": wall, "jobs": len(results), "multiruns": commands, "workers": args.workers,
              "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-             "ensemble_members": {d: m for m, ds in members.items() for d in ds}}
+             "ensemble_members": members}
     (sweep_dir / SUITE_FILE).write_text(json.dumps(suite, indent=2) + "\n")
     written = write_report(sweep_dir, out, title="UCI regression suite", scanned=(results, skipped))
     sweep_end(sweep_dir, results)  # TensorBoard's HParams table over the whole suite
