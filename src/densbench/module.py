@@ -81,13 +81,17 @@ class DensityModule(pl.LightningModule):
         self.register_buffer("job_of", torch.tensor(job_of), persistent=False)
         self.val_scores = ModelScores(task, stack.size)
         self.test_metrics = nn.ModuleList([PredictiveMetrics(task, full=True) for _ in jobs])
-        # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated)
+        # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated): by the job of
+        # the stack that shares its models without recalibration, where there is one (scored once)
+        self.as_trained = {j: k for j, job in enumerate(jobs) if job.recalibration.active
+                           for k in [next((k for k, o in enumerate(jobs) if o.models == job.models and not o.recalibration.active), None)]
+                           if k is not None}
         self.uncalibrated_metrics = nn.ModuleDict({str(j): PredictiveMetrics(task, full=True)
-                                                   for j, job in enumerate(jobs) if job.recalibration.active})
-        # an ensemble's members are also scored alone (result.json reports their mean); per job, as
-        # jobs that differ only in recalibration share their members
+                                                   for j, job in enumerate(jobs) if job.recalibration.active and j not in self.as_trained})
+        # an ensemble's members are also scored alone (result.json reports their mean), once per set of models
         self.member_metrics = nn.ModuleDict({f"{j}_{i}": PredictiveMetrics(task, full=True, intervals=False)
-                                             for j, job in enumerate(jobs) if len(job.models) > 1 for i in range(len(job.models))})
+                                             for j, job in enumerate(jobs) if len(job.models) > 1 and j not in self.as_trained
+                                             for i in range(len(job.models))})
         self.diverged: dict[int, str] = {}  # model -> message
         self.test_results: list[dict[str, float]] = [{} for _ in jobs]
         self.member_results: list[dict[str, float]] = [{} for _ in jobs]
@@ -284,9 +288,9 @@ class DensityModule(pl.LightningModule):
             return
         truth = self.jobs[j].truth(batch.x_orig) if self.jobs[j].truth is not None else None
         self.test_metrics[j].update(recalibration.apply(pred), batch.y, truth, batch.u, recalibration.intervals(pred, COVERAGES))
-        if recalibration.active:
+        if recalibration.active and j not in self.as_trained:
             self.uncalibrated_metrics[str(j)].update(pred, batch.y, truth, batch.u)
-        if len(members) > 1:
+        if len(members) > 1 and j not in self.as_trained:
             for i, dist in enumerate(members):
                 self.member_metrics[f"{j}_{i}"].update(dist, batch.y, truth, batch.u)
         self.test_floor_hits[j] += self.head.floor_hits(raw).sum()
@@ -301,16 +305,22 @@ class DensityModule(pl.LightningModule):
             self.test_curves[j] = self.test_metrics[j].curves()
             self.test_metrics[j].reset()
             self.test_results[j] = {k: float(v) for k, v in values.items()}
-            if job.recalibration.active:
+            if job.recalibration.active and j not in self.as_trained:
                 before = self.uncalibrated_metrics[str(j)]
                 self.uncalibrated_results[j] = {k: float(v) for k, v in before.compute().items()}
                 self.uncalibrated_curves[j] = before.curves()
                 before.reset()
-                self.log_job(j, {f"test_uncalibrated/{k}": v for k, v in self.uncalibrated_results[j].items()}, final=True)
-            if len(job.models) > 1:  # the mean of the members' own metrics
+            if len(job.models) > 1 and j not in self.as_trained:  # the mean of the members' own metrics
                 own = [self.member_metrics[f"{j}_{i}"].compute() for i in range(len(job.models))]
                 self.member_results[j] = {k: float(sum(o[k] for o in own) / len(own)) for k in own[0]}
             self.log_job(j, {f"test/{k}": v for k, v in self.test_results[j].items()}, final=True)
+        for j, k in self.as_trained.items():  # scored as trained by the job that shares its models
+            self.uncalibrated_results[j] = {name: v for name, v in self.test_results[k].items() if name != "floor_hits"}
+            self.uncalibrated_curves[j] = self.test_curves[k]
+            self.member_results[j] = self.member_results[k]
+        for j, job in enumerate(self.jobs):
+            if job.recalibration.active and not self._failed(j):
+                self.log_job(j, {f"test_uncalibrated/{k}": v for k, v in self.uncalibrated_results[j].items()}, final=True)
 
     def fallbacks(self, job: int) -> dict[str, str]:
         """Metrics of a job computed by a generic method instead of a closed form."""

@@ -181,6 +181,7 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
     if suite:
         lines += [f"The whole suite ran in **{suite['wall_s'] / 60:.1f} min** wall ({suite['wall_s']:.0f} s, "
                   f"{suite.get('jobs', '?')} jobs) on {suite.get('machine', 'this machine')}: `{suite['command']}`.", ""]
+    lines += evaluation_cost(results)
     lines += _leaderboard(found, datasets, methods)
     atoms = {ds: target_atoms([r for runs in found[ds].values() for r in runs]) for ds in datasets}
     discrete = [ds for ds in datasets if atoms[ds] and atoms[ds]["on_atoms"] >= ATOM_SHARE]
@@ -197,6 +198,29 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
     for ds in datasets:
         lines += _dataset_table(ds, found[ds], methods)
     return lines
+
+
+def evaluation_cost(results: list[tuple[Path, dict]]) -> list[str]:
+    """Test evaluation against training per stack (a stack's jobs share its times), the largest ratio first."""
+    stacks: dict[tuple, tuple[float, float, str]] = {}
+    for _, r in results:
+        t, lab = r.get("timing") or {}, r.get("labels") or {}
+        if r.get("status") != "ok" or not t.get("train_s") or lab.get("dataset") not in FOLDERS:
+            continue
+        name = method_of(r.get("config") or {}, lab) or f"{lab.get('loss')}/{lab.get('head')}"
+        key = (lab["dataset"], name, t["train_s"], t.get("test_s"))
+        stacks[key] = (t["train_s"], t.get("test_s") or 0.0, name)
+    if not stacks:
+        return []
+    ratios = sorted(((test / train, ds, name, train, test) for (ds, *_), (train, test, name) in stacks.items()), reverse=True)
+    worst = ratios[0]
+    lines = [f"Test evaluation (every metric, ensembles' members and the recalibrations stacked with their models "
+             f"included) against training, per stack: at most **{100 * worst[0]:.0f}%** ({worst[1]} / {worst[2]}: "
+             f"{worst[4]:.2f} s of testing for {worst[3]:.2f} s of training; goal: at most 10%); "
+             f"{sum(r[0] <= 0.1 for r in ratios)} of {len(ratios)} stacks within 10%. The largest:", "",
+             "| dataset | method | train (s) | test (s) | test / train |", "|---|---|---|---|---|"]
+    lines += [f"| {ds} | {name} | {train:.2f} | {test:.2f} | {ratio:.3f} |" for ratio, ds, name, train, test in ratios[:5]]
+    return lines + [""]
 
 
 RECALIBRATIONS = ("scale", "isotonic", "conformal")
@@ -227,6 +251,13 @@ def _recalibration(results: list[tuple[Path, dict]], datasets: list[str]) -> lis
              "split's test rows (sampling noise, `calibration_floor`), so no recalibration can go far below it. "
              "`conformal` defines intervals only (its NLL is the model's); its 90% coverage "
              "is held to the split-conformal band [0.90, 0.90 + 1/(n_val + 1)], up to two standard errors over splits.", ""]
+    recal = [r for name in RECALIBRATIONS for ds in found[name].values() for runs in ds.values() for r in runs]
+    reused = [r for r in recal if r.get("trained_by")]
+    if recal:
+        example = Path(reused[0]["trained_by"]).name if reused else None
+        lines += [f"Trained once: {len(reused)} of {len(recal)} recalibrated runs use the weights of the run as trained on "
+                  f"the same split (result.json `trained_by`{f', e.g. `{example}`' if example else ''}); "
+                  f"{len(recal) - len(reused)} trained a model of their own.", ""]
     for method in methods:
         lines += [f"Method `{method}`:", "",
                   "| dataset | splits | n_val / n_test | cal. error as trained | scale | isotonic | floor | NLL as trained "
