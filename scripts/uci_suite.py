@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from densbench import stack_plan
 from densbench.__main__ import sweep
 from densbench.methods import recipes
 from densbench.report import sweep_end, write_report
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                  for job in jobs({d: splits[d]}, [["method=ensemble", f"loss={recipes()[best].loss}", f"head={recipes()[best].head}"]])]
     if ensembles:
         run(listed("stage2", ensembles, sweep_dir, common))
+    stack_plan.shutdown()  # the workers' job is done; the report draws its figures on every core
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)
     suite = {"command": "python scripts/uci_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -61,5 +61,6 @@ def calibration_figure(curves: list[dict], title: str = "", before: list[dict] |
         ax.set_title("reliability diagram (15 bins)", fontsize=10)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    # fixed margins: tight_layout measures every text box and cost 0.2 s a figure, most of a report's time
+    fig.subplots_adjust(left=0.1 if len(panels) > 1 else 0.17, right=0.98, bottom=0.14, top=0.84, wspace=0.28)
     return fig

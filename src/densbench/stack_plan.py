@@ -43,13 +43,18 @@ def pool(workers: int) -> ProcessPoolExecutor:
     multiruns pays the workers' imports of torch and Lightning once); forked where the platform allows,
     so a worker starts with the sweep side already imported."""
     if workers not in _POOL:
-        for old in _POOL.values():
-            old.shutdown(wait=True)
-        _POOL.clear()
+        shutdown()
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin" else "spawn"
         _POOL[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                              initializer=_start_worker)
     return _POOL[workers]
+
+
+def shutdown() -> None:
+    """Stop the worker processes (a later sweep starts new ones)."""
+    for executor in _POOL.values():
+        executor.shutdown(wait=True)
+    _POOL.clear()
 
 
 def _start_worker() -> None:
