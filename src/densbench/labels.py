@@ -13,16 +13,11 @@ from densbench.devices import world_size
 
 def labels(cfg: DictConfig, plan: Plan | None = None) -> dict[str, Any]:
     """The axes a report groups by: dataset, objective, predictive family, gradient path, devices."""
-    if plan is None:
-        try:
-            plan = check_config(cfg)
-        except Exception:  # noqa: BLE001 - a config that fails its checks is still labelled from its names
-            plan = None
     if plan is not None:
-        loss = plan.objective.label
-        head = plan.bound_family().label
+        loss, head = plan.objective.label, plan.bound_family().label
     else:
-        loss, head = (_registered_name(node) for node in (cfg.loss, cfg.head))
+        # the jobs of a sweep share their loss and head: checked once per distinct pair, not per job
+        loss, head = _names(str(cfg.loss), str(cfg.head), f"{cfg.dataset.name}/{cfg.dataset.get('task')}", cfg)
     t = cfg.trainer
     n = world_size(t)
     return {
@@ -34,6 +29,21 @@ def labels(cfg: DictConfig, plan: Plan | None = None) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "split": int(cfg.dataset.get("split", 0) or 0) if cfg.dataset.get("protocol") == "uci" else None,
     }
+
+
+_NAMES: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+
+def _names(loss: str, head: str, dataset: str, cfg: DictConfig) -> tuple[str, str]:
+    """(objective label, family label) of a config, by its loss, head and dataset nodes."""
+    key = (loss, head, dataset)
+    if key not in _NAMES:
+        try:
+            plan = check_config(cfg)
+            _NAMES[key] = (plan.objective.label, plan.bound_family().label)
+        except Exception:  # noqa: BLE001 - a config that fails its checks is still labelled from its names
+            _NAMES[key] = (_registered_name(cfg.loss), _registered_name(cfg.head))
+    return _NAMES[key]
 
 
 def _registered_name(node: DictConfig) -> str:

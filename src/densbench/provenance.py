@@ -27,9 +27,21 @@ def _sha256_files(paths: Iterable[Path], root: Path | None = None) -> str:
         # the relative name is hashed too: a moved or renamed file is a different revision
         h.update(str(p.relative_to(root) if root else p.name).encode())
         h.update(b"\0")
-        h.update(p.read_bytes())
+        h.update(_digest(p))
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def _digest(path: Path) -> bytes:
+    """The SHA-256 of a file's bytes, computed once per process while the file is unchanged (every job of
+    a sweep over one dataset hashes its data file)."""
+    st = path.stat()
+    return _digest_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=256)
+def _digest_of(path: str, mtime_ns: int, size: int) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()
 
 
 def _config_dir() -> Path:
@@ -75,6 +87,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
+@lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
     """Python and the libraries whose numerics a result depends on (from package metadata, no imports)."""
     out: dict[str, str | None] = {"python": platform.python_version()}

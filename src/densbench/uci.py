@@ -12,6 +12,7 @@ permutation per split), so a corrupted or reordered index file is an error, not 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -86,19 +87,32 @@ def read_split(folder: Path, split: int, n: int) -> tuple[np.ndarray, np.ndarray
     return train, test
 
 
+def _table(path: Path) -> np.ndarray:
+    """data.txt as numbers, parsed once per process while the file is unchanged (read-only: every split shares it)."""
+    st = path.stat()
+    return _table_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _table_of(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    try:
+        table = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a whitespace-separated table of numbers ({exc})") from exc
+    table.flags.writeable = False
+    return table
+
+
 def load(cfg) -> Data:
     """One UCI dataset from the standard layout, split as published, validation carved from training."""
     folder = folder_of(cfg)
-    try:
-        table = np.loadtxt(folder / "data.txt", dtype=np.float64, ndmin=2)
-    except ValueError as exc:
-        raise DataError(f"{folder / 'data.txt'}: not a whitespace-separated table of numbers ({exc})") from exc
+    table = _table(folder / "data.txt")
     if np.isnan(table).any():
         raise DataError(f"{folder / 'data.txt'}: {int(np.isnan(table).sum())} NaN values")
     features, target = _ints(folder / "index_features.txt"), int(_ints(folder / "index_target.txt")[0])
     train, test = read_split(folder, int(cfg.split), len(table))
     train, val, test = protocol_rows(train, test, cfg.val_fraction, bool(cfg.get("tuning")))
-    data = Data(cfg.name, "regression", table[:, features], table[:, target], train, val, test,
+    data = Data(cfg.name, "regression", table[:, features], table[:, target].copy(), train, val, test,
                 [f"x{i}" for i in features], f"column {target}", None)
     data.notes["source"] = str(folder)
     return data
