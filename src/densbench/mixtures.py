@@ -146,7 +146,11 @@ def _quantile_rows(c: Components, p: Tensor, rows: Tensor, grid: Tensor, Fg: Ten
         F, f = c.cdf_pdf(x.unsqueeze(-1), rows.index_select(0, idx // m))
         return F.reshape(-1), f.reshape(-1)
 
-    return ops.solve_quantiles(Ff, p, x_lo, x_hi, x0=x0, slope=(f_hi - f_lo) / (x_hi - x_lo))
+    # the secant of the density across the cell estimates f' near the root only where the density
+    # changes little across it; elsewhere (a narrow component inside the cell, a tail) no early stop
+    smooth = torch.maximum(f_lo, f_hi) <= 2 * torch.minimum(f_lo, f_hi)
+    slope = torch.where(smooth, (f_hi - f_lo) / (x_hi - x_lo), torch.full_like(x0, math.nan))
+    return ops.solve_quantiles(Ff, p, x_lo, x_hi, x0=x0, slope=slope)
 
 
 def inverse_hermite(p: Tensor, x0: Tensor, x1: Tensor, F0: Tensor, F1: Tensor, f0: Tensor, f1: Tensor) -> Tensor:

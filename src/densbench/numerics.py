@@ -48,25 +48,32 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def plan(env: dict[str, str], machine: str, flags: set[str], torch_loaded: bool) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """What pinning does in this situation: (the record for provenance, the environment changes; None removes)."""
+    if env.get(ENV_SWITCH, "portable") == "native":
+        return {"mode": "native", "why": f"{ENV_SWITCH}=native"}, {}
+    if torch_loaded:
+        return {"mode": "unpinned", "why": "torch was imported before densbench"}, {}
+    if machine.lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= flags:
+        return {"mode": "unpinned", "why": f"no AVX2 and FMA on this CPU ({machine})"}, {}
+    changes = {"ATEN_CPU_CAPABILITY": CAPABILITY, "MKL_CBWR": MKL_BRANCH, "MKL_ENABLE_INSTRUCTIONS": None}
+    record: dict[str, Any] = {"mode": "portable", "why": None}
+    overridden = {k: env[k] for k, v in changes.items() if k in env and env[k] != v}
+    if overridden:
+        record["caller"] = overridden  # the caller's values, replaced
+    return record, changes
+
+
 def pin() -> dict[str, Any]:
     """Fix ATen's and MKL's code paths in this process's environment (before torch loads); what was done."""
-    if _state:
-        return _state
-    caller = {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}
-    if os.environ.get(ENV_SWITCH, "portable") == "native":
-        _state.update(mode="native", why=f"{ENV_SWITCH}=native")
-    elif "torch" in sys.modules:
-        _state.update(mode="unpinned", why="torch was imported before densbench")
-    elif platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= cpu_flags():
-        _state.update(mode="unpinned", why=f"no AVX2 and FMA on this CPU ({platform.machine()})")
-    else:
-        os.environ["ATEN_CPU_CAPABILITY"] = CAPABILITY
-        os.environ["MKL_CBWR"] = MKL_BRANCH
-        os.environ.pop("MKL_ENABLE_INSTRUCTIONS", None)
-        _state.update(mode="portable", why=None)
-    overridden = {k: v for k, v in caller.items() if v is not None and os.environ.get(k) != v}
-    if overridden:
-        _state["caller"] = overridden
+    if not _state:
+        record, changes = plan(dict(os.environ), platform.machine(), cpu_flags(), "torch" in sys.modules)
+        for key, value in changes.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _state.update(record)
     return _state
 
 

@@ -234,13 +234,16 @@ def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Te
         new = torch.where(gap == 0, xa, new)  # an exact root stays where it is
         last = (new - xa).abs()
         scale = 1 + new.abs()
-        done = (last <= tol * scale) | (hia - loa <= tol * scale) | (gap.abs() <= resolved)
+        # in x to tol, and in the CDF to tol too where a narrow component makes the density large
+        # (there x alone would leave F off by density x tol x |x|), as far as float resolution allows
+        f_ok = gap.abs() <= torch.clamp(4 * torch.finfo(x.dtype).eps * scale * f, min=tol)
+        done = (((last <= tol * scale) | (hia - loa <= tol * scale)) & f_ok) | (gap.abs() <= resolved)
         if sa is not None:
             if prev is not None:
                 secant = (f - prev[1]) / (xa - prev[0])
                 sa = torch.where(torch.isfinite(secant), secant, sa)
             landed = 10 * 0.5 * dx * dx * sa.abs() / f
-            done |= use & (dx.abs() <= 1e-4 * scale) & (landed <= tol * scale)
+            done |= use & (dx.abs() <= 1e-4 * scale) & (landed <= tol * scale) & (landed * f <= tol)
             prev = (xa, f)
         x[active] = new
         keep = (~done).nonzero().squeeze(1)
