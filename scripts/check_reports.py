@@ -6,7 +6,10 @@ directory (a fresh process, resume=false) and checks that
 
 - the code that produced the report is the code checked out now (else the report is stale),
 - the rerun resolves to the same config and reads the same data,
-- every metric matches the committed figure to the tolerance (timings excepted).
+- every metric matches the committed figure to the tolerance (timings excepted); the first that does
+  not is named first. The rerun is a fresh process whose CPU kernels densbench pins before torch loads
+  (densbench.numerics), so a report made on another x86-64 machine with AVX2 reproduces here, whatever
+  ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS or thread count this shell sets.
 
     python scripts/check_reports.py reports/uci [--runs 3] [--seed 7] [--tolerance 1e-6]
 
@@ -53,6 +56,10 @@ def compare(row: dict, res: dict, tolerance: float) -> tuple[float, list[str]]:
     problems = []
     prov = res.get("provenance") or {}
     got = {"config_hash": res.get("config_hash"), "source_hash": prov.get("source_hash"), "data_hash": prov.get("data_hash")}
+    mode = (prov.get("numerics") or {}).get("mode")
+    if row.get("numerics") and row["numerics"] != mode:
+        problems.append(f"numerics: the report's runs computed with {row['numerics']} kernels, the rerun with {mode} "
+                        f"({(prov.get('numerics') or {}).get('why') or ''})")
     for h in HASHES:
         if row.get(h) and row[h] != got[h]:
             what = {"config_hash": "config", "source_hash": "code", "data_hash": "data"}[h]
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, ValueError) as exc:
                 worst, problems = math.inf, [str(exc)]
         overall = max(overall, worst)
-        status = "reproduced" if not problems else "DIFFERS"
+        status = "reproduced" if not problems else f"DIFFERS, first: {problems[0].split(':')[0]}"
         print(f"  {row['run']}: {status}, largest difference {worst:.3g} ({time.perf_counter() - started:.0f} s)")
         for p in problems:
             print(f"    - {p}")

@@ -44,7 +44,7 @@ def sweep_command(datasets: list[str], splits: list[int], lrs: list[float], batc
             "++dataset.tuning=true",  # ++: the master config, before a swept experiment picks the dataset, lacks the key
             "dataset.split=" + ",".join(map(str, splits)),
             "optimizer.lr=" + ",".join(map(str, lrs)), "loop.batch_size=" + ",".join(map(str, batches)),
-            "launcher=stacked", "resume=false", "report.enabled=false", "logger=none",
+            "launcher=stacked", "hydra.launcher.workers=auto", "resume=false", "report.enabled=false", "logger=none",
             f"hydra.sweep.dir={sweep_dir}"]
 
 

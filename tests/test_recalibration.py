@@ -203,18 +203,21 @@ def test_recalibration_never_sees_test_targets(tmp_path, monkeypatch):
     assert second["metrics"]["nll"] != first["metrics"]["nll"]
 
 
-def test_stacked_sweep_of_every_recalibration(tmp_path):
+def test_stacked_sweep_of_every_recalibration_trains_once(tmp_path):
     names = list(recalibration.METHODS)
     specs = [JobSpec(make_cfg(*FAST, f"recalibrate={n}", "ensemble.members=2"), tmp_path / n, launcher="stacked") for n in names]
     results = dict(zip(names, run_group(specs)))
     assert all(r["status"] == "ok" for r in results.values())
     none = results["none"]
-    assert "metrics_uncalibrated" not in none
+    assert "metrics_uncalibrated" not in none and "trained_by" not in none
     for name in names[1:]:
         r = results[name]
-        assert r["train"]["stack"]["models"] == 2 * len(names)  # one stack, two members per job
-        # the models of a stack train as they would alone: the raw predictive is the none job's
-        assert r["metrics_uncalibrated"]["nll"] == pytest.approx(none["metrics"]["nll"], rel=1e-6)
+        # one ensemble of two members, trained once for all four jobs, recalibrated three ways
+        assert r["train"]["stack"] == {"models": 2, "jobs": len(names), "members": 2}
+        assert r["trained_by"] == str(tmp_path / "none")
+        assert r["metrics_uncalibrated"] == {k: v for k, v in none["metrics"].items()
+                                             if k in r["metrics_uncalibrated"]}  # scored once, as trained
+        assert r["metrics_members"] == none["metrics_members"]
         assert r["recalibration"]["method"] == name
         saved = json.loads((tmp_path / name / "result.json").read_text())
         assert saved["metrics_uncalibrated"] == r["metrics_uncalibrated"]
@@ -222,6 +225,18 @@ def test_stacked_sweep_of_every_recalibration(tmp_path):
     assert results["conformal"]["metrics"]["coverage90"] != results["conformal"]["metrics_uncalibrated"]["coverage90"]
     assert results["scale"]["recalibration"]["how"] == "search on log s"  # an ensemble is a mixture: no closed form
     assert results["scale"]["metrics"]["nll"] != none["metrics"]["nll"]
+
+
+def test_a_recalibration_run_later_uses_the_weights_of_the_finished_run_beside_it(tmp_path):
+    trained = run_job(make_cfg(*FAST), tmp_path / "experiment=fast")
+    later = run_job(make_cfg(*FAST, "recalibrate=isotonic"), tmp_path / "experiment=fast,recalibrate=isotonic")
+    assert later["status"] == "ok" and later["trained_by"] == str(tmp_path / "experiment=fast")
+    assert later["timing"]["train_s"] == 0 and later["train"]["opt_steps"] == trained["train"]["opt_steps"]
+    assert later["metrics_uncalibrated"]["nll"] == trained["metrics"]["nll"]
+    assert later["curves"]["train_val_nll"] == trained["curves"]["train_val_nll"]  # its training record is the trained run's
+    # a run of another config beside it is not taken for it
+    other = run_job(make_cfg(*FAST, "recalibrate=isotonic", "seed=3"), tmp_path / "experiment=fast,recalibrate=isotonic,seed=3")
+    assert "trained_by" not in other and other["timing"]["train_s"] > 0
 
 
 def test_cli_sweep_writes_before_and_after(tmp_path):

@@ -207,9 +207,9 @@ def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Te
 
     ``slope`` (an estimate of the density's derivative near each root, e.g. a secant over the cell
     that brackets it) lets an entry stop without evaluating the point a Newton step lands on: that
-    point lies within about dx^2 |f'| / (2 f) of the root, and where ten times this bound is within
-    tolerance (and the step small), a further evaluation could only confirm it. Later steps update
-    the slope by the secant of the last two densities.
+    point lies within about dx^2 |f'| / (2 f) of the root, and where ten times this bound is a
+    thousandth of the tolerance (in x and in F), a further evaluation could only confirm it. Later
+    steps update the slope by the secant of the last two densities.
     """
     x = 0.5 * (lo + hi) if x0 is None else x0
     tol = (rtol or 1e-10) if x.dtype == torch.float64 else 2 * torch.finfo(x.dtype).eps
@@ -243,7 +243,8 @@ def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Te
                 secant = (f - prev[1]) / (xa - prev[0])
                 sa = torch.where(torch.isfinite(secant), secant, sa)
             landed = 10 * 0.5 * dx * dx * sa.abs() / f
-            done |= use & (dx.abs() <= 1e-4 * scale) & (landed <= tol * scale) & (landed * f <= tol)
+            # far inside the tolerance, so an early stop costs no accuracy against a confirmed one
+            done |= use & (dx.abs() <= 1e-4 * scale) & (landed <= 1e-3 * tol * scale) & (landed * f <= 1e-3 * tol)
             prev = (xa, f)
         x[active] = new
         keep = (~done).nonzero().squeeze(1)

@@ -256,14 +256,15 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None =
 
 
 TIMING_PARTS = ("startup_s", "train_s", "validation_s", "test_s", "figures_s", "total_s")  # result.json's timing
-RUN_COLUMNS = ["run", "status", "flags", "overrides", "config_hash", "source_hash", "data_hash", *GROUP_KEYS, "seed", "split",
-               *TIMING_PARTS]
+RUN_COLUMNS = ["run", "status", "flags", "overrides", "config_hash", "source_hash", "data_hash", "numerics", *GROUP_KEYS,
+               "seed", "split", *TIMING_PARTS]
 
 
 def _run_row(path: Path, res: dict, root: Path) -> dict[str, Any]:
     """A run's line in runs.csv: results.load's record of it, with how to rerun it and where its time went."""
     row = run_record(path, res, root)
     row["overrides"] = json.dumps(res.get("overrides"))
+    row["numerics"] = ((res.get("provenance") or {}).get("numerics") or {}).get("mode")
     row.update({k: v for k, v in (res.get("timing") or {}).items() if k in TIMING_PARTS})
     return row
 

@@ -130,7 +130,7 @@ class StackedLauncher(Launcher):
             hydra["overrides"]["task"] = task_lines
             hydra["job"]["override_dirname"] = override_dirname([o for o in parsed if not o.is_hydra_override()],
                                                                 hydra["job"]["config"]["override_dirname"])
-            hydra["job"]["id"] = hydra["job"]["num"] = initial_job_idx + i
+            hydra["job"]["id"], hydra["job"]["num"] = str(initial_job_idx + i), initial_job_idx + i  # as Hydra's schema types them
             from densbench.config import slug  # the resolver of hydra.sweep.subdir
 
             named = hydra["job"]["override_dirname"]
