@@ -1,5 +1,7 @@
 """How long does scoring a trained model take, next to training it?
 
+0. Test evaluation against training, per family and per 5-member ensemble of each family, on the UCI
+   protocol (concrete, split 0, one job each, every metric): the goal is test at most 10% of training.
 1. Mixture quantiles (K = 5, 100 levels, the calibration and interval metrics' inputs) on one thread,
    in test samples per second, for mixtures like a trained MDN's and for sharp stress mixtures
    (very unequal weights, scales from 1e-4 to 1e3), float32 and float64.
@@ -37,7 +39,7 @@ from densbench.devices import AUTO_THREADS_MIN_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS, LEVELS, K = 1000, 100, 5
-GOALS = {"quantile_samples_per_s": 50_000, "mdn_doc_test_over_train": 0.10}
+GOALS = {"quantile_samples_per_s": 50_000, "mdn_doc_test_over_train": 0.10, "test_over_train": 0.10}
 
 
 def mixtures(kind: str, dtype: torch.dtype, seed: int = 0) -> NormalMixture:
@@ -137,12 +139,48 @@ def thread_gain(tmp: Path, rounds: int = 2) -> list[dict]:
     return out
 
 
-def render(meta: dict, quant: dict, kl: dict, runs: list[dict], gains: list[dict]) -> str:
+FAMILY_DATASET = "concrete"
+
+
+def families(tmp: Path) -> list[dict]:
+    """Per UCI method (a family and its objective) alone and as a 5-member ensemble: train and test seconds of one job."""
+    from densbench.methods import recipes
+    from densbench.run import run_job
+
+    out = []
+    for name, recipe in recipes().items():
+        if recipe.members != 1:
+            continue
+        for members in (1, 5):
+            cfg = compose_config([f"experiment=uci_{FAMILY_DATASET}", f"method={name}", "dataset.split=0", f"ensemble.members={members}",
+                                  "logger=none", "resume=false"])
+            res = run_job(cfg, tmp / f"family-{name}-{members}")
+            if res["status"] != "ok":
+                raise RuntimeError(f"{name} x{members}: {res.get('error')}")
+            t = res["timing"]
+            out.append({"method": name, "head": res["labels"]["head"], "members": members, "train_s": t["train_s"],
+                        "test_s": t["test_s"], "ratio": t["test_s"] / t["train_s"], "n_test": res["train"]["n_test"]})
+    return out
+
+
+def render(meta: dict, quant: dict, kl: dict, runs: list[dict], gains: list[dict], fams: list[dict]) -> str:
     """The Markdown report."""
     best = quant["typical_float32"]
+    worst = max(fams, key=lambda f: f["ratio"])
     lines = [
         "# Evaluation speed", "",
         f"`python scripts/bench_eval.py{' --diamonds' if len(runs) > 1 else ''}` on {meta['machine']}, torch {meta['torch']}, {meta['date']}.", "",
+        f"## Test evaluation against training, per family and ensemble (UCI protocol, {FAMILY_DATASET}, split 0)", "",
+        f"One job each, `python -m densbench experiment=uci_{FAMILY_DATASET} method=<method> dataset.split=0 "
+        "[ensemble.members=5]`: training (40 epochs, validation excluded) against the test evaluation of every metric "
+        f"on its {fams[0]['n_test']} test rows (an ensemble also scores each member). Goal: test at most "
+        f"{GOALS['test_over_train']:.0%} of training for every one: "
+        f"{'met' if worst['ratio'] <= GOALS['test_over_train'] else 'not met'} (largest: {worst['method']} x{worst['members']}, "
+        f"{worst['ratio']:.1%}).", "",
+        "| method | family | members | train s | test s | test / train |", "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {f['method']} | {f['head']} | {f['members']} | {f['train_s']:.2f} | {f['test_s']:.3f} | {f['ratio']:.1%} |" for f in fams]
+    lines += ["",
         f"## Mixture quantiles (K = {K}, {LEVELS} levels, {ROWS} rows, one thread)", "",
         "| mixtures | float32 samples/s | float64 samples/s |", "|---|---|---|",
     ]
@@ -184,7 +222,9 @@ def main() -> None:
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "python": platform.python_version()}
     quant, kl = quantile_rates(), kl_comparison()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
+        fams = families(Path(tmp))
         runs = [whole_run(["experiment=mdn_doc"], Path(tmp))]
         gains = []
         if args.diamonds:
@@ -192,8 +232,9 @@ def main() -> None:
             gains = thread_gain(Path(tmp))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "quantiles": quant, "kl": kl, "runs": runs, "threads": gains}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(meta, quant, kl, runs, gains))
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "families": fams, "quantiles": quant, "kl": kl, "runs": runs,
+                                                    "threads": gains}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(meta, quant, kl, runs, gains, fams))
     print(f"wrote {out}.md")
 
 

@@ -172,8 +172,11 @@ class Recalibrated(Distribution):
 
     def icdf(self, value: Tensor) -> Tensor:
         """F^-1(R^-1(q)); R^-1 interpolates the same knots with the axes swapped."""
-        u, _ = piecewise_linear(value.double(), self.knots_r, self.knots_p)
-        return ops.icdf(self.base, u.to(self.base.mean.dtype)).double()
+        # levels broadcast over the batch (every row asked the same levels): R^-1 once per level, not per entry
+        shared = value.dim() >= 1 and all(st == 0 for st in value.stride()[1:])
+        head = value[(slice(None),) + (slice(0, 1),) * (value.dim() - 1)] if shared and value.dim() > 1 else value
+        u, _ = piecewise_linear(head.double(), self.knots_r, self.knots_p)
+        return ops.icdf(self.base, u.expand_as(value).to(self.base.mean.dtype)).double()
 
     def quantile_grid(self) -> Tensor:
         """Quantiles at the CRPS's ops.CRPS_LEVELS midpoints, [L, *batch], computed once for mean, variance and CRPS."""
@@ -186,13 +189,15 @@ class Recalibrated(Distribution):
     @property
     def mean(self) -> Tensor:
         """By the quantile midpoint rule: through R the mean has no closed form."""
-        return self.quantile_grid().mean(0)
+        if getattr(self, "_mean", None) is None:
+            self._mean = self.quantile_grid().mean(0)
+        return self._mean
 
     @property
     def variance(self) -> Tensor:
         """By the quantile midpoint rule."""
         q = self.quantile_grid()
-        return (q - q.mean(0)).pow(2).mean(0)
+        return (q - self.mean).pow(2).mean(0)
 
 
 @ops.crps.register(Recalibrated)
