@@ -111,6 +111,7 @@ def sweeps(pairs: int) -> dict:
     """Part 2 and 3: the 20-split sweep basic vs stacked, alternating; then the 5-member ensembles."""
     times: dict[str, list[float]] = {"basic": [], "stacked": []}
     nll: dict[str, list[float]] = {"basic": [], "stacked": []}
+    parts: dict[str, list[dict[str, float]]] = {"basic": [], "stacked": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for r in range(pairs):
@@ -122,6 +123,7 @@ def sweeps(pairs: int) -> dict:
                 if len(res) != 20 or any(x["status"] != "ok" for x in res):
                     raise RuntimeError(f"{launcher}: {len(res)} results, statuses {sorted({x['status'] for x in res})}")
                 nll[launcher].append(statistics.fmean(x["metrics"]["nll"] for x in res))
+                parts[launcher].append(breakdown(res, times[launcher][-1]))
                 print(f"pair {r}: {launcher} {times[launcher][-1]:.1f}s, mean test NLL {nll[launcher][-1]:.4f}", flush=True)
         ens_times, ens = [], []
         for r in range(pairs):
@@ -135,13 +137,28 @@ def sweeps(pairs: int) -> dict:
     return {
         "sweep": {"times_s": times, "median_s": {k: statistics.median(v) for k, v in times.items()},
                   "paired_speedup": statistics.median(paired), "mean_test_nll": nll,
-                  "import_s": fixed, "compose_s": composing},
+                  "import_s": fixed, "compose_s": composing,
+                  "parts": {k: {p: statistics.median(x[p] for x in v) for p in v[0]} for k, v in parts.items()}},
         "ensemble": {"times_s": ens_times, "median_s": statistics.median(ens_times), "jobs": len(ens),
                      "ok": sum(x["status"] == "ok" for x in ens),
                      "mean_test_nll": statistics.fmean(x["metrics"]["nll"] for x in ens),
                      "mean_member_test_nll": statistics.fmean(x["metrics_members"]["nll"] for x in ens),
                      "mean_test_rmse": statistics.fmean(x["metrics"]["rmse"] for x in ens)},
     }
+
+
+def breakdown(res: list[dict], wall: float) -> dict[str, float]:
+    """Where a sweep's wall time went, from its jobs' timing: before the first job trains (interpreter,
+    imports, Hydra, data, the first job's set-up), training, validation, testing, and the rest (every
+    later job's set-up and records, Hydra's records, the report)."""
+    stacked = len({x["timing"]["train_s"] for x in res}) == 1 and res[0]["train"]["stack"]["models"] > 1
+    jobs = res[:1] if stacked else res  # a stack's jobs share its times
+    first = min(res, key=lambda x: x.get("started", ""))
+    out = {"startup": first["timing"]["startup_s"]}
+    for part in ("train", "validation", "test"):
+        out[part] = sum(x["timing"][f"{part}_s"] for x in jobs)
+    out["rest"] = wall - sum(out.values())
+    return out
 
 
 def _verdict(ok: bool) -> str:
@@ -194,12 +211,19 @@ def render(meta: dict, part1: dict, part23: dict) -> str:
             f"| {s['median_s']['basic']:.1f} | {s['median_s']['stacked']:.1f} | {s['paired_speedup']:.2f}x | "
             f"{_verdict(s['paired_speedup'] >= GOALS['sweep'])} (>= {GOALS['sweep']:g}x) | {nb:.4f} | {ns:.4f} |",
             "",
-            f"Why not 4x: before any training, importing torch, Lightning (which pulls in torch._dynamo, torchmetrics "
-            f"and scipy.signal), Hydra and densbench takes {s['import_s']:.1f} s, and Hydra's sweeper composes all 20 "
-            f"job configs to validate the batch ({s['compose_s']:.1f} s; the stacked launcher reuses these instead of "
-            "composing again). Those costs alone bound the speed-up at "
-            f"{s['median_s']['basic'] / (s['import_s'] + s['compose_s']):.1f}x even if training, evaluation and "
-            "writing 20 run directories took no time. What the stack divides is the training loop itself (part 1).",
+            "Where the time goes (median seconds; start-up: from the interpreter's start to the first optimisation step, "
+            "imports, Hydra, data and set-up included; rest: every later job's set-up and records, Hydra's records of "
+            "the jobs and the report):",
+            "",
+            "| launcher | wall | start-up | train | validation | test | rest |",
+            "|---|---|---|---|---|---|---|",
+            *[f"| {k} | {s['median_s'][k]:.1f} | {v['startup']:.1f} | {v['train']:.1f} | {v['validation']:.1f} | "
+              f"{v['test']:.1f} | {v['rest']:.1f} |" for k, v in s["parts"].items()],
+            "",
+            f"Importing torch, Lightning (which pulls in torch._dynamo, torchmetrics and scipy.signal), Hydra and densbench "
+            f"alone takes {s['import_s']:.1f} s of every process, and composing 20 job configs {s['compose_s']:.1f} s "
+            "(the stacked launcher composes one and derives the others). What the stack divides is the training loop "
+            "itself (part 1) and each job's fixed cost.",
             "",
             "## A 5-member deep ensemble on every split",
             "",

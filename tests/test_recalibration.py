@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +282,28 @@ def test_tensorboard_gets_before_and_after_and_the_figure_both_curves(tmp_path):
             assert ea.Scalars(f"{tag}/{name}")[-1].value == pytest.approx(metrics[name], rel=1e-5)
     assert res["metrics"]["nll"] != res["metrics_uncalibrated"]["nll"]
     assert "calibration" in ea.Tags()["images"] and (tmp_path / res["artifacts"]["calibration_figure"]).is_file()
+
+
+def test_an_interrupted_stack_of_recalibrations_resumes_each_job_from_the_shared_checkpoint(tmp_path, monkeypatch):
+    from densbench.signals import Interrupted
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    marker = tmp_path / "marker"
+    sig = ["+callbacks.sig._target_=helpers.SignalAtStep", "+callbacks.sig.step=23", f"+callbacks.sig.marker={marker}"]
+    loop = ["loop.max_steps=60", "loop.eval_every=20", "loop.batch_size=32"]
+    cfgs = {n: make_cfg(*FAST, *loop, *sig, f"recalibrate={n}") for n in ("none", "isotonic")}
+    marker.write_text("no signal")
+    ref = {n: run_job(cfg, tmp_path / f"ref-{n}") for n, cfg in cfgs.items()}
+    marker.unlink()
+    dirs = {n: tmp_path / n for n in cfgs}
+    with pytest.raises(Interrupted):
+        run_group([JobSpec(cfgs[n], dirs[n]) for n in cfgs])
+    # the job that shares the models keeps a pointer to its stack-mate's state, not a copy
+    pointer = torch.load(dirs["isotonic"] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert pointer["same_as"] == str(dirs["none"] / "checkpoints" / "last.ckpt") and "model" not in pointer
+    alone = run_job(cfgs["isotonic"], dirs["isotonic"])  # resumed on its own, through the pointer
+    assert alone["status"] == "ok" and alone["resumed_from_step"] == 24
+    from densbench.results import EXECUTION_METRICS
+
+    figures = (lambda r: {k: v for k, v in r["metrics"].items() if k not in EXECUTION_METRICS})
+    assert figures(alone) == figures(ref["isotonic"])

@@ -51,6 +51,15 @@ def load(path: str | Path, key: dict[str, str]) -> dict[str, Any]:
     if ckpt.get("key") != key:
         changed = [KEY_FIELDS.get(k, k) for k in key if (ckpt.get("key") or {}).get(k) != key[k]]
         raise CheckpointError(f"it was written with another {' and '.join(changed) or 'run'}")
+    if "same_as" in ckpt:  # a job that shares its models: the training state is its stack-mate's
+        try:
+            other = torch.load(ckpt["same_as"], map_location="cpu", weights_only=False)
+        except Exception as exc:  # gone, truncated or foreign, like any checkpoint
+            raise CheckpointError(f"the checkpoint it shares, {ckpt['same_as']}, cannot be read ({type(exc).__name__})") from None
+        theirs = other.get("key") or {} if isinstance(other, dict) else {}
+        if other.get("format") != FORMAT or any(theirs.get(k) != key[k] for k in ("source_hash", "data_hash")):
+            raise CheckpointError(f"the checkpoint it shares, {ckpt['same_as']}, was written by another run")
+        return {**other, "key": key}
     return ckpt
 
 
@@ -128,10 +137,16 @@ class Checkpoints(pl.Callback):
         self._written, self._step = time.monotonic(), -1
 
     def save(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        """Write the current training state of every job (rank zero)."""
+        """Write the current training state of every job (rank zero); a job that shares its models with an
+        earlier one of the stack (they differ only in post-hoc keys) gets a pointer to that one's file."""
         if trainer.is_global_zero:
-            for state, directory in zip(job_states(pl_module, self.selection), self.directories):
-                save_atomic(state, directory / LAST)
+            written: dict[tuple[int, ...], Path] = {}
+            for job, state, directory in zip(pl_module.jobs, job_states(pl_module, self.selection), self.directories):
+                models = tuple(job.models)
+                if models in written:
+                    save_atomic({"format": FORMAT, "key": state["key"], "same_as": str(written[models])}, directory / LAST)
+                else:
+                    written[models] = save_atomic(state, directory / LAST)
         self._written, self._step = time.monotonic(), pl_module.state.opt_steps
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:

@@ -163,13 +163,17 @@ class DensityModule(pl.LightningModule):
 
     def log_models(self, prefix: str, values: dict[str, Tensor]) -> None:
         """Per-model values [N] to each job's logger: the value of a single model, or an ensemble's mean and members."""
+        if not any(job.log for job in self.jobs) or not self.trainer.is_global_zero:
+            return
+        # one transfer for the stack, then plain numbers per job (a stack of 80 jobs logs every period)
+        lists = {name: v.detach().double().cpu().tolist() for name, v in values.items()}
         for j, job in enumerate(self.jobs):
             out = {}
-            for name, v in values.items():
-                picked = v[job.models]
-                out[f"{prefix}/{name}"] = picked.mean()
-                if len(job.models) > 1:
-                    out.update({f"{prefix}/{name}/member{i}": picked[i] for i in range(len(job.models))})
+            for name, v in lists.items():
+                picked = [v[m] for m in job.models]
+                out[f"{prefix}/{name}"] = sum(picked) / len(picked)
+                if len(picked) > 1:
+                    out.update({f"{prefix}/{name}/member{i}": x for i, x in enumerate(picked)})
             self.log_job(j, out)
 
     # ------------------------------------------------------------------ training
