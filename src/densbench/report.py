@@ -515,7 +515,8 @@ class SweepReport(Callback):
             print(f"densbench: report written to {written.path}")
         for path, why in skipped:
             print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)
-        sweep_end(sweep_dir, results)
+        if report.get("enabled", True):  # report.enabled=false: neither the report nor the sweep-wide records
+            sweep_end(sweep_dir, results)
         # the exit status is about the jobs this command ran; results of earlier runs in the same
         # directory (kept by resume) are in the report but not in the count
         started = getattr(self, "_started", 0.0)
@@ -569,6 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     written = write_report(sweep, out, args.title)
     write_leaderboards(sweep, out, "markdown", args.title)
+    sweep_end(sweep, scan_results(sweep)[0])  # and the sweep's TensorBoard HParams table
     print(written.path)
     for path, why in written.skipped:
         print(f"densbench: left out of the report: {path}: {why}", file=sys.stderr)

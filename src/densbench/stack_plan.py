@@ -47,6 +47,8 @@ def pool(workers: int) -> ProcessPoolExecutor:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin" else "spawn"
         _POOL[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                              initializer=_start_worker)
+        for _ in range(workers):  # start them now (an executor starts its processes on the first task)
+            _POOL[workers].submit(os.getpid)
     return _POOL[workers]
 
 

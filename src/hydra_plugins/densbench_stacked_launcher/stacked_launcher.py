@@ -109,6 +109,10 @@ class StackedLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         _compose_each_shape_once(hydra_context.config_loader, self.replicate)
+        if self.workers > 1:  # the workers import torch and Lightning while the sweeper composes the jobs
+            from densbench import stack_plan
+
+            stack_plan.pool(self.workers)
 
     # ------------------------------------------------------------------ jobs as plain data
     def _jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[Job]:
