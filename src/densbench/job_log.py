@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import hparams
 
+from densbench.atomic import dump_yaml, write_text
 from densbench.errors import ConfigError
 
 
@@ -68,7 +69,9 @@ def _tensorboard_hparams(logger: Logger, params: dict[str, Any]) -> None:
     # The session's hyperparameters only: no hp/ copies of the final metrics (they are the test/
     # scalars already) and no experiment summary, which TensorBoard reads once per log directory and
     # so must cover every run of a sweep: the sweep writes it at its end (tb_experiment.declare).
-    logger.log_hyperparams(params)  # hparams.yaml beside the events
+    # hparams.yaml beside the events is written here as the logger would write it, but without its
+    # pass through OmegaConf, which costs more than the job's evaluation in a stack of small jobs.
+    write_text(Path(logger.log_dir) / "hparams.yaml", dump_yaml(params))
     _, start, end = hparams(params, {})
     writer = logger.experiment.file_writer
     writer.add_summary(start)

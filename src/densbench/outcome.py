@@ -60,7 +60,7 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
             "n_train": len(data.train),
             "n_val": len(data.val),
             "n_test": len(data.test),
-            "parameters": sum(p[0].numel() for p in module.parameters()),
+            "parameters": sum(p[0].numel() for p in module.weights().values()),
             "stack": {"models": module.stack.size, "jobs": len(module.jobs), "members": len(models)},
             "threads": torch.get_num_threads(),
         },
@@ -84,7 +84,7 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
     if b.trainer.is_global_zero:
         selected = selection.selected(module)
         checkpoints.save_atomic({"state_dict": {k: v[models].cpu() for k, v in selected.items()},
-                                 "config": OmegaConf.to_container(spec.cfg, resolve=True)},
+                                 "config": spec.result.get("config") or OmegaConf.to_container(spec.cfg, resolve=True)},
                                 spec.run_dir / "checkpoints" / checkpoints.BEST)
         signals.enter("writing figures")
         log = b.logs[j]
