@@ -67,10 +67,10 @@ def test_figures_do_not_depend_on_the_callers_cpu_kernels_or_threads(tmp_path):
         "mkl_sse42": ({"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, ()),
         "two_threads": (None, ("loop.threads=2",)),
     }
-    for name, (env, extra) in variations.items():
-        res = run(name, env, extra)
+    results = {name: run(name, env, extra) for name, (env, extra) in variations.items()}
+    for name, res in results.items():
         assert _figures(res) == _figures(reference), name
-    assert run("aten_default", {"ATEN_CPU_CAPABILITY": "default"})["provenance"]["numerics"]["caller"] == {"ATEN_CPU_CAPABILITY": "default"}
+    assert results["aten_default"]["provenance"]["numerics"]["caller"] == {"ATEN_CPU_CAPABILITY": "default"}
     # the control: left to the caller's choice, the scalar kernels train another model
     native = run("native", {"DENSBENCH_NUMERICS": "native", "ATEN_CPU_CAPABILITY": "default"})
     assert native["provenance"]["numerics"]["mode"] == "native"
@@ -115,12 +115,12 @@ def test_a_near_tie_in_validation_does_not_move_the_selected_epoch():
 @needs_avx2
 @pytest.mark.slow
 def test_the_basic_stacked_and_parallel_launchers_give_the_same_figures(tmp_path):
-    args = ["-m", *RUN, "seed=0,1,2", "loss=nll,mdn"]
+    args = ["-m", *RUN, "seed=0,1", "loss=nll,mdn"]
     runs = {}
     for name, launcher in (("basic", []), ("stacked", ["launcher=stacked", "hydra.launcher.workers=2"]),
                            ("parallel", ["launcher=parallel"])):
         proc = run_cli([*args, *launcher, f"hydra.sweep.dir={tmp_path / name}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = {p.parent.name: _figures(json.loads(p.read_text())) for p in (tmp_path / name).rglob("result.json")}
-    assert len(runs["basic"]) == 6
+    assert len(runs["basic"]) == 4
     assert runs["basic"] == runs["stacked"] == runs["parallel"]

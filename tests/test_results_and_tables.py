@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_load_takes_a_glob_and_refuses_a_path_without_results(fast_sweep, tmp_pa
 
 def test_the_command_line_example_prints_the_rows(fast_sweep):
     code = f"import densbench.results as r; print(r.load({str(fast_sweep)!r})[['loss', 'nll', 'crps']])"
-    out = subprocess.run(["python", "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     lines = out.splitlines()  # the column names, the index name, then one line per run
     assert len(lines) == 6 and lines[0].split() == ["loss", "nll", "crps"] and lines[1].strip() == "run"
 

@@ -75,8 +75,7 @@ def _tensorboard_hparams(logger: Logger, params: dict[str, Any]) -> None:
     _, start, end = hparams(params, {})
     writer = logger.experiment.file_writer
     writer.add_summary(start)
-    writer.add_summary(end)
-    writer.flush()
+    writer.add_summary(end)  # written with the rest when the job's logger closes: a flush waits for the writer thread
 
 
 def _tensorboard_tag(name: str, final: bool) -> str:
