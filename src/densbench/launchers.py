@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+_PARSED: dict[str, Any] = {}
+
+
+def parse_overrides(lines: Sequence[str]) -> list[Any]:
+    """Hydra's parse of override lines (its ``Override`` objects), each distinct line parsed once per process.
+
+    Hydra's grammar parser costs about a millisecond a line, and a suite's thousands of jobs repeat a
+    few dozen distinct lines (experiment=..., dataset.split=3) in every stage of the launch.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    missing = list(dict.fromkeys(line for line in lines if line not in _PARSED))
+    if missing:
+        _PARSED.update(zip(missing, OverridesParser.create().parse_overrides(missing)))
+    return [_PARSED[line] for line in lines]
 
 
 class ReleaseWorkers(Callback):

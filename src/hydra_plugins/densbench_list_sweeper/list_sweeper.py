@@ -26,6 +26,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from densbench.launchers import parse_overrides
+
 log = logging.getLogger(__name__)
 
 
@@ -93,7 +95,7 @@ class ListSweeper(Sweeper):
                 axes[key] = [f"{key}={o.get_value_element_as_str()}"]
         batch = []
         for job in jobs:
-            own = {o.get_key_element() for o in parser.parse_overrides(job)}
+            own = {o.get_key_element() for o in parse_overrides(job)}
             for common in itertools.product(*(v for k, v in axes.items() if k not in own)):
                 batch.append(list(common) + job)
         sweep_dir = Path(self.config.hydra.sweep.dir)

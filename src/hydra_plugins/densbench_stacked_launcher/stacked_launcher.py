@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
+from densbench.launchers import parse_overrides
 from hydra.core.override_parser.types import Override, OverrideType, ValueType
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.experimental.callback import Callback
@@ -116,11 +116,10 @@ class StackedLauncher(Launcher):
 
     # ------------------------------------------------------------------ jobs as plain data
     def _jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[Job]:
-        parser = OverridesParser.create()
         templates: Dict[Tuple[str, ...], Tuple[Dict[str, Any], Dict[str, Any]]] = {}
         jobs = []
         for i, lines in enumerate(job_overrides):
-            parsed = parser.parse_overrides(list(lines))
+            parsed = parse_overrides(list(lines))
             shape = tuple(o.key_or_group if self._replicated(o) else o.input_line for o in parsed)
             if shape not in templates:
                 composed = self.hydra_context.config_loader.load_sweep_config(self.config, list(lines))
@@ -274,14 +273,13 @@ def _compose_each_shape_once(loader: Any, replicate: Sequence[str]) -> None:
     if getattr(loader, "_densbench_once", False):
         return
     compose, templates = loader.load_sweep_config, {}
-    parser = OverridesParser.create()
 
     def replicated(o: Any) -> bool:
         return (o.key_or_group in replicate and o.type == OverrideType.CHANGE and o.package is None
                 and o.value_type == ValueType.ELEMENT)
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
-        parsed = parser.parse_overrides(list(sweep_overrides))
+        parsed = parse_overrides(list(sweep_overrides))
         shape = (id(master_config), tuple(o.key_or_group if replicated(o) else o.input_line for o in parsed))
         if shape not in templates:
             templates[shape] = compose(master_config, sweep_overrides)
