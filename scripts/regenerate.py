@@ -35,8 +35,9 @@ PY = sys.executable
 STEPS = {
     "search": [PY, "scripts/uci_search.py", "--write"],
     "suite": [PY, "scripts/uci_suite.py", "--publish"],
-    "headline": [PY, "-m", "densbench", "-m", "loss=kl,nll,mdn", "resume=false", "report.dir=reports/loss=kl,nll,mdn",
-                 "hydra.sweep.dir=multirun/loss=kl,nll,mdn"],
+    # quoted: an override's value may not hold an unquoted '='
+    "headline": [PY, "-m", "densbench", "-m", "loss=kl,nll,mdn", "resume=false", "report.dir='reports/loss=kl,nll,mdn'",
+                 "hydra.sweep.dir='multirun/loss=kl,nll,mdn'"],
     "bench_stacked": [PY, "scripts/bench_stacked.py"],
     "bench_eval": [PY, "scripts/bench_eval.py"],
     "bench_grads": [PY, "scripts/bench_grads.py"],
@@ -54,28 +55,34 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown steps {', '.join(unknown)}; steps: {', '.join(STEPS)}")
     env = {**os.environ, "DENSBENCH_UCI_ROOT": str(Path(args.root).resolve())}
-    started, steps, failed = time.perf_counter(), [], 0
+    steps, failed = [], 0
     for name in (s for s in STEPS if s in chosen):
         cmd = STEPS[name]
         print(f"regenerate: {name}: {' '.join(cmd[1:])}", flush=True)
         t = time.perf_counter()
         code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
-        steps.append({"step": name, "command": " ".join(["python", *cmd[1:]]), "wall_s": time.perf_counter() - t, "exit": code})
+        steps.append({"step": name, "command": " ".join(["python", *cmd[1:]]), "wall_s": time.perf_counter() - t, "exit": code,
+                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         failed += code != 0
         print(f"regenerate: {name} took {steps[-1]['wall_s'] / 60:.1f} min (exit {code})", flush=True)
-    total = time.perf_counter() - started
+    out = ROOT / "reports" / "regenerate"
+    if set(chosen) != set(STEPS) and out.with_suffix(".json").exists():
+        # a rerun of some steps replaces theirs in the record and keeps the others' (each with its date)
+        earlier = [s for s in json.loads(out.with_suffix(".json").read_text())["steps"] if s["step"] not in chosen]
+        steps = sorted(earlier + steps, key=lambda s: list(STEPS).index(s["step"]))
+    total = sum(s["wall_s"] for s in steps)
     record = {"command": "python scripts/regenerate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "wall_s": total, "steps": steps, "source_hash": code_revision()["source_hash"],
               "git_commit": code_revision().get("git_commit"),
               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    out = ROOT / "reports" / "regenerate"
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     lines = ["# Regenerating every committed report", "",
              f"`{record['command']}` on {record['machine']}, {record['date']}; code {record['source_hash']} "
              f"(every report below was written by this code, from scratch).", "",
-             "| step | command | wall | exit |", "|---|---|---|---|"]
-    lines += [f"| {s['step']} | `{s['command']}` | {s['wall_s'] / 60:.1f} min | {s['exit']} |" for s in steps]
+             "| step | command | wall | exit | finished |", "|---|---|---|---|---|"]
+    lines += [f"| {s['step']} | `{s['command']}` | {s['wall_s'] / 60:.1f} min | {s['exit']} | {s.get('date', record['date'])} |"
+              for s in steps]
     lines += ["", f"Total: **{total / 60:.1f} min** (goal: at most 15 min)."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"regenerate: {len(steps)} steps in {total / 60:.1f} min; {out.with_suffix('.md')}")
