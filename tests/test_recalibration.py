@@ -307,3 +307,15 @@ def test_an_interrupted_stack_of_recalibrations_resumes_each_job_from_the_shared
 
     figures = (lambda r: {k: v for k, v in r["metrics"].items() if k not in EXECUTION_METRICS})
     assert figures(alone) == figures(ref["isotonic"])
+
+
+@pytest.mark.parametrize("shared", [[{"format": 2}], {"format": 1}, {"format": 2, "key": {"source_hash": "other", "data_hash": "d"}}])
+def test_a_pointer_to_a_foreign_or_malformed_checkpoint_is_refused_with_the_reason(tmp_path, shared):
+    from densbench import checkpoints
+
+    key = {"config_hash": "c", "source_hash": "s", "data_hash": "d"}
+    checkpoints.save_atomic(shared, tmp_path / "shared.ckpt")
+    pointer = checkpoints.save_atomic({"format": checkpoints.FORMAT, "key": key, "same_as": str(tmp_path / "shared.ckpt")},
+                                      tmp_path / "last.ckpt")
+    with pytest.raises(checkpoints.CheckpointError, match="shared.ckpt, was written by another run"):
+        checkpoints.load(pointer, key)

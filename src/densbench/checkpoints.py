@@ -56,8 +56,8 @@ def load(path: str | Path, key: dict[str, str]) -> dict[str, Any]:
             other = torch.load(ckpt["same_as"], map_location="cpu", weights_only=False)
         except Exception as exc:  # gone, truncated or foreign, like any checkpoint
             raise CheckpointError(f"the checkpoint it shares, {ckpt['same_as']}, cannot be read ({type(exc).__name__})") from None
-        theirs = other.get("key") or {} if isinstance(other, dict) else {}
-        if other.get("format") != FORMAT or any(theirs.get(k) != key[k] for k in ("source_hash", "data_hash")):
+        theirs = (other.get("key") or {}) if isinstance(other, dict) else {}
+        if not isinstance(other, dict) or other.get("format") != FORMAT or any(theirs.get(k) != key[k] for k in ("source_hash", "data_hash")):
             raise CheckpointError(f"the checkpoint it shares, {ckpt['same_as']}, was written by another run")
         return {**other, "key": key}
     return ckpt
