@@ -103,12 +103,15 @@ def test_a_near_tie_in_validation_does_not_move_the_selected_epoch():
             return {"w": self.w}
 
     m, sel = Module(), Selection(1)
-    sel.update(m, torch.tensor([2.0]))
+    sel.update(m, torch.tensor([2.0], dtype=torch.float64))
     m.w = torch.ones(1, 2)
-    sel.update(m, torch.tensor([2.0 * (1 - SELECTION_TOLERANCE / 4)]))  # better only in the last digits
+    # better only in the last digits (float64: in float32 this would round to 2.0 and prove nothing)
+    nearly = torch.tensor([2.0 * (1 - SELECTION_TOLERANCE / 4)], dtype=torch.float64)
+    assert nearly < 2.0
+    sel.update(m, nearly)
     assert torch.equal(sel.selected(m)["w"], torch.zeros(1, 2))
     m.w = torch.full((1, 2), 2.0)
-    sel.update(m, torch.tensor([1.9]))
+    sel.update(m, torch.tensor([1.9], dtype=torch.float64))
     assert torch.equal(sel.selected(m)["w"], torch.full((1, 2), 2.0))
 
 
