@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from densbench import ops
 from densbench.config import compose_config
 from densbench.distributions import InverseSinePosterior, NormalMixture, _kl_posterior, legendre_panels
 from densbench.devices import AUTO_THREADS_MIN_ROWS
+from densbench.stack_plan import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS, LEVELS, K = 1000, 100, 5
@@ -118,7 +118,7 @@ def thread_gain(tmp: Path, rounds: int = 2) -> list[dict]:
     """Step time (ms) of the diamonds MDN at one thread and at all cores, per batch size, rounds alternating."""
     from densbench.run import run_job
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     times: dict[tuple, list[float]] = {}
     rows: dict[int | None, int] = {}
     for r in range(rounds):
@@ -222,7 +222,7 @@ def main() -> None:
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "python": platform.python_version()}
     quant, kl = quantile_rates(), kl_comparison()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(usable_cores())
     with tempfile.TemporaryDirectory() as tmp:
         fams = families(Path(tmp))
         runs = [whole_run(["experiment=mdn_doc"], Path(tmp))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -61,10 +60,10 @@ def check_device(cfg: DictConfig, stacked: bool) -> None:
 def threads(setting: Any, rows_per_step: int) -> int:
     """torch threads for a job: the configured number, or for `auto` all usable cores on steps of at
     least AUTO_THREADS_MIN_ROWS rows and one thread on smaller ones (measured: README, Speed)."""
-    from densbench.stack_plan import threads_cap
+    from densbench.stack_plan import threads_cap, usable_cores
 
     cap = threads_cap()  # a worker of a parallel stacked sweep shares the cores with the others
     if setting != "auto":
         return int(setting) if cap is None else min(int(setting), cap)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return min(cores, cap or cores) if rows_per_step >= AUTO_THREADS_MIN_ROWS else 1

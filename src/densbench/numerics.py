@@ -85,8 +85,3 @@ def describe() -> dict[str, Any]:
     if torch is not None:
         out["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return {k: v for k, v in out.items() if v is not None}
-
-
-def portable() -> bool:
-    """Whether this process's CPU figures are pinned (machine-independent on x86-64 with AVX2)."""
-    return pin()["mode"] == "portable"

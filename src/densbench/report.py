@@ -8,8 +8,8 @@ with their error; runs that differ only in seed or data split are averaged (mean
 from __future__ import annotations
 
 import argparse
-import importlib
 import csv
+import importlib
 import json
 import math
 import re
@@ -432,11 +432,12 @@ def _draw_all(tasks: list[tuple[Any, tuple]]) -> None:
     """Draw the figures: in forked worker processes when there are many and forking is safe (no other
     thread in this process, whose locks a child could inherit held), else here one after the other."""
     import multiprocessing
-    import os
     import threading
     from concurrent.futures import ProcessPoolExecutor
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from densbench.stack_plan import usable_cores
+
+    cores = usable_cores()
     forkable = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
     if len(tasks) < PARALLEL_FIGURES or cores < 2 or not forkable:
         for fn, args in tasks:

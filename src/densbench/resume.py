@@ -60,9 +60,11 @@ def trained_weights(run_dir: Path, result: dict[str, Any]) -> Path | None:
     for candidate in dict.fromkeys(c for c in candidates if c and c != name):
         folder = run_dir.parent / candidate
         other = read_result(folder)
-        if (other and other.get("status") == "ok" and other.get("train_key") == result.get("train_key")
-                and key_of(other)["source_hash"] == prov.get("source_hash") and key_of(other)["data_hash"] == prov.get("data_hash")
-                and (folder / "checkpoints" / checkpoints.BEST).is_file()):
+        if not other or other.get("status") != "ok" or other.get("train_key") != result.get("train_key"):
+            continue
+        theirs = key_of(other)
+        if (theirs["source_hash"], theirs["data_hash"]) == (prov.get("source_hash"), prov.get("data_hash")) \
+                and (folder / "checkpoints" / checkpoints.BEST).is_file():
             return folder
     return None
 

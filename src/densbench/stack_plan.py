@@ -113,6 +113,11 @@ class Counter:
         say(f"densbench: [{done}/{self.total}] jobs done: {tally}")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_cap() -> int | None:
     """The cap on torch threads a worker process was given, if any."""
     value = os.environ.get(THREADS_VARIABLE)

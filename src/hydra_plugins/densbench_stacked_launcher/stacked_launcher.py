@@ -29,13 +29,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from densbench.launchers import parse_overrides
 from hydra.core.override_parser.types import Override, OverrideType, ValueType
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from densbench.launchers import parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,22 @@ def override_dirname(overrides: Sequence[Override], named: Dict[str, Any]) -> st
     return re.sub("[=]", named["kv_sep"], named["item_sep"].join(lines))
 
 
+def _replicated(o: Override, replicate: Sequence[str]) -> bool:
+    """A plain `key=value` override of a replication key: it cannot change the defaults list, only a value."""
+    return (o.key_or_group in replicate and o.type == OverrideType.CHANGE and o.package is None
+            and o.value_type == ValueType.ELEMENT)
+
+
+def _shape(parsed: Sequence[Override], replicate: Sequence[str]) -> Tuple[str, ...]:
+    """A job's overrides with the values of replication keys left out: jobs of one shape compose alike."""
+    return tuple(o.key_or_group if _replicated(o, replicate) else o.input_line for o in parsed)
+
+
 def _workers(setting: Any) -> int:
     if setting in ("auto", None):
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from densbench.stack_plan import usable_cores
+
+        return usable_cores()
     return max(1, int(setting))
 
 
@@ -115,26 +129,26 @@ class StackedLauncher(Launcher):
 
     # ------------------------------------------------------------------ jobs as plain data
     def _jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[Job]:
+        from densbench.config import slug  # the resolver of hydra.sweep.subdir
+
         templates: Dict[Tuple[str, ...], Tuple[Dict[str, Any], Dict[str, Any]]] = {}
         jobs = []
         for i, lines in enumerate(job_overrides):
             parsed = parse_overrides(list(lines))
-            shape = tuple(o.key_or_group if self._replicated(o) else o.input_line for o in parsed)
+            shape = _shape(parsed, self.replicate)
             if shape not in templates:
                 composed = self.hydra_context.config_loader.load_sweep_config(self.config, list(lines))
                 full = OmegaConf.to_container(composed, resolve=False, enum_to_str=True)
                 templates[shape] = ({k: v for k, v in full.items() if k != "hydra"}, full["hydra"])
             task, hydra = copy.deepcopy(templates[shape][0]), copy.deepcopy(templates[shape][1])
             for o in parsed:
-                if self._replicated(o):
+                if _replicated(o, self.replicate):
                     _set(task, o.key_or_group, o.value())
             task_lines = [o.input_line for o in parsed if not o.is_hydra_override()]
             hydra["overrides"]["task"] = task_lines
             hydra["job"]["override_dirname"] = override_dirname([o for o in parsed if not o.is_hydra_override()],
                                                                 hydra["job"]["config"]["override_dirname"])
             hydra["job"]["id"], hydra["job"]["num"] = str(initial_job_idx + i), initial_job_idx + i  # as Hydra's schema types them
-            from densbench.config import slug  # the resolver of hydra.sweep.subdir
-
             named = hydra["job"]["override_dirname"]
             if str(hydra["sweep"]["subdir"]) == "${densbench.slug:${hydra.job.override_dirname}}":
                 subdir = slug(named) if named else "default"
@@ -152,10 +166,6 @@ class StackedLauncher(Launcher):
         cfg = hydra_config(hydra, task)
         HydraConfig.instance().set_config(cfg)
         return str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
-
-    def _replicated(self, o: Override) -> bool:
-        return (o.key_or_group in self.replicate and o.type == OverrideType.CHANGE and o.package is None
-                and o.value_type == ValueType.ELEMENT)
 
     # ------------------------------------------------------------------ the sweep
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -273,13 +283,8 @@ def _compose_each_shape_once(loader: Any, replicate: Sequence[str]) -> None:
         return
     compose, templates = loader.load_sweep_config, {}
 
-    def replicated(o: Any) -> bool:
-        return (o.key_or_group in replicate and o.type == OverrideType.CHANGE and o.package is None
-                and o.value_type == ValueType.ELEMENT)
-
     def load_sweep_config(master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
-        parsed = parse_overrides(list(sweep_overrides))
-        shape = (id(master_config), tuple(o.key_or_group if replicated(o) else o.input_line for o in parsed))
+        shape = (id(master_config), _shape(parse_overrides(list(sweep_overrides)), replicate))
         if shape not in templates:
             templates[shape] = compose(master_config, sweep_overrides)
         return templates[shape]
