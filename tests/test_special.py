@@ -43,3 +43,23 @@ def test_betainc_gives_student_t_cdf_and_is_differentiable_in_x():
 def test_log_beta():
     a, b = torch.tensor([0.5, 3.0, 200.0], dtype=torch.float64), torch.tensor([0.5, 0.25, 7.0], dtype=torch.float64)
     np.testing.assert_allclose(log_beta(a, b).numpy(), special.betaln(a.numpy(), b.numpy()), rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_student_t_quantiles_on_a_level_axis_equal_every_entrys_own(dtype):
+    # the metrics ask 199 levels of every entry: the Student-t answers levels p and 1 - p from one
+    # evaluation per entry, which must give each entry exactly its own quantile
+    from torch.distributions import StudentT
+
+    from densbench import ops
+
+    g = torch.Generator().manual_seed(0)
+    df = (0.6 + 30 * torch.rand(50, generator=g)).to(dtype)
+    loc, scale = torch.randn(50, generator=g).to(dtype), (0.1 + torch.rand(50, generator=g)).to(dtype)
+    levels = (torch.arange(1, 200, dtype=torch.float64) / 200).to(dtype).unsqueeze(-1)  # [199, 1]
+    got = ops.icdf(StudentT(df, loc, scale), levels).double()
+    p, nu = torch.broadcast_tensors(levels.double(), df.double())
+    ref = loc.double() + scale.double() * torch.from_numpy(special.stdtrit(nu.numpy(), p.numpy()))
+    torch.testing.assert_close(got, ref, rtol=1e-12 if dtype == torch.float64 else 2e-6,
+                               atol=0 if dtype == torch.float64 else 1e-6)  # float32: loc + scale t rounds near 0
+    assert ops.shared_levels(p) is not None and ops.shared_levels(torch.rand(3, 4)) is None

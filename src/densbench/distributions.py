@@ -172,10 +172,9 @@ class Recalibrated(Distribution):
 
     def icdf(self, value: Tensor) -> Tensor:
         """F^-1(R^-1(q)); R^-1 interpolates the same knots with the axes swapped."""
-        # levels broadcast over the batch (every row asked the same levels): R^-1 once per level, not per entry
-        shared = value.dim() >= 1 and all(st == 0 for st in value.stride()[1:])
-        head = value[(slice(None),) + (slice(0, 1),) * (value.dim() - 1)] if shared and value.dim() > 1 else value
-        u, _ = piecewise_linear(head.double(), self.knots_r, self.knots_p)
+        # every entry asked the same levels (the metrics' level axis): R^-1 once per level, not per entry
+        levels = ops.shared_levels(value)
+        u, _ = piecewise_linear((value if levels is None else levels).double(), self.knots_r, self.knots_p)
         return ops.icdf(self.base, u.expand_as(value).to(self.base.mean.dtype)).double()
 
     def quantile_grid(self) -> Tensor:

@@ -192,6 +192,15 @@ cdf = Operation("cdf", _cdf_generic)
 # ------------------------------------------------------------------------------------------------
 
 
+def shared_levels(p: Tensor) -> Tensor | None:
+    """The levels [L, 1, ...] of p [L, *batch] when every entry is asked the same level per row of the first
+    axis (as the metrics ask: levels x entries), else None: per-level work can then be done once per level."""
+    if p.dim() < 2:
+        return None
+    head = p[(slice(None),) + (slice(0, 1),) * (p.dim() - 1)]
+    return head if bool((p == head).all()) else None
+
+
 def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Tensor, lo: Tensor, hi: Tensor,
                     x0: Tensor | None = None, max_iter: int = 200, slope: Tensor | None = None,
                     rtol: float | None = None) -> Tensor:

@@ -89,17 +89,6 @@ def student_t_icdf(p: Tensor, nu: Tensor) -> Tensor:
     """Quantiles of the standard Student-t with nu degrees of freedom (no gradient)."""
     from scipy import special
 
-    p, nu = torch.broadcast_tensors(torch.as_tensor(p), torch.as_tensor(nu))
-    if p.dim() >= 2 and p.shape[0] > 1:
-        level = p.flatten(1)[:, 0].reshape(-1, *[1] * (p.dim() - 1))
-        if bool((p == level).all()) and bool((nu == nu[:1]).all()):
-            # a level axis (levels x entries, as the metrics ask) and a symmetric distribution: levels p
-            # and 1 - p (equal to 14 decimals) share one evaluation, which costs half a microsecond an entry
-            half, back = torch.unique(torch.minimum(level, 1 - level).flatten().double().round(decimals=14), return_inverse=True)
-            if len(half) < len(back):
-                lower = half.reshape(-1, *[1] * (p.dim() - 1)).expand(len(half), *p.shape[1:])
-                t = scipy_apply(special.stdtrit, nu[:1].expand(lower.shape).double(), lower).index_select(0, back)
-                return torch.where(p < 0.5, t, -t).to(p.dtype)
     return scipy_apply(special.stdtrit, nu, p).to(p.dtype)
 
 

@@ -126,10 +126,25 @@ def _student_t_cdf(d: Any, y: Tensor) -> Tensor:
 
 @ops.icdf.register("torch.distributions.StudentT")
 def _student_t_icdf(d: Any, p: Tensor) -> Tensor:
+    shape = torch.broadcast_shapes(p.shape, d.loc.shape)
+    return d.loc + d.scale * standard_quantiles(p.expand(shape), d.df.expand(shape))
+
+
+def standard_quantiles(p: Tensor, nu: Tensor) -> Tensor:
+    """t_nu^-1(p) (no gradient); on a level axis, levels p and 1 - p from one evaluation (the standard t is
+    symmetric), which halves the metrics' 199 levels at half a microsecond an entry."""
     from densbench.special import student_t_icdf
 
-    shape = torch.broadcast_shapes(p.shape, d.loc.shape)
-    return d.loc + d.scale * student_t_icdf(p.expand(shape), d.df.expand(shape))
+    levels = ops.shared_levels(p)
+    if levels is None or not bool((nu == nu[:1]).all()):
+        return student_t_icdf(p, nu)
+    # levels equal to 14 decimals share one evaluation (1 - (1 - p) is not p in the last bit)
+    half, back = torch.unique(torch.minimum(levels, 1 - levels).flatten().double().round(decimals=14), return_inverse=True)
+    if len(half) == len(back):
+        return student_t_icdf(p, nu)
+    lower = half.reshape(-1, *[1] * (p.dim() - 1)).expand(len(half), *p.shape[1:])
+    t = student_t_icdf(lower, nu[:1].expand(lower.shape).double()).index_select(0, back)
+    return torch.where(p < 0.5, t, -t).to(p.dtype)
 
 
 @ops.crps.register("torch.distributions.StudentT")
