@@ -319,3 +319,22 @@ def test_a_pointer_to_a_foreign_or_malformed_checkpoint_is_refused_with_the_reas
                                       tmp_path / "last.ckpt")
     with pytest.raises(checkpoints.CheckpointError, match="shared.ckpt, was written by another run"):
         checkpoints.load(pointer, key)
+
+
+def test_recalibrations_without_the_plain_job_score_their_shared_models_as_trained_once(tmp_path):
+    from types import SimpleNamespace
+
+    from densbench.module import scored_as_trained_by
+
+    def job(models, active):
+        return SimpleNamespace(models=models, recalibration=SimpleNamespace(active=active))
+
+    # [scale, isotonic] share models 0-1 with no plain job: the first scores them, the second copies;
+    # with a plain job beside them, every recalibration copies the plain job's test scores
+    assert scored_as_trained_by([job([0, 1], True), job([0, 1], True), job([2], True)]) == {1: 0}
+    assert scored_as_trained_by([job([0], True), job([0], False), job([0], True)]) == {0: 1, 2: 1}
+    specs = [JobSpec(make_cfg(*FAST, f"recalibrate={n}"), tmp_path / n, launcher="stacked") for n in ("scale", "isotonic")]
+    scale, isotonic = run_group(specs)
+    assert scale["status"] == isotonic["status"] == "ok"
+    assert isotonic["metrics_uncalibrated"] == scale["metrics_uncalibrated"] and "nll" in scale["metrics_uncalibrated"]
+    assert isotonic["trained_by"] == str(tmp_path / "scale")

@@ -81,11 +81,8 @@ class DensityModule(pl.LightningModule):
         self.register_buffer("job_of", torch.tensor(job_of), persistent=False)
         self.val_scores = ModelScores(task, stack.size)
         self.test_metrics = nn.ModuleList([PredictiveMetrics(task, full=True) for _ in jobs])
-        # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated): by the job of
-        # the stack that shares its models without recalibration, where there is one (scored once)
-        self.as_trained = {j: k for j, job in enumerate(jobs) if job.recalibration.active
-                           for k in [next((k for k, o in enumerate(jobs) if o.models == job.models and not o.recalibration.active), None)]
-                           if k is not None}
+        # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated), once per set of models
+        self.as_trained = scored_as_trained_by(jobs)
         self.uncalibrated_metrics = nn.ModuleDict({str(j): PredictiveMetrics(task, full=True)
                                                    for j, job in enumerate(jobs) if job.recalibration.active and j not in self.as_trained})
         # an ensemble's members are also scored alone (result.json reports their mean), once per set of models
@@ -319,8 +316,10 @@ class DensityModule(pl.LightningModule):
                 self.member_results[j] = {k: float(sum(o[k] for o in own) / len(own)) for k in own[0]}
             self.log_job(j, {f"test/{k}": v for k, v in self.test_results[j].items()}, final=True)
         for j, k in self.as_trained.items():  # scored as trained by the job that shares its models
-            self.uncalibrated_results[j] = {name: v for name, v in self.test_results[k].items() if name != "floor_hits"}
-            self.uncalibrated_curves[j] = self.test_curves[k]
+            plain = not self.jobs[k].recalibration.active  # its own test metrics are the models as trained
+            scores = self.test_results[k] if plain else self.uncalibrated_results[k]
+            self.uncalibrated_results[j] = {name: v for name, v in scores.items() if name != "floor_hits"}
+            self.uncalibrated_curves[j] = self.test_curves[k] if plain else self.uncalibrated_curves[k]
             self.member_results[j] = self.member_results[k]
         for j, job in enumerate(self.jobs):
             if job.recalibration.active and not self._failed(j):
@@ -329,3 +328,18 @@ class DensityModule(pl.LightningModule):
     def fallbacks(self, job: int) -> dict[str, str]:
         """Metrics of a job computed by a generic method instead of a closed form."""
         return dict(self.test_metrics[job].fallbacks)
+
+
+def scored_as_trained_by(jobs: list[Job]) -> dict[int, int]:
+    """Per recalibrated job that needs no scoring of its own as trained, the job of the stack whose score of
+    the same models it takes: one without recalibration (its test metrics), else the first recalibrated one."""
+    out = {}
+    for j, job in enumerate(jobs):
+        if not job.recalibration.active:
+            continue
+        same = [k for k, other in enumerate(jobs) if k != j and other.models == job.models]
+        plain = [k for k in same if not jobs[k].recalibration.active]
+        earlier = [k for k in same if k < j]  # without a plain one, the first of them scores itself
+        if plain or earlier:
+            out[j] = (plain or earlier)[0]
+    return out
