@@ -9,7 +9,7 @@ In order (a step's outputs can be the next one's inputs):
    written into conf/experiment/uci_<dataset>.yaml (reports/uci_search.*);
 2. ``suite``: scripts/uci_suite.py --publish, the whole UCI suite with its report and LaTeX tables (reports/uci);
 3. ``headline``: the README's sweep, ``python -m densbench -m loss=kl,nll,mdn`` (reports/loss=kl,nll,mdn);
-4. the benchmarks: bench_stacked, bench_eval, bench_grads, bench_overhead (reports/bench_*).
+4. the benchmarks: bench_stacked, bench_eval, bench_grads, bench_overhead, bench_numerics (reports/bench_*).
 
 Every step runs with resume=false (nothing reused from an earlier run) in a fresh process; what ran,
 how long each step took, its exit status and the source hash of the code are written to
@@ -42,6 +42,7 @@ STEPS = {
     "bench_eval": [PY, "scripts/bench_eval.py"],
     "bench_grads": [PY, "scripts/bench_grads.py"],
     "bench_overhead": [PY, "scripts/bench_overhead.py"],
+    "bench_numerics": [PY, "scripts/bench_numerics.py"],
 }
 
 
@@ -66,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         failed += code != 0
         print(f"regenerate: {name} took {steps[-1]['wall_s'] / 60:.1f} min (exit {code})", flush=True)
     out = ROOT / "reports" / "regenerate"
+    command = "python scripts/regenerate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if set(chosen) != set(STEPS) and out.with_suffix(".json").exists():
         # a rerun of some steps replaces theirs in the record and keeps the others' (each with its date)
-        earlier = [s for s in json.loads(out.with_suffix(".json").read_text())["steps"] if s["step"] not in chosen]
+        before = json.loads(out.with_suffix(".json").read_text())
+        earlier = [s for s in before["steps"] if s["step"] not in chosen and s["step"] in STEPS]
         steps = sorted(earlier + steps, key=lambda s: list(STEPS).index(s["step"]))
+        command = f"{before['command'].split(';')[0].strip()}; then {command.strip()}"
     total = sum(s["wall_s"] for s in steps)
-    record = {"command": "python scripts/regenerate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    record = {"command": command.strip(),
               "wall_s": total, "steps": steps, "source_hash": code_revision()["source_hash"],
               "git_commit": code_revision().get("git_commit"),
               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
