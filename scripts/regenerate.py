@@ -39,7 +39,7 @@ STEPS = {
     "headline": [PY, "-m", "densbench", "-m", "loss=kl,nll,mdn", "resume=false", "report.dir='reports/loss=kl,nll,mdn'",
                  "hydra.sweep.dir='multirun/loss=kl,nll,mdn'"],
     "bench_stacked": [PY, "scripts/bench_stacked.py"],
-    "bench_eval": [PY, "scripts/bench_eval.py"],
+    "bench_eval": [PY, "scripts/bench_eval.py", "--diamonds"],  # the diamonds runs: the README's thread figures
     "bench_grads": [PY, "scripts/bench_grads.py"],
     "bench_overhead": [PY, "scripts/bench_overhead.py"],
     "bench_numerics": [PY, "scripts/bench_numerics.py"],
