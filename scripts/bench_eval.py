@@ -9,11 +9,11 @@
    4001-point grid that scored it before, with both errors against a rule of 100x narrower panels.
 3. Whole runs: `python -m densbench experiment=mdn_doc` (and with --diamonds `dataset=diamonds
    loss=mdn`), with result.json's `timing` (start-up, train, validation, test, figures).
-4. With --diamonds, what a second thread buys: densbench's step time on the diamonds MDN (64-64,
+4. With --threads (or --diamonds), what a second thread buys: densbench's step time on the diamonds MDN (64-64,
    K = 5) at one thread and at all cores, for batches from 256 rows to full batch, the measurement
    behind loop.threads=auto's threshold (run.AUTO_THREADS_MIN_ROWS).
 
-    python scripts/bench_eval.py [--diamonds]
+    python scripts/bench_eval.py [--diamonds] [--threads]     # regenerate.py runs --threads
 
 Writes reports/bench_eval.md and reports/bench_eval.json.
 """
@@ -216,7 +216,8 @@ def render(meta: dict, quant: dict, kl: dict, runs: list[dict], gains: list[dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--diamonds", action="store_true", help="also time the diamonds MDN default run (a few minutes)")
+    ap.add_argument("--diamonds", action="store_true", help="also time the diamonds MDN default run (a few minutes), and --threads")
+    ap.add_argument("--threads", action="store_true", help="also time the diamonds MDN's steps at one thread and at all cores")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_eval"))
     args = ap.parse_args()
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
@@ -229,6 +230,7 @@ def main() -> None:
         gains = []
         if args.diamonds:
             runs.append(whole_run(["dataset=diamonds", "loss=mdn"], Path(tmp)))
+        if args.diamonds or args.threads:
             gains = thread_gain(Path(tmp))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -165,6 +167,9 @@ def main() -> None:
         out.with_suffix(".md").write_text(render(saved["meta"], saved["rows"]))
         return
     torch.set_num_threads(args.threads)
+    # compiled kernels from a cache of its own: a stale or damaged shared cache (/tmp/torchinductor_<user>)
+    # has crashed the compiled backward here ("double free or corruption"), and a reused one hides compile work
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_grads_inductor_")
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     devices = [torch.device(d) for d in args.devices.split(",") if d != "cuda" or torch.cuda.is_available()]
     rows = []

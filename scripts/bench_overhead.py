@@ -8,7 +8,11 @@
    plain-loop scripts, each timed as a whole process (interpreter start-up and imports included).
 3. A 4-job sweep with `launcher=parallel` against the same sweep run sequentially.
 
-    python scripts/bench_overhead.py [--repeats 5] [--skip-sweeps]
+    python scripts/bench_overhead.py [--repeats 9] [--skip-sweeps]
+    python scripts/bench_overhead.py --repeats 3 --sweep-repeats 1 --steps-fraction 0.25 --sweeps seeds   # regenerate.py's
+
+`--steps-fraction` trains the seed workloads for that share of their steps (both sides alike: the
+ratio then weighs densbench's fixed per-run costs more, not less); `--sweeps` picks the sweeps of part 3.
 
 Writes reports/bench_overhead.md and reports/bench_overhead.json.
 """
@@ -58,31 +62,36 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+STEPS = {"GLM": 5000, "MDN": 8000}  # the documents' full-batch steps
 WORKLOADS = {
-    # name: (densbench overrides, plain-loop callable factory)
-    "GLM document, autograd": (["experiment=glm_doc", "dataset=sine_gaussian"], lambda d: lambda: plain_loops.glm(d)),
+    # name: (densbench overrides, plain-loop callable factory of (data, steps))
+    "GLM document, autograd": (["experiment=glm_doc", "dataset=sine_gaussian"], lambda d, n: lambda: plain_loops.glm(d, steps=n)),
     "GLM document, analytic": (
         ["experiment=glm_doc", "dataset=sine_gaussian", "grad=analytic"],
-        lambda d: lambda: plain_loops.glm(d, grad="analytic"),
+        lambda d, n: lambda: plain_loops.glm(d, grad="analytic", steps=n),
     ),
-    "MDN document, autograd": (["experiment=mdn_doc"], lambda d: lambda: plain_loops.mdn(d)),
-    "MDN document, analytic": (["experiment=mdn_doc", "grad=analytic"], lambda d: lambda: plain_loops.mdn(d, grad="analytic")),
+    "MDN document, autograd": (["experiment=mdn_doc"], lambda d, n: lambda: plain_loops.mdn(d, steps=n)),
+    "MDN document, analytic": (["experiment=mdn_doc", "grad=analytic"], lambda d, n: lambda: plain_loops.mdn(d, grad="analytic", steps=n)),
 }
-DOC_LOOPS = {"GLM document, autograd": lambda d: lambda: plain_loops.doc_glm(d), "MDN document, autograd": lambda d: lambda: plain_loops.doc_mdn(d)}
+DOC_LOOPS = {"GLM document, autograd": lambda d, n: lambda: plain_loops.doc_glm(d, steps=n),
+             "MDN document, autograd": lambda d, n: lambda: plain_loops.doc_mdn(d, steps=n)}
+# part 3's sweeps; the longer one shows how the speed-up grows once training outweighs a sweep's fixed costs
+SWEEPS = {"seeds": ("4 seeds of loss=nll", ["loss=nll", "seed=0,1,2,3"]), "losses": ("loss=kl,nll,mdn,glm", ["loss=kl,nll,mdn,glm"]),
+          "long": ("4 seeds of loss=nll, 4x longer", ["loss=nll", "seed=0,1,2,3", "loop.max_steps=12000"])}
 
 
-def in_process(repeats: int, only: list[str] | None = None) -> list[dict]:
-    """Part 1: plain loop vs densbench on the seed workloads, alternating."""
+def in_process(repeats: int, only: list[str] | None = None, fraction: float = 1.0) -> list[dict]:
+    """Part 1: plain loop vs densbench on the seed workloads (fraction of their steps), alternating."""
     torch.set_num_threads(1)
     data = {"GLM": plain_loops.prepared("sine_gaussian", n_train=400)[1], "MDN": plain_loops.prepared("inverse_sine", n_train=1000)[1]}
     rows = []
     for name, (overrides, plain_factory) in WORKLOADS.items():
         if only and not any(name.startswith(o) for o in only):
             continue
-        d = data[name.split()[0]]
-        impls = {"plain": plain_factory(d), "densbench": lambda o=overrides: densbench_fit(o)}
+        d, steps = data[name.split()[0]], round(STEPS[name.split()[0]] * fraction)
+        impls = {"plain": plain_factory(d, steps), "densbench": lambda o=overrides + [f"loop.max_steps={steps}"]: densbench_fit(o)}
         if name in DOC_LOOPS:
-            impls["document-style loop"] = DOC_LOOPS[name](d)
+            impls["document-style loop"] = DOC_LOOPS[name](d, steps)
         for fn in impls.values():  # warm-up (imports, allocator, lazy initialisation)
             fn()
         times: dict[str, list[float]] = {k: [] for k in impls}
@@ -91,7 +100,7 @@ def in_process(repeats: int, only: list[str] | None = None) -> list[dict]:
             for k in order:
                 times[k].append(timed(impls[k]) if k != "densbench" else impls[k]())
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"workload": name, "median_s": med, "all_s": times, "ratio": med["densbench"] / med["plain"],
+        row = {"workload": name, "steps": steps, "median_s": med, "all_s": times, "ratio": med["densbench"] / med["plain"],
                "ratio_of_minima": min(times["densbench"]) / min(times["plain"]), "paired_ratio": paired_ratio(times)}
         rows.append(row)
         print(f"{name}: " + "  ".join(f"{k}={v:.2f}s" for k, v in med.items()) + f"  densbench/plain={row['ratio']:.3f}", flush=True)
@@ -135,12 +144,10 @@ def headline(repeats: int) -> dict:
     return {"median_s": med, "all_s": out, "ratio": med["densbench"] / med["plain"]}
 
 
-def parallel(repeats: int) -> dict:
-    """Part 3: 4-job sweeps, sequential vs the joblib launcher on all cores."""
+def parallel(repeats: int, chosen: list[str]) -> dict:
+    """Part 3: 4-job sweeps (SWEEPS' chosen ones), sequential vs the joblib launcher on all cores."""
     py = sys.executable
-    # the third sweep shows how the speed-up grows once training outweighs the fixed costs of a sweep
-    sweeps = {"4 seeds of loss=nll": ["loss=nll", "seed=0,1,2,3"], "loss=kl,nll,mdn,glm": ["loss=kl,nll,mdn,glm"],
-              "4 seeds of loss=nll, 4x longer": ["loss=nll", "seed=0,1,2,3", "loop.max_steps=12000"]}
+    sweeps = dict(SWEEPS[k] for k in chosen)
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -179,7 +186,8 @@ def render(meta: dict, rows: list[dict], head: dict | None, par: dict | None) ->
         "# Training overhead: densbench vs a hand-written PyTorch loop",
         "",
         f"Produced by `python scripts/bench_overhead.py` on {meta['cpus']} CPU core(s), torch {meta['torch']}, one torch thread",
-        f"per training; medians of {meta['repeats']} repeats, implementations alternating. Ratios compare figures of one run.",
+        f"per training; medians of {meta['repeats']} repeats (the sweeps: {meta.get('sweep_repeats', meta['repeats'])}), implementations "
+        "alternating. Ratios compare figures of one run.",
         f"Part 1 ran {meta.get('date', '?')}; the sweeps (parts 2 and 3) ran {meta.get('sweeps_run', meta.get('date', '?'))}.",
         "The machine is a shared virtual machine whose speed drifts by 10-20 % within seconds. Three estimates",
         "are shown: the ratio of the medians, the ratio of the fastest runs, and the median of the per-repeat",
@@ -192,14 +200,18 @@ def render(meta: dict, rows: list[dict], head: dict | None, par: dict | None) ->
         "validation every 1000 steps, TensorBoard logging, best/last checkpoints). `document-style loop`: the source",
         "documents' own loop (nn.Sequential, sliced outputs), for reference.",
         "",
-        "| workload | plain (s) | densbench (s) | document-style loop (s) | ratio of medians | ratio of the fastest runs | paired ratio | goal |",
-        "|---|---|---|---|---|---|---|---|",
+        "`steps`: full-batch steps trained, of the document's (`--steps-fraction`; densbench's fixed per-run costs weigh more",
+        "in a shorter run).",
+        "",
+        "| workload | steps | plain (s) | densbench (s) | document-style loop (s) | ratio of medians | ratio of the fastest runs | paired ratio | goal |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r["median_s"]
         doc = f"{m['document-style loop']:.2f}" if "document-style loop" in m else "-"
         paired = paired_ratio(r["all_s"])
-        lines.append(f"| {r['workload']} | {m['plain']:.2f} | {m['densbench']:.2f} | {doc} | {r['ratio']:.3f} | "
+        full = STEPS[r["workload"].split()[0]]
+        lines.append(f"| {r['workload']} | {r.get('steps', full)} of {full} | {m['plain']:.2f} | {m['densbench']:.2f} | {doc} | {r['ratio']:.3f} | "
                      f"{r['ratio_of_minima']:.3f} | {paired:.3f} | {'met' if paired <= 1.15 else 'NOT met'} (<= 1.15) |")
     if head:
         m = head["median_s"]
@@ -245,6 +257,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--sweep-repeats", type=int, default=3)
+    ap.add_argument("--steps-fraction", type=float, default=1.0, help="share of the seed workloads' steps to train")
+    ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"part 3's sweeps, of {', '.join(SWEEPS)}")
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--reuse-sweeps", action="store_true", help="keep parts 2 and 3 from the existing JSON, rerun part 1")
     ap.add_argument("--sweeps-only", action="store_true", help="keep part 1 from the existing JSON, rerun parts 2 and 3")
@@ -264,7 +278,7 @@ def main() -> None:
         old = json.loads(out.with_suffix(".json").read_text())
         rows, meta["date"], meta["repeats"] = old["seed_workloads"], old["meta"]["date"], old["meta"]["repeats"]
     else:
-        rows = in_process(args.repeats, args.only.split(",") if args.only else None)
+        rows = in_process(args.repeats, args.only.split(",") if args.only else None, args.steps_fraction)
     head = par = None
     if args.reuse_sweeps:
         old = json.loads(out.with_suffix(".json").read_text())
@@ -272,7 +286,7 @@ def main() -> None:
         meta["sweeps_run"] = old["meta"].get("sweeps_run", old["meta"].get("date", "an earlier run"))
     elif not args.skip_sweeps:
         head = headline(args.sweep_repeats)
-        par = parallel(args.sweep_repeats)
+        par = parallel(args.sweep_repeats, args.sweeps.split(","))
         meta["sweeps_run"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "seed_workloads": rows, "headline": head, "parallel": par}, indent=1))

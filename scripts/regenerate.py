@@ -38,11 +38,14 @@ STEPS = {
     # quoted: an override's value may not hold an unquoted '='
     "headline": [PY, "-m", "densbench", "-m", "loss=kl,nll,mdn", "resume=false", "report.dir='reports/loss=kl,nll,mdn'",
                  "hydra.sweep.dir='multirun/loss=kl,nll,mdn'"],
-    "bench_stacked": [PY, "scripts/bench_stacked.py"],
-    "bench_eval": [PY, "scripts/bench_eval.py", "--diamonds"],  # the diamonds runs: the README's thread figures
-    "bench_grads": [PY, "scripts/bench_grads.py"],
-    "bench_overhead": [PY, "scripts/bench_overhead.py"],
-    "bench_numerics": [PY, "scripts/bench_numerics.py"],
+    # the benchmarks with fewer repeats and shorter workloads than their defaults, so that the whole
+    # regeneration fits in minutes; each report says what it ran
+    "bench_stacked": [PY, "scripts/bench_stacked.py", "--rounds", "2", "--pairs", "2"],
+    "bench_eval": [PY, "scripts/bench_eval.py", "--threads"],  # the README's thread figures
+    "bench_grads": [PY, "scripts/bench_grads.py", "--repeats", "5", "--sizes", "100000,1000000"],
+    "bench_overhead": [PY, "scripts/bench_overhead.py", "--repeats", "3", "--sweep-repeats", "1", "--steps-fraction", "0.25",
+                       "--sweeps", "seeds"],
+    "bench_numerics": [PY, "scripts/bench_numerics.py", "--pairs", "1"],
 }
 
 

@@ -36,6 +36,11 @@ INVALID = [  # values densbench refuses
     (["loop.eval_every=-5"], r"loop.eval_every=-5 must be a positive integer or null"),
     (["loop.compile_mode=fast"], r"loop.compile_mode='fast' is not allowed; choose one of: default, reduce-overhead"),
     (["optimizer.lr=-1"], r"optimizer.lr=-1 must be a positive number"),
+    # a seed of 1.5 ran as seed 1 under a name of its own (a report counted it as another seed)
+    (["seed=1.5"], r"seed=1.5 must be an integer >= 0"),
+    (["seed=-1"], r"seed=-1 must be an integer >= 0"),
+    (["seed=abc"], r"seed='abc' must be an integer >= 0"),
+    (["dataset.seed=0.5"], r"dataset.seed=0.5 must be an integer >= 0"),
     (["loop.checkpoint_every_s=-1"], r"loop.checkpoint_every_s=-1 must be a number >= 0"),
     # the loop owns these Trainer arguments: the old spelling points to its new home
     (["+trainer.max_steps=5"], r"trainer.max_steps is set by densbench's loop, not by the trainer config: use loop.max_steps"),

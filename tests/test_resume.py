@@ -295,3 +295,58 @@ def test_two_identical_sweeps_at_once_run_every_job_once(tmp_path):
         assert _read(run)["status"] == "ok"
     err = outs[0][1] + outs[1][1]
     assert err.count("densbench: reused an earlier ok result:") == 2  # each job: one trained it, the other reused it
+
+
+@pytest.mark.parametrize("content", ['[{"status": "ok"}]', '"ok"', "null", "{"])
+def test_a_result_file_that_is_not_a_json_object_is_rerun_not_a_crash(tmp_path, content):
+    cfg = make_cfg("experiment=fast", "logger=none", "figures=false")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "result.json").write_text(content)
+    res = run_job(cfg, tmp_path / "run")
+    assert res["status"] == "ok" and "resumed" not in res
+    assert isinstance(_read(tmp_path / "run"), dict)
+
+
+@pytest.mark.slow
+def test_a_sweep_reruns_a_job_whose_result_is_a_json_list_under_either_launcher(tmp_path):
+    for launcher in ("basic", "stacked"):
+        args = ["-m", "experiment=fast", "seed=0,1", f"launcher={launcher}", "logger=none", "figures=false",
+                "report.enabled=false", f"hydra.sweep.dir={tmp_path}/{launcher}"]
+        assert run_cli(args, cwd=tmp_path).returncode == 0
+        damaged = sorted((tmp_path / launcher).rglob("result.json"))[0]
+        damaged.write_text('[{"status":"ok"}]')
+        again = run_cli(args, cwd=tmp_path)
+        assert again.returncode == 0 and "AttributeError" not in again.stderr, again.stderr[-2000:]
+        assert json.loads(damaged.read_text())["status"] == "ok"
+
+
+def test_a_run_far_worse_than_predicting_the_training_mean_is_flagged_and_its_last_line_says_so():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from densbench.outcome import trivial_scores
+    from densbench.progress import run_line, sweep_table
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(3.0, 2.0, size=(50, 1))
+    data = SimpleNamespace(task="regression", y=y, train=np.arange(40), test=np.arange(40, 50))
+    trivial = trivial_scores(data)
+    m, s = y[:40].mean(), y[:40].std()
+    ref = -torch.distributions.Normal(torch.tensor(m), torch.tensor(s)).log_prob(torch.as_tensor(y[40:])).mean().item()
+    assert trivial["nll"] == pytest.approx(ref, rel=1e-12)
+    assert trivial["rmse"] == pytest.approx(float(np.sqrt(((y[40:] - m) ** 2).mean())), rel=1e-12)
+    assert trivial_scores(SimpleNamespace(task="multiclass", y=y, train=data.train, test=data.test)) is None
+
+    loop = check_config(make_cfg("experiment=fast")).loop
+    base = {"train": {"best_val_nll": 1.0, "last_val_nll": 1.0}, "curves": {}, "trivial": trivial}
+    # the case: finite, below every absolute threshold for NLL, yet RMSE 4.7e5 on targets of order 1
+    bad = {**base, "metrics": {"nll": 857.0, "rmse": 4.7e5}}
+    found = flags(loop, bad)
+    assert any(f.startswith("worse_than_trivial: test rmse 4.7e+05 is more than 10x") for f in found)
+    assert any(f.startswith("worse_than_trivial: test nll 857 is more than 10 nats above") for f in found)
+    assert flags(loop, {**base, "metrics": {"nll": trivial["nll"] - 0.5, "rmse": trivial["rmse"] / 2}}) == []
+    result = {"status": "ok", "metrics": bad["metrics"], "flags": found, "timing": {"total_s": 1.0}}
+    line = run_line(result, "out/run")
+    assert line.startswith("densbench: flagged (worse_than_trivial: test rmse") and " ok " not in line
+    assert "flagged" in sweep_table([("run", result)]) and "flagged" not in sweep_table([("run", {**result, "flags": []})])

@@ -213,3 +213,43 @@ def _record(run: Path) -> dict:
     hydra["runtime"]["choices"].pop("hydra/launcher", None)
     hydra["runtime"]["choices"].pop("launcher", None)
     return {"config": load("config.yaml"), "overrides": load("overrides.yaml"), "hydra": hydra}
+
+
+def test_a_listed_job_that_does_not_compose_ends_a_streamed_sweep_with_hydras_message(tmp_path):
+    # with workers, the stacked launcher composes a listed sweep as it trains it: a job that does not
+    # compose must still end the sweep (the stack already running finishes), naming the bad value
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([["seed=0"], ["seed=1"], ["loss=nlll"]]))
+    proc = run_cli(["-m", "experiment=fast", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={jobs}", "launcher=stacked",
+                    "hydra.launcher.workers=2", "figures=false", "logger=none", f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "nlll" in proc.stderr and "Traceback" not in proc.stderr
+    assert not [p for p in (tmp_path / "mr").rglob("result.json") if "nlll" in str(p)]
+
+
+def test_a_job_refused_on_its_own_leaves_its_stack_mates_as_they_would_be_alone(tmp_path):
+    # recalibrations need validation rows the small max_eval leaves too few of: isotonic and scale are
+    # refused, each with its own reason; the plain job trains and tests exactly as alone
+    cfgs = [make_cfg("experiment=fast", "dataset.max_eval=10", f"recalibrate={r}", *F64) for r in ("none", "isotonic", "scale")]
+    stacked = run_group([JobSpec(cfg, tmp_path / f"stack{i}", launcher="stacked") for i, cfg in enumerate(cfgs)])
+    assert [r["status"] for r in stacked] == ["ok", "skipped", "skipped"]
+    assert "recalibrate=isotonic" in stacked[1]["error"] and "recalibrate=scale" in stacked[2]["error"]
+    _close(_numbers(stacked[0]), _numbers(run_job(cfgs[0], tmp_path / "alone")))
+
+
+@pytest.mark.skipif(not (Path(TESTS).parents[1] / "shared" / "uci" / "yacht" / "data" / "data.txt").is_file(),
+                    reason="the UCI layout is not at ../shared/uci")
+def test_one_splits_bad_index_file_fails_only_its_own_job(tmp_path):
+    import shutil
+
+    shutil.copytree(Path(TESTS).parents[1] / "shared" / "uci" / "yacht", tmp_path / "uci" / "yacht")
+    index = tmp_path / "uci" / "yacht" / "data" / "index_test_1.txt"
+    rows = index.read_text().split()
+    index.write_text("\n".join([rows[1], rows[0], *rows[2:]]) + "\n")
+    cfgs = [make_cfg("experiment=uci_yacht", f"dataset.root={tmp_path / 'uci'}", f"dataset.split={i}", "loop.max_epochs=2", *F64)
+            for i in range(3)]
+    stacked = run_group([JobSpec(cfg, tmp_path / f"stack{i}", launcher="stacked") for i, cfg in enumerate(cfgs)])
+    assert [r["status"] for r in stacked] == ["ok", "failed", "ok"]
+    assert "index_*_1.txt differ from the protocol's regeneration" in stacked[1]["error"]
+    assert stacked[0]["train"]["stack"]["models"] == 2
+    _close(_numbers(stacked[2]), _numbers(run_job(cfgs[2], tmp_path / "alone")))

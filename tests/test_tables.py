@@ -121,6 +121,12 @@ def test_multiclass_labels_are_encoded(tmp_path):
     assert prep.data.n_classes == 3 and set(prep.data.y.tolist()) == {0, 1, 2}
 
 
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    path = _csv(tmp_path, "a,b,a,y\n" + "".join(f"{i},{2 * i},{3 * i},{i % 4}\n" for i in range(20)))
+    with pytest.raises(D.DataError, match=r"column name\(s\) 'a' appear more than once in the header"):
+        _load_csv(path=path, target="y")
+
+
 def test_poisson_head_on_regression_or_negative_csv_targets_is_refused(tmp_path):
     from densbench.checks import Incompatible, check_config
 

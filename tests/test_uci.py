@@ -80,6 +80,16 @@ def test_an_index_file_that_is_not_the_published_split_is_refused(tmp_path):
 
 
 @needs_layout
+@pytest.mark.parametrize("target,message", [("3", "which index_features.txt also lists as a feature"),
+                                            ("99", "must name columns 0..6 of data.txt")])
+def test_an_index_target_that_is_a_feature_or_no_column_is_refused(tmp_path, target, message):
+    shutil.copytree(UCI_ROOT / "yacht", tmp_path / "yacht")
+    (tmp_path / "yacht" / "data" / "index_target.txt").write_text(target + "\n")
+    with pytest.raises(DataError, match=message):
+        load(make_cfg("dataset=yacht", f"dataset.root={tmp_path}").dataset)
+
+
+@needs_layout
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_each_experiment_has_the_layouts_width_epochs_and_splits(name):
     numbers = uci.protocol(UCI_ROOT / uci.FOLDERS[name] / "data")

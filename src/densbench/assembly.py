@@ -20,6 +20,7 @@ from densbench.checkpoints import Checkpoints
 from densbench.checks import check_against_data, check_config, check_recalibration
 from densbench.devices import check_device, threads, world_size
 from densbench.engine import DensityData, EngineState, Selection, Stack, Throughput, param_dtype
+from densbench.errors import ConfigError, DataError
 from densbench.job_log import JobLog
 from densbench.loop import Loop
 from densbench.module import DensityModule, Job
@@ -75,6 +76,23 @@ class Built:
     loop: Loop  # the checked loop settings (the report's flags read their thresholds)
     shares: list[int | None]  # per job, the job of this stack whose models it uses (None: its own)
     trained_by: list[Path | None]  # per job, the run directory that trained its weights, when not itself
+
+
+def refusal(spec: JobSpec) -> Exception | None:
+    """Why this job on its own would be refused before training (its config or its data), or None.
+
+    build() checks a stack's jobs together, so one job's bad split or incompatible option stops them
+    all; this tells which of them is at fault, so the others can train without it."""
+    cfg = spec.cfg
+    try:
+        plan = check_config(cfg)
+        d = data_mod.load(cfg.dataset)
+        check_against_data(plan, d, str(cfg.grad))
+        check_recalibration(cfg, d.task, len(d.val))
+        data_mod.prepare(d, dtype="float64" if param_dtype(str(cfg.trainer.precision)) == torch.float64 else "float32")
+    except (ConfigError, DataError) as exc:
+        return exc
+    return None
 
 
 def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock | None = None) -> Built:

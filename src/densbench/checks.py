@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from densbench.errors import ConfigError, one_of, positive
+from densbench.errors import ConfigError, natural, one_of, positive
 from densbench.loop import Loop
 from densbench.families import Family
 from densbench.objectives import Objective
@@ -75,6 +75,9 @@ def check_config(cfg: DictConfig) -> Plan:
     from densbench import data
 
     one_of("grad", cfg.grad, GRADS)
+    natural("seed", cfg.get("seed"))
+    if "seed" in cfg.dataset:
+        natural("dataset.seed", cfg.dataset.seed)
     _check_trainer(cfg.trainer)
     loop: Loop = instantiate_checked(cfg.loop)
     _check_dataset(cfg.dataset)

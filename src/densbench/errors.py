@@ -36,6 +36,12 @@ def positive(key: str, value: Any, integer: bool = False, allow_null: bool = Fal
         raise ConfigError(f"{key}={value!r} must be {kind}" + (" or null" if allow_null else ""))
 
 
+def natural(key: str, value: Any) -> None:
+    """Refuse anything but an integer >= 0 (seeds: 1.5 would run as seed 1 under a name of its own)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise ConfigError(f"{key}={value!r} must be an integer >= 0")
+
+
 def in_range(key: str, value: Any, lo: float, hi: float) -> None:
     """Refuse a number outside [lo, hi]."""
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi):

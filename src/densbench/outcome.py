@@ -101,8 +101,27 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
         if log:
             log.finalize("success")
         out["timing"] = clock.summary(figures_s=time.perf_counter() - figures_started)
+    out["trivial"] = trivial_scores(data)
     out["flags"] = flags(b.loop, out)
     return out
+
+
+# a run this much worse than predicting the training targets' mean and spread has not learned, whatever
+# the scale of its targets (absolute thresholds miss a run at RMSE 1e5 on targets of order 1)
+TRIVIAL_RMSE_FACTOR = 10.0
+TRIVIAL_NLL_MARGIN = 10.0  # nats
+
+
+def trivial_scores(data: Any) -> dict[str, float] | None:
+    """Test NLL and RMSE of the trivial predictive, a Gaussian with the training targets' mean and
+    standard deviation (regression and counts; None for classes or an empty split)."""
+    if data.task == "multiclass" or not len(data.test) or not len(data.train):
+        return None
+    train, test = data.y[data.train].astype("float64").ravel(), data.y[data.test].astype("float64").ravel()
+    mean, sd = float(train.mean()), max(float(train.std()), 1e-12)
+    z = (test - mean) / sd
+    return {"nll": float((0.5 * z * z).mean() + math.log(sd) + 0.5 * math.log(2 * math.pi)),
+            "rmse": float(math.sqrt(((test - mean) ** 2).mean()))}
 
 
 def predictor(module: Any, job: int, prep: Any) -> Callable[[Any], Any]:
@@ -166,4 +185,13 @@ def flags(loop: Loop, out: dict[str, Any]) -> list[str]:
         v = out["metrics"].get(name)
         if v is not None and math.isfinite(v) and abs(v) > absurd:
             found.append(f"exploded: test {name} is {v:.3g} (above {absurd:g})")
+    trivial, metrics = out.get("trivial"), out["metrics"]
+    if trivial:
+        rmse, nll = metrics.get("rmse"), metrics.get("nll")
+        if rmse is not None and math.isfinite(rmse) and rmse > TRIVIAL_RMSE_FACTOR * trivial["rmse"]:
+            found.append(f"worse_than_trivial: test rmse {rmse:.4g} is more than {TRIVIAL_RMSE_FACTOR:g}x that of "
+                         f"predicting the training mean ({trivial['rmse']:.4g})")
+        if nll is not None and math.isfinite(nll) and nll > trivial["nll"] + TRIVIAL_NLL_MARGIN:
+            found.append(f"worse_than_trivial: test nll {nll:.4g} is more than {TRIVIAL_NLL_MARGIN:g} nats above the "
+                         f"training targets' Gaussian ({trivial['nll']:.4g})")
     return found

@@ -55,6 +55,9 @@ def run_line(result: dict[str, Any], run_dir: str | Path, reused: bool = False) 
         seconds = (result.get("timing") or {}).get("total_s", result.get("wall_time_s", 0.0))  # start-up included
         took = "" if reused else f"  in {duration(seconds)}"
         head = "reused an earlier ok result:" if reused else "ok"
+        if result.get("flags"):  # finished, but not to be read as a good run: say why on the line a user reads
+            why = "; ".join(result["flags"])
+            head = f"reused an earlier flagged result ({why}):" if reused else f"flagged ({why}):"
         return f"densbench: {head}  {what}{took}  ->  {run_dir}"
     return f"densbench: {status}: {result.get('error')}  ->  {run_dir}"
 
@@ -89,6 +92,8 @@ def sweep_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
         shown = name if len(name) <= width else "..." + name[-(width - 3):]
         status = res.get("status", "?")
         what = metrics_text(res.get("metrics") or {}) if status == "ok" else str(res.get("error") or "")[:80]
+        if status == "ok" and res.get("flags"):
+            status, what = "flagged", f"{what}  ({res['flags'][0].split(':')[0]}{', ...' if len(res['flags']) > 1 else ''})"
         lines.append(f"  {shown:<{width}}  {status:<11}  {what}")
     if len(rows) > TABLE_ROWS:
         lines.append(f"  ... and {len(rows) - TABLE_ROWS} more runs (all in the report)")

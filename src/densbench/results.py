@@ -43,12 +43,13 @@ def write_json_atomic(path: str | Path, payload: dict) -> Path:
 
 
 def read_result(run_dir: str | Path) -> dict | None:
-    """The run's result.json, or None when absent or unreadable."""
+    """The run's result.json, or None when absent, unreadable or not a JSON object."""
     try:
         with open(Path(run_dir) / RESULT_FILE) as f:
-            return json.load(f)
+            res = json.load(f)
     except (OSError, ValueError):
         return None
+    return res if isinstance(res, dict) else None
 
 
 def config_hash(config: dict) -> str:

@@ -23,7 +23,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from densbench import checkpoints, progress, resume
-from densbench.assembly import JobSpec, NotStackable, build
+from densbench.assembly import JobSpec, NotStackable, build, refusal
 from densbench.checks import Incompatible
 from densbench.devices import Skipped
 from densbench.engine import as_param_dtype
@@ -151,6 +151,11 @@ def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
                 _finish(spec)
                 progress.say(f"densbench: {spec.result['error']}")
         raise Interrupted(sig, stage) from None
+    except (ConfigError, DataError) as exc:
+        if len(specs) > 1 and _without_the_refused(specs, signals, rank0):
+            return
+        for spec in specs:
+            _record_failure(spec, exc, rank0)
     except Exception as exc:  # noqa: BLE001 - the job boundary records every failure
         for spec in specs:
             _record_failure(spec, exc, rank0)
@@ -158,6 +163,26 @@ def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
         for spec in specs:
             _finish(spec)
             progress.announce(spec.result, spec.run_dir)
+
+
+def _without_the_refused(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> bool:
+    """A stack refused before training: record each job refused on its own with its own reason and train
+    the others as a stack without them. False when no job alone is refused (the stack as a whole is)."""
+    refused = [refusal(spec) for spec in specs]
+    if not any(refused):
+        return False
+    for spec, exc in zip(specs, refused):
+        if exc is not None:
+            _record_failure(spec, exc, rank0)
+            if rank0:
+                _finish(spec)
+                progress.announce(spec.result, spec.run_dir)
+    rest = [spec for spec, exc in zip(specs, refused) if exc is None]
+    if rest:
+        progress.say(f"densbench: {len(specs) - len(rest)} of the stack's {len(specs)} jobs refused on their own; "
+                     f"the other {len(rest)} train without them")
+        _run_stack(rest, signals, rank0)
+    return True
 
 
 def _record_failure(spec: JobSpec, exc: Exception, rank0: bool) -> None:

@@ -52,10 +52,10 @@ def pool(workers: int) -> ProcessPoolExecutor:
     return _POOL[workers]
 
 
-def shutdown() -> None:
-    """Stop the worker processes (a later sweep starts new ones)."""
+def shutdown(cancel: bool = False) -> None:
+    """Stop the worker processes (a later sweep starts new ones); cancel: drop the stacks not yet started."""
     for executor in _POOL.values():
-        executor.shutdown(wait=True)
+        executor.shutdown(wait=True, cancel_futures=cancel)
     _POOL.clear()
 
 

@@ -150,10 +150,23 @@ def csv(cfg) -> Data:
         raise DataError(f"dataset.path={path!r}: cannot be read as CSV ({exc})") from exc
     if frame.empty:
         raise DataError(f"dataset.path={path!r}: the file has no rows")
+    _refuse_duplicate_columns(path)
     if not cfg.get("target"):
         raise DataError(f"dataset=csv needs dataset.target=<column>; columns are: {', '.join(frame.columns)}")
     features = list(cfg.features) if cfg.get("features") else None
     return _from_frame("csv", frame, str(cfg.target), str(cfg.get("task", "regression")), features, cfg, f"dataset.path={path!r}")
+
+
+def _refuse_duplicate_columns(path: str) -> None:
+    """A header naming a column twice is refused (pandas would rename the second 'a.1' and train on both)."""
+    import csv
+    from collections import Counter
+
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    twice = [name for name, n in Counter(h.strip() for h in header).items() if n > 1]
+    if twice:
+        raise DataError(f"dataset.path={path!r}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header")
 
 
 def uci_table(name: str) -> Callable:

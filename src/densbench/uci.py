@@ -110,6 +110,11 @@ def load(cfg) -> Data:
     if np.isnan(table).any():
         raise DataError(f"{folder / 'data.txt'}: {int(np.isnan(table).sum())} NaN values")
     features, target = _ints(folder / "index_features.txt"), int(_ints(folder / "index_target.txt")[0])
+    columns = table.shape[1]
+    if not 0 <= target < columns or ((features < 0) | (features >= columns)).any():
+        raise DataError(f"{folder}: index_target.txt ({target}) and index_features.txt must name columns 0..{columns - 1} of data.txt")
+    if target in set(features.tolist()):  # the target among the inputs: a model would read its answer
+        raise DataError(f"{folder}: index_target.txt names column {target}, which index_features.txt also lists as a feature")
     train, test = read_split(folder, int(cfg.split), len(table))
     train, val, test = protocol_rows(train, test, cfg.val_fraction, bool(cfg.get("tuning")))
     data = Data(cfg.name, "regression", table[:, features], table[:, target].copy(), train, val, test,

@@ -101,6 +101,7 @@ class ListSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        self.validate_batch_is_legal(batch)
+        if not getattr(self.launcher, "composes_jobs", False):  # else the launcher composes each job as it goes
+            self.validate_batch_is_legal(batch)
         log.info(f"{len(batch)} listed jobs")
         return [self.launcher.launch(batch, initial_job_idx=0)]

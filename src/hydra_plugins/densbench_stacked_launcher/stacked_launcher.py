@@ -118,6 +118,11 @@ class StackedLauncher(Launcher):
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
+        self._templates: Dict[Tuple[str, ...], Tuple[Dict[str, Any], Dict[str, Any]]] = {}
+
+    # a sweeper may leave composing the jobs to launch (hydra/sweeper=list does): with workers, the
+    # stacks of the first jobs composed train while the rest are composed
+    composes_jobs = True
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -128,12 +133,14 @@ class StackedLauncher(Launcher):
             stack_plan.pool(self.workers)
 
     # ------------------------------------------------------------------ jobs as plain data
-    def _jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[Job]:
+    def _jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, indices: Optional[Sequence[int]] = None) -> List[Job]:
+        """The jobs at indices (all when None) of the sweep's list, each shape composed once."""
         from densbench.config import slug  # the resolver of hydra.sweep.subdir
 
-        templates: Dict[Tuple[str, ...], Tuple[Dict[str, Any], Dict[str, Any]]] = {}
+        templates = self._templates
         jobs = []
-        for i, lines in enumerate(job_overrides):
+        for i in range(len(job_overrides)) if indices is None else indices:
+            lines = job_overrides[i]
             parsed = parse_overrides(list(lines))
             shape = _shape(parsed, self.replicate)
             if shape not in templates:
@@ -176,26 +183,52 @@ class StackedLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = self._jobs(job_overrides, initial_job_idx)
-        groups: Dict[str, List[int]] = {}
-        for k, job in enumerate(jobs):
-            key = json.dumps(_without(job.task, self.replicate), sort_keys=True, default=str)
-            groups.setdefault(key, []).append(k)
-        order = sorted(groups.values(), key=lambda ks: -stack_plan.cost(jobs[ks[0]].task, len(ks)))
         workers = self.workers
-        log.info(f"Launching {len(jobs)} jobs as {len(order)} stack(s)" + (f" on {workers} workers" if workers > 1 else ""))
-        progress = stack_plan.Counter(len(jobs))
+        if workers > 1:  # composing and training overlap: the stacks of each family go out as it is composed
+            jobs: List[Optional[Job]] = [None] * len(job_overrides)
+            batches = ((family, self._stacks(jobs, family)) for family in self._families(job_overrides, initial_job_idx, jobs))
+        else:
+            jobs = self._jobs(job_overrides, initial_job_idx)
+            batches = iter([(list(range(len(jobs))), self._stacks(jobs, range(len(jobs))))])
+        log.info(f"Launching {len(job_overrides)} jobs as stacks" + (f" on {workers} workers" if workers > 1 else ""))
+        progress = stack_plan.Counter(len(job_overrides))
         per_job = self._per_job_callbacks()
         returns: Dict[int, JobReturn] = {}
-        for members, results in self._run(jobs, order, workers, say):
+        for members, results in self._run(jobs, batches, workers, say):
             for k, result in zip(members, results):
                 returns[k] = self._record(jobs[k], result, per_job)
             progress.add(results)
-        return [returns[k] for k in range(len(jobs))]
+        return [returns[k] for k in range(len(job_overrides))]
 
-    def _run(self, jobs: List[Job], order: List[List[int]], workers: int, say: Any):
-        """(members, results) of every group as it ends: in this process, or on worker processes."""
+    def _families(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, jobs: List[Any]):
+        """The sweep's jobs composed family by family (jobs whose overrides differ only in replication keys,
+        present or not, as a recalibration and its plain job): each family's indices once its jobs are in jobs."""
+        families: Dict[Tuple[str, ...], List[int]] = {}
+        for i, lines in enumerate(job_overrides):
+            key = tuple(o.input_line for o in parse_overrides(list(lines)) if not _replicated(o, self.replicate))
+            families.setdefault(key, []).append(i)
+        for indices in families.values():
+            for job in self._jobs(job_overrides, initial_job_idx, indices):
+                jobs[job.idx - initial_job_idx] = job
+            yield indices
+
+    def _stacks(self, jobs: Sequence[Any], indices: Any) -> List[List[int]]:
+        """The jobs at indices grouped into stacks: equal configs with the replication keys left out."""
+        groups: Dict[str, List[int]] = {}
+        for k in indices:
+            key = json.dumps(_without(jobs[k].task, self.replicate), sort_keys=True, default=str)
+            groups.setdefault(key, []).append(k)
+        return list(groups.values())
+
+    def _run(self, jobs: List[Any], batches: Any, workers: int, say: Any):
+        """(members, results) of every stack as it ends: in this process, or on worker processes.
+
+        batches yields (indices, stacks) as jobs are composed; queued stacks go out largest first.
+        """
         from densbench import stack_plan
+
+        def largest_first(stacks: List[List[int]]) -> List[List[int]]:
+            return sorted(stacks, key=lambda ks: -stack_plan.cost(jobs[ks[0]].task, len(ks)))
 
         def announce(members: List[int]) -> None:
             if len(members) > 1:
@@ -207,20 +240,35 @@ class StackedLauncher(Launcher):
         payload = (lambda members: [(jobs[k].task, jobs[k].run_dir, jobs[k].overrides, jobs[k].hydra["job"].get("env_set") or {})
                                     for k in members])
         if workers == 1:
-            for members in order:
-                announce(members)
-                yield members, stack_plan.run_stack(payload(members))
+            for _, stacks in batches:
+                for members in largest_first(stacks):
+                    announce(members)
+                    yield members, stack_plan.run_stack(payload(members))
             return
         executor = stack_plan.pool(workers)
-        hydra_node = jobs[0].hydra
         pending: Dict[Future, List[int]] = {}
-        queue = list(order)
-        while queue or pending:
+        queue: List[List[int]] = []
+        composing = True
+        while composing or queue or pending:
+            if composing:
+                try:
+                    batch = next(batches, None)
+                except BaseException:
+                    # a job that does not compose ends the sweep as it would before any training: the
+                    # stacks already running finish (and are kept for a resume), the rest never start
+                    stack_plan.shutdown(cancel=True)
+                    raise
+                composing = batch is not None
+                if composing:
+                    queue = largest_first(queue + batch[1])
             while queue and len(pending) < workers:
                 members = queue.pop(0)
                 announce(members)
-                pending[executor.submit(stack_plan.run_stack, payload(members), hydra_node)] = members
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                pending[executor.submit(stack_plan.run_stack, payload(members), jobs[members[0]].hydra)] = members
+            if not pending:
+                continue
+            # while jobs are still being composed, only collect the stacks that have ended
+            done, _ = wait(pending, timeout=0 if composing else None, return_when=FIRST_COMPLETED)
             for future in done:
                 members = pending.pop(future)
                 yield members, future.result()  # an interrupt in a worker is raised here, after its records
