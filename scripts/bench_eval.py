@@ -114,8 +114,9 @@ def whole_run(overrides: list[str], tmp: Path) -> dict:
 BATCHES = (256, 1024, 2048, 4096, 16384, None)  # rows per step; None: full batch
 
 
-def thread_gain(tmp: Path, rounds: int = 2) -> list[dict]:
-    """Step time (ms) of the diamonds MDN at one thread and at all cores, per batch size, rounds alternating."""
+def thread_gain(tmp: Path, rounds: int = 2, steps: int = 400) -> list[dict]:
+    """Step time (ms) of the diamonds MDN at one thread and at all cores, per batch size, rounds alternating
+    (each run `steps` steps; the step time leaves out the first of its two evaluation periods)."""
     from densbench.run import run_job
 
     cores = usable_cores()
@@ -125,7 +126,7 @@ def thread_gain(tmp: Path, rounds: int = 2) -> list[dict]:
         for batch in BATCHES:
             for threads in ((1, cores) if r % 2 == 0 else (cores, 1)):
                 cfg = compose_config(["dataset=diamonds", "loss=mdn", f"loop.batch_size={'null' if batch is None else batch}",
-                                      "loop.max_steps=400", "loop.eval_every=200", f"loop.threads={threads}",
+                                      f"loop.max_steps={steps}", f"loop.eval_every={steps // 2}", f"loop.threads={threads}",
                                       "dataset.max_eval=1000", "logger=none", "figures=false", "resume=false"])
                 res = run_job(cfg, tmp / f"threads-{batch}-{threads}-{r}")
                 if res["status"] != "ok":
@@ -206,7 +207,8 @@ def render(meta: dict, quant: dict, kl: dict, runs: list[dict], gains: list[dict
     lines += ["", f"Goal: mdn_doc test evaluation at most {GOALS['mdn_doc_test_over_train']:.0%} of training: "
               f"{'met' if ratio <= GOALS['mdn_doc_test_over_train'] else 'not met'} ({ratio:.1%})."]
     if gains:
-        lines += ["", "## Threads (diamonds MDN, densbench's step time, best of alternating rounds)", "",
+        per_run = f", {meta['thread_steps']} steps per run" if meta.get("thread_steps") else ""
+        lines += ["", f"## Threads (diamonds MDN, densbench's step time, best of alternating rounds{per_run})", "",
                   f"| rows per step | 1 thread ms | {gains[0]['cores']} threads ms | speed-up |", "|---|---|---|---|"]
         lines += [f"| {g['rows']:,}{' (full batch)' if g['batch'] is None else ''} | {g['one_ms']:.2f} | {g['all_ms']:.2f} | {g['gain']:.2f}x |"
                   for g in gains]
@@ -218,10 +220,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--diamonds", action="store_true", help="also time the diamonds MDN default run (a few minutes), and --threads")
     ap.add_argument("--threads", action="store_true", help="also time the diamonds MDN's steps at one thread and at all cores")
+    ap.add_argument("--thread-steps", type=int, default=400, help="training steps of each run timed by --threads")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_eval"))
     args = ap.parse_args()
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "python": platform.python_version()}
+            "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "thread_steps": args.thread_steps}
     quant, kl = quantile_rates(), kl_comparison()
     torch.set_num_threads(usable_cores())
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,7 +234,7 @@ def main() -> None:
         if args.diamonds:
             runs.append(whole_run(["dataset=diamonds", "loss=mdn"], Path(tmp)))
         if args.diamonds or args.threads:
-            gains = thread_gain(Path(tmp))
+            gains = thread_gain(Path(tmp), steps=args.thread_steps)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "families": fams, "quantiles": quant, "kl": kl, "runs": runs,

@@ -49,6 +49,23 @@ def test_load_takes_a_glob_and_refuses_a_path_without_results(fast_sweep, tmp_pa
         results.load(tmp_path / "nothing-here*")
 
 
+def test_unreadable_runs_are_named_by_load_and_the_latex_command_and_an_empty_folder_is_one_line(fast_sweep, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(fast_sweep, sweep)
+    damaged = sorted(sweep.rglob("result.json"))[0]
+    damaged.write_text("[1, 2]")
+    with pytest.warns(UserWarning, match=re.escape(f"{damaged} (malformed: not a JSON object but list)")):
+        frame = results.load(sweep)
+    assert len(frame) == 3
+    with pytest.raises(SystemExit) as code:
+        report_main([str(sweep), "--out", str(tmp_path / "tables"), "--format", "latex"])
+    assert code.value.code != 0 and f"left out of the tables: {damaged}" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no usable results at") as err:
+        results.load(tmp_path / "empty")
+    assert "\n" not in str(err.value)
+
+
 def test_the_command_line_example_prints_the_rows(fast_sweep):
     code = f"import densbench.results as r; print(r.load({str(fast_sweep)!r})[['loss', 'nll', 'crps']])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -350,3 +350,30 @@ def test_a_run_far_worse_than_predicting_the_training_mean_is_flagged_and_its_la
     line = run_line(result, "out/run")
     assert line.startswith("densbench: flagged (worse_than_trivial: test rmse") and " ok " not in line
     assert "flagged" in sweep_table([("run", result)]) and "flagged" not in sweep_table([("run", {**result, "flags": []})])
+
+
+def test_the_csv_logger_keeps_the_rows_before_an_interrupt_when_the_run_resumes(tmp_path, reference):
+    import csv
+
+    args, marker, _ = reference
+    args = [a for a in args if a != "logger=none"] + ["logger=csv"]
+
+    def rows(run):
+        with open(run / "csv" / "metrics.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if v != "" and not k.startswith("throughput")} for r in csv.DictReader(f)]
+
+    marker.write_text("already")
+    whole = tmp_path / "whole"
+    assert run_job(make_cfg(*args), whole)["status"] == "ok"
+    marker.unlink()
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run_job(make_cfg(*args), run)
+    assert run_job(make_cfg(*args), run)["resumed_from_step"] == 76
+    got, want = rows(run), rows(whole)
+    steps = lambda rs: sorted(int(float(r["step"])) for r in rs)  # noqa: E731
+    assert steps(got) == steps(want) and len(got) > 0
+    key = lambda r: (int(float(r["step"])), sorted(r))  # noqa: E731
+    for g, w in zip(sorted(got, key=key), sorted(want, key=key)):
+        assert g.keys() == w.keys()
+        assert all(float(g[k]) == float(w[k]) for k in g if "time" not in k and "per_s" not in k and "ms" not in k)

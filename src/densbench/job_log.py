@@ -9,6 +9,7 @@ run directory, no figures: the PNGs beside result.json are every logger's figure
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class LoggerKind:
     requires: str | None = None  # the package it needs beyond Lightning (installed with the extra of that name)
     shared: bool = False  # one store for a whole sweep (a tracking store lists many runs), not one per run
     resume: Callable[[int], dict[str, Any]] = field(default=lambda step: {})  # constructor arguments when a run resumes
+    reopen: Callable[[Logger, int], None] = field(default=lambda logger, step: None)  # after it is made, when a run resumes
     run_name: bool = False  # name its run after the run directory (a tracking server lists many)
     figure: Callable[[Logger, str, Any, int], None] | None = None
     log_dir: Callable[[Logger], str | None] = field(default=lambda logger: getattr(logger, "log_dir", None))
@@ -114,10 +116,23 @@ def _mlflow_figure(logger: Logger, name: str, fig: Any, step: int) -> None:
     logger.experiment.log_figure(logger.run_id, fig, f"{name}.png")
 
 
+def _csv_reopen(logger: Logger, step: int) -> None:
+    """Keep the rows a resumed run logged up to its checkpoint's step (CSVLogger deletes metrics.csv as it starts)."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    try:
+        with open(path, newline="") as f:
+            kept = [row for row in csv.DictReader(f) if row.get("step") and float(row["step"]) <= step]
+    except OSError:
+        return
+    writer = logger.experiment  # the writer is made (and the old file removed) on first use
+    writer.metrics = [{k: v for k, v in row.items() if v != ""} | {"step": int(float(row["step"]))} for row in kept]
+    logger.save()  # at once: an interrupt before the next save must not lose them
+
+
 # events a killed run wrote after its last checkpoint are hidden, not shown twice
 register(TensorBoardLogger, LoggerKind("tensorboard", resume=lambda step: {"purge_step": step + 1}, figure=_tensorboard_figure,
                                        hparams=_tensorboard_hparams, tag=_tensorboard_tag, sweep_end="densbench.tb_experiment:declare"))
-register(CSVLogger, LoggerKind("csv"))
+register(CSVLogger, LoggerKind("csv", reopen=_csv_reopen))
 register(MLFlowLogger, LoggerKind("mlflow", requires="mlflow", subdir="mlruns", shared=True, run_name=True, figure=_mlflow_figure,
                                   log_dir=lambda logger: logger.save_dir, prepare=_prepare_mlflow))
 
@@ -192,5 +207,8 @@ def make(node: DictConfig | None, run_dir: Path, resumed_at: int | None = None) 
             kwargs["run_name"] = run_dir.name
         if resumed_at is not None:
             kwargs.update(kind.resume(resumed_at))
-        loggers.append(instantiate(entry, **kwargs))
+        logger = instantiate(entry, **kwargs)
+        if resumed_at is not None:
+            kind.reopen(logger, resumed_at)
+        loggers.append(logger)
     return JobLog(loggers)

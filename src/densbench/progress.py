@@ -8,6 +8,7 @@ sweep counts its finished jobs and ends with a compact table.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from densbench.results import read_result
 
 KEY_METRICS = ("nll", "crps", "rmse", "accuracy")
+TALLY_FILE = ".jobs_done"  # in the sweep directory: one line per finished job of the current multirun
 TABLE_ROWS = 40  # a sweep's closing table lists at most this many runs (the report has them all)
 
 
@@ -107,6 +109,14 @@ class SweepProgress(Callback):
         params = config.hydra.sweeper.get("params")
         self.total = sweep_size(list(config.hydra.overrides.task), OmegaConf.to_container(params) if params else None)
         self.counts: dict[str, int] = {}
+        # parallel launchers end their jobs in worker processes, each with its own copy of this callback:
+        # the sweep's count is kept in a file all of them append to (one short O_APPEND write per job)
+        self.tally: Path | None = Path(str(config.hydra.sweep.dir)) / TALLY_FILE
+        try:
+            self.tally.parent.mkdir(parents=True, exist_ok=True)
+            self.tally.write_text("")
+        except OSError:
+            self.tally = None
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if not hasattr(self, "counts") or config.hydra.mode.name != "MULTIRUN":
@@ -114,6 +124,17 @@ class SweepProgress(Callback):
         result = read_result(Path(config.hydra.runtime.output_dir)) or {}
         status = result.get("status", "failed")
         self.counts[status] = self.counts.get(status, 0) + 1
+        if self.tally is not None:
+            try:
+                fd = os.open(self.tally, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                try:
+                    os.write(fd, f"{status}\n".encode())
+                finally:
+                    os.close(fd)
+                statuses = self.tally.read_text().split()
+                self.counts = {s: statuses.count(s) for s in set(statuses)}
+            except OSError:
+                pass  # a count is a nicety: this process's own then
         done = sum(self.counts.values())
         of = f"/{self.total}" if self.total else ""
         tally = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))

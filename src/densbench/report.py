@@ -568,6 +568,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.format == "latex":
         for path in write_leaderboards(sweep, out, "latex", args.title):
             print(path)
+        skipped = scan_results(sweep)[1]
+        for path, why in skipped:
+            print(f"densbench: left out of the tables: {path}: {why}", file=sys.stderr)
+        if skipped:
+            sys.exit(SKIPPED_EXIT)
         return
     written = write_report(sweep, out, args.title)
     write_leaderboards(sweep, out, "markdown", args.title)

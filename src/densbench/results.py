@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,17 +82,9 @@ def scan_results(root: str | Path) -> tuple[list[tuple[Path, dict]], list[tuple[
     """Every usable (run_dir, result) under root, and every (path, reason) that could not be used."""
     good, bad = [], []
     for path in sorted(Path(root).rglob(RESULT_FILE)):
-        try:
-            with open(path) as f:
-                res = json.load(f)
-        except (OSError, ValueError) as exc:
-            bad.append((path, f"unreadable: {exc}"))
-            continue
-        why = problem(res)
-        if why:
-            bad.append((path, f"malformed: {why}"))
-        else:
-            good.append((path.parent, res))
+        usable, unusable = scan_results_file(path)
+        good += usable
+        bad += unusable
     return good, bad
 
 
@@ -142,14 +135,33 @@ def _found(path_or_glob: str | Path) -> tuple[Path, list[tuple[Path, dict]]]:
     if root.is_file():
         root = root.parent
     found: list[tuple[Path, dict]] = []
+    bad: list[tuple[Path, str]] = []
     for m in matches:
         if m.is_file():
-            res = read_result(m.parent)
-            if res is not None and problem(res) is None:
-                found.append((m.parent, res))
+            good, unusable = scan_results_file(m)
+            found += good
+            bad += unusable
         elif m.is_dir():
-            found.extend(scan_results(m)[0])
+            good, unusable = scan_results(m)
+            found += good
+            bad += unusable
+    if bad:  # left out, but never silently
+        warnings.warn(f"{len(bad)} result file(s) left out: " + "; ".join(f"{p} ({why})" for p, why in bad), stacklevel=3)
+    if not found:
+        raise FileNotFoundError(f"no usable results at {text}" + (f" ({len(bad)} unreadable)" if bad else "")
+                                + ": give a sweep or run directory, a result.json, or a glob of them")
     return root, found
+
+
+def scan_results_file(path: Path) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
+    """One result.json as scan_results reports it: usable as [(run_dir, result)], or [(path, why not)]."""
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, ValueError) as exc:
+        return [], [(path, f"unreadable: {exc}")]
+    why = problem(res)
+    return ([], [(path, f"malformed: {why}")]) if why else ([(path.parent, res)], [])
 
 
 def load(path_or_glob: str | Path) -> pd.DataFrame:
