@@ -1,5 +1,7 @@
 """Special functions against scipy."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,22 @@ def test_student_t_quantiles_on_a_level_axis_equal_every_entrys_own(dtype):
     got = ops.icdf(StudentT(df, loc, scale), levels).double()
     p, nu = torch.broadcast_tensors(levels.double(), df.double())
     ref = loc.double() + scale.double() * torch.from_numpy(special.stdtrit(nu.numpy(), p.numpy()))
+    # float64: the level axis reads t quantiles from a table in 1/nu checked to 1e-12 (relative, absolute
+    # below 1); float32: loc + scale t rounds near 0
     torch.testing.assert_close(got, ref, rtol=1e-12 if dtype == torch.float64 else 2e-6,
-                               atol=0 if dtype == torch.float64 else 1e-6)  # float32: loc + scale t rounds near 0
+                               atol=1e-12 if dtype == torch.float64 else 1e-6)
     assert ops.shared_levels(p) is not None and ops.shared_levels(torch.rand(3, 4)) is None
+
+
+def test_tabulated_student_t_quantiles_match_scipy_for_every_df_and_level():
+    # the table covers nu >= 2 (1/nu in [0, 1/2]) and is exact beyond; the normal limit at nu = inf
+    from densbench.special import student_t_icdf_levels
+
+    levels = torch.arange(1, 101, dtype=torch.float64) / 200
+    nu = torch.cat([2 + 300 * torch.rand(2000, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
+                    torch.tensor([2.0, 2.5, 1.99, 1.0, 0.3, 1e9, math.inf], dtype=torch.float64)])
+    got = student_t_icdf_levels(levels, nu)
+    ref = torch.from_numpy(special.stdtrit(nu.numpy()[None, :], levels.numpy()[:, None]))
+    ref[:, nu == math.inf] = torch.from_numpy(special.ndtri(levels.numpy()))[:, None]
+    assert got.shape == (100, len(nu))
+    assert ((got - ref).abs() / ref.abs().clamp(min=1)).max() <= 1e-12

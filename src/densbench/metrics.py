@@ -140,13 +140,13 @@ class PredictiveMetrics(Metric):
         yd = y.double()
         ps = torch.linspace(0.01, 0.99, SCORE_LEVELS, dtype=torch.float64, device=y.device)
         # check (pinball) score at the 99 quantile levels
-        qc = q[_q_index(ps)]
-        self.check_score += (((qc >= yd).double() - ps.unsqueeze(-1)) * (qc - yd)).mean(0).sum()
-        # interval score of the central p intervals
+        # (1{q >= y} - p)(q - y) = relu(q - y) - p (q - y): two passes over [99, N] instead of five
+        d = q[_q_index(ps)] - yd
+        self.check_score += (torch.relu(d).sum() - (ps @ d).sum()) / SCORE_LEVELS
+        # interval score of the central p intervals: width + 2/(1 - p) x the distance outside
         lo, hi = q[_q_index(0.5 - ps / 2)], q[_q_index(0.5 + ps / 2)]
-        pen = (2.0 / (1 - ps)).unsqueeze(-1)
-        score = (hi - lo) + pen * (lo - yd) * (lo > yd) + pen * (yd - hi) * (yd > hi)
-        self.interval_score += score.mean(0).sum()
+        outside = torch.relu(lo - yd) + torch.relu(yd - hi)
+        self.interval_score += ((hi - lo).sum() + (2.0 / (1 - ps) @ outside).sum()) / SCORE_LEVELS
         for j, c in enumerate(COVERAGES):
             lo_c, hi_c = given.get(c) or (q[_q_index(torch.tensor(0.5 - c / 2))], q[_q_index(torch.tensor(0.5 + c / 2))])
             lo_c, hi_c = lo_c.reshape(yd.shape).double(), hi_c.reshape(yd.shape).double()

@@ -92,6 +92,73 @@ def student_t_icdf(p: Tensor, nu: Tensor) -> Tensor:
     return scipy_apply(special.stdtrit, nu, p).to(p.dtype)
 
 
+# Student-t quantiles at a fixed set of levels for many degrees of freedom (the metrics' 100 levels for
+# every test row of a learned-df head): tabulated in u = 1/nu, where t_nu^-1(p) is smooth up to the
+# normal limit u = 0, and read by cubic interpolation; exact (stdtrit) beyond the table's range
+_T_TABLE_U_MAX = 0.5  # nu >= 2; smaller df (heavier tails) are computed exactly
+_T_TABLE_RTOL = 1e-12  # interpolation error allowed (relative; absolute below 1), checked at every cell's midpoint; stdtrit itself is good to ~4e-13
+_T_TABLES: dict[bytes, tuple[Any, Any]] = {}
+
+
+def _t_table(levels: Any) -> tuple[Any, Any]:
+    """(nodes u [K + 1], values [K + 1, H]) of t_{1/u}^-1 at levels [H] (numpy float64), fine enough that
+    cubic interpolation is within _T_TABLE_RTOL at every cell's midpoint (nodes doubled until it is)."""
+    import numpy as np
+    from scipy import special
+
+    key = levels.tobytes()
+    if key in _T_TABLES:
+        return _T_TABLES[key]
+
+    def exact(u: Any) -> Any:
+        with np.errstate(divide="ignore"):
+            nu = np.where(u > 0, 1 / np.maximum(u, 1e-300), np.inf)
+        z = special.stdtrit(nu[:, None], levels[None, :])
+        return np.where(u[:, None] > 0, z, special.ndtri(levels)[None, :])
+
+    k = 1024  # enough for the metrics' levels (checked below; doubled if not)
+    while True:
+        u = np.linspace(0.0, _T_TABLE_U_MAX, k + 1)
+        values = exact(u)
+        mid = (u[:-1] + u[1:]) / 2
+        err = np.abs(_cubic(u, values, mid) - exact(mid)) / np.maximum(1.0, np.abs(exact(mid)))
+        if err.max() <= _T_TABLE_RTOL or k >= 8192:
+            break
+        k *= 2
+    _T_TABLES[key] = (u, values)
+    return u, values
+
+
+def _cubic(u: Any, values: Any, x: Any) -> Any:
+    """Cubic Lagrange interpolation of values [K + 1, H] on the uniform nodes u at points x [N]: [N, H]."""
+    import numpy as np
+
+    h = u[1] - u[0]
+    i = np.clip(np.floor(x / h).astype(np.int64) - 1, 0, len(u) - 4)  # the stencil i..i+3, kept inside the table
+    t = x / h - i  # in [1, 2] inside, [0, 3] at the ends
+    w = np.stack([-(t - 1) * (t - 2) * (t - 3) / 6, t * (t - 2) * (t - 3) / 2, -t * (t - 1) * (t - 3) / 2, t * (t - 1) * (t - 2) / 6])
+    return sum(w[j][:, None] * values[i + j] for j in range(4))
+
+
+def student_t_icdf_levels(levels: Tensor, nu: Tensor) -> Tensor:
+    """t_nu^-1 at levels [H] for each of nu [N] (no gradient): [H, N], interpolated in 1/nu where nu >= 2."""
+    import numpy as np
+    from scipy import special
+
+    lv = levels.detach().to("cpu", torch.float64).numpy()
+    n = nu.detach().to("cpu", torch.float64).numpy()
+    with np.errstate(divide="ignore"):
+        u = np.where(np.isfinite(n) & (n > 0), 1 / n, np.nan)
+    inside = (u >= 0) & (u <= _T_TABLE_U_MAX)
+    out = np.empty((len(n), len(lv)))
+    if inside.any():
+        nodes, values = _t_table(lv)
+        out[inside] = _cubic(nodes, values, u[inside])
+    if (~inside).any():
+        out[~inside] = special.stdtrit(n[~inside][:, None], lv[None, :])
+    return torch.from_numpy(np.ascontiguousarray(out.T)).to(device=levels.device, dtype=levels.dtype)
+
+
 def betainc_differentiable(a: Tensor, b: Tensor, x: Tensor, max_iter: int = 500) -> Tensor:
     """I_x(a, b) by the modified Lentz continued fraction in torch, differentiable in a, b and x.
 

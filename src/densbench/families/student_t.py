@@ -133,7 +133,7 @@ def _student_t_icdf(d: Any, p: Tensor) -> Tensor:
 def standard_quantiles(p: Tensor, nu: Tensor) -> Tensor:
     """t_nu^-1(p) (no gradient); on a level axis, levels p and 1 - p from one evaluation (the standard t is
     symmetric), which halves the metrics' 199 levels at half a microsecond an entry."""
-    from densbench.special import student_t_icdf
+    from densbench.special import student_t_icdf, student_t_icdf_levels
 
     levels = ops.shared_levels(p)
     if levels is None or not bool((nu == nu[:1]).all()):
@@ -142,8 +142,7 @@ def standard_quantiles(p: Tensor, nu: Tensor) -> Tensor:
     half, back = torch.unique(torch.minimum(levels, 1 - levels).flatten().double().round(decimals=14), return_inverse=True)
     if len(half) == len(back):
         return student_t_icdf(p, nu)
-    lower = half.reshape(-1, *[1] * (p.dim() - 1)).expand(len(half), *p.shape[1:])
-    t = student_t_icdf(lower, nu[:1].expand(lower.shape).double()).index_select(0, back)
+    t = student_t_icdf_levels(half, nu[0].reshape(-1).double()).reshape(len(half), *p.shape[1:]).index_select(0, back)
     return torch.where(p < 0.5, t, -t).to(p.dtype)
 
 
