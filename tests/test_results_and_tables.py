@@ -187,14 +187,16 @@ def test_mlflow_sweep_is_one_store_whose_runs_mlflows_own_client_lists_with_metr
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    proc = run_cli(["-m", "experiment=fast", "logger=mlflow", "figures=true", "loss=kl,nll", f"hydra.sweep.dir={tmp_path}/mr"],
-                   cwd=tmp_path)
+    # two worker processes open the new store at once: its tables must be created once
+    proc = run_cli(["-m", "experiment=fast", "logger=mlflow", "figures=true", "loss=kl,nll", "launcher=parallel",
+                    f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "INFO" not in proc.stderr  # MLflow's table creation is not news
     found = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")}
     stores = {(tmp_path / "mr" / name / res["artifacts"]["mlflow"]).resolve() for name, res in found.items()}
-    assert stores == {(tmp_path / "mr" / "mlruns").resolve()}  # one store for the sweep, beside its runs
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as a reader of the store must (MLflow 3)
-    client = MlflowClient(tracking_uri=stores.pop().as_uri())
+    assert stores == {(tmp_path / "mr").resolve()}  # one store for the sweep, beside its runs
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # a SQLite store: MLflow's client reads it as it is
+    client = MlflowClient(tracking_uri=f"sqlite:///{stores.pop() / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("densbench").experiment_id])}
     assert set(runs) == set(found) and all(r.info.status == "FINISHED" for r in runs.values())
     for name, res in found.items():

@@ -377,3 +377,29 @@ def test_the_csv_logger_keeps_the_rows_before_an_interrupt_when_the_run_resumes(
     for g, w in zip(sorted(got, key=key), sorted(want, key=key)):
         assert g.keys() == w.keys()
         assert all(float(g[k]) == float(w[k]) for k in g if "time" not in k and "per_s" not in k and "ms" not in k)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "stacked"])
+def test_an_interrupted_mlflow_run_resumes_into_the_same_mlflow_run(tmp_path, on_path, launcher):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    from mlflow.tracking import MlflowClient
+
+    marker = tmp_path / "marker"
+    args = ["-m", *[a for a in LOOP if a != "logger=none"], "logger=mlflow", "seed=0,1", f"launcher={launcher}",
+            "report.enabled=false", f"hydra.sweep.dir={tmp_path}/mr", *_signal_args(marker)]
+    first = run_cli(args, cwd=tmp_path, env={"PYTHONPATH": TESTS})
+    assert first.returncode != 0 and "interrupted by SIGINT" in first.stderr
+    marker.write_text("already")  # no signal the second time
+    second = run_cli(args, cwd=tmp_path, env={"PYTHONPATH": TESTS})
+    assert second.returncode == 0, second.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mr' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")}
+    assert sorted(r.info.run_name for r in runs) == sorted(results)  # one MLflow run per job, none left RUNNING
+    assert all(r.info.status == "FINISHED" for r in runs)
+    resumed = [r for r in results.values() if r.get("resumed_from_step")]
+    assert resumed
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/nll")]
+        assert steps == results[run.info.run_name]["curves"]["train_step"]  # every validation, once

@@ -10,6 +10,7 @@ run directory, no figures: the PNGs beside result.json are every logger's figure
 from __future__ import annotations
 
 import csv
+import fcntl
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -35,7 +36,10 @@ class LoggerKind:
     subdir: str = ""  # where under the run directory (or the sweep's, when shared) its files go (save_dir)
     requires: str | None = None  # the package it needs beyond Lightning (installed with the extra of that name)
     shared: bool = False  # one store for a whole sweep (a tracking store lists many runs), not one per run
-    resume: Callable[[int], dict[str, Any]] = field(default=lambda step: {})  # constructor arguments when a run resumes
+    # constructor arguments: where it writes (from its directory), and more when a run resumes (the step
+    # of the checkpoint, its directory, the run's name)
+    store: Callable[[Path], dict[str, Any]] = field(default=lambda where: {"save_dir": str(where)})
+    resume: Callable[[int, Path, str], dict[str, Any]] = field(default=lambda step, where, name: {})
     reopen: Callable[[Logger, int], None] = field(default=lambda logger, step: None)  # after it is made, when a run resumes
     run_name: bool = False  # name its run after the run directory (a tracking server lists many)
     figure: Callable[[Logger, str, Any, int], None] | None = None
@@ -86,23 +90,51 @@ def _tensorboard_tag(name: str, final: bool) -> str:
     return name if final else f"curves/{name}"
 
 
-def _prepare_mlflow(entry: DictConfig, save_dir: Path) -> None:
-    from mlflow.exceptions import MlflowException  # the optional dependency: imported only when asked for
-    from mlflow.tracking import MlflowClient
+MLFLOW_DB = "mlflow.db"  # the sweep's (or single run's) MLflow store: SQLite, as MLflow recommends over files
+MLFLOW_ARTIFACTS = "mlartifacts"  # beside it: the figures of its runs
 
-    # MLflow 3 refuses a file store unless asked (it prefers a database server); a sweep's own store
-    # is exactly what a benchmark wants, and a user's explicit setting still wins
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    # the parallel launcher's jobs start together: made here, the experiment is not created twice
-    # (Lightning's logger would create it on first use, and the second job to try would fail)
-    client = MlflowClient(tracking_uri=save_dir.resolve().as_uri())
-    name = str(entry.get("experiment_name", "lightning_logs"))
-    if client.get_experiment_by_name(name) is None:
-        try:
-            client.create_experiment(name)
-        except MlflowException:
-            if client.get_experiment_by_name(name) is None:  # not a lost race: a real failure
-                raise
+
+def _mlflow_store(where: Path) -> dict[str, Any]:
+    return {"tracking_uri": f"sqlite:///{(where / MLFLOW_DB).resolve()}"}
+
+
+def _mlflow_client(where: Path) -> Any:
+    import logging
+
+    from mlflow.tracking import MlflowClient  # the optional dependency: imported only when asked for
+
+    for name in ("mlflow.store.db.utils", "alembic"):  # creating the store's tables is not news
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=_mlflow_store(where)["tracking_uri"])
+
+
+def _prepare_mlflow(entry: DictConfig, where: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    where.mkdir(parents=True, exist_ok=True)
+    # the parallel launcher's jobs start together: one at a time, the first creates the store's tables
+    # (two at once collide in its schema migration) and the experiment (Lightning's logger would create
+    # it on first use, and the second job to try would fail), with its artifacts beside the store, not
+    # under the current directory
+    with open(where / f"{MLFLOW_DB}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = _mlflow_client(where)
+        name = str(entry.get("experiment_name", "lightning_logs"))
+        if client.get_experiment_by_name(name) is None:
+            try:
+                client.create_experiment(name, artifact_location=(where / MLFLOW_ARTIFACTS).resolve().as_uri())
+            except MlflowException:
+                if client.get_experiment_by_name(name) is None:  # not a lost race: a real failure
+                    raise
+
+
+def _mlflow_resume(step: int, where: Path, name: str) -> dict[str, Any]:
+    """The MLflow run a resumed job continues: the latest one of its name (an interrupt leaves it RUNNING)."""
+    client = _mlflow_client(where)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`mlflow.runName` = '{name}'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return {"run_id": runs[0].info.run_id} if runs else {}
 
 
 def _store_root(run_dir: Path) -> Path:
@@ -130,18 +162,19 @@ def _csv_reopen(logger: Logger, step: int) -> None:
 
 
 # events a killed run wrote after its last checkpoint are hidden, not shown twice
-register(TensorBoardLogger, LoggerKind("tensorboard", resume=lambda step: {"purge_step": step + 1}, figure=_tensorboard_figure,
+register(TensorBoardLogger, LoggerKind("tensorboard", resume=lambda step, where, name: {"purge_step": step + 1}, figure=_tensorboard_figure,
                                        hparams=_tensorboard_hparams, tag=_tensorboard_tag, sweep_end="densbench.tb_experiment:declare"))
 register(CSVLogger, LoggerKind("csv", reopen=_csv_reopen))
-register(MLFlowLogger, LoggerKind("mlflow", requires="mlflow", subdir="mlruns", shared=True, run_name=True, figure=_mlflow_figure,
-                                  log_dir=lambda logger: logger.save_dir, prepare=_prepare_mlflow))
+register(MLFlowLogger, LoggerKind("mlflow", requires="mlflow", shared=True, run_name=True, figure=_mlflow_figure,
+                                  log_dir=lambda logger: None, store=_mlflow_store, resume=_mlflow_resume, prepare=_prepare_mlflow))
 
 
 class JobLog:
     """Every logger of one job; empty (and false) when logging is off."""
 
-    def __init__(self, loggers: list[Logger] | None = None) -> None:
+    def __init__(self, loggers: list[Logger] | None = None, stores: list[Path] | None = None) -> None:
         self.loggers = list(loggers or [])
+        self.stores = list(stores or [None] * len(self.loggers))  # the folder each was given, where known
 
     def __bool__(self) -> bool:
         return bool(self.loggers)
@@ -167,9 +200,9 @@ class JobLog:
     def locations(self, run_dir: Path) -> dict[str, str]:
         """Where each logger wrote, relative to the run directory (result.json's artifacts)."""
         out = {}
-        for logger in self.loggers:
+        for logger, store in zip(self.loggers, self.stores):
             kind = kind_of(type(logger))
-            where = kind.log_dir(logger)
+            where = kind.log_dir(logger) or store
             if where:
                 out[kind.name] = os.path.relpath(where, run_dir)
         return out
@@ -194,7 +227,7 @@ def entries(node: DictConfig | None) -> list[DictConfig]:
 
 def make(node: DictConfig | None, run_dir: Path, resumed_at: int | None = None) -> JobLog:
     """A job's loggers from the logger config, writing under its run directory."""
-    loggers = []
+    loggers, stores = [], []
     for entry in entries(node):
         kind = kind_of(get_class(entry._target_))
         if kind.requires and importlib.util.find_spec(kind.requires) is None:
@@ -202,13 +235,14 @@ def make(node: DictConfig | None, run_dir: Path, resumed_at: int | None = None) 
                               f'pip install "densbench[{kind.requires}]"')
         save_dir = (_store_root(run_dir) if kind.shared else run_dir) / kind.subdir
         kind.prepare(entry, save_dir)
-        kwargs: dict[str, Any] = {"save_dir": str(save_dir)}
+        kwargs: dict[str, Any] = kind.store(save_dir)
         if kind.run_name:
             kwargs["run_name"] = run_dir.name
         if resumed_at is not None:
-            kwargs.update(kind.resume(resumed_at))
+            kwargs.update(kind.resume(resumed_at, save_dir, run_dir.name))
         logger = instantiate(entry, **kwargs)
         if resumed_at is not None:
             kind.reopen(logger, resumed_at)
         loggers.append(logger)
-    return JobLog(loggers)
+        stores.append(save_dir)
+    return JobLog(loggers, stores)

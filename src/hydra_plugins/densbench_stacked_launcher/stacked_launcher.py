@@ -243,7 +243,8 @@ class StackedLauncher(Launcher):
             for _, stacks in batches:
                 for members in largest_first(stacks):
                     announce(members)
-                    yield members, stack_plan.run_stack(payload(members))
+                    # the sweep's Hydra node made current, as in a worker: a job's shared stores (MLflow) go to the sweep
+                    yield members, stack_plan.run_stack(payload(members), jobs[members[0]].hydra)
             return
         executor = stack_plan.pool(workers)
         pending: Dict[Future, List[int]] = {}
