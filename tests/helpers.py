@@ -1,4 +1,5 @@
-"""Test-only Lightning callbacks, loaded by runs through `+callbacks.<name>._target_=helpers.<Class>`."""
+"""Test-only Lightning callbacks, loaded by runs through `+callbacks.<name>._target_=helpers.<Class>`, and Hydra
+callbacks (`+hydra.callbacks.<name>._target_=helpers.<Class>`)."""
 
 import os
 import signal
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from hydra.experimental.callback import Callback
 
 
 class RaiseAtStep(pl.Callback):
@@ -58,3 +60,21 @@ class PoisonModel(pl.Callback):
             with torch.no_grad():
                 pl_module.head.linear.weight[self.model].fill_(float("nan"))
             self.done = True
+
+
+class SignalWhileReporting(Callback):
+    """Hydra callback: the sweep's report, when it is written, first receives SIGINT (a signal at the sweep's end)."""
+
+    def on_multirun_start(self, config, **kwargs):
+        import os
+        import signal
+
+        from densbench import report
+
+        original = report.write_report
+
+        def signalled(*args, **kw):
+            os.kill(os.getpid(), signal.SIGINT)
+            return original(*args, **kw)
+
+        report.write_report = signalled

@@ -403,3 +403,83 @@ def test_an_interrupted_mlflow_run_resumes_into_the_same_mlflow_run(tmp_path, on
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/nll")]
         assert steps == results[run.info.run_name]["curves"]["train_step"]  # every validation, once
+
+
+def test_a_signal_while_a_run_starts_is_one_line_and_an_interrupted_record(tmp_path):
+    # 1.5 s in: importing torch and Lightning on this machine (any later stage must give the same)
+    proc = subprocess.Popen([sys.executable, "-m", "densbench", "experiment=fast", f"hydra.run.dir={tmp_path}/run"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    import time
+
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and err.count("densbench: interrupted by SIGTERM") == 1, err[-2000:]
+    assert _read(tmp_path / "run")["status"] == "interrupted"
+
+
+def test_a_signal_while_the_sweeps_report_is_written_is_one_line(tmp_path):
+    proc = run_cli(["-m", "experiment=fast", "seed=0,1", "logger=none", "figures=false", f"hydra.sweep.dir={tmp_path}/mr",
+                    "+hydra.callbacks.sig._target_=helpers.SignalWhileReporting"], cwd=tmp_path, env={"PYTHONPATH": TESTS})
+    assert proc.returncode == 128 + signal.SIGINT
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("densbench: interrupted by SIGINT while writing the sweep's report")
+    assert all(_read(p.parent)["status"] == "ok" for p in (tmp_path / "mr").rglob("result.json"))  # the runs are kept
+
+
+def test_a_signal_or_a_read_only_folder_in_the_report_command_is_one_line(tmp_path, monkeypatch, capsys):
+    from densbench import report
+
+    sweep = tmp_path / "mr"
+    assert run_cli(["-m", "experiment=fast", "seed=0", "logger=none", "figures=false", "report.enabled=false",
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path).returncode == 0
+    original = report.write_report
+
+    def signalled(*args, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kw)
+
+    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(report, "write_report", signalled)
+    try:
+        with pytest.raises(SystemExit) as code:
+            report.main([str(sweep)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err.strip() == "densbench: interrupted by SIGINT while writing the report; files written so far are whole; rerun the same command to resume"
+
+
+    def read_only(sweep_dir, out, *args, **kw):  # as a read-only file system answers (root ignores chmod)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(out) / "report.md"))
+
+    monkeypatch.setattr(report, "write_report", read_only)
+    try:
+        with pytest.raises(SystemExit) as code:
+            report.main([str(sweep)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err.strip()
+    assert code.value.code == 1 and "\n" not in err
+    assert err == f"densbench: the report could not be written: Read-only file system: {sweep / 'report' / 'report.md'}"
+
+
+def test_a_job_whose_run_directory_cannot_be_written_fails_alone_in_one_line(tmp_path, monkeypatch, capsys):
+    from densbench import resume
+    from densbench.run import JobSpec, run_group
+
+    real = resume.locked
+    full = tmp_path / "full"
+
+    def locked(run_dir, announce=print):
+        if run_dir == full:  # as a full disk answers when the lock file is created
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / ".lock"))
+        return real(run_dir, announce)
+
+    monkeypatch.setattr(resume, "locked", locked)
+    cfgs = [make_cfg("experiment=fast", f"seed={s}", "logger=none", "figures=false") for s in (0, 1)]
+    out = run_group([JobSpec(cfgs[0], full, launcher="stacked"), JobSpec(cfgs[1], tmp_path / "fine", launcher="stacked")])
+    assert out[0]["status"] == "failed" and "No space left on device" in out[0]["error"]
+    assert out[1]["status"] == "ok" and _read(tmp_path / "fine")["status"] == "ok"
+    assert f"densbench: failed: OSError: No space left on device: {full / '.lock'}" in capsys.readouterr().err

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from densbench.config import CONFIG_NAME, config_dir
-from densbench.signals import Interrupted
+from densbench.signals import Interrupted, install_process_handlers, process_stage
 
 
 @hydra.main(config_path=config_dir(), config_name=CONFIG_NAME, version_base="1.3")
@@ -18,9 +20,14 @@ def app(cfg: DictConfig) -> float | None:
     single = HydraConfig.get().mode.name == "RUN"
     if single:
         refuse_bad_config(cfg)
-    from densbench.run import run_job  # torch and Lightning: seconds of imports
-
-    result = run_job(cfg, HydraConfig.get().runtime.output_dir)  # announces its outcome in one line
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        with process_stage("importing torch and Lightning"):
+            from densbench.run import run_job  # torch and Lightning: seconds of imports
+    except Interrupted as exc:  # before the job could record anything: its record says so
+        interrupted_record(cfg, run_dir, exc)
+        raise
+    result = run_job(cfg, run_dir)  # announces its outcome in one line
     if single and result.get("status") != "ok":  # a sweep records it and goes on
         sys.exit(1)
     return (result.get("metrics") or {}).get("nll")
@@ -44,6 +51,28 @@ def refuse_bad_config(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+def interrupted_record(cfg: DictConfig, run_dir: str, exc: Interrupted) -> None:
+    """result.json of a job interrupted before it started, and its line (the job would write both itself)."""
+    from omegaconf import OmegaConf
+
+    from densbench.results import RESULT_FILE, write_json_atomic
+
+    def name(node: DictConfig) -> str:  # torch may be half imported: the class's name from its path, not the class
+        return str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower()
+
+    labels = {"dataset": cfg.dataset.name, "loss": name(cfg.loss), "head": name(cfg.head), "grad": cfg.grad,
+              "device": cfg.trainer.accelerator, "seed": cfg.seed, "split": cfg.dataset.get("split")}
+
+    error = f"interrupted by {signal.Signals(exc.signum).name} while {exc.stage}; nothing to keep yet; rerun the same command to resume"
+    try:
+        write_json_atomic(Path(run_dir) / RESULT_FILE, {"status": "interrupted", "error": error, "labels": labels,
+                                                        "config": OmegaConf.to_container(cfg, resolve=False), "run_dir": run_dir})
+    except (OSError, ValueError):
+        pass  # the line still says what happened
+    print(f"densbench: {error}  ->  {run_dir}", file=sys.stderr)
+    exc.announced = True
+
+
 def sweep(overrides: list[str]) -> int:
     """Run `python -m densbench -m <overrides>` in this process and return its exit status.
 
@@ -63,9 +92,12 @@ def sweep(overrides: list[str]) -> int:
 
 def main() -> None:
     """Console entry point."""
+    install_process_handlers()
     try:
         app()
-    except Interrupted as exc:  # already recorded and announced by the job: exit as the signal asks
+    except Interrupted as exc:  # a job records and announces its own; elsewhere, one line here
+        if not exc.announced:
+            print(exc.line(), file=sys.stderr)
         sys.exit(128 + exc.signum)
 
 

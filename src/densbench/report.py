@@ -30,6 +30,7 @@ from densbench.leaderboard import Cell, Leaderboard, best_of, to_latex, to_markd
 from densbench.methods import method_of
 from densbench.progress import sweep_table
 from densbench.results import RESULT_FILE, flat_config, run_record, scan_results
+from densbench.signals import Interrupted, install_process_handlers, process_stage
 
 GROUP_KEYS = ("dataset", "head", "loss", "grad", "device")
 ROW_KEYS = GROUP_KEYS + ("config",)  # config: the other settings that differ between rows
@@ -505,6 +506,10 @@ class SweepReport(Callback):
         self._started = time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        with process_stage("writing the sweep's report"):
+            self._end(config)
+
+    def _end(self, config: DictConfig) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         results, skipped = scan_results(sweep_dir)
         table = sorted(((str(_rel(p, sweep_dir)), r) for p, r in results), key=lambda pr: pr[0])
@@ -552,6 +557,19 @@ SKIPPED_EXIT = 3  # the report was written, but some result files could not be r
 
 def main(argv: list[str] | None = None) -> None:
     """Rebuild a report: python -m densbench.report SWEEP_DIR [--out DIR] [--title T]."""
+    install_process_handlers()
+    try:
+        with process_stage("writing the report"):
+            _main(argv)
+    except Interrupted as exc:  # every file is written atomically: what was written stands, the rest is not
+        print(exc.line().replace("finished runs are kept", "files written so far are whole"), file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    except OSError as exc:  # a read-only or full disk: one line naming the file
+        print(f"densbench: the report could not be written: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m densbench.report", description=main.__doc__)
     parser.add_argument("sweep_dir", help="a multirun directory (or any folder holding result.json files)")
     parser.add_argument("--out", default=None, help="output folder (default: <sweep dir>/report)")

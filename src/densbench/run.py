@@ -79,12 +79,19 @@ def run_group(specs: list[JobSpec]) -> list[dict[str, Any]]:
     """Jobs that differ only in seed or data split, trained as stacks; each ends in its own result.json."""
     rank0 = _rank() == 0
     with JobSignals() as signals, ExitStack() as held:
+        usable = []
         for spec in specs:
-            spec.run_dir.mkdir(parents=True, exist_ok=True)
-            if rank0:
-                held.enter_context(resume.locked(spec.run_dir, progress.say))
+            try:
+                spec.run_dir.mkdir(parents=True, exist_ok=True)
+                if rank0:
+                    held.enter_context(resume.locked(spec.run_dir, progress.say))
+                usable.append(spec)
+            except OSError as exc:  # a full or read-only disk: this job cannot run, the others may
+                spec.result = {"status": "failed", "error": f"OSError: {exc.strerror or exc}: {exc.filename or spec.run_dir}",
+                               "error_kind": "OSError", "run_dir": str(spec.run_dir)}
+                progress.say(f"densbench: failed: {spec.result['error']}  ->  {spec.run_dir}")
         signals.enter("checking the run directories")
-        pending = [spec for spec in specs if not _prepare(spec)]
+        pending = [spec for spec in usable if not _prepare(spec)]
         # jobs resumed from different steps (or started afresh), and post-hoc jobs whose weights a
         # finished run trained, form separate stacks
         by_step: dict[Any, list[JobSpec]] = {}
@@ -150,7 +157,7 @@ def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
             if rank0:
                 _finish(spec)
                 progress.say(f"densbench: {spec.result['error']}")
-        raise Interrupted(sig, stage) from None
+        raise Interrupted(sig, stage, announced=rank0) from None
     except (ConfigError, DataError) as exc:
         if len(specs) > 1 and _without_the_refused(specs, signals, rank0):
             return

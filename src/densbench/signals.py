@@ -21,11 +21,46 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 class Interrupted(BaseException):
     """A job stopped by SIGINT or SIGTERM (a BaseException, like KeyboardInterrupt, so that no
-    ``except Exception`` on the way swallows it)."""
+    ``except Exception`` on the way swallows it); ``announced`` once its line has been printed."""
 
-    def __init__(self, signum: int, stage: str):
+    def __init__(self, signum: int, stage: str, announced: bool = False):
         super().__init__(f"{signal.Signals(signum).name} while {stage}")
-        self.signum, self.stage = signum, stage
+        self.signum, self.stage, self.announced = signum, stage, announced
+
+    def line(self) -> str:
+        """The one line a user reads."""
+        return (f"densbench: interrupted by {signal.Signals(self.signum).name} while {self.stage}; finished runs are kept; "
+                "rerun the same command to resume")
+
+
+# Outside a job (importing, composing a sweep, writing its report), a signal stops the process with
+# one line instead of a traceback (SIGINT) or a silent exit (SIGTERM); a job installs its own handlers
+_process_stage = ["starting"]
+
+
+def install_process_handlers() -> None:
+    """SIGINT and SIGTERM raise Interrupted naming the process's current stage (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum, _process_stage[-1])
+
+    for sig in HANDLED:
+        signal.signal(sig, handle)
+
+
+class process_stage:
+    """Context manager naming what the process does now (for the line a signal prints)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        _process_stage.append(self.name)
+
+    def __exit__(self, *exc: Any) -> None:
+        _process_stage.pop()
 
 
 class JobSignals:
