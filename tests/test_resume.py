@@ -406,12 +406,15 @@ def test_an_interrupted_mlflow_run_resumes_into_the_same_mlflow_run(tmp_path, on
 
 
 def test_a_signal_while_a_run_starts_is_one_line_and_an_interrupted_record(tmp_path):
-    # 1.5 s in: importing torch and Lightning on this machine (any later stage must give the same)
-    proc = subprocess.Popen([sys.executable, "-m", "densbench", "experiment=fast", f"hydra.run.dir={tmp_path}/run"],
-                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    # once Hydra has made the run directory, the task imports torch and Lightning for seconds (a signal
+    # there is honoured when the import ends); any later stage must give the same
     import time
 
-    time.sleep(1.5)
+    proc = subprocess.Popen([sys.executable, "-m", "densbench", "experiment=fast", f"hydra.run.dir={tmp_path}/run"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "run" / ".hydra" / "overrides.yaml").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # past Hydra's last steps before the task (a signal there is one line, with no record yet)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM

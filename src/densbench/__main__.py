@@ -22,7 +22,7 @@ def app(cfg: DictConfig) -> float | None:
         refuse_bad_config(cfg)
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        with process_stage("importing torch and Lightning"):
+        with process_stage("importing torch and Lightning", deferred=True):
             from densbench.run import run_job  # torch and Lightning: seconds of imports
     except Interrupted as exc:  # before the job could record anything: its record says so
         interrupted_record(cfg, run_dir, exc)

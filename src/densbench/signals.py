@@ -35,7 +35,7 @@ class Interrupted(BaseException):
 
 # Outside a job (importing, composing a sweep, writing its report), a signal stops the process with
 # one line instead of a traceback (SIGINT) or a silent exit (SIGTERM); a job installs its own handlers
-_process_stage = ["starting"]
+_process_stage: list["process_stage"] = []
 
 
 def install_process_handlers() -> None:
@@ -44,23 +44,35 @@ def install_process_handlers() -> None:
         return
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signum, _process_stage[-1])
+        stage = _process_stage[-1] if _process_stage else None
+        if stage is not None and stage.deferred:
+            stage.received = signum
+            return
+        raise Interrupted(signum, stage.name if stage else "starting")
 
     for sig in HANDLED:
         signal.signal(sig, handle)
 
 
 class process_stage:
-    """Context manager naming what the process does now (for the line a signal prints)."""
+    """Context manager naming what the process does now (for the line a signal prints).
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    deferred: a signal is honoured when the stage ends, not inside it. Importing torch is such a stage:
+    an exception raised in the middle of its initialisation leaves C++ state that aborts the process
+    at exit (SIGABRT instead of one line)."""
 
-    def __enter__(self) -> None:
-        _process_stage.append(self.name)
+    def __init__(self, name: str, deferred: bool = False) -> None:
+        self.name, self.deferred = name, deferred
+        self.received: int | None = None
 
-    def __exit__(self, *exc: Any) -> None:
-        _process_stage.pop()
+    def __enter__(self) -> "process_stage":
+        _process_stage.append(self)
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        _process_stage.remove(self)
+        if self.received is not None and kind is None:
+            raise Interrupted(self.received, self.name)
 
 
 class JobSignals:
