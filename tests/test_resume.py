@@ -451,7 +451,8 @@ def test_a_signal_or_a_read_only_folder_in_the_report_command_is_one_line(tmp_pa
     finally:
         signal.signal(signal.SIGINT, previous)
     assert code.value.code == 128 + signal.SIGINT
-    assert capsys.readouterr().err.strip() == "densbench: interrupted by SIGINT while writing the report; files written so far are whole; rerun the same command to resume"
+    assert capsys.readouterr().err.strip() == ("densbench: interrupted by SIGINT while writing the report; files written so far are "
+                                               "whole; rerun the same command to resume")
 
 
     def read_only(sweep_dir, out, *args, **kw):  # as a read-only file system answers (root ignores chmod)

@@ -96,7 +96,9 @@ def student_t_icdf(p: Tensor, nu: Tensor) -> Tensor:
 # every test row of a learned-df head): tabulated in u = 1/nu, where t_nu^-1(p) is smooth up to the
 # normal limit u = 0, and read by cubic interpolation; exact (stdtrit) beyond the table's range
 _T_TABLE_U_MAX = 0.5  # nu >= 2; smaller df (heavier tails) are computed exactly
-_T_TABLE_RTOL = 1e-12  # interpolation error allowed (relative; absolute below 1), checked at every cell's midpoint; stdtrit itself is good to ~4e-13
+# interpolation error allowed (relative; absolute below 1), checked at every cell's midpoint when a table
+# is made; stdtrit itself is good to about 4e-13
+_T_TABLE_RTOL = 1e-12
 _T_TABLES: dict[bytes, tuple[Any, Any]] = {}
 
 

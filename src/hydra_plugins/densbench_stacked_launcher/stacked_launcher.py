@@ -13,6 +13,10 @@ record of each job rebuilt as its config loader builds it; tests/test_stacked.py
 records equal the basic launcher's), instead of composing, deep-copying and dumping a DictConfig per
 job. Hydra's job callbacks (on_job_start, on_job_end) are called per job only when a configured
 callback other than densbench's own implements them; densbench's progress counts stacks as they end.
+With workers, a sweeper that leaves composing to the launcher (hydra/sweeper=list: ``composes_jobs``)
+has its jobs composed family by family (jobs that differ only in replication keys) while the workers
+train the stacks already composed; a job that does not compose still ends the sweep, with Hydra's
+message, after the stacks already running.
 """
 
 # no `from __future__ import annotations`: Hydra's plugin scan loads this module outside sys.modules,
