@@ -78,3 +78,17 @@ class SignalWhileReporting(Callback):
             return original(*args, **kw)
 
         report.write_report = signalled
+
+
+class FullDiskWhileReporting(Callback):
+    """Hydra callback: writing the sweep's report meets a full disk."""
+
+    def on_multirun_start(self, config, **kwargs):
+        import errno
+
+        from densbench import report
+
+        def full(sweep_dir, out, *args, **kw):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(out) / "report.md"))
+
+        report.write_report = full

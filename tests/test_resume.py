@@ -487,3 +487,12 @@ def test_a_job_whose_run_directory_cannot_be_written_fails_alone_in_one_line(tmp
     assert out[0]["status"] == "failed" and "No space left on device" in out[0]["error"]
     assert out[1]["status"] == "ok" and _read(tmp_path / "fine")["status"] == "ok"
     assert f"densbench: failed: OSError: No space left on device: {full / '.lock'}" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_the_sweeps_report_is_written_is_one_line(tmp_path):
+    proc = run_cli(["-m", "experiment=fast", "seed=0,1", "logger=none", "figures=false", f"hydra.sweep.dir={tmp_path}/mr",
+                    "+hydra.callbacks.disk._target_=helpers.FullDiskWhileReporting"], cwd=tmp_path, env={"PYTHONPATH": TESTS})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"densbench: the sweep's report could not be written: No space left on device: "
+                                                    f"{tmp_path / 'mr' / 'report' / 'report.md'}")
+    assert all(_read(p.parent)["status"] == "ok" for p in (tmp_path / "mr").rglob("result.json"))

@@ -93,8 +93,10 @@ def sweep(overrides: list[str]) -> int:
 def main() -> None:
     """Console entry point."""
     install_process_handlers()
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     try:
-        app()
+        with process_stage("running the sweep" if multirun else "starting the run"):
+            app()
     except Interrupted as exc:  # a job records and announces its own; elsewhere, one line here
         if not exc.announced:
             print(exc.line(), file=sys.stderr)

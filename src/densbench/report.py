@@ -507,7 +507,12 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         with process_stage("writing the sweep's report"):
-            self._end(config)
+            try:
+                self._end(config)
+            except OSError as exc:  # a full or read-only disk: the runs' own records stand; one line, not a traceback
+                print(f"densbench: the sweep's report could not be written: {exc.strerror or exc}: {exc.filename or ''}",
+                      file=sys.stderr)
+                sys.exit(1)
 
     def _end(self, config: DictConfig) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
