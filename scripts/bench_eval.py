@@ -208,7 +208,8 @@ def render(meta: dict, quant: dict, kl: dict, runs: list[dict], gains: list[dict
               f"{'met' if ratio <= GOALS['mdn_doc_test_over_train'] else 'not met'} ({ratio:.1%})."]
     if gains:
         per_run = f", {meta['thread_steps']} steps per run" if meta.get("thread_steps") else ""
-        lines += ["", f"## Threads (diamonds MDN, densbench's step time, best of alternating rounds{per_run})", "",
+        rounds = f"best of {meta['thread_rounds']} alternating rounds" if meta.get("thread_rounds", 2) > 1 else "one round"
+        lines += ["", f"## Threads (diamonds MDN, densbench's step time, {rounds}{per_run})", "",
                   f"| rows per step | 1 thread ms | {gains[0]['cores']} threads ms | speed-up |", "|---|---|---|---|"]
         lines += [f"| {g['rows']:,}{' (full batch)' if g['batch'] is None else ''} | {g['one_ms']:.2f} | {g['all_ms']:.2f} | {g['gain']:.2f}x |"
                   for g in gains]
@@ -221,10 +222,12 @@ def main() -> None:
     ap.add_argument("--diamonds", action="store_true", help="also time the diamonds MDN default run (a few minutes), and --threads")
     ap.add_argument("--threads", action="store_true", help="also time the diamonds MDN's steps at one thread and at all cores")
     ap.add_argument("--thread-steps", type=int, default=400, help="training steps of each run timed by --threads")
+    ap.add_argument("--thread-rounds", type=int, default=2, help="rounds of --threads (thread counts alternating)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_eval"))
     args = ap.parse_args()
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "thread_steps": args.thread_steps}
+            "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "thread_steps": args.thread_steps,
+            "thread_rounds": args.thread_rounds}
     quant, kl = quantile_rates(), kl_comparison()
     torch.set_num_threads(usable_cores())
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +237,7 @@ def main() -> None:
         if args.diamonds:
             runs.append(whole_run(["dataset=diamonds", "loss=mdn"], Path(tmp)))
         if args.diamonds or args.threads:
-            gains = thread_gain(Path(tmp), steps=args.thread_steps)
+            gains = thread_gain(Path(tmp), rounds=args.thread_rounds, steps=args.thread_steps)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "families": fams, "quantiles": quant, "kl": kl, "runs": runs,

@@ -188,7 +188,7 @@ def render(meta: dict, rows: list[dict], head: dict | None, par: dict | None) ->
         f"Produced by `python scripts/bench_overhead.py` on {meta['cpus']} CPU core(s), torch {meta['torch']}, one torch thread",
         f"per training; medians of {meta['repeats']} repeats (the sweeps: {meta.get('sweep_repeats', meta['repeats'])}), implementations "
         "alternating. Ratios compare figures of one run.",
-        f"Part 1 ran {meta.get('date', '?')}; the sweeps (parts 2 and 3) ran {meta.get('sweeps_run', meta.get('date', '?'))}.",
+        f"Part 1 ran {meta.get('date', '?')}; the sweeps (part 2{' and 3' if par else ''}) ran {meta.get('sweeps_run', meta.get('date', '?'))}.",
         "The machine is a shared virtual machine whose speed drifts by 10-20 % within seconds. Three estimates",
         "are shown: the ratio of the medians, the ratio of the fastest runs, and the median of the per-repeat",
         "ratios of runs timed back to back (`paired`), which cancels most of the drift; the goal is judged on it.",
@@ -258,7 +258,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--sweep-repeats", type=int, default=3)
     ap.add_argument("--steps-fraction", type=float, default=1.0, help="share of the seed workloads' steps to train")
-    ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"part 3's sweeps, of {', '.join(SWEEPS)}")
+    ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"part 3's sweeps, of {', '.join(SWEEPS)} ('' for none)")
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--reuse-sweeps", action="store_true", help="keep parts 2 and 3 from the existing JSON, rerun part 1")
     ap.add_argument("--sweeps-only", action="store_true", help="keep part 1 from the existing JSON, rerun parts 2 and 3")
@@ -286,7 +286,8 @@ def main() -> None:
         meta["sweeps_run"] = old["meta"].get("sweeps_run", old["meta"].get("date", "an earlier run"))
     elif not args.skip_sweeps:
         head = headline(args.sweep_repeats)
-        par = parallel(args.sweep_repeats, args.sweeps.split(","))
+        chosen = [k for k in args.sweeps.split(",") if k]
+        par = parallel(args.sweep_repeats, chosen) if chosen else None
         meta["sweeps_run"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "seed_workloads": rows, "headline": head, "parallel": par}, indent=1))

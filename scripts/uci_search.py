@@ -38,12 +38,17 @@ MARK = "# chosen by scripts/uci_search.py"
 
 def sweep_command(datasets: list[str], splits: list[int], lrs: list[float], batches: list[int],
                   sweep_dir: Path) -> list[str]:
-    """The one multirun that trains every grid point of every dataset (stacked over splits)."""
-    return [sys.executable, "-m", "densbench", "-m",
-            "experiment=" + ",".join(f"uci_{d}" for d in datasets), "method=gaussian_nll",
-            "++dataset.tuning=true",  # ++: the master config, before a swept experiment picks the dataset, lacks the key
+    """The one multirun that trains every grid point of every dataset (stacked over splits).
+
+    The grid points are listed (hydra/sweeper=list, written beside the runs as grid.json), so the
+    stacked launcher composes them while its workers train the ones already composed."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    grid = [[f"experiment=uci_{d}", f"optimizer.lr={lr}", f"loop.batch_size={b}"] for d in datasets for lr in lrs for b in batches]
+    (sweep_dir / "grid.json").write_text(json.dumps(grid, indent=0) + "\n")
+    return [sys.executable, "-m", "densbench", "-m", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={sweep_dir / 'grid.json'}",
+            "method=gaussian_nll",
+            "++dataset.tuning=true",  # ++: the master config, before a listed experiment picks the dataset, lacks the key
             "dataset.split=" + ",".join(map(str, splits)),
-            "optimizer.lr=" + ",".join(map(str, lrs)), "loop.batch_size=" + ",".join(map(str, batches)),
             "launcher=stacked", "hydra.launcher.workers=auto", "resume=false", "report.enabled=false", "logger=none",
             f"hydra.sweep.dir={sweep_dir}"]
 

@@ -253,3 +253,16 @@ def test_one_splits_bad_index_file_fails_only_its_own_job(tmp_path):
     assert "index_*_1.txt differ from the protocol's regeneration" in stacked[1]["error"]
     assert stacked[0]["train"]["stack"]["models"] == 2
     _close(_numbers(stacked[2]), _numbers(run_job(cfgs[2], tmp_path / "alone")))
+
+
+def test_a_listed_sweep_keeps_the_prefixes_of_the_command_lines_overrides(tmp_path):
+    # +key adds a key the config lacks: crossed with the listed jobs without its prefix, it could not compose
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([["seed=0"], ["seed=1"]]))
+    proc = run_cli(["-m", "experiment=fast", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={jobs}", "+note=hi",
+                    "++loop.max_steps=20,40", "logger=none", "figures=false", "report.enabled=false",
+                    f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    configs = [json.loads(p.read_text())["config"] for p in (tmp_path / "mr").rglob("result.json")]
+    assert sorted((c["seed"], c["loop"]["max_steps"]) for c in configs) == [(0, 20), (0, 40), (1, 20), (1, 40)]
+    assert all(c["note"] == "hi" for c in configs)
