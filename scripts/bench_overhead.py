@@ -9,7 +9,7 @@
 3. A 4-job sweep with `launcher=parallel` against the same sweep run sequentially.
 
     python scripts/bench_overhead.py [--repeats 9] [--skip-sweeps]
-    python scripts/bench_overhead.py --repeats 3 --sweep-repeats 1 --steps-fraction 0.25 --sweeps seeds   # regenerate.py's
+    python scripts/bench_overhead.py --repeats 2 --sweep-repeats 1 --steps-fraction 0.2 --sweeps none   # regenerate.py's
 
 `--steps-fraction` trains the seed workloads for that share of their steps (both sides alike: the
 ratio then weighs densbench's fixed per-run costs more, not less); `--sweeps` picks the sweeps of part 3.
@@ -258,7 +258,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--sweep-repeats", type=int, default=3)
     ap.add_argument("--steps-fraction", type=float, default=1.0, help="share of the seed workloads' steps to train")
-    ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"part 3's sweeps, of {', '.join(SWEEPS)} ('' for none)")
+    ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"part 3's sweeps, of {', '.join(SWEEPS)} (none: skip part 3)")
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--reuse-sweeps", action="store_true", help="keep parts 2 and 3 from the existing JSON, rerun part 1")
     ap.add_argument("--sweeps-only", action="store_true", help="keep part 1 from the existing JSON, rerun parts 2 and 3")
@@ -286,7 +286,7 @@ def main() -> None:
         meta["sweeps_run"] = old["meta"].get("sweeps_run", old["meta"].get("date", "an earlier run"))
     elif not args.skip_sweeps:
         head = headline(args.sweep_repeats)
-        chosen = [k for k in args.sweeps.split(",") if k]
+        chosen = [k for k in args.sweeps.split(",") if k and k != "none"]
         par = parallel(args.sweep_repeats, chosen) if chosen else None
         meta["sweeps_run"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out.parent.mkdir(parents=True, exist_ok=True)

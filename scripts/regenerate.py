@@ -45,7 +45,7 @@ STEPS = {
     "bench_grads": [PY, "scripts/bench_grads.py", "--repeats", "3", "--sizes", "100000"],  # where its goal is judged
     # the parallel launcher's sweeps (part 3) only by hand: python scripts/bench_overhead.py --sweeps seeds,losses,long
     "bench_overhead": [PY, "scripts/bench_overhead.py", "--repeats", "2", "--sweep-repeats", "1", "--steps-fraction", "0.2",
-                       "--sweeps", ""],
+                       "--sweeps", "none"],
     "bench_numerics": [PY, "scripts/bench_numerics.py", "--pairs", "1"],
 }
 
