@@ -83,7 +83,7 @@ def test_gpu_job_without_gpu_is_skipped(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["loss=foo"], "Could not find 'loss/foo'"),
+        (["loss=foo"], "Could not find 'loss/foo'; choose one of: beta_nll, crps, faithful, glm, kl, mdn, nll"),
         (["trainer.foo=1"], "Key 'foo' is not in struct"),
         (["trainer.batch_size=32"], "Key 'batch_size' is not in struct"),  # a loop key before the loop group
         (["dataset=nope"], "Could not find 'dataset/nope'"),
@@ -93,6 +93,7 @@ def test_unknown_option_or_key_fails_before_training(tmp_path, args, message):
     proc = run_cli(args, cwd=tmp_path, timeout=120)
     assert proc.returncode != 0
     assert message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("densbench: "), proc.stderr  # one line
     if "Could not find" in message:
-        assert "Available options in" in proc.stderr
+        assert "; choose one of: " in proc.stderr  # the options, on the same line
     assert not list(tmp_path.rglob("result.json"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig
 
 from densbench.config import CONFIG_NAME, config_dir
@@ -94,6 +96,10 @@ def main() -> None:
     """Console entry point."""
     install_process_handlers()
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    # Hydra prints a config it cannot compose in several lines (and a hint about HYDRA_FULL_ERROR);
+    # asked to raise instead, it lets densbench say it in one line (unless the user asked for the trace)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         with process_stage("running the sweep" if multirun else "starting the run"):
             app()
@@ -101,6 +107,24 @@ def main() -> None:
         if not exc.announced:
             print(exc.line(), file=sys.stderr)
         sys.exit(128 + exc.signum)
+    except CompactHydraException as exc:
+        if full_error:
+            raise
+        print(f"densbench: {one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def one_line(exc: CompactHydraException) -> str:
+    """Hydra's message for a config it cannot compose (an unknown key, option or override), as one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, MissingConfigException) and exc.options:
+        head = next((line for line in lines if line.startswith("In ") or "Could not" in line), lines[0] if lines else "")
+        return f"{head.split(': ', 1)[-1] if head.startswith('In ') else head}; choose one of: {', '.join(exc.options)}"
+    text = " ".join(line for line in lines if not line.startswith(("Config search path", "provider=")))
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        text += f" ({str(cause).strip().splitlines()[0]})"
+    return text
 
 
 if __name__ == "__main__":
