@@ -62,33 +62,35 @@ class PoisonModel(pl.Callback):
             self.done = True
 
 
-class SignalWhileReporting(Callback):
-    """Hydra callback: the sweep's report, when it is written, first receives SIGINT (a signal at the sweep's end)."""
+class _WhileReporting(Callback):
+    """Hydra callback: the sweep's report, when it is written, first meets `fault` (a signal, a full disk)."""
+
+    def fault(self, out) -> None:  # pragma: no cover - each subclass says what happens
+        raise NotImplementedError
 
     def on_multirun_start(self, config, **kwargs):
-        import os
-        import signal
-
         from densbench import report
 
         original = report.write_report
 
-        def signalled(*args, **kw):
-            os.kill(os.getpid(), signal.SIGINT)
-            return original(*args, **kw)
+        def faulty(sweep_dir, out, *args, **kw):
+            self.fault(out)
+            return original(sweep_dir, out, *args, **kw)
 
-        report.write_report = signalled
+        report.write_report = faulty
 
 
-class FullDiskWhileReporting(Callback):
-    """Hydra callback: writing the sweep's report meets a full disk."""
+class SignalWhileReporting(_WhileReporting):
+    """SIGINT at the sweep's end, while its report is written."""
 
-    def on_multirun_start(self, config, **kwargs):
+    def fault(self, out) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+class FullDiskWhileReporting(_WhileReporting):
+    """A full disk while the sweep's report is written."""
+
+    def fault(self, out) -> None:
         import errno
 
-        from densbench import report
-
-        def full(sweep_dir, out, *args, **kw):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(out) / "report.md"))
-
-        report.write_report = full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(out) / "report.md"))

@@ -431,6 +431,20 @@ def test_a_signal_while_the_sweeps_report_is_written_is_one_line(tmp_path):
     assert all(_read(p.parent)["status"] == "ok" for p in (tmp_path / "mr").rglob("result.json"))  # the runs are kept
 
 
+def _report_command_with(monkeypatch, capsys, sweep, write_report):
+    """`python -m densbench.report SWEEP` in this process with report.write_report replaced: (exit code, stderr)."""
+    from densbench import report
+
+    previous = signal.getsignal(signal.SIGINT)  # the command installs its own handlers
+    monkeypatch.setattr(report, "write_report", write_report)
+    try:
+        with pytest.raises(SystemExit) as code:
+            report.main([str(sweep)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return code.value.code, capsys.readouterr().err.strip()
+
+
 def test_a_signal_or_a_read_only_folder_in_the_report_command_is_one_line(tmp_path, monkeypatch, capsys):
     from densbench import report
 
@@ -443,31 +457,16 @@ def test_a_signal_or_a_read_only_folder_in_the_report_command_is_one_line(tmp_pa
         os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kw)
 
-    previous = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(report, "write_report", signalled)
-    try:
-        with pytest.raises(SystemExit) as code:
-            report.main([str(sweep)])
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert code.value.code == 128 + signal.SIGINT
-    assert capsys.readouterr().err.strip() == ("densbench: interrupted by SIGINT while writing the report; files written so far are "
-                                               "whole; rerun the same command to resume")
-
-
     def read_only(sweep_dir, out, *args, **kw):  # as a read-only file system answers (root ignores chmod)
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(out) / "report.md"))
 
-    monkeypatch.setattr(report, "write_report", read_only)
-    try:
-        with pytest.raises(SystemExit) as code:
-            report.main([str(sweep)])
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    err = capsys.readouterr().err.strip()
-    assert code.value.code == 1 and "\n" not in err
+    code, err = _report_command_with(monkeypatch, capsys, sweep, signalled)
+    assert code == 128 + signal.SIGINT
+    assert err == ("densbench: interrupted by SIGINT while writing the report; files written so far are whole; "
+                   "rerun the same command to resume")
+    code, err = _report_command_with(monkeypatch, capsys, sweep, read_only)
+    assert code == 1 and "\n" not in err
     assert err == f"densbench: the report could not be written: Read-only file system: {sweep / 'report' / 'report.md'}"
-
 
 def test_a_job_whose_run_directory_cannot_be_written_fails_alone_in_one_line(tmp_path, monkeypatch, capsys):
     from densbench import resume
