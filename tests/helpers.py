@@ -28,18 +28,21 @@ class SignalAtStep(pl.Callback):
     callbacks too) trains on undisturbed.
     """
 
-    def __init__(self, step: int, signal: str = "SIGINT", marker: str = "signalled"):
+    def __init__(self, step: int, signal: str = "SIGINT", marker: str = "signalled", parent: bool = False):
         self.step, self.signum, self.marker = step, getattr(signal_module, signal), Path(marker)
+        self.parent = parent  # signal the process that started this one (a parallel sweep's own process)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if getattr(pl_module, "_signal_wrapped", False):
             return
+        with open(f"{self.marker}.pids", "a") as pids:  # which processes trained, for a test to check they end
+            pids.write(f"{os.getpid()}\n")
         original = pl_module.loss
 
         def loss(*args, **kwargs):
             if pl_module.state.opt_steps == self.step and not self.marker.exists():
                 self.marker.write_text(str(self.step))
-                os.kill(os.getpid(), self.signum)
+                os.kill(os.getppid() if self.parent else os.getpid(), self.signum)
             return original(*args, **kwargs)
 
         pl_module.loss = loss

@@ -431,6 +431,40 @@ def test_a_signal_while_the_sweeps_report_is_written_is_one_line(tmp_path):
     assert all(_read(p.parent)["status"] == "ok" for p in (tmp_path / "mr").rglob("result.json"))  # the runs are kept
 
 
+def _alive(pid: int) -> bool:
+    """A process that runs (a zombie left for a container's init to reap has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_a_parallel_sweep_reaches_its_workers_which_record_and_go(tmp_path):
+    # a worker sends SIGTERM to the sweep's own process from inside its step 30: the parent passes it on,
+    # the running jobs stop at a step boundary with their records and checkpoints, the queued one stays
+    # unrun, no worker outlives the sweep, and the same command then finishes every job
+    args = ["-m", "experiment=fast", "seed=0,1,2", "loop.max_steps=3000", "logger=none", "figures=false",
+            "launcher=parallel", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}/mr",
+            *_signal_args(tmp_path / "signalled", "SIGTERM", step=30), "+callbacks.sig.parent=true"]
+    first = run_cli(args, cwd=tmp_path, env={"PYTHONPATH": TESTS})
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-2000:]
+    assert "Traceback" not in first.stderr
+    assert first.stderr.strip().splitlines()[-1].startswith("densbench: interrupted by SIGTERM while running the sweep")
+    records = {p.parent.name: _read(p.parent) for p in (tmp_path / "mr").rglob("result.json")}
+    assert records and all(r["status"] == "interrupted" for r in records.values())  # none trained on to its end
+    kept = [r for r in records.values() if "kept " in r["error"]]
+    assert kept and all(Path(r["error"].split("kept ")[1].split(";")[0]).exists() for r in kept)
+    assert len(records) < 3  # the third job never started
+    for pid in {int(p) for p in (tmp_path / "signalled.pids").read_text().split()}:  # the processes that trained
+        assert not _alive(pid), f"worker {pid} outlived the sweep"
+    second = run_cli(args, cwd=tmp_path, env={"PYTHONPATH": TESTS})
+    assert second.returncode == 0, second.stderr[-2000:]
+    again = {p.parent.name: _read(p.parent) for p in (tmp_path / "mr").rglob("result.json")}
+    assert len(again) == 3 and all(r["status"] == "ok" for r in again.values())
+    assert all(again[name].get("resumed_from_step") for name, r in records.items() if "kept " in r["error"])
+
+
 def _report_command_with(monkeypatch, capsys, sweep, write_report):
     """`python -m densbench.report SWEEP` in this process with report.write_report replaced: (exit code, stderr)."""
     from densbench import report

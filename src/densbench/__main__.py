@@ -13,6 +13,7 @@ from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig
 
 from densbench.config import CONFIG_NAME, config_dir
+from densbench import parallel_stop
 from densbench.signals import Interrupted, install_process_handlers, process_stage
 
 
@@ -29,7 +30,15 @@ def app(cfg: DictConfig) -> float | None:
     except Interrupted as exc:  # before the job could record anything: its record says so
         interrupted_record(cfg, run_dir, exc)
         raise
-    result = run_job(cfg, run_dir)  # announces its outcome in one line
+    if parallel_stop.stopping():  # a parallel sweep told to stop: jobs not started stay unrun for the rerun
+        return None
+    try:
+        result = run_job(cfg, run_dir)  # announces its outcome in one line
+    except Interrupted as exc:
+        if parallel_stop.in_worker():  # recorded; the parent, which passed the signal on, stops the sweep
+            parallel_stop.stopped(exc.signum)
+            return None
+        raise
     if single and result.get("status") != "ok":  # a sweep records it and goes on
         sys.exit(1)
     return (result.get("metrics") or {}).get("nll")

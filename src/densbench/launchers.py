@@ -24,17 +24,43 @@ def parse_overrides(lines: Sequence[str]) -> list[Any]:
     return [_PARSED[line] for line in lines]
 
 
-class ReleaseWorkers(Callback):
-    """After a parallel sweep, stop joblib's idle worker processes at once.
+class ParallelWorkers(Callback):
+    """A parallel sweep's worker processes: a signal reaches them, and they go when the sweep ends.
 
-    Left to the interpreter's exit handlers, the workers (each holding torch and Lightning) take
-    seconds to go, added to every sweep's wall time. The executor is looked up, not requested:
-    asking loky for one would start fresh workers when the sweep's were configured differently.
+    SIGINT or SIGTERM to the sweep's own process is passed on to its workers (``parallel_stop``). Left to the interpreter's exit handlers, idle workers (each holding
+    torch and Lightning) take seconds to go, added to every sweep's wall time. The executor is looked
+    up, not requested: asking loky for one would start fresh workers when the sweep's were configured
+    differently.
     """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from functools import partial
+        from pathlib import Path
+
+        from densbench import parallel_stop
+        from densbench.signals import forward_to
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        parallel_stop.reset(sweep_dir)
+        self._unregister = forward_to(partial(parallel_stop.forward, sweep_dir))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import multiprocessing
+
+        from densbench import parallel_stop
+
+        if multiprocessing.parent_process() is not None:  # a worker process, not a sweep of n_jobs=1 in the parent
+            parallel_stop.become_worker(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from joblib.externals.loky import reusable_executor
 
+        from pathlib import Path
+
+        from densbench import parallel_stop
+
+        getattr(self, "_unregister", lambda: None)()
+        parallel_stop.reset(Path(str(config.hydra.sweep.dir)))
         executor = getattr(reusable_executor, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=True, kill_workers=True)

@@ -122,7 +122,8 @@ class SweepProgress(Callback):
         if not hasattr(self, "counts") or config.hydra.mode.name != "MULTIRUN":
             return
         result = read_result(Path(config.hydra.runtime.output_dir)) or {}
-        status = result.get("status", "failed")
+        # no record: a job that failed before writing one, or one a stopping parallel worker left unrun
+        status = result.get("status") or ("failed" if getattr(job_return.status, "name", "") == "FAILED" else "not run")
         self.counts[status] = self.counts.get(status, 0) + 1
         if self.tally is not None:
             try:
@@ -131,7 +132,7 @@ class SweepProgress(Callback):
                     os.write(fd, f"{status}\n".encode())
                 finally:
                     os.close(fd)
-                statuses = self.tally.read_text().split()
+                statuses = self.tally.read_text().splitlines()
                 self.counts = {s: statuses.count(s) for s in set(statuses)}
             except OSError:
                 pass  # a count is a nicety: this process's own then

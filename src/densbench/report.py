@@ -532,9 +532,14 @@ class SweepReport(Callback):
         # directory (kept by resume) are in the report but not in the count
         started = getattr(self, "_started", 0.0)
         ran = [r for p, r in results if (p / RESULT_FILE).stat().st_mtime >= started]
-        failed = [r for r in ran if r.get("status") in ("failed", "interrupted")]
+        failed = [r for r in ran if r.get("status") == "failed"]
+        interrupted = [r for r in ran if r.get("status") == "interrupted"]
         if failed:
             print(f"densbench: {len(failed)} of {len(ran)} runs failed; see the report", file=sys.stderr)
+        if interrupted:
+            print(f"densbench: {len(interrupted)} of {len(ran)} runs interrupted; rerun the same command to resume",
+                  file=sys.stderr)
+        failed += interrupted
         if failed or skipped:
             sys.exit(1)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, Callable
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -45,6 +45,13 @@ def install_process_handlers() -> None:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         stage = _process_stage[-1] if _process_stage else None
+        if _forwarders and stage is not None:
+            # worker processes run the jobs: each records its own stop; this process waits for them
+            # (raising here would make joblib kill them before they could write their records)
+            for forward in _forwarders:
+                forward(signum)
+            stage.received = signum
+            return
         if stage is not None and stage.deferred:
             stage.received = signum
             return
@@ -52,6 +59,16 @@ def install_process_handlers() -> None:
 
     for sig in HANDLED:
         signal.signal(sig, handle)
+
+
+_forwarders: list[Callable[[int], None]] = []
+
+
+def forward_to(forward: Callable[[int], None]) -> Callable[[], None]:
+    """While registered, a signal to this process is passed on with ``forward`` and honoured when the
+    current stage ends; returns the function that unregisters it."""
+    _forwarders.append(forward)
+    return lambda: _forwarders.remove(forward) if forward in _forwarders else None
 
 
 class process_stage:
@@ -71,8 +88,10 @@ class process_stage:
 
     def __exit__(self, kind: Any, *exc: Any) -> None:
         _process_stage.remove(self)
-        if self.received is not None and kind is None:
-            raise Interrupted(self.received, self.name)
+        # a sweep that ends with an exit status (its report counts failures), or whose worker pool broke
+        # as the signal reached it, was still stopped by the signal: the line says so
+        if self.received is not None and (kind is None or not issubclass(kind, Interrupted)):
+            raise Interrupted(self.received, self.name) from None
 
 
 class JobSignals:
@@ -104,8 +123,11 @@ class JobSignals:
             raise Interrupted(self.received, stage)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        already = self.received is not None
         self.received = signum
-        if not self.deferred:
+        # a second signal (Ctrl-C in a terminal reaches a parallel sweep's workers directly and again
+        # through the parent) must not raise inside the handling of the first, while records are written
+        if not self.deferred and not already:
             raise Interrupted(signum, self.stage)
 
 
