@@ -522,6 +522,28 @@ def test_a_job_whose_run_directory_cannot_be_written_fails_alone_in_one_line(tmp
     assert f"densbench: failed: OSError: No space left on device: {full / '.lock'}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("launcher", ["basic", "parallel", "stacked"])
+def test_a_disk_error_in_hydras_record_of_one_job_fails_that_job_alone(tmp_path, launcher):
+    # Hydra writes .hydra/hydra.yaml before the task runs; a directory in its place fails that open
+    # as a full or read-only disk would (and does so for root too); the stacked launcher writes the
+    # .hydra files after the job, whose own record stands
+    blocked = tmp_path / "mr" / "experiment=fast,seed=1" / ".hydra" / "hydra.yaml"
+    blocked.mkdir(parents=True)
+    extra = {"parallel": ["launcher=parallel", "hydra.launcher.n_jobs=2"], "stacked": ["launcher=stacked"]}.get(launcher, [])
+    proc = run_cli(["-m", "experiment=fast", "seed=0,1,2", *extra, f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    records = {p.parent.name: _read(p.parent)["status"] for p in (tmp_path / "mr").rglob("result.json")}
+    assert (tmp_path / "mr" / "report" / "report.md").exists()  # the sweep went on to its end
+    if launcher == "stacked":
+        assert proc.returncode == 0 and records == {f"experiment=fast,seed={s}": "ok" for s in (0, 1, 2)}
+        assert f"densbench: Hydra's record of the job was not written: Is a directory: {blocked}" in proc.stderr
+        return
+    assert proc.returncode == 1
+    assert records == {"experiment=fast,seed=0": "ok", "experiment=fast,seed=2": "ok"}
+    assert f"densbench: failed: IsADirectoryError: Is a directory: {blocked}  ->  {blocked.parent.parent}" in proc.stderr
+    assert "densbench: 1 job could not write a record (IsADirectoryError: Is a directory" in proc.stderr
+
+
 def test_a_full_disk_while_the_sweeps_report_is_written_is_one_line(tmp_path):
     proc = run_cli(["-m", "experiment=fast", "seed=0,1", "logger=none", "figures=false", f"hydra.sweep.dir={tmp_path}/mr",
                     "+hydra.callbacks.disk._target_=helpers.FullDiskWhileReporting"], cwd=tmp_path, env={"PYTHONPATH": TESTS})

@@ -18,7 +18,7 @@ from densbench.signals import Interrupted, install_process_handlers, process_sta
 
 
 @hydra.main(config_path=config_dir(), config_name=CONFIG_NAME, version_base="1.3")
-def app(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> float | dict | None:
     """Hydra task function: one job, recorded in its run directory whatever happens."""
     single = HydraConfig.get().mode.name == "RUN"
     if single:
@@ -41,6 +41,8 @@ def app(cfg: DictConfig) -> float | None:
         raise
     if single and result.get("status") != "ok":  # a sweep records it and goes on
         sys.exit(1)
+    if result.get("error_kind") == "disk" and parallel_stop.in_worker():  # no record: the parent must count it
+        return {"unrecorded": result.get("error"), "run_dir": run_dir}
     return (result.get("metrics") or {}).get("nll")
 
 

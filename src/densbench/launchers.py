@@ -1,4 +1,4 @@
-"""Hydra callbacks for launcher presets."""
+"""Hydra callbacks for launcher presets, and one job of a local launcher (hydra_plugins.densbench_local_launchers)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,34 @@ class OutputCheck(Callback):
             print(f"densbench: cannot write to the output directory {directory} ({exc.strerror or exc}); "
                   f"choose another with {key}=DIR", file=sys.stderr)
             sys.exit(2)
+
+
+def run_job_alone(hydra_context: Any, task_function: Any, config: DictConfig) -> Any:
+    """Hydra's ``run_job`` for one job of a sweep; a disk error in Hydra's bookkeeping fails that job only.
+
+    The job's JobReturn is then COMPLETED (Hydra's sweeper re-raises a FAILED job's exception, which
+    would end the sweep after all) with ``{"unrecorded": why, "run_dir": dir}`` as its value.
+    """
+    from hydra.core.utils import JobReturn, JobStatus, run_job
+
+    from densbench.progress import job_unrecorded
+
+    try:
+        return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    except OSError as exc:
+        run_dir, why = job_unrecorded(config, exc)
+        ret = JobReturn(overrides=list(config.hydra.overrides.task), status=JobStatus.COMPLETED,
+                        _return_value={"unrecorded": why, "run_dir": run_dir})
+        hydra_context.callbacks.on_job_end(config=config, job_return=ret)
+        return ret
+
+
+def note_unrecorded(runs: Sequence[Any]) -> None:
+    """In a sweep's process: remember the jobs its workers could not record, for the sweep's exit status."""
+    from densbench.progress import UNRECORDED
+
+    for ret in runs:
+        value = getattr(ret, "_return_value", None)
+        if isinstance(value, dict) and "unrecorded" in value:
+            UNRECORDED[value["run_dir"]] = value["unrecorded"]

@@ -23,6 +23,21 @@ TALLY_FILE = ".jobs_done"  # in the sweep directory: one line per finished job o
 TABLE_ROWS = 40  # a sweep's closing table lists at most this many runs (the report has them all)
 
 
+# run directories of this process's sweeps whose record could not be written (Hydra's bookkeeping
+# before the job, or result.json after it, met a full or read-only disk): failed in the sweep's exit status
+UNRECORDED: dict[str, str] = {}
+
+
+def job_unrecorded(config: DictConfig, exc: OSError) -> tuple[str, str]:
+    """A job that failed in Hydra's bookkeeping (a full or read-only disk): one line, remembered for the sweep's
+    end; its (run directory, reason)."""
+    run_dir = str(config.hydra.runtime.output_dir)
+    why = f"{type(exc).__name__}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    UNRECORDED[run_dir] = why
+    say(f"densbench: failed: {why}  ->  {run_dir}")
+    return run_dir, why
+
+
 def is_terminal() -> bool:
     """Whether stderr (where densbench talks) is an interactive terminal."""
     return sys.stderr.isatty()
@@ -123,7 +138,8 @@ class SweepProgress(Callback):
             return
         result = read_result(Path(config.hydra.runtime.output_dir)) or {}
         # no record: a job that failed before writing one, or one a stopping parallel worker left unrun
-        status = result.get("status") or ("failed" if getattr(job_return.status, "name", "") == "FAILED" else "not run")
+        failed = getattr(job_return.status, "name", "") == "FAILED" or str(config.hydra.runtime.output_dir) in UNRECORDED
+        status = result.get("status") or ("failed" if failed else "not run")
         self.counts[status] = self.counts.get(status, 0) + 1
         if self.tally is not None:
             try:

@@ -28,7 +28,7 @@ from densbench.atomic import replacing, save_figure, write_text
 from densbench.config import is_unset
 from densbench.leaderboard import Cell, Leaderboard, best_of, to_latex, to_markdown
 from densbench.methods import method_of
-from densbench.progress import sweep_table
+from densbench.progress import UNRECORDED, sweep_table
 from densbench.results import RESULT_FILE, flat_config, run_record, scan_results
 from densbench.signals import Interrupted, install_process_handlers, process_stage
 
@@ -510,8 +510,8 @@ class SweepReport(Callback):
             try:
                 self._end(config)
             except OSError as exc:  # a full or read-only disk: the runs' own records stand; one line, not a traceback
-                print(f"densbench: the sweep's report could not be written: {exc.strerror or exc}: {exc.filename or ''}",
-                      file=sys.stderr)
+                where = f": {exc.filename}" if exc.filename else ""
+                print(f"densbench: the sweep's report could not be written: {exc.strerror or exc}{where}", file=sys.stderr)
                 sys.exit(1)
 
     def _end(self, config: DictConfig) -> None:
@@ -540,7 +540,11 @@ class SweepReport(Callback):
             print(f"densbench: {len(interrupted)} of {len(ran)} runs interrupted; rerun the same command to resume",
                   file=sys.stderr)
         failed += interrupted
-        if failed or skipped:
+        unrecorded = {d: why for d, why in UNRECORDED.items() if Path(d).resolve().parent == sweep_dir.resolve()}
+        if unrecorded:
+            print(f"densbench: {len(unrecorded)} job{'s' if len(unrecorded) != 1 else ''} could not write a record "
+                  f"({next(iter(unrecorded.values()))}); rerun the same command to retry them", file=sys.stderr)
+        if failed or skipped or unrecorded:
             sys.exit(1)
 
 

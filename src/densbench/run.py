@@ -88,7 +88,8 @@ def run_group(specs: list[JobSpec]) -> list[dict[str, Any]]:
                 usable.append(spec)
             except OSError as exc:  # a full or read-only disk: this job cannot run, the others may
                 spec.result = {"status": "failed", "error": f"OSError: {exc.strerror or exc}: {exc.filename or spec.run_dir}",
-                               "error_kind": "OSError", "run_dir": str(spec.run_dir)}
+                               "error_kind": "disk", "run_dir": str(spec.run_dir)}
+                progress.UNRECORDED[str(spec.run_dir)] = spec.result["error"]  # its record cannot be written either
                 progress.say(f"densbench: failed: {spec.result['error']}  ->  {spec.run_dir}")
         signals.enter("checking the run directories")
         pending = [spec for spec in usable if not _prepare(spec)]
@@ -214,10 +215,11 @@ def _overrides() -> list[str] | None:
 
 
 def _launcher() -> str:
-    """The Hydra launcher that runs this job ("basic" when Hydra is not involved)."""
+    """The launcher preset that runs this job (conf/launcher: basic, parallel, ...; "basic" without Hydra)."""
     if not HydraConfig.initialized():
         return "basic"
-    return str(HydraConfig.get().runtime.choices.get("hydra/launcher", "basic"))
+    choices = HydraConfig.get().runtime.choices
+    return str(choices.get("launcher") or choices.get("hydra/launcher", "basic"))
 
 
 def _signame(signum: int) -> str:
@@ -230,8 +232,10 @@ def _finish(spec: JobSpec) -> None:
     result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
         write_json_atomic(spec.run_dir / RESULT_FILE, result)
-    except OSError as exc:  # a full disk: say so in one line instead of a traceback
-        progress.say(f"densbench: could not write {spec.run_dir / RESULT_FILE}: {exc.strerror or exc}")
+    except OSError as exc:  # a full disk: without its record the job is failed, and its line says so
+        why = f"its record could not be written: {exc.strerror or exc}: {spec.run_dir / RESULT_FILE}"
+        spec.result.update(status="failed", error=why, error_kind="disk")
+        progress.UNRECORDED[str(spec.run_dir)] = why
 
 
 def _rank() -> int:

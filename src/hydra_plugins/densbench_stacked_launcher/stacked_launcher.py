@@ -295,15 +295,21 @@ class StackedLauncher(Launcher):
     def _record(self, job: Job, result: Dict[str, Any], per_job: List[Callback]) -> JobReturn:
         """Hydra's record of a finished job (.hydra files), its JobReturn, and the per-job callbacks."""
         from densbench.atomic import dump_yaml
+        from densbench.progress import UNRECORDED, say
 
         out = Path(job.hydra["runtime"]["output_dir"])
+        if result.get("error_kind") == "disk":  # its result.json could not be written (in a worker): the exit status counts it
+            UNRECORDED[str(out)] = str(result.get("error"))
         subdir = job.hydra.get("output_subdir")
         if subdir is not None:
             folder = out / subdir
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "config.yaml").write_text(dump_yaml(job.task))
-            (folder / "hydra.yaml").write_text(dump_yaml({"hydra": job.hydra}))
-            (folder / "overrides.yaml").write_text(dump_yaml(job.hydra["overrides"]["task"]))
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "config.yaml").write_text(dump_yaml(job.task))
+                (folder / "hydra.yaml").write_text(dump_yaml({"hydra": job.hydra}))
+                (folder / "overrides.yaml").write_text(dump_yaml(job.hydra["overrides"]["task"]))
+            except OSError as exc:  # Hydra's copy of the config; the job's own record (result.json) has it all
+                say(f"densbench: Hydra's record of the job was not written: {exc.strerror or exc}: {exc.filename or folder}")
         ret = JobReturn()
         ret.overrides = job.hydra["overrides"]["task"]
         ret.working_dir = os.getcwd()

@@ -1,0 +1,1 @@
+"""densbench's local launchers for Hydra (launcher=basic, launcher=parallel): see local_launchers.py."""
