@@ -220,3 +220,13 @@ def test_a_logger_whose_package_is_missing_is_refused_with_the_install_command(t
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(ConfigError, match=r'logger=mlflow needs the mlflow package.*pip install "densbench\[mlflow\]"'):
         job_log.make(make_cfg("logger=mlflow").logger, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["experiment=fast,seed=1", "label=it's", 'label="quoted"'])
+def test_a_resumed_mlflow_run_is_found_by_any_run_directory_name(name):
+    # the run a resumed job continues is searched by its name; a quote in it must not break the filter
+    search = pytest.importorskip("mlflow.utils.search_utils")
+    from densbench.job_log import _quoted
+
+    parsed = search.SearchUtils.parse_search_filter(f"tags.`mlflow.runName` = {_quoted(name)}")
+    assert parsed == [{"type": "tag", "key": "mlflow.runName", "comparator": "=", "value": name}]

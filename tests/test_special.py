@@ -81,3 +81,17 @@ def test_tabulated_student_t_quantiles_match_scipy_for_every_df_and_level():
     ref[:, nu == math.inf] = torch.from_numpy(special.ndtri(levels.numpy()))[:, None]
     assert got.shape == (100, len(nu))
     assert ((got - ref).abs() / ref.abs().clamp(min=1)).max() <= 1e-12
+
+
+def test_student_t_quantiles_are_exact_when_no_table_reaches_the_tolerance(monkeypatch):
+    # a cap below the nodes the levels need: no table is kept, and every quantile is stdtrit's own
+    from densbench import special as dspecial
+
+    monkeypatch.setattr(dspecial, "_T_TABLE_MAX_NODES", 512)
+    monkeypatch.setattr(dspecial, "_T_TABLES", {})
+    levels = torch.tensor([1e-6, 0.3, 0.999999], dtype=torch.float64)
+    nu = torch.tensor([2.0, 3.7, 40.0, math.inf], dtype=torch.float64)
+    assert dspecial._t_table(levels.numpy()) is None
+    ref = torch.from_numpy(special.stdtrit(nu.numpy()[None, :], levels.numpy()[:, None]))
+    ref[:, -1] = torch.from_numpy(special.ndtri(levels.numpy()))
+    assert torch.equal(dspecial.student_t_icdf_levels(levels, nu), ref)

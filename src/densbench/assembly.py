@@ -83,16 +83,22 @@ def refusal(spec: JobSpec) -> Exception | None:
 
     build() checks a stack's jobs together, so one job's bad split or incompatible option stops them
     all; this tells which of them is at fault, so the others can train without it."""
-    cfg = spec.cfg
     try:
-        plan = check_config(cfg)
-        d = data_mod.load(cfg.dataset)
-        check_against_data(plan, d, str(cfg.grad))
-        check_recalibration(cfg, d.task, len(d.val))
-        data_mod.prepare(d, dtype="float64" if param_dtype(str(cfg.trainer.precision)) == torch.float64 else "float32")
+        _checked_job(spec.cfg, check_config(spec.cfg))
     except (ConfigError, DataError) as exc:
         return exc
     return None
+
+
+def _checked_job(cfg: DictConfig, plan: Any) -> tuple[Any, Any, Any]:
+    """One job's data loaded, checked against its config and prepared: (data, family, prepared data).
+
+    Every check that refuses a single job before training is here, for build() and refusal() alike."""
+    d = data_mod.load(cfg.dataset)
+    family = check_against_data(plan, d, str(cfg.grad))
+    check_recalibration(cfg, d.task, len(d.val))
+    dtype = "float64" if param_dtype(str(cfg.trainer.precision)) == torch.float64 else "float32"
+    return d, family, data_mod.prepare(d, dtype=dtype)
 
 
 def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock | None = None) -> Built:
@@ -105,15 +111,12 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     quiet_lightning()
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
 
-    dtype = "float64" if param_dtype(str(cfg.trainer.precision)) == torch.float64 else "float32"
-    datas = [data_mod.load(s.cfg.dataset) for s in specs]
-    family = [check_against_data(plan, d, str(cfg.grad)) for d in datas][0]
+    # a stack's jobs may differ in recalibrate (a replication key: it never changes training), so each is checked
+    datas, families, preps = (list(c) for c in zip(*(_checked_job(s.cfg, plan) for s in specs)))
+    family = families[0]
     sizes = {(len(d.train), len(d.val), d.n_features) for d in datas}
     if len(sizes) > 1:
         raise NotStackable(f"their splits differ in size ({', '.join(f'{a}/{b} rows, {c} features' for a, b, c in sorted(sizes))})")
-    for s, d in zip(specs, datas):  # a stack's jobs may differ in recalibrate (a replication key: it never changes training)
-        check_recalibration(s.cfg, d.task, len(d.val))
-    preps = [data_mod.prepare(d, dtype=dtype) for d in datas]
 
     # jobs that differ only in post-hoc keys (recalibrate) train once: they share one set of models
     stack, shares, owner = Stack(jobs=[], seeds=[]), [], {}

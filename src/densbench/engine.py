@@ -206,7 +206,10 @@ class EngineState:
     def state_dict(self, models: list[int] | None = None) -> dict[str, Any]:
         """Everything needed to continue exactly, for all models or a job's share (buffers on the CPU)."""
         idx = list(range(self.models)) if models is None else models
-        col = (lambda t: None if t is None else t[:, idx].cpu())
+
+        def col(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[:, idx].cpu()
+
         return {
             "opt_steps": self.opt_steps,
             # one string, not thousands of floats for torch.save to visit (json keeps every digit)
@@ -221,7 +224,10 @@ class EngineState:
         """One state from the shares of several jobs saved at the same step (their models in order)."""
         if len({p["opt_steps"] for p in parts}) != 1:
             raise ValueError("checkpoints of different steps cannot be stacked")
-        cat = (lambda key: None if parts[0][key] is None else torch.cat([p[key] for p in parts], 1))
+
+        def cat(key: str) -> Tensor | None:
+            return None if parts[0][key] is None else torch.cat([p[key] for p in parts], 1)
+
         return {"opt_steps": parts[0]["opt_steps"], "history": json.dumps([h for p in parts for h in json.loads(p["history"])]),
                 "active": [a for p in parts for a in p["active"]], "losses": cat("losses"), "hits": cat("hits")}
 

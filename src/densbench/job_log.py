@@ -132,9 +132,17 @@ def _mlflow_resume(step: int, where: Path, name: str) -> dict[str, Any]:
     """The MLflow run a resumed job continues: the latest one of its name (an interrupt leaves it RUNNING)."""
     client = _mlflow_client(where)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.`mlflow.runName` = '{name}'", order_by=["attributes.start_time DESC"],
+                              filter_string=f"tags.`mlflow.runName` = {_quoted(name)}", order_by=["attributes.start_time DESC"],
                               max_results=1)
     return {"run_id": runs[0].info.run_id} if runs else {}
+
+
+def _quoted(value: str) -> str:
+    """A string literal for an MLflow search filter: a run directory's name may hold either quote."""
+    quote = '"' if "'" in value else "'"
+    if quote in value:  # both kinds: the filter grammar has no escape, so no filter can name it
+        raise ValueError(f"an MLflow run name with both quote characters cannot be searched for: {value}")
+    return f"{quote}{value}{quote}"
 
 
 def _store_root(run_dir: Path) -> Path:

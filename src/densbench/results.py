@@ -43,13 +43,18 @@ def write_json_atomic(path: str | Path, payload: dict) -> Path:
     return Path(path)
 
 
+def _parsed(path: Path) -> tuple[Any, str | None]:
+    """A JSON file's content, or (None, why it could not be read)."""
+    try:
+        with open(path) as f:
+            return json.load(f), None
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable: {exc}"
+
+
 def read_result(run_dir: str | Path) -> dict | None:
     """The run's result.json, or None when absent, unreadable or not a JSON object."""
-    try:
-        with open(Path(run_dir) / RESULT_FILE) as f:
-            res = json.load(f)
-    except (OSError, ValueError):
-        return None
+    res, _ = _parsed(Path(run_dir) / RESULT_FILE)
     return res if isinstance(res, dict) else None
 
 
@@ -155,11 +160,9 @@ def _found(path_or_glob: str | Path) -> tuple[Path, list[tuple[Path, dict]]]:
 
 def scan_results_file(path: Path) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
     """One result.json as scan_results reports it: usable as [(run_dir, result)], or [(path, why not)]."""
-    try:
-        with open(path) as f:
-            res = json.load(f)
-    except (OSError, ValueError) as exc:
-        return [], [(path, f"unreadable: {exc}")]
+    res, unreadable = _parsed(path)
+    if unreadable:
+        return [], [(path, unreadable)]
     why = problem(res)
     return ([], [(path, f"malformed: {why}")]) if why else ([(path.parent, res)], [])
 

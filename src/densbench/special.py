@@ -99,12 +99,14 @@ _T_TABLE_U_MAX = 0.5  # nu >= 2; smaller df (heavier tails) are computed exactly
 # interpolation error allowed (relative; absolute below 1), checked at every cell's midpoint when a table
 # is made; stdtrit itself is good to about 4e-13
 _T_TABLE_RTOL = 1e-12
-_T_TABLES: dict[bytes, tuple[Any, Any]] = {}
+_T_TABLE_MAX_NODES = 8192
+_T_TABLES: dict[bytes, tuple[Any, Any] | None] = {}
 
 
-def _t_table(levels: Any) -> tuple[Any, Any]:
+def _t_table(levels: Any) -> tuple[Any, Any] | None:
     """(nodes u [K + 1], values [K + 1, H]) of t_{1/u}^-1 at levels [H] (numpy float64), fine enough that
-    cubic interpolation is within _T_TABLE_RTOL at every cell's midpoint (nodes doubled until it is)."""
+    cubic interpolation is within _T_TABLE_RTOL at every cell's midpoint (nodes doubled until it is);
+    None when even _T_TABLE_MAX_NODES are not (levels so extreme that stdtrit itself is rough there)."""
     import numpy as np
     from scipy import special
 
@@ -118,17 +120,19 @@ def _t_table(levels: Any) -> tuple[Any, Any]:
         z = special.stdtrit(nu[:, None], levels[None, :])
         return np.where(u[:, None] > 0, z, special.ndtri(levels)[None, :])
 
+    table = None
     k = 1024  # enough for the metrics' levels (checked below; doubled if not)
-    while True:
+    while k <= _T_TABLE_MAX_NODES:
         u = np.linspace(0.0, _T_TABLE_U_MAX, k + 1)
         values = exact(u)
         mid = (u[:-1] + u[1:]) / 2
-        err = np.abs(_cubic(u, values, mid) - exact(mid)) / np.maximum(1.0, np.abs(exact(mid)))
-        if err.max() <= _T_TABLE_RTOL or k >= 8192:
+        at_mid = exact(mid)
+        if (np.abs(_cubic(u, values, mid) - at_mid) / np.maximum(1.0, np.abs(at_mid))).max() <= _T_TABLE_RTOL:
+            table = (u, values)
             break
         k *= 2
-    _T_TABLES[key] = (u, values)
-    return u, values
+    _T_TABLES[key] = table
+    return table
 
 
 def _cubic(u: Any, values: Any, x: Any) -> Any:
@@ -152,12 +156,15 @@ def student_t_icdf_levels(levels: Tensor, nu: Tensor) -> Tensor:
     with np.errstate(divide="ignore"):
         u = np.where(np.isfinite(n) & (n > 0), 1 / n, np.nan)
     inside = (u >= 0) & (u <= _T_TABLE_U_MAX)
+    table = _t_table(lv) if inside.any() else None
+    if table is None:  # no table for these levels: every quantile exactly
+        inside[:] = False
     out = np.empty((len(n), len(lv)))
     if inside.any():
-        nodes, values = _t_table(lv)
-        out[inside] = _cubic(nodes, values, u[inside])
+        out[inside] = _cubic(*table, u[inside])
     if (~inside).any():
-        out[~inside] = special.stdtrit(n[~inside][:, None], lv[None, :])
+        exact = special.stdtrit(n[~inside][:, None], lv[None, :])
+        out[~inside] = np.where(np.isposinf(n[~inside])[:, None], special.ndtri(lv)[None, :], exact)  # the normal limit
     return torch.from_numpy(np.ascontiguousarray(out.T)).to(device=levels.device, dtype=levels.dtype)
 
 

@@ -241,8 +241,9 @@ class StackedLauncher(Launcher):
                 say(f"densbench: training {len(members)} jobs as one stack: " + ", ".join(differing[:4])
                     + (f", ... ({len(members) - 4} more)" if len(members) > 4 else ""))
 
-        payload = (lambda members: [(jobs[k].task, jobs[k].run_dir, jobs[k].overrides, jobs[k].hydra["job"].get("env_set") or {})
-                                    for k in members])
+        def payload(members: List[int]) -> List[Tuple[Any, ...]]:
+            return [(jobs[k].task, jobs[k].run_dir, jobs[k].overrides, jobs[k].hydra["job"].get("env_set") or {}) for k in members]
+
         if workers == 1:
             for _, stacks in batches:
                 for members in largest_first(stacks):
