@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch.distributions import Bernoulli, Normal, Poisson
+from torch.distributions import Bernoulli, LogNormal, Normal, Poisson
 
 from densbench import data as D
 from densbench.distributions import InverseSinePosterior, NormalMixture
@@ -34,6 +34,7 @@ def _x(data, split="train"):
         ("sine_bernoulli", "binary", Bernoulli, {}),
         ("sine_poisson", "count", Poisson, {}),
         ("inverse_sine", "regression", InverseSinePosterior, {}),
+        ("sine_lognormal", "regression", LogNormal, {}),
     ],
 )
 def test_shapes_splits_and_truth_type(name, task, truth_type, kw):
@@ -62,7 +63,7 @@ def _pit_is_uniform(u, tol=0.04):
 
 
 @pytest.mark.parametrize("name,kw", [("hetero_sine", {}), ("two_sines", {"offset": 1.0, "noise": 0.1}),
-                                     ("sine_gaussian", {}), ("inverse_sine", {})])
+                                     ("sine_gaussian", {}), ("inverse_sine", {}), ("sine_lognormal", {})])
 def test_targets_are_draws_from_the_exposed_truth(name, kw):
     # PIT of the generated targets under the exposed truth is uniform iff the truth is right
     d = load(name, **kw)
@@ -117,6 +118,37 @@ def test_counts_and_classes_are_not_standardised():
     assert prep.target_loc == 0.0 and prep.target_scale == 1.0
     _, y = prep.splits["train"]
     assert (y == y.round()).all()
+
+
+def test_positive_targets_are_only_scaled_and_stay_positive():
+    # a family with positive support gets y / c (c the training targets' mean absolute value): an affine
+    # map would carry some targets below zero, out of the family's support
+    d = load("sine_lognormal")
+    prep = D.prepare(d, target_map="scale")
+    assert prep.target_loc == 0.0 and math.isclose(prep.target_scale, float(np.abs(d.y[d.train]).mean()))
+    for name in ("train", "val", "test"):
+        _, y = prep.splits[name]
+        assert bool((y > 0).all())
+        torch.testing.assert_close(y[:, 0] * prep.target_scale, torch.as_tensor(d.y[getattr(d, name)]), rtol=1e-15, atol=0)
+    assert float(D.prepare(d).splits["train"][1].min()) < 0  # the affine map would not have kept them
+
+
+def test_targets_outside_a_familys_support_are_refused_in_one_line_saying_how_many_and_where():
+    from densbench.checks import Incompatible, check_support
+    from densbench.families.base import Family
+
+    class Positive(Family):
+        name, support = "positive_test", "positive"
+
+    d = load("sine_lognormal")
+    check_support(Positive(), d)  # all positive: accepted
+    d.y[d.val[3]] = -2.5
+    d.y[d.test[:2]] = 0.0
+    with pytest.raises(Incompatible) as exc:
+        check_support(Positive(), d)
+    msg = str(exc.value)
+    assert "\n" not in msg and "head=positive_test models targets with y > 0" in msg
+    assert f"(val 1 of 500, test 2 of 1500; the first at row {int(d.val[3])}: y = -2.5)" in msg
 
 
 def test_nan_in_data_is_named():

@@ -98,7 +98,7 @@ def _checked_job(cfg: DictConfig, plan: Any) -> tuple[Any, Any, Any]:
     family = check_against_data(plan, d, str(cfg.grad))
     check_recalibration(cfg, d.task, len(d.val))
     dtype = "float64" if param_dtype(str(cfg.trainer.precision)) == torch.float64 else "float32"
-    return d, family, data_mod.prepare(d, dtype=dtype)
+    return d, family, data_mod.prepare(d, target_map=family.target_map, dtype=dtype)
 
 
 def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock | None = None) -> Built:

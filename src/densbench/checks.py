@@ -208,4 +208,22 @@ def check_against_data(plan: Plan, data: Any, grad: str) -> Family:
             raise Incompatible(f"grad=analytic is not available for loss={plan.objective.name} with head={family.name}: {why}")
     if len(data.test) == 0:
         raise ConfigError(f"dataset={data.name}: the test split is empty")
+    if task == "regression":
+        check_support(family, data)
     return family
+
+
+def check_support(family: Family, data: Any) -> None:
+    """Refuse regression targets outside the family's support, saying how many and where."""
+    from densbench.families.base import SUPPORTS
+
+    counts, first = [], None
+    for split in ("train", "val", "test"):
+        rows = getattr(data, split)
+        outside = rows[family.outside_support(data.y[rows]).reshape(len(rows), -1).any(1)]
+        if len(outside):
+            counts.append(f"{split} {len(outside)} of {len(rows)}")
+            first = first if first is not None else int(outside[0])
+    if counts:
+        raise Incompatible(f"head={family.name} models targets with {SUPPORTS[family.support][0]}, but dataset={data.name} has "
+                           f"targets outside that ({', '.join(counts)}; the first at row {first}: y = {data.y[first]:g})")

@@ -46,6 +46,12 @@ class Standardizer:
         """The map that changes nothing."""
         return cls(np.zeros(d), np.ones(d))
 
+    @classmethod
+    def fit_scale(cls, v: np.ndarray) -> "Standardizer":
+        """Fit a scale only, the columns' mean absolute values (zero columns get 1): v / scale keeps its sign."""
+        scale = np.abs(v).mean(0)
+        return cls(np.zeros_like(scale), np.where(scale > 0, scale, 1.0))
+
     def __call__(self, v: np.ndarray) -> np.ndarray:
         return (v - self.loc) / self.scale
 
@@ -124,6 +130,10 @@ def _sine_poisson_truth(x: Tensor) -> Distribution:
     return D.Poisson(2 * torch.exp(_glm_signal(x[:, 0])))
 
 
+def _sine_lognormal_truth(x: Tensor) -> Distribution:
+    return D.LogNormal(torch.sin(x[:, 0]), 0.2 + 0.1 * x[:, 0].abs())
+
+
 def _inverse_sine_truth(v: Tensor) -> Distribution:
     from densbench.distributions import InverseSinePosterior
 
@@ -187,6 +197,16 @@ def sine_poisson(cfg) -> Data:
     x = rng.uniform(0, 1, n)
     y = rng.poisson(2 * np.exp(_glm_signal(x))).astype(np.float64)
     return _assemble("sine_poisson", x, y, cfg, _sine_poisson_truth)
+
+
+@synthetic("regression", "lognormal")
+def sine_lognormal(cfg) -> Data:
+    """Positive targets: x ~ U(-3, 3), log y = sin x + N(0, (0.2 + 0.1 |x|)^2)."""
+    rng = np.random.default_rng(cfg.seed)
+    n = sum(_sizes(cfg))
+    x = rng.uniform(-3, 3, n)
+    y = np.exp(np.sin(x) + rng.normal(size=n) * (0.2 + 0.1 * np.abs(x)))
+    return _assemble("sine_lognormal", x, y, cfg, _sine_lognormal_truth)
 
 
 @synthetic("regression", "posterior")
@@ -297,18 +317,19 @@ class Prepared:
         return float(self.y_scaler.scale[0])
 
 
-def prepare(data: Data, scale_x: bool = True, scale_y: bool = True, dtype: str = "float64") -> Prepared:
-    """Fit standardisation on the training split and build float64 tensors of every split (values checked for `dtype`)."""
+TARGET_MAPS = {"affine": Standardizer.fit, "scale": Standardizer.fit_scale}  # "none": the identity
+
+
+def prepare(data: Data, scale_x: bool = True, target_map: str = "affine", dtype: str = "float64") -> Prepared:
+    """Fit the feature standardisation and the target map (affine, scale or none: what the family's support
+    allows) on the training split and build float64 tensors of every split (values checked for `dtype`)."""
     check_values(data, dtype)
     if len(data.train) == 0:
         raise DataError(f"dataset {data.name}: the training split is empty")
     xs = Standardizer.fit(data.x[data.train]) if scale_x else Standardizer.identity(data.n_features)
-    # only continuous targets are standardised; counts and classes keep their meaning
-    ys = (
-        Standardizer.fit(data.y[data.train].reshape(-1, 1).astype(np.float64))
-        if scale_y and data.task == "regression"
-        else Standardizer.identity(1)
-    )
+    # only continuous targets are mapped; counts and classes keep their meaning
+    fit = TARGET_MAPS.get(target_map) if data.task == "regression" else None
+    ys = fit(data.y[data.train].reshape(-1, 1).astype(np.float64)) if fit else Standardizer.identity(1)
     splits = {}
     for name in ("train", "val", "test"):
         idx = getattr(data, name)

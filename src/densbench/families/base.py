@@ -4,6 +4,8 @@ A family is what a head outputs. It declares, at class level,
 
 - ``name``: the registry key (its config file is conf/head/<name>.yaml, or a family chosen by one);
 - ``tasks``: the targets it can model (regression, count, binary, multiclass);
+- ``support``: where its distribution puts mass (see SUPPORTS); regression targets are prepared for
+  the family by the map its support allows (TARGET_MAPS), and targets outside it are refused;
 - ``traits``: what objectives may ask of it (see TRAITS);
 
 and provides
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from densbench.registry import Registry
 
 if TYPE_CHECKING:
@@ -39,6 +43,20 @@ TRAITS = {
     "crps": "the predictive distribution's CRPS has a closed form (registered with densbench.ops), differentiable",
 }
 
+# where a family's distribution puts its mass, and how a target outside it is recognised (numpy arrays)
+SUPPORTS: dict[str, tuple[str, Any]] = {
+    "real": ("finite real values", lambda y: ~np.isfinite(y)),
+    "positive": ("y > 0", lambda y: ~(y > 0)),
+    "unit_interval": ("0 < y < 1", lambda y: ~((y > 0) & (y < 1))),
+    "counts": ("integers y >= 0", lambda y: ~((y >= 0) & (y == np.round(y)))),
+    "classes": ("class labels", lambda y: np.zeros(np.shape(y), dtype=bool)),
+}
+# how regression targets are prepared for a family with that support: standardising (an affine map)
+# keeps the real line but would carry positive or unit-interval targets out of their support, so those
+# are only scaled (a scale family stays one: LogNormal(mu, s) of y/c is LogNormal(mu - log c, s)) or
+# kept as they are; counts and classes are never mapped
+TARGET_MAPS = {"real": "affine", "positive": "scale", "unit_interval": "none", "counts": "none", "classes": "none"}
+
 Raw = dict  # field name -> tensor [..., B, width]
 
 
@@ -53,8 +71,8 @@ def weighted_total(terms: Tensor, weight: Any) -> Tensor:
 
 def _declared_words(cls: type) -> None:
     unknown = set(cls.traits) - set(TRAITS)
-    if unknown or not set(cls.tasks) <= set(TASKS):
-        raise TypeError(f"{cls.__name__}: unknown traits {sorted(unknown)} or tasks {cls.tasks}")
+    if unknown or not set(cls.tasks) <= set(TASKS) or cls.support not in SUPPORTS:
+        raise TypeError(f"{cls.__name__}: unknown traits {sorted(unknown)}, tasks {cls.tasks} or support {cls.support!r}")
 
 
 FAMILIES: Registry["Family"] = Registry("densbench.families", "distribution family", check=_declared_words)
@@ -68,6 +86,17 @@ class Family:
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
     traits: ClassVar[frozenset[str]] = frozenset()
     has_floor: ClassVar[bool] = False  # some output passes through a positivity floor that can be hit
+    support: ClassVar[str] = "real"  # a key of SUPPORTS
+
+    # ---- the targets it models ------------------------------------------------------------------
+    @property
+    def target_map(self) -> str:
+        """How regression targets are prepared for this family: affine, scale or none (TARGET_MAPS)."""
+        return TARGET_MAPS[self.support]
+
+    def outside_support(self, y: Any) -> Any:
+        """Which of the targets y (numpy) lie outside the family's support: a boolean array."""
+        return SUPPORTS[self.support][1](np.asarray(y, dtype=np.float64))
 
     # ---- settings -----------------------------------------------------------------------------
     def bind(self, task: str, n_classes: int | None = None) -> "Family":

@@ -96,6 +96,7 @@ class Bernoulli(Canonical):
 
     name = "bernoulli"
     tasks = ("binary",)
+    support = "classes"
     traits = frozenset({"natural", "crps"})
 
     def residual(self, eta: Tensor, y: Tensor) -> Tensor:
@@ -126,6 +127,7 @@ class Poisson(Canonical):
 
     name = "poisson"
     tasks = ("count",)
+    support = "counts"
     traits = frozenset({"natural", "crps"})
 
     def residual(self, eta: Tensor, y: Tensor) -> Tensor:
@@ -161,6 +163,7 @@ class Categorical(Canonical):
 
     name = "categorical"
     tasks = ("binary", "multiclass")
+    support = "classes"
     traits = frozenset({"natural", "crps"})
     class_targets = True
 

@@ -34,6 +34,7 @@ class NegativeBinomial(Family):
 
     name = "negbin"
     tasks = ("count",)
+    support = "counts"
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_shape: float | None = 1.0) -> None:
         positive("head.init_shape", init_shape, allow_null=True)
