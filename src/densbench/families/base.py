@@ -147,3 +147,35 @@ class Family:
 
     def update_buffers(self, buffers: dict[str, Tensor], sums: dict[str, Tensor]) -> None:
         """Set buffers from training_statistics summed over every rank."""
+
+
+class PositiveField(Family):
+    """A family with one output kept positive by a positivity map (a scale, a variance, a shape).
+
+    What such families share: the map built from ``positivity`` and ``floor``, the initial bias set
+    from a constructor setting (``init``, named ``init_name`` in its config), and the count of outputs
+    on the floor. A subclass names its field and says how the setting becomes the mapped value.
+    """
+
+    has_floor = True
+    positive_field: ClassVar[str] = "spread"
+
+    def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init: float | None = None,
+                 init_name: str = "init_std") -> None:
+        from densbench.errors import positive
+        from densbench.positivity import head_positivity
+
+        positive(f"head.{init_name}", init, allow_null=True)
+        self.positivity_map = head_positivity(positivity, floor)
+        self.init = init
+
+    def init_value(self, init: float) -> float:
+        """The value of the positive output that the initial setting asks for (by default the setting)."""
+        return init
+
+    def init_bias(self, bias: Raw) -> None:
+        if self.init is not None:
+            bias[self.positive_field].fill_(self.positivity_map.inverse(self.init_value(self.init)))
+
+    def floor_hits(self, raw: Raw) -> Tensor:
+        return total(self.positivity_map.at_floor(raw[self.positive_field]))

@@ -16,39 +16,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from densbench.errors import positive
-from densbench.families.base import Family, Raw, register, total, weighted_total
+from densbench.families.base import PositiveField, Raw, register, weighted_total
 from densbench.lazy import D, torch
 from densbench.ops import HALF_LOG_2PI
-from densbench.positivity import head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 
 @register
-class GaussianNatural(Family):
+class GaussianNatural(PositiveField):
     """N(mu, v) output as natural parameters: eta1 raw, eta2 = -1/(2v) with v from a positivity map."""
 
     name = "gaussian_natural"
     tasks = ("regression", "count")
     traits = frozenset({"location_scale", "gaussian", "natural", "crps"})
-    has_floor = True
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:
-        positive("head.init_std", init_std, allow_null=True)
-        self.variance_map = head_positivity(positivity, floor)
-        self.init_std = init_std
+        super().__init__(positivity, floor, init_std, "init_std")
+
+    def init_value(self, init: float) -> float:
+        return init**2  # the positive output is the variance
 
     def fields(self) -> dict[str, int]:
         return {"eta1": 1, "spread": 1}
 
-    def init_bias(self, bias: Raw) -> None:
-        if self.init_std is not None:
-            bias["spread"].fill_(self.variance_map.inverse(self.init_std**2))
-
     def _mean_var(self, raw: Raw) -> tuple[Tensor, Tensor, Tensor]:
-        log_v = self.variance_map.log_value(raw["spread"])
+        log_v = self.positivity_map.log_value(raw["spread"])
         v = torch.exp(log_v)
         return raw["eta1"] * v, v, log_v
 
@@ -65,7 +59,7 @@ class GaussianNatural(Family):
     def expected_nll_kernel(self, raw: Raw, m: Tensor, s2: Tensor | float, weight: Any):
         """Analytic path: E[T] - T on (y, y^2) at (eta1, eta2), carried to the raw outputs."""
         r = raw["spread"].detach()
-        log_v, dlog = self.variance_map.log_value(r), self.variance_map.dlog(r)
+        log_v, dlog = self.positivity_map.log_value(r), self.positivity_map.dlog(r)
         v = torch.exp(log_v)
         mu = raw["eta1"].detach() * v
         d = mu - m
@@ -85,7 +79,7 @@ class GaussianNatural(Family):
         from densbench.families.gaussian import normal_crps_parts
 
         r = raw["spread"].detach()
-        log_v, dlog = self.variance_map.log_value(r), self.variance_map.dlog(r)
+        log_v, dlog = self.positivity_map.log_value(r), self.positivity_map.dlog(r)
         v = torch.exp(log_v)
         mu, sigma = raw["eta1"].detach() * v, torch.exp(0.5 * log_v)
         value, d_mu, d_sigma = normal_crps_parts(mu, sigma, y)
@@ -95,9 +89,6 @@ class GaussianNatural(Family):
     def moments(self, raw: Raw) -> tuple[Tensor, Tensor]:
         mu, v, _ = self._mean_var(raw)
         return mu, v
-
-    def floor_hits(self, raw: Raw) -> Tensor:
-        return total(self.variance_map.at_floor(raw["spread"]))
 
     def reference(self, dist: Any) -> Any:
         from scipy import stats

@@ -12,10 +12,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from densbench import ops
-from densbench.errors import positive
-from densbench.families.base import Family, Raw, register, total, weighted_total
+from densbench.families.base import PositiveField, Raw, register, weighted_total
 from densbench.lazy import D, torch
-from densbench.positivity import head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -24,37 +22,33 @@ LOG_2 = math.log(2.0)
 
 
 @register
-class Laplace(Family):
+class Laplace(PositiveField):
     """Laplace with loc and a positive scale b (variance 2 b^2)."""
 
     name = "laplace"
     tasks = ("regression", "count")
     traits = frozenset({"location_scale", "crps"})
-    has_floor = True
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:
-        positive("head.init_std", init_std, allow_null=True)
-        self.scale_map = head_positivity(positivity, floor)
-        self.init_std = init_std
+        super().__init__(positivity, floor, init_std, "init_std")
+
+    def init_value(self, init: float) -> float:
+        return init / math.sqrt(2.0)  # b of the initial standard deviation sqrt(2) b
 
     def fields(self) -> dict[str, int]:
         return {"loc": 1, "spread": 1}
 
-    def init_bias(self, bias: Raw) -> None:
-        if self.init_std is not None:
-            bias["spread"].fill_(self.scale_map.inverse(self.init_std / math.sqrt(2.0)))
-
     def distribution(self, raw: Raw, loc: Any = 0.0, scale: Any = 1.0):
-        b = self.scale_map.value(raw["spread"][..., 0])
+        b = self.positivity_map.value(raw["spread"][..., 0])
         return D.Laplace(loc + scale * raw["loc"][..., 0], scale * b, validate_args=False)
 
     def nll_terms(self, raw: Raw, y: Tensor) -> Tensor:
-        log_b = self.scale_map.log_value(raw["spread"])
+        log_b = self.positivity_map.log_value(raw["spread"])
         return LOG_2 + log_b + (y - raw["loc"]).abs() * torch.exp(-log_b)
 
     def nll_kernel(self, raw: Raw, y: Tensor, weight: Any):
         r = raw["spread"].detach()
-        log_b, dlog = self.scale_map.log_value(r), self.scale_map.dlog(r)
+        log_b, dlog = self.positivity_map.log_value(r), self.positivity_map.dlog(r)
         inv_b = torch.exp(-log_b)
         d = y - raw["loc"].detach()
         az = d.abs() * inv_b
@@ -64,7 +58,7 @@ class Laplace(Family):
     def crps_kernel(self, raw: Raw, y: Tensor, weight: Any):
         """Analytic CRPS b (|z| + e^-|z| - 3/4): d/d mu = -sign(z) (1 - e^-|z|), d/d b = e^-|z| (1 + |z|) - 3/4."""
         r = raw["spread"].detach()
-        log_b, dlog = self.scale_map.log_value(r), self.scale_map.dlog(r)
+        log_b, dlog = self.positivity_map.log_value(r), self.positivity_map.dlog(r)
         b = torch.exp(log_b)
         d = y - raw["loc"].detach()
         az = d.abs() / b
@@ -74,10 +68,7 @@ class Laplace(Family):
         return weighted_total(value, weight), grads
 
     def moments(self, raw: Raw) -> tuple[Tensor, Tensor]:
-        return raw["loc"], 2 * self.scale_map.value(raw["spread"]) ** 2
-
-    def floor_hits(self, raw: Raw) -> Tensor:
-        return total(self.scale_map.at_floor(raw["spread"]))
+        return raw["loc"], 2 * self.positivity_map.value(raw["spread"]) ** 2
 
     def reference(self, dist: Any) -> Any:
         from scipy import stats

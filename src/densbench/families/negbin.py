@@ -19,37 +19,31 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from densbench import ops
-from densbench.errors import positive
-from densbench.families.base import Family, Raw, register, weighted_total
+from densbench.families.base import PositiveField, Raw, register, weighted_total
 from densbench.lazy import D, torch
-from densbench.positivity import head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 
 @register
-class NegativeBinomial(Family):
+class NegativeBinomial(PositiveField):
     """Negative binomial with a log-link mean and a positive shape (total count) r."""
 
     name = "negbin"
     tasks = ("count",)
     support = "counts"
+    positive_field = "shape"
+    has_floor = False  # a shape on its floor is not a collapsed spread: nothing to flag
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_shape: float | None = 1.0) -> None:
-        positive("head.init_shape", init_shape, allow_null=True)
-        self.shape_map = head_positivity(positivity, floor)
-        self.init_shape = init_shape
+        super().__init__(positivity, floor, init_shape, "init_shape")
 
     def fields(self) -> dict[str, int]:
         return {"mean": 1, "shape": 1}
 
-    def init_bias(self, bias: Raw) -> None:
-        if self.init_shape is not None:
-            bias["shape"].fill_(self.shape_map.inverse(self.init_shape))
-
     def _logs(self, raw: Raw) -> tuple[Tensor, Tensor, Tensor]:
-        a, b = raw["mean"], self.shape_map.log_value(raw["shape"])
+        a, b = raw["mean"], self.positivity_map.log_value(raw["shape"])
         return a, b, torch.logaddexp(a, b)
 
     def distribution(self, raw: Raw, loc: Any = 0.0, scale: Any = 1.0):
@@ -67,16 +61,16 @@ class NegativeBinomial(Family):
 
     def nll_kernel(self, raw: Raw, y: Tensor, weight: Any):
         s = raw["shape"].detach()
-        a, b = raw["mean"].detach(), self.shape_map.log_value(s)
+        a, b = raw["mean"].detach(), self.positivity_map.log_value(s)
         L = torch.logaddexp(a, b)
         r = torch.exp(b)
         nll = torch.lgamma(r) - torch.lgamma(y + r) - r * (b - L) - y * (a - L)
         da = r * torch.sigmoid(a - b) - y * torch.sigmoid(b - a)
         db = -r * (torch.digamma(y + r) - torch.digamma(r) + b - L) - da
-        return weighted_total(nll, weight), {"mean": da.mul_(weight), "shape": (db * self.shape_map.dlog(s)).mul_(weight)}
+        return weighted_total(nll, weight), {"mean": da.mul_(weight), "shape": (db * self.positivity_map.dlog(s)).mul_(weight)}
 
     def moments(self, raw: Raw) -> tuple[Tensor, Tensor]:
-        m, r = torch.exp(raw["mean"]), self.shape_map.value(raw["shape"])
+        m, r = torch.exp(raw["mean"]), self.positivity_map.value(raw["shape"])
         return m, m + m * m / r
 
     def reference(self, dist: Any) -> Any:

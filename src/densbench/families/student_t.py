@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from densbench import ops
 from densbench.errors import ConfigError, positive
-from densbench.families.base import Family, Raw, register, total, weighted_total
+from densbench.families.base import PositiveField, Raw, register, weighted_total
 from densbench.lazy import D, F, torch
-from densbench.positivity import head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -46,30 +45,27 @@ def standard_cdf(z: Tensor, nu: Tensor) -> Tensor:
 
 
 @register
-class StudentT(Family):
+class StudentT(PositiveField):
     """Student-t with loc, a positive scale and (head.df=null) learned degrees of freedom above 2."""
 
     name = "student_t"
     tasks = ("regression", "count")
     traits = frozenset({"location_scale", "crps"})
-    has_floor = True
 
     def __init__(self, df: float | None = None, positivity: str = "softplus", floor: float = 1e-6,
                  init_std: float | None = None, init_df: float = 5.0) -> None:
+        super().__init__(positivity, floor, init_std, "init_std")
         positive("head.df", df, allow_null=True)
-        positive("head.init_std", init_std, allow_null=True)
         if not (isinstance(init_df, (int, float)) and init_df > DF_MIN):
             raise ConfigError(f"head.init_df={init_df!r} must be a number above {DF_MIN:g}")
         self.df = None if df is None else float(df)
-        self.scale_map = head_positivity(positivity, floor)
-        self.init_std, self.init_df = init_std, float(init_df)
+        self.init_df = float(init_df)
 
     def fields(self) -> dict[str, int]:
         return {"loc": 1, "spread": 1, **({"df": 1} if self.df is None else {})}
 
     def init_bias(self, bias: Raw) -> None:
-        if self.init_std is not None:
-            bias["spread"].fill_(self.scale_map.inverse(self.init_std))
+        super().init_bias(bias)
         if self.df is None:
             excess = self.init_df - DF_MIN
             bias["df"].fill_(excess + math.log(-math.expm1(-excess)))  # softplus^-1
@@ -81,11 +77,11 @@ class StudentT(Family):
         return torch.full_like(raw["loc"], self.df)
 
     def distribution(self, raw: Raw, loc: Any = 0.0, scale: Any = 1.0):
-        sigma = self.scale_map.value(raw["spread"][..., 0])
+        sigma = self.positivity_map.value(raw["spread"][..., 0])
         return D.StudentT(self.degrees(raw)[..., 0], loc + scale * raw["loc"][..., 0], scale * sigma, validate_args=False)
 
     def nll_terms(self, raw: Raw, y: Tensor) -> Tensor:
-        nu, log_sigma = self.degrees(raw), self.scale_map.log_value(raw["spread"])
+        nu, log_sigma = self.degrees(raw), self.positivity_map.log_value(raw["spread"])
         z = (y - raw["loc"]) * torch.exp(-log_sigma)
         return log_sigma - _log_density(z, nu)
 
@@ -93,7 +89,7 @@ class StudentT(Family):
         """Analytic path: the weighted NLL sum and its gradients by field (see the module docstring)."""
         r = raw["spread"]
         nu = self.degrees(raw).detach()
-        log_sigma, dlog = self.scale_map.log_value(r.detach()), self.scale_map.dlog(r.detach())
+        log_sigma, dlog = self.positivity_map.log_value(r.detach()), self.positivity_map.dlog(r.detach())
         inv_sigma = torch.exp(-log_sigma)
         z = (y - raw["loc"].detach()) * inv_sigma
         z2 = z * z
@@ -107,11 +103,8 @@ class StudentT(Family):
 
     def moments(self, raw: Raw) -> tuple[Tensor, Tensor]:
         nu = self.degrees(raw)
-        var = self.scale_map.value(raw["spread"]) ** 2 * nu / (nu - 2)
+        var = self.positivity_map.value(raw["spread"]) ** 2 * nu / (nu - 2)
         return raw["loc"], torch.where(nu > 2, var, torch.full_like(var, math.inf))
-
-    def floor_hits(self, raw: Raw) -> Tensor:
-        return total(self.scale_map.at_floor(raw["spread"]))
 
     def reference(self, dist: Any) -> Any:
         from scipy import stats
