@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from torch.autograd import gradcheck
 
 from conftest import make_cfg
-from densbench import families, objectives, ops
+from densbench import families, objectives, ops, recalibration
 from densbench.checks import Incompatible, check_config
 from densbench.config import config_dir
 from densbench.errors import ConfigError
@@ -150,6 +150,45 @@ def test_binned_pmf_of_a_continuous_family_agrees_with_its_cdf(fam, task):
         mass = ops.binned_log_prob(dist, k).exp().sum(0)
         tail = 1 - ops.cdf(dist, torch.full((1, 20), 39.5, dtype=F64))
     torch.testing.assert_close(mass + tail, torch.ones(1, 20, dtype=F64), rtol=0, atol=1e-9)
+
+
+REGRESSION = [p for p in FAMILIES if p.values[1] == "regression"]
+
+
+def _central_width(dist):
+    """The width of the central 80% interval."""
+    q = ops.quantile(dist, torch.tensor([0.1, 0.9], dtype=F64))
+    return q[1] - q[0]
+
+
+@pytest.mark.parametrize("fam,task", REGRESSION)
+def test_rescaling_the_spread_is_consistent(fam, task):
+    # recalibrate=scale is offered for every regression head: its rescale must exist, keep the
+    # distribution at factor 1, compose (a then b is a b) and widen the central intervals for a > 1
+    with torch.no_grad():
+        dist = fam.distribution(_raw(fam, n=30))
+        y = _per_sample(_targets(fam, task, dist))
+        same, there_and_back, wider = ops.rescale(dist, 1.0), ops.rescale(ops.rescale(dist, 2.0), 0.5), ops.rescale(dist, 2.0)
+        torch.testing.assert_close(same.log_prob(y), dist.log_prob(y), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(there_and_back.log_prob(y), dist.log_prob(y), rtol=1e-10, atol=1e-10)
+        assert bool((_central_width(wider) > _central_width(dist)).all())
+
+
+@pytest.mark.parametrize("recalibrate", sorted(recalibration.METHODS))
+@pytest.mark.parametrize("fam,task", REGRESSION)
+def test_every_recalibration_fits_and_applies_to_every_regression_family(fam, task, recalibrate):
+    # fitted on draws from the distribution itself: a calibrated predictive, so the fitted map stays close
+    # to the identity and the recalibrated predictive gives finite scores at the targets
+    with torch.no_grad():
+        dist = fam.distribution(_raw(fam, n=200))
+        y = _per_sample(_targets(fam, task, dist))
+        method = recalibration.make(recalibrate)
+        method.fit(dist, y)
+        out = method.apply(dist)
+        F = ops.cdf(out, y)
+        assert bool(((F >= 0) & (F <= 1)).all())
+        if method.changes_density:
+            assert bool(torch.isfinite(out.log_prob(y)).all()) and bool(torch.isfinite(ops.crps(out, y)).all())
 
 
 def _analytic_pairs():
