@@ -322,6 +322,17 @@ def quantile(dist: Distribution, levels: Tensor) -> Tensor:
     return icdf(dist, p)
 
 
+def differentiable_quantile(dist: Distribution, levels: Tensor) -> Tensor:
+    """Quantiles at levels [L]: [L, *batch], differentiable in the distribution's parameters by the implicit
+    function theorem, dq/dtheta = -(dF/dtheta)(q) / f(q); for any continuous distribution with a
+    differentiable CDF, whether or not its own icdf has a gradient (the value takes one Newton step)."""
+    with torch.no_grad():
+        q = quantile(dist, levels)
+        density = torch.exp(dist.log_prob(q)).clamp_min(torch.finfo(q.dtype).tiny)
+    p = torch.as_tensor(levels, dtype=q.dtype, device=q.device).reshape(-1, *([1] * (q.dim() - 1)))
+    return q - (cdf(dist, q) - p) / density
+
+
 # ------------------------------------------------------------------------------------------------
 # PIT and continuous predictions of counts (the pmf of unit bins)
 # ------------------------------------------------------------------------------------------------

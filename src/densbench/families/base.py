@@ -94,6 +94,11 @@ class Family:
         """How regression targets are prepared for this family: affine, scale or none (TARGET_MAPS)."""
         return TARGET_MAPS[self.support]
 
+    @property
+    def continuous(self) -> bool:
+        """Whether its distribution has a density on its support (quantiles, CDF and density all defined)."""
+        return self.support in ("real", "positive", "unit_interval")
+
     def outside_support(self, y: Any) -> Any:
         """Which of the targets y (numpy) lie outside the family's support: a boolean array."""
         return SUPPORTS[self.support][1](np.asarray(y, dtype=np.float64))

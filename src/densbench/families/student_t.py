@@ -40,8 +40,10 @@ def standard_cdf(z: Tensor, nu: Tensor) -> Tensor:
 
     if not needs_grad(z, nu):
         return student_t_cdf(z, nu)
-    tail = 0.5 * betainc(nu / 2, torch.full_like(nu, 0.5), nu / (nu + z * z))
-    return torch.where(z > 0, 1 - tail, tail)
+    zd = z.detach()
+    tail = 0.5 * betainc(nu / 2, torch.full_like(nu, 0.5), nu / (nu + zd * zd))
+    # d/dz is the density, added by hand: through the incomplete beta it is 0 x inf at z = 0 (the median)
+    return torch.where(zd > 0, 1 - tail, tail) + (z - zd) * torch.exp(_log_density(zd, nu))
 
 
 @register
