@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import numpy as np
 import torch
 from torch.distributions import Bernoulli, Categorical, MixtureSameFamily, Normal, Poisson, kl_divergence
 
@@ -120,3 +121,23 @@ def test_unknown_grad_and_family_are_named():
         GLM("gamma")
     with pytest.raises(ValueError, match="floor must be a positive"):
         Positivity("softplus", 0.0)
+
+
+def test_pinball_loss_is_the_mean_quantile_score_at_scipys_quantiles():
+    # independent reference: SciPy's normal quantiles at t = (l - 1/2)/L and the pinball score written out
+    from scipy import stats
+
+    from densbench import families, objectives
+
+    fam = families.get("gaussian")(spread="std", positivity="exp")
+    g = torch.Generator().manual_seed(3)
+    raw = {"loc": torch.randn(1, 7, 1, generator=g, dtype=torch.float64),
+           "spread": 0.3 * torch.randn(1, 7, 1, generator=g, dtype=torch.float64)}
+    y = torch.randn(1, 7, 1, generator=g, dtype=torch.float64)
+    loss = objectives.get("pinball")(levels=9).loss(fam, raw, y, (), "autograd")
+    t = (np.arange(9) + 0.5) / 9
+    mu, sigma, yy = raw["loc"].numpy().ravel(), np.exp(raw["spread"].numpy().ravel()) + 1e-6, y.numpy().ravel()
+    q = stats.norm.ppf(t[:, None], mu[None, :], sigma[None, :])
+    u = yy[None, :] - q
+    expected = np.mean(np.maximum(t[:, None] * u, (t[:, None] - 1) * u))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-10)
