@@ -35,7 +35,7 @@ from densbench import ops
 from densbench.config import compose_config
 from densbench.distributions import InverseSinePosterior, NormalMixture, _kl_posterior, legendre_panels
 from densbench.devices import AUTO_THREADS_MIN_ROWS
-from densbench.stack_plan import usable_cores
+from densbench.cores import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS, LEVELS, K = 1000, 100, 5

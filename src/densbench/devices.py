@@ -10,6 +10,7 @@ from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig
 
+from densbench.cores import threads_cap, usable_cores
 from densbench.errors import ConfigError
 
 AUTO_THREADS_MIN_ROWS = 2048  # below this many rows per step (all models of a stack) a second thread costs more than it gains
@@ -60,8 +61,6 @@ def check_device(cfg: DictConfig, stacked: bool) -> None:
 def threads(setting: Any, rows_per_step: int) -> int:
     """torch threads for a job: the configured number, or for `auto` all usable cores on steps of at
     least AUTO_THREADS_MIN_ROWS rows and one thread on smaller ones (measured: README, Speed)."""
-    from densbench.stack_plan import threads_cap, usable_cores
-
     cap = threads_cap()  # a worker of a parallel stacked sweep shares the cores with the others
     if setting != "auto":
         return int(setting) if cap is None else min(int(setting), cap)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, MixtureSameFamily
 
 from densbench import ops
 from densbench.ops import INV_SQRT_PI
@@ -240,3 +240,29 @@ def batch_quantiles(d: Any, p: Tensor) -> Tensor:
 def batch_crps(d: Any, y: Tensor) -> Tensor:
     """CRPS of a mixture with batch shape [*batch] at targets y of that shape."""
     return crps(components_of(d), y.expand(d.batch_shape).reshape(-1)).reshape(d.batch_shape)
+
+
+# torch's MixtureSameFamily of any component family (deep ensembles of Student-t or Laplace members):
+# its operations through the components' own
+@ops.cdf.register(MixtureSameFamily)
+def _mixture_cdf(d: MixtureSameFamily, y: Tensor) -> Tensor:
+    """sum_k w_k F_k(y), through the components' own CDFs (torch's needs component.cdf, Student-t has none)."""
+    return (d.mixture_distribution.probs * ops.cdf(d.component_distribution, y.unsqueeze(-1))).sum(-1)
+
+
+@ops.icdf.register(MixtureSameFamily)
+def _mixture_icdf(d: MixtureSameFamily, p: Tensor) -> Tensor:
+    """Quantiles on the mixture's CDF, vectorised over rows (above), through the components' cdf and icdf."""
+    return batch_quantiles(d, p)
+
+
+@ops.crps.register(MixtureSameFamily)
+def _mixture_crps(d: MixtureSameFamily, y: Tensor) -> Tensor:
+    """The integral of (F - 1{x >= y})^2 on nodes at the components' quantiles (above)."""
+    return batch_crps(d, y)
+
+
+@ops.rescale.register(MixtureSameFamily)
+def _mixture_rescale(d: MixtureSameFamily, factor: float) -> MixtureSameFamily:
+    """Every member's spread times the factor, through the members' own rescale."""
+    return MixtureSameFamily(d.mixture_distribution, ops.rescale(d.component_distribution, factor), validate_args=False)

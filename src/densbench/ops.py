@@ -104,14 +104,20 @@ def _note(op: str, how: str, dist: Any) -> None:
 _LOADED = False
 
 
+# the modules that register closed forms (every family module, through its package's registry, and the
+# distribution classes densbench defines): discovered by name on the first dispatch, as plugins are, so
+# that this module, which they all import, imports none of them
+REGISTRARS = ("densbench.distributions", "densbench.mixtures", "densbench.families")
+
+
 def _load_registrations() -> None:
-    """Import every family module (and the densbench distribution classes) once: they register closed forms."""
+    """Import the registering modules once (every family module through the families registry)."""
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from densbench import distributions, ensemble, families  # noqa: F401 - imported for their registrations
-
-        families.load_all()
+        for name in REGISTRARS:
+            module = importlib.import_module(name)
+            getattr(module, "load_all", lambda: None)()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -478,6 +484,35 @@ def _rescale_generic(dist: Distribution, factor: float) -> Distribution:
 rescale = Operation("rescale", _rescale_generic)
 rescale.__doc__ = """The same distribution with its spread multiplied by `factor`: sigma -> factor * sigma for
 location-scale families, every component's for mixtures (weights and locations unchanged)."""
+
+
+def _nll(dist: Distribution, y: Tensor, factor: float) -> float:
+    return float(-rescale(dist, factor).log_prob(y).double().mean())
+
+
+def _search_factor(dist: Distribution, y: Tensor) -> float:
+    """The spread factor with the lowest NLL: a grid over log s in [-5, 5], then golden sections around its best."""
+    grid = [-5 + 0.1 * i for i in range(101)]
+    values = [_nll(dist, y, math.exp(t)) for t in grid]
+    best = min(range(len(grid)), key=lambda i: (not math.isfinite(values[i]), values[i]))
+    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = _nll(dist, y, math.exp(a)), _nll(dist, y, math.exp(b))
+    for _ in range(40):  # the bracket shrinks to 0.2 * 0.618^40, far below float resolution
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = _nll(dist, y, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = _nll(dist, y, math.exp(b))
+    return math.exp((lo + hi) / 2)
+
+
+spread_factor = Operation("spread_factor", _search_factor)
+spread_factor.__doc__ = "The factor s on the predictive spread that minimises the mean NLL of targets y."
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ targets (``fit``), then changes the test predictive (``apply``) or only its inte
 - ``none``: the model as trained.
 - ``scale``: one factor s on the predictive spread (sigma -> s sigma; every component of a mixture),
   s minimising the validation NLL: in closed form where the family registers one
-  (``spread_factor``, the Gaussian's s^2 = mean z^2), else by a grid and golden-section search on log s.
+  (``ops.spread_factor``, the Gaussian's s^2 = mean z^2), else by a grid and golden-section search on log s.
 - ``isotonic``: Kuleshov, Fenner & Ermon (2018). R maps a validation PIT value p to the share of
   validation PIT values <= p; that empirical CDF is already monotone at the data points, so the
   isotonic fit is the points themselves. R interpolates them linearly (as scikit-learn's
@@ -85,33 +85,6 @@ register(Recalibration)
 # ------------------------------------------------------------------------------------------------
 
 
-def _nll(dist: Distribution, y: Tensor, factor: float) -> float:
-    return float(-ops.rescale(dist, factor).log_prob(y).double().mean())
-
-
-def _search_factor(dist: Distribution, y: Tensor) -> float:
-    """The spread factor with the lowest NLL: a grid over log s in [-5, 5], then golden sections around its best."""
-    grid = [-5 + 0.1 * i for i in range(101)]
-    values = [_nll(dist, y, math.exp(t)) for t in grid]
-    best = min(range(len(grid)), key=lambda i: (not math.isfinite(values[i]), values[i]))
-    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    g = (math.sqrt(5) - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = _nll(dist, y, math.exp(a)), _nll(dist, y, math.exp(b))
-    for _ in range(40):  # the bracket shrinks to 0.2 * 0.618^40, far below float resolution
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = _nll(dist, y, math.exp(a))
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = _nll(dist, y, math.exp(b))
-    return math.exp((lo + hi) / 2)
-
-
-spread_factor = ops.Operation("spread_factor", _search_factor)
-spread_factor.__doc__ = "The factor s on the predictive spread that minimises the mean NLL of targets y."
 
 
 @register
@@ -123,8 +96,8 @@ class Scale(Recalibration):
 
     def fit(self, dist: Distribution, y: Tensor) -> None:
         """s from the registered closed form of the family, else by search."""
-        self.how = "closed form" if spread_factor.closed_form(type(dist)) is not None else "search on log s"
-        self.factor = float(spread_factor(dist, y))
+        self.how = "closed form" if ops.spread_factor.closed_form(type(dist)) is not None else "search on log s"
+        self.factor = float(ops.spread_factor(dist, y))
 
     def apply(self, dist: Distribution) -> Distribution:
         """The predictive with its spread times s."""

@@ -436,7 +436,7 @@ def _draw_all(tasks: list[tuple[Any, tuple]]) -> None:
     import threading
     from concurrent.futures import ProcessPoolExecutor
 
-    from densbench.stack_plan import usable_cores
+    from densbench.cores import usable_cores
 
     cores = usable_cores()
     forkable = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1

@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-THREADS_VARIABLE = "DENSBENCH_MAX_THREADS"  # a worker's cap on torch threads (densbench.devices.threads)
+from densbench.cores import THREADS_VARIABLE
 
 
 def cost(task: dict[str, Any], jobs: int) -> float:
@@ -111,14 +111,3 @@ class Counter:
         done = sum(self.counts.values())
         tally = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
         say(f"densbench: [{done}/{self.total}] jobs done: {tally}")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform tells, else every core)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def threads_cap() -> int | None:
-    """The cap on torch threads a worker process was given, if any."""
-    value = os.environ.get(THREADS_VARIABLE)
-    return int(value) if value and value.isdigit() else None

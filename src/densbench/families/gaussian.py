@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from densbench import ops, recalibration
+from densbench import ops
 from densbench.errors import one_of, positive
 from densbench.families.base import Family, Raw, register, total, weighted_total
 from densbench.lazy import D, torch
@@ -148,7 +148,7 @@ def _normal_quadrature(d: Any, nodes: int = ops.QUADRATURE_NODES) -> tuple[Tenso
     return y, w.expand_as(y)
 
 
-@recalibration.spread_factor.register("torch.distributions.Normal")
+@ops.spread_factor.register("torch.distributions.Normal")
 def _normal_spread_factor(d: Any, y: Tensor) -> float:
     """argmin_s of the mean NLL of N(mu, s^2 sigma^2): s^2 = mean((y - mu)^2 / sigma^2)."""
     z = (y.double() - d.loc.double()) / d.scale.double()

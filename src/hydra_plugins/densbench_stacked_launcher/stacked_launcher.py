@@ -107,7 +107,7 @@ def _shape(parsed: Sequence[Override], replicate: Sequence[str]) -> Tuple[str, .
 
 def _workers(setting: Any) -> int:
     if setting in ("auto", None):
-        from densbench.stack_plan import usable_cores
+        from densbench.cores import usable_cores
 
         return usable_cores()
     return max(1, int(setting))
