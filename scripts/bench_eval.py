@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from densbench import ops
+from densbench.distributions import ops
 from densbench.config import compose_config
-from densbench.distributions import InverseSinePosterior, NormalMixture, _kl_posterior, legendre_panels
-from densbench.devices import AUTO_THREADS_MIN_ROWS
+from densbench.distributions.classes import InverseSinePosterior, NormalMixture, _kl_posterior, legendre_panels
+from densbench.runs.devices import AUTO_THREADS_MIN_ROWS
 from densbench.cores import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ BATCHES = (256, 1024, 2048, 4096, 16384, None)  # rows per step; None: full batc
 def thread_gain(tmp: Path, rounds: int = 2, steps: int = 400) -> list[dict]:
     """Step time (ms) of the diamonds MDN at one thread and at all cores, per batch size, rounds alternating
     (each run `steps` steps; the step time leaves out the first of its two evaluation periods)."""
-    from densbench.run import run_job
+    from densbench.runs.execution import run_job
 
     cores = usable_cores()
     times: dict[tuple, list[float]] = {}
@@ -146,7 +146,7 @@ FAMILY_DATASET = "concrete"
 def families(tmp: Path) -> list[dict]:
     """Per UCI method (a family and its objective) alone and as a 5-member ensemble: train and test seconds of one job."""
     from densbench.methods import recipes
-    from densbench.run import run_job
+    from densbench.runs.execution import run_job
 
     out = []
     for name, recipe in recipes().items():

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical, MixtureSameFamily, Normal, Poisson, kl_divergence
 
-from densbench import analytic
-from densbench.families.gaussian import Gaussian
-from densbench.families.glm import CANONICAL, Categorical as CategoricalFamily
-from densbench.families.mixture import Mixture
+from densbench.objectives import analytic
+from densbench.distributions.families.gaussian import Gaussian
+from densbench.distributions.families.glm import CANONICAL, Categorical as CategoricalFamily
+from densbench.distributions.families.mixture import Mixture
 from densbench.objectives.glm import GLM
 from densbench.objectives.kl import KL
 from densbench.objectives.nll import NLL

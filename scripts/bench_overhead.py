@@ -43,8 +43,8 @@ from densbench.config import compose_config  # noqa: E402
 
 def densbench_fit(overrides: list[str]) -> float:
     """Seconds to build and fit one densbench run (validation, logging, checkpoints included)."""
-    from densbench.assembly import build
-    from densbench.run import JobSpec
+    from densbench.runs.assembly import build
+    from densbench.runs.execution import JobSpec
 
     cfg = compose_config(overrides + ["figures=false"])
     gc.collect()

@@ -39,7 +39,7 @@ GOALS = {"per_model_20": 12.0, "per_model_100": 20.0, "sweep": 4.0, "ensemble_s"
 
 def stack_throughput(models: int, tmp: Path) -> dict[str, float]:
     """Train one stack of `models` protocol nets for 40 epochs; densbench's throughput figures."""
-    from densbench.run import run_job
+    from densbench.runs.execution import run_job
 
     cfg = compose_config(["experiment=uci_boston", "dataset.split=0", f"ensemble.members={models}", "logger=none",
                    "figures=false", "loop.early_stopping_patience=null"])
@@ -89,7 +89,7 @@ def results(sweep: Path) -> list[dict]:
 
 def startup(repeats: int = 3) -> float:
     """Seconds a bare interpreter needs to import what every densbench job imports."""
-    code = "import torch, lightning.pytorch, hydra, omegaconf, densbench.run, densbench.module"
+    code = "import torch, lightning.pytorch, hydra, omegaconf, densbench.runs.execution, densbench.training.module"
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

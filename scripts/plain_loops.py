@@ -19,10 +19,10 @@ import time
 import torch
 from torch import nn
 
-from densbench.families.gaussian import Gaussian
-from densbench.families.glm import CANONICAL
-from densbench.families.mixture import Mixture
-from densbench.networks import MLP, Head
+from densbench.distributions.families.gaussian import Gaussian
+from densbench.distributions.families.glm import CANONICAL
+from densbench.distributions.families.mixture import Mixture
+from densbench.training.networks import MLP, Head
 from densbench.objectives.glm import GLM
 from densbench.objectives.kl import KL
 from densbench.objectives.nll import NLL
@@ -105,8 +105,7 @@ def prepared(name: str, **sizes):
     """Standardised float32 training tensors of a synthetic dataset, as densbench prepares them."""
     from omegaconf import OmegaConf
 
-    from densbench import data as D
-
+    from densbench.data import datasets as D
     cfg = OmegaConf.create(dict(name=name, n_val=200, n_test=200, seed=0, **sizes))
     prep = D.prepare(D.load(cfg))
     x, y = (t.float() for t in prep.splits["train"])
@@ -119,7 +118,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    from densbench.data import gaussian_truth_scaled
+    from densbench.data.datasets import gaussian_truth_scaled
 
     prep, data = prepared("hetero_sine", n_train=2000)
     extra = tuple(t.float() for t in gaussian_truth_scaled(prep, "train")) if args.loss == "kl" else None

@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from densbench.results import read_result
-from densbench.uci import FOLDERS, ROOT_VARIABLE
+from densbench.data.uci import FOLDERS, ROOT_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = list(FOLDERS)

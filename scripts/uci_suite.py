@@ -28,13 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-from densbench import stack_plan
+from densbench.launching import stack_plan
 from densbench.__main__ import sweep
 from densbench.methods import recipes
-from densbench.report import sweep_end, write_report
+from densbench.report.sweep import sweep_end, write_report
 from densbench.results import scan_results
-from densbench.uci import FOLDERS, ROOT_VARIABLE, protocol
-from densbench.uci_report import SUITE_FILE, collect, validation_best
+from densbench.data.uci import FOLDERS, ROOT_VARIABLE, protocol
+from densbench.report.uci import SUITE_FILE, collect, validation_best
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = [m for m, r in recipes().items() if r.members == 1]

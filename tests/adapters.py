@@ -4,13 +4,13 @@ Each adapter builds the family the arguments describe and asks the objective for
 tests exercise exactly the code a training run uses.
 """
 
-from densbench.families.gaussian import Gaussian
-from densbench.families.glm import CANONICAL, Categorical
-from densbench.families.mixture import Mixture
+from densbench.distributions.families.gaussian import Gaussian
+from densbench.distributions.families.glm import CANONICAL, Categorical
+from densbench.distributions.families.mixture import Mixture
 from densbench.objectives.glm import GLM
 from densbench.objectives.kl import KL
 from densbench.objectives.nll import NLL
-from densbench.positivity import Spread
+from densbench.distributions.positivity import Spread
 
 GLM_FAMILIES = tuple(CANONICAL)
 

@@ -72,8 +72,7 @@ class _WhileReporting(Callback):
         raise NotImplementedError
 
     def on_multirun_start(self, config, **kwargs):
-        from densbench import report
-
+        from densbench.report import sweep as report
         original = report.write_report
 
         def faulty(sweep_dir, out, *args, **kw):

@@ -15,11 +15,11 @@ import pytest
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from densbench.checks import Incompatible, check_config
+from densbench.runs.checks import Incompatible, check_config
 from densbench.config import compose_config, config_dir
-from densbench import job_log
-from densbench.job_log import entries
-from densbench.loop import Loop
+from densbench.training import job_log
+from densbench.training.job_log import entries
+from densbench.training.loop import Loop
 
 CONF = Path(config_dir())
 DEFAULTS = {k: v for d in OmegaConf.load(CONF / "config.yaml").defaults if isinstance(d, dict) for k, v in d.items()}
@@ -68,7 +68,7 @@ def test_option_composes_instantiates_and_is_checked(group, option, tmp_path):
 
 
 def test_trainer_is_lightnings_with_extra_arguments_passed_through(tmp_path):
-    from densbench.assembly import trainer_for
+    from densbench.runs.assembly import trainer_for
 
     cfg = compose_config(["+trainer.reload_dataloaders_every_n_epochs=3", "trainer.precision=64-true"])
     trainer = trainer_for(cfg.trainer, tmp_path, max_epochs=7, callbacks=[], validate=False)
@@ -80,8 +80,8 @@ def test_trainer_is_lightnings_with_extra_arguments_passed_through(tmp_path):
 def test_every_trainer_argument_the_engine_sets_is_refused_in_the_trainer_config(monkeypatch, tmp_path):
     # checks.ENGINE_OWNED (what a trainer config may not set) and assembly.trainer_for (what the
     # engine sets) are two lists of one fact: an argument added to the second must join the first
-    from densbench import assembly
-    from densbench.checks import ENGINE_OWNED
+    from densbench.runs import assembly
+    from densbench.runs.checks import ENGINE_OWNED
 
     passed = {}
 

@@ -1,6 +1,6 @@
 """Every distribution family and every objective meets one contract.
 
-Parametrised over the registries (densbench.families, densbench.objectives) and over the config
+Parametrised over the registries (densbench.distributions.families, densbench.objectives) and over the config
 files in conf/head and conf/loss, so a family or objective added as one module and one YAML is
 covered here without editing this file:
 
@@ -25,12 +25,15 @@ from hydra.utils import instantiate
 from torch.autograd import gradcheck
 
 from conftest import make_cfg
-from densbench import families, objectives, ops, recalibration
-from densbench.checks import Incompatible, check_config
+from densbench import objectives
+from densbench.distributions import families
+from densbench.distributions import ops
+from densbench.evaluation import recalibration
+from densbench.runs.checks import Incompatible, check_config
 from densbench.config import config_dir
 from densbench.errors import ConfigError
-from densbench.networks import MLP, Head
-from densbench.run import run_job
+from densbench.training.networks import MLP, Head
+from densbench.runs.execution import run_job
 
 F64 = torch.float64
 CLASSES = {"regression": None, "count": None, "binary": 2, "multiclass": 3}

@@ -8,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.distributions import Bernoulli, LogNormal, Normal, Poisson
 
-from densbench import data as D
-from densbench.distributions import InverseSinePosterior, NormalMixture
-from densbench.ops import cdf
+from densbench.data import datasets as D
+from densbench.distributions.classes import InverseSinePosterior, NormalMixture
+from densbench.distributions.ops import cdf
 
 SIZES = dict(n_train=3000, n_val=500, n_test=1500, seed=3)
 
@@ -134,8 +134,8 @@ def test_positive_targets_are_only_scaled_and_stay_positive():
 
 
 def test_targets_outside_a_familys_support_are_refused_in_one_line_saying_how_many_and_where():
-    from densbench.checks import Incompatible, check_support
-    from densbench.families.base import Family
+    from densbench.runs.checks import Incompatible, check_support
+    from densbench.distributions.families.base import Family
 
     class Positive(Family):
         name, support = "positive_test", "positive"

@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import make_cfg, run_cli
-from densbench.run import run_job
+from densbench.runs.execution import run_job
 
 pytestmark = pytest.mark.slow
 

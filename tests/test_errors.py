@@ -5,9 +5,9 @@ import json
 import pytest
 
 from conftest import make_cfg, run_cli
-from densbench import data as D
-from densbench.run import run_job
-from densbench.checks import Incompatible, check_against_data, check_config
+from densbench.data import datasets as D
+from densbench.runs.execution import run_job
+from densbench.runs.checks import Incompatible, check_against_data, check_config
 from densbench.errors import ConfigError
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.special import ndtr, ndtri
 
-from densbench import ops
-from densbench.distributions import InverseSinePosterior, NormalMixture, legendre_panels
+from densbench.distributions import ops
+from densbench.distributions.classes import InverseSinePosterior, NormalMixture, legendre_panels
 
 F64 = torch.float64
 

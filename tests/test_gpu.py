@@ -6,8 +6,8 @@ import torch
 from conftest import make_cfg
 import adapters as losses
 from densbench.objectives.base import GRADS
-from densbench.positivity import Positivity, Spread
-from densbench.run import run_job
+from densbench.distributions.positivity import Positivity, Spread
+from densbench.runs.execution import run_job
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 

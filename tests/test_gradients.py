@@ -9,7 +9,7 @@ from torch.autograd import gradcheck
 
 import adapters as losses
 from densbench.objectives.base import GRADS, REDUCTIONS
-from densbench.positivity import Positivity, Spread
+from densbench.distributions.positivity import Positivity, Spread
 
 F64 = torch.float64
 SPREADS = [Spread(Positivity(k, 1e-3), on) for k in ("softplus", "exp") for on in ("variance", "std")]
@@ -181,7 +181,7 @@ def test_quantiles_are_differentiable_by_the_implicit_function_theorem():
     # dq/dtheta = -(dF/dtheta)(q) / f(q) for any continuous distribution with a differentiable CDF:
     # gradcheck on Student-t (whose own quantiles come from SciPy, without a gradient), the median included,
     # and the same values and gradients as torch's own icdf for the Normal
-    from densbench import families, ops  # noqa: F401 - the families register their operations
+    from densbench.distributions import families, ops  # noqa: F401 - the families register their operations
 
     levels = torch.tensor([0.1, 0.5, 0.93], dtype=torch.float64)
 
@@ -202,7 +202,7 @@ def test_quantiles_are_differentiable_by_the_implicit_function_theorem():
 
 
 def test_the_student_t_cdf_has_the_density_as_its_gradient_at_the_median():
-    from densbench.families.student_t import standard_cdf
+    from densbench.distributions.families.student_t import standard_cdf
 
     z = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     nu = torch.tensor([2.5, 4.0, 30.0], dtype=torch.float64)

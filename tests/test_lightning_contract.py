@@ -1,4 +1,4 @@
-"""What densbench.engine relies on in Lightning without a public hook for it, pinned.
+"""What densbench.training.engine relies on in Lightning without a public hook for it, pinned.
 
 The engine hands Lightning an iterable of chunks with no length (one epoch = one evaluation period)
 and plain objects as batches. If a Lightning release within the supported range changes any of the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from densbench.assembly import quiet_lightning
+from densbench.runs.assembly import quiet_lightning
 
 
 class Plain:

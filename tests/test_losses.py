@@ -9,7 +9,7 @@ from torch.distributions import Bernoulli, Categorical, MixtureSameFamily, Norma
 
 import adapters as losses
 from densbench.objectives.base import GRADS
-from densbench.positivity import Positivity, Spread
+from densbench.distributions.positivity import Positivity, Spread
 
 SPREADS = [Spread(Positivity(k, 1e-4), on) for k in ("softplus", "exp") for on in ("variance", "std")]
 
@@ -113,7 +113,7 @@ def test_poisson_nll_uses_exact_lgamma_not_stirling():
 
 def test_unknown_grad_and_family_are_named():
     from densbench.errors import ConfigError
-    from densbench.families.glm import GLM
+    from densbench.distributions.families.glm import GLM
 
     with pytest.raises(ConfigError, match="grad='numeric' is not allowed; choose one of: analytic, autograd"):
         losses.glm_nll(torch.zeros(2, 1), torch.zeros(2, 1), "gaussian", grad="numeric")
@@ -127,8 +127,9 @@ def test_pinball_loss_is_the_mean_quantile_score_at_scipys_quantiles():
     # independent reference: SciPy's normal quantiles at t = (l - 1/2)/L and the pinball score written out
     from scipy import stats
 
-    from densbench import families, objectives
+    from densbench import objectives
 
+    from densbench.distributions import families
     fam = families.get("gaussian")(spread="std", positivity="exp")
     g = torch.Generator().manual_seed(3)
     raw = {"loc": torch.randn(1, 7, 1, generator=g, dtype=torch.float64),

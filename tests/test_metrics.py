@@ -12,9 +12,9 @@ from scipy import stats
 from torch.distributions import Bernoulli, Categorical, Normal, Poisson
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
-from densbench.distributions import NormalMixture
-from densbench.ops import binned_log_prob, cdf, crps, kl_to_truth, pit, quantile
-from densbench.metrics import PredictiveMetrics
+from densbench.distributions.classes import NormalMixture
+from densbench.distributions.ops import binned_log_prob, cdf, crps, kl_to_truth, pit, quantile
+from densbench.evaluation.metrics import PredictiveMetrics
 
 F64 = torch.float64
 

@@ -7,13 +7,13 @@ import pytest
 import scoringrules as sr
 import torch
 
-from densbench import ops
-from densbench.families.gaussian import Gaussian
-from densbench.families.gaussian_natural import GaussianNatural
-from densbench.families.laplace import Laplace
-from densbench.families.negbin import NegativeBinomial
-from densbench.families.student_t import StudentT
-from densbench.networks import MLP, Head
+from densbench.distributions import ops
+from densbench.distributions.families.gaussian import Gaussian
+from densbench.distributions.families.gaussian_natural import GaussianNatural
+from densbench.distributions.families.laplace import Laplace
+from densbench.distributions.families.negbin import NegativeBinomial
+from densbench.distributions.families.student_t import StudentT
+from densbench.training.networks import MLP, Head
 from densbench.objectives.beta_nll import BetaNLL
 from densbench.objectives.faithful import Faithful
 from densbench.objectives.nll import NLL

@@ -14,7 +14,7 @@ import torch
 from conftest import make_cfg, run_cli
 from densbench import numerics
 from densbench.results import EXECUTION_METRICS
-from densbench.run import JobSpec, run_group, run_job
+from densbench.runs.execution import JobSpec, run_group, run_job
 
 AVX2 = {"avx2", "fma"} <= numerics.cpu_flags()
 needs_avx2 = pytest.mark.skipif(not AVX2, reason="the pinned kernels need a CPU with AVX2 and FMA")
@@ -90,11 +90,11 @@ def test_a_model_trains_to_the_same_bits_in_stacks_of_1_5_and_20(tmp_path):
 
 
 def test_a_near_tie_in_validation_does_not_move_the_selected_epoch():
-    from densbench.engine import SELECTION_TOLERANCE, Selection
+    from densbench.training.engine import SELECTION_TOLERANCE, Selection
 
     class Module:  # what Selection reads of the module
         def __init__(self):
-            from densbench.engine import EngineState
+            from densbench.training.engine import EngineState
 
             self.state = EngineState(10, 1, models=1)
             self.w = torch.zeros(1, 2)

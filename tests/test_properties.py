@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import adapters as losses
 from densbench.objectives.base import GRADS
-from densbench.positivity import Positivity, Spread
+from densbench.distributions.positivity import Positivity, Spread
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

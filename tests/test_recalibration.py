@@ -11,14 +11,15 @@ import pytest
 import torch
 from torch.distributions import Laplace, Normal, StudentT
 
-from densbench import data as data_mod
-from densbench import ops, recalibration
-from densbench.checks import Incompatible, check_config
-from densbench.distributions import NormalMixture
-from densbench.ensemble import uniform_mixture
+from densbench.data import datasets as data_mod
+from densbench.distributions import ops
+from densbench.evaluation import recalibration
+from densbench.runs.checks import Incompatible, check_config
+from densbench.distributions.classes import NormalMixture
+from densbench.evaluation.ensemble import uniform_mixture
 from densbench.errors import ConfigError
-from densbench.metrics import PredictiveMetrics
-from densbench.run import JobSpec, run_group, run_job
+from densbench.evaluation.metrics import PredictiveMetrics
+from densbench.runs.execution import JobSpec, run_group, run_job
 
 from conftest import make_cfg
 
@@ -258,7 +259,7 @@ def test_cli_sweep_writes_before_and_after(tmp_path):
 
 
 def test_calibration_floor_matches_simulated_perfect_calibration():
-    from densbench.uci_report import calibration_floor
+    from densbench.report.uci import calibration_floor
 
     rng = np.random.default_rng(0)
     levels = np.linspace(0, 1, 100)
@@ -311,8 +312,7 @@ def test_an_interrupted_stack_of_recalibrations_resumes_each_job_from_the_shared
 
 @pytest.mark.parametrize("shared", [[{"format": 2}], {"format": 1}, {"format": 2, "key": {"source_hash": "other", "data_hash": "d"}}])
 def test_a_pointer_to_a_foreign_or_malformed_checkpoint_is_refused_with_the_reason(tmp_path, shared):
-    from densbench import checkpoints
-
+    from densbench.training import checkpoints
     key = {"config_hash": "c", "source_hash": "s", "data_hash": "d"}
     checkpoints.save_atomic(shared, tmp_path / "shared.ckpt")
     pointer = checkpoints.save_atomic({"format": checkpoints.FORMAT, "key": key, "same_as": str(tmp_path / "shared.ckpt")},
@@ -324,7 +324,7 @@ def test_a_pointer_to_a_foreign_or_malformed_checkpoint_is_refused_with_the_reas
 def test_recalibrations_without_the_plain_job_score_their_shared_models_as_trained_once(tmp_path):
     from types import SimpleNamespace
 
-    from densbench.module import scored_as_trained_by
+    from densbench.training.module import scored_as_trained_by
 
     def job(models, active):
         return SimpleNamespace(models=models, recalibration=SimpleNamespace(active=active))

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_cfg, run_cli
 from densbench.results import EXECUTION_METRICS
-from densbench.run import run_job
+from densbench.runs.execution import run_job
 
 pytestmark = pytest.mark.slow
 TESTS = str(Path(__file__).parent)

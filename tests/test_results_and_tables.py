@@ -13,8 +13,8 @@ import pytest
 
 from conftest import run_cli
 from densbench import results
-from densbench.leaderboard import Cell, Leaderboard, best_of, tex_escape, to_latex, to_markdown
-from densbench.report import main as report_main
+from densbench.report.leaderboard import Cell, Leaderboard, best_of, tex_escape, to_latex, to_markdown
+from densbench.report.sweep import main as report_main
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_report_cli_writes_a_latex_leaderboard_with_the_sweeps_numbers(fast_swee
 def test_csv_logger_beside_tensorboard_gets_the_same_final_metrics(tmp_path):
     import csv
 
-    from densbench.run import run_job
+    from densbench.runs.execution import run_job
     from conftest import make_cfg
 
     res = run_job(make_cfg("experiment=fast", "logger=[tensorboard,csv]"), tmp_path)
@@ -159,9 +159,9 @@ def test_tensorboard_declaration_is_replaced_whole_and_a_broken_run_does_not_fai
     from tensorboard.plugins.hparams import metadata
 
     from conftest import make_cfg
-    from densbench import tb_experiment
-    from densbench.report import sweep_end
-    from densbench.run import run_job
+    from densbench.report import tb_experiment
+    from densbench.report.sweep import sweep_end
+    from densbench.runs.execution import run_job
 
     runs = [(tmp_path / f"s{seed}", run_job(make_cfg("experiment=fast", f"seed={seed}"), tmp_path / f"s{seed}")) for seed in (0, 1)]
     dirs = [(d / res["artifacts"]["tensorboard"], res) for d, res in runs]
@@ -213,7 +213,7 @@ def test_a_logger_whose_package_is_missing_is_refused_with_the_install_command(t
     import importlib.util
 
     from conftest import make_cfg
-    from densbench import job_log
+    from densbench.training import job_log
     from densbench.errors import ConfigError
 
     real = importlib.util.find_spec
@@ -226,7 +226,7 @@ def test_a_logger_whose_package_is_missing_is_refused_with_the_install_command(t
 def test_a_resumed_mlflow_run_is_found_by_any_run_directory_name(name):
     # the run a resumed job continues is searched by its name; a quote in it must not break the filter
     search = pytest.importorskip("mlflow.utils.search_utils")
-    from densbench.job_log import _quoted
+    from densbench.training.job_log import _quoted
 
     parsed = search.SearchUtils.parse_search_filter(f"tags.`mlflow.runName` = {_quoted(name)}")
     assert parsed == [{"type": "tag", "key": "mlflow.runName", "comparator": "=", "value": name}]

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from conftest import make_cfg, run_cli
-from densbench import checkpoints, provenance
-from densbench.checks import check_config
+from densbench import provenance
+from densbench.training import checkpoints
+from densbench.runs.checks import check_config
 from densbench.results import EXECUTION_METRICS
-from densbench.outcome import flags
-from densbench.run import run_job
+from densbench.runs.outcome import flags
+from densbench.runs.execution import run_job
 from densbench.signals import Interrupted
 
 TESTS = str(Path(__file__).parent)
@@ -102,7 +103,7 @@ def _send_sigterm(*_, **__):
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.mark.parametrize("target,stage", [("densbench.data.load", "loading data"), ("densbench.outcome.write_figures", "writing figures")])
+@pytest.mark.parametrize("target,stage", [("densbench.data.datasets.load", "loading data"), ("densbench.runs.outcome.write_figures", "writing figures")])
 def test_a_signal_at_any_stage_leaves_a_record(tmp_path, monkeypatch, capsys, target, stage):
     args = ["experiment=fast", "logger=none", "figures=true"]
     module, name = target.rsplit(".", 1)
@@ -189,8 +190,7 @@ def test_last_checkpoint_follows_every_period_not_only_the_best(tmp_path):
 
 
 def test_checkpoints_after_validation_are_throttled_but_the_final_state_is_kept(tmp_path, monkeypatch):
-    from densbench import checkpoints
-
+    from densbench.training import checkpoints
     written = []
     original = checkpoints.save_atomic
 
@@ -230,7 +230,7 @@ def test_a_result_is_reused_only_for_the_same_config_code_and_data(tmp_path, mon
     assert second["provenance"]["data_hash"] != prov["data_hash"]
     # other code: retrained as well
     real = provenance.code_revision()
-    monkeypatch.setattr("densbench.resume.provenance.code_revision", lambda: dict(real, source_hash="0" * 16))
+    monkeypatch.setattr("densbench.runs.resume.provenance.code_revision", lambda: dict(real, source_hash="0" * 16))
     capsys.readouterr()
     third = run_job(cfg, tmp_path / "run")
     assert "resumed" not in third
@@ -255,8 +255,7 @@ def test_flags_name_a_validation_nll_that_ran_away_and_finite_explosions():
 
 @pytest.mark.parametrize("column,where", [("a", "feature column 'a'"), ("y", "target column 'y'")])
 def test_values_whose_square_overflows_are_refused_by_column(tmp_path, column, where):
-    from densbench import data as D
-
+    from densbench.data import datasets as D
     rows = [(i, i + 1.0) for i in range(30)]
     rows[7] = (1e300, 8.0) if column == "a" else (7, 1e300)
     path = tmp_path / "x.csv"
@@ -325,7 +324,7 @@ def test_a_run_far_worse_than_predicting_the_training_mean_is_flagged_and_its_la
 
     import numpy as np
 
-    from densbench.outcome import trivial_scores
+    from densbench.runs.outcome import trivial_scores
     from densbench.progress import run_line, sweep_table
 
     rng = np.random.default_rng(0)
@@ -467,8 +466,7 @@ def test_sigterm_to_a_parallel_sweep_reaches_its_workers_which_record_and_go(tmp
 
 def _report_command_with(monkeypatch, capsys, sweep, write_report):
     """`python -m densbench.report SWEEP` in this process with report.write_report replaced: (exit code, stderr)."""
-    from densbench import report
-
+    from densbench.report import sweep as report
     previous = signal.getsignal(signal.SIGINT)  # the command installs its own handlers
     monkeypatch.setattr(report, "write_report", write_report)
     try:
@@ -480,8 +478,7 @@ def _report_command_with(monkeypatch, capsys, sweep, write_report):
 
 
 def test_a_signal_or_a_read_only_folder_in_the_report_command_is_one_line(tmp_path, monkeypatch, capsys):
-    from densbench import report
-
+    from densbench.report import sweep as report
     sweep = tmp_path / "mr"
     assert run_cli(["-m", "experiment=fast", "seed=0", "logger=none", "figures=false", "report.enabled=false",
                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path).returncode == 0
@@ -503,8 +500,8 @@ def test_a_signal_or_a_read_only_folder_in_the_report_command_is_one_line(tmp_pa
     assert err == f"densbench: the report could not be written: Read-only file system: {sweep / 'report' / 'report.md'}"
 
 def test_a_job_whose_run_directory_cannot_be_written_fails_alone_in_one_line(tmp_path, monkeypatch, capsys):
-    from densbench import resume
-    from densbench.run import JobSpec, run_group
+    from densbench.runs import resume
+    from densbench.runs.execution import JobSpec, run_group
 
     real = resume.locked
     full = tmp_path / "full"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import special
 
-from densbench.special import betainc, log_beta
+from densbench.distributions.special import betainc, log_beta
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-11), (torch.float32, 1e-6)])
@@ -53,8 +53,7 @@ def test_student_t_quantiles_on_a_level_axis_equal_every_entrys_own(dtype):
     # evaluation per entry, which must give each entry exactly its own quantile
     from torch.distributions import StudentT
 
-    from densbench import ops
-
+    from densbench.distributions import ops
     g = torch.Generator().manual_seed(0)
     df = (0.6 + 30 * torch.rand(50, generator=g)).to(dtype)
     loc, scale = torch.randn(50, generator=g).to(dtype), (0.1 + torch.rand(50, generator=g)).to(dtype)
@@ -71,7 +70,7 @@ def test_student_t_quantiles_on_a_level_axis_equal_every_entrys_own(dtype):
 
 def test_tabulated_student_t_quantiles_match_scipy_for_every_df_and_level():
     # the table covers nu >= 2 (1/nu in [0, 1/2]) and is exact beyond; the normal limit at nu = inf
-    from densbench.special import student_t_icdf_levels
+    from densbench.distributions.special import student_t_icdf_levels
 
     levels = torch.arange(1, 101, dtype=torch.float64) / 200
     nu = torch.cat([2 + 300 * torch.rand(2000, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
@@ -85,8 +84,7 @@ def test_tabulated_student_t_quantiles_match_scipy_for_every_df_and_level():
 
 def test_student_t_quantiles_are_exact_when_no_table_reaches_the_tolerance(monkeypatch):
     # a cap below the nodes the levels need: no table is kept, and every quantile is stdtrit's own
-    from densbench import special as dspecial
-
+    from densbench.distributions import special as dspecial
     monkeypatch.setattr(dspecial, "_T_TABLE_MAX_NODES", 512)
     monkeypatch.setattr(dspecial, "_T_TABLES", {})
     levels = torch.tensor([1e-6, 0.3, 0.999999], dtype=torch.float64)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import make_cfg, run_cli
-from densbench.distributions import NormalMixture
-from densbench.ensemble import uniform_mixture
+from densbench.distributions.classes import NormalMixture
+from densbench.evaluation.ensemble import uniform_mixture
 from densbench.results import EXECUTION_METRICS
-from densbench.run import JobSpec, run_group, run_job
+from densbench.runs.execution import JobSpec, run_group, run_job
 from densbench.signals import Interrupted
 
 TESTS = str(Path(__file__).parent)

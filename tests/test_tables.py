@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import make_cfg, run_cli
-from densbench import data as D
-from densbench.tables import uci_split
+from densbench.data import datasets as D
+from densbench.data.tables import uci_split
 
 
 def _cfg(name, **kw):
@@ -128,7 +128,7 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
 
 
 def test_poisson_head_on_regression_or_negative_csv_targets_is_refused(tmp_path):
-    from densbench.checks import Incompatible, check_config
+    from densbench.runs.checks import Incompatible, check_config
 
     path = _csv(tmp_path, "a,y\n" + "".join(f"{i},{i - 5}\n" for i in range(20)))
     cfg = make_cfg("dataset=csv", f"dataset.path={path}", "dataset.target=y", "loss=glm", "head.distribution=poisson")

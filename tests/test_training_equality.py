@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from densbench.assembly import build
-from densbench.run import JobSpec
+from densbench.runs.assembly import build
+from densbench.runs.execution import JobSpec
 
 
 def loss_curve(tmp_path, grad, *overrides):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_cfg, run_cli
-from densbench import uci
+from densbench.data import uci
 from densbench.config import compose_config
-from densbench.data import load
+from densbench.data.datasets import load
 from densbench.errors import DataError
 
 UCI_ROOT = REPO.parent / "shared" / "uci"

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_cfg
-from densbench import uci_report
-from densbench.data import load
+from densbench.report import uci as uci_report
+from densbench.data.datasets import load
 from densbench.errors import ConfigError
 from densbench.methods import method_of, recipes
-from densbench.labels import labels
+from densbench.runs.labels import labels
 
 sys.path.insert(0, str(REPO / "scripts"))
 import uci_search  # noqa: E402
@@ -52,7 +52,7 @@ def test_tuning_mode_from_the_standard_layout_never_touches_test_rows():
 
 
 def test_tuning_without_a_validation_fraction_is_refused():
-    from densbench.checks import check_config
+    from densbench.runs.checks import check_config
 
     with pytest.raises(ConfigError, match="dataset.tuning=true needs dataset.val_fraction > 0"):
         check_config(make_cfg("dataset=boston", "dataset.tuning=true"))

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import make_cfg, run_cli
 from densbench.config import slug
-from densbench.devices import AUTO_THREADS_MIN_ROWS, threads
-from densbench.run import run_job
+from densbench.runs.devices import AUTO_THREADS_MIN_ROWS, threads
+from densbench.runs.execution import run_job
 
 
 def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path):
@@ -95,7 +95,7 @@ def test_result_json_says_where_the_time_went_and_is_readable_like_other_files(t
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the process start time comes from /proc")
 def test_the_first_job_of_a_process_counts_its_start_up_from_the_interpreter(tmp_path):
-    code = ("import sys; sys.path.insert(0, %r); from conftest import make_cfg; from densbench.run import run_job; "
+    code = ("import sys; sys.path.insert(0, %r); from conftest import make_cfg; from densbench.runs.execution import run_job; "
             "print(run_job(make_cfg('experiment=fast', 'logger=none'), %r)['timing']['startup_s'])") % (str(Path(__file__).parent), str(tmp_path))
     import subprocess
 

@@ -13,7 +13,7 @@ from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig
 
 from densbench.config import CONFIG_NAME, config_dir
-from densbench import parallel_stop
+from densbench.launching import parallel_stop
 from densbench.signals import Interrupted, install_process_handlers, process_stage
 
 
@@ -26,7 +26,7 @@ def app(cfg: DictConfig) -> float | dict | None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         with process_stage("importing torch and Lightning", deferred=True):
-            from densbench.run import run_job  # torch and Lightning: seconds of imports
+            from densbench.runs.execution import run_job  # torch and Lightning: seconds of imports
     except Interrupted as exc:  # before the job could record anything: its record says so
         interrupted_record(cfg, run_dir, exc)
         raise
@@ -51,7 +51,7 @@ def refuse_bad_config(cfg: DictConfig) -> None:
 
     A sweep instead records such a job (failed, or skipped when incompatible) and goes on.
     """
-    from densbench.checks import Incompatible, check_config
+    from densbench.runs.checks import Incompatible, check_config
     from densbench.errors import ConfigError
 
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-THREADS_VARIABLE = "DENSBENCH_MAX_THREADS"  # a worker's cap on torch threads (densbench.devices.threads)
+THREADS_VARIABLE = "DENSBENCH_MAX_THREADS"  # a worker's cap on torch threads (densbench.runs.devices.threads)
 
 
 def usable_cores() -> int:

@@ -7,10 +7,11 @@ kept by hand.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from omegaconf import OmegaConf
 
 from densbench.config import config_dir
 
@@ -24,27 +25,25 @@ class Recipe(NamedTuple):
     objective: str
 
 
-_OVERRIDE = re.compile(r"^\s*-\s*override\s+/(loss|head)\s*:\s*(\S+)\s*$", re.M)
-_MEMBERS = re.compile(r"^ensemble:\s*\n\s+members:\s*(\d+)", re.M)
-
-
 @lru_cache(maxsize=1)
 def recipes() -> dict[str, Recipe]:
-    """Every method of conf/method by name."""
+    """Every method of conf/method by name (read as YAML: a recipe is only group overrides and plain keys)."""
     out = {}
     for path in sorted(Path(config_dir(), "method").glob("*.yaml")):
-        text = path.read_text()
-        picked = dict(_OVERRIDE.findall(text))
-        members = _MEMBERS.search(text)
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        picked = {}
+        for entry in node.get("defaults") or []:  # e.g. {"override /loss": "nll"}
+            for key, value in (entry.items() if isinstance(entry, dict) else ()):
+                picked[key.removeprefix("override").strip().lstrip("/")] = value
         loss = picked.get("loss", "nll")
-        out[path.stem] = Recipe(loss, picked.get("head", "gaussian"), int(members.group(1)) if members else 1, _objective(loss))
+        members = int((node.get("ensemble") or {}).get("members", 1))
+        out[path.stem] = Recipe(loss, picked.get("head", "gaussian"), members, _objective(loss))
     return out
 
 
 def _objective(loss: str) -> str:
     # loss configs can be aliases (loss=mdn is the NLL objective with a mixture head): runs record the objective
-    match = re.search(r"^_target_:\s*(\S+)", Path(config_dir(), "loss", f"{loss}.yaml").read_text(), re.M)
-    return match.group(1) if match else loss
+    return str(OmegaConf.load(Path(config_dir(), "loss", f"{loss}.yaml")).get("_target_", loss))
 
 
 def single_method(config: dict[str, Any], labels: dict[str, Any]) -> str | None:

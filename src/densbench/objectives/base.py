@@ -11,7 +11,7 @@ class level, ``name`` (its registry key and config file conf/loss/<name>.yaml) a
 It provides the per-sample loss for the autograd path (``terms``, plus ``constant``: the part that
 depends on the targets alone, computed once per target tensor) and, for grad=analytic, ``kernel``.
 
-The analytic contract (densbench.analytic.AnalyticLoss): ``kernel(family, raw, y, extra, weight)``
+The analytic contract (densbench.objectives.analytic.AnalyticLoss): ``kernel(family, raw, y, extra, weight)``
 returns ``(value, grads)`` with value = sum_i w_i l_i (one value per stacked model) and grads[field] =
 d value / d raw[field] for every field of ``family.fields()``, already multiplied by the weight w
 (1/B for a mean, 1 for a sum, a tensor [..., B, 1] for per-sample weights). The raw fields are the only
@@ -30,7 +30,7 @@ from densbench.registry import Registry
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from densbench.families import Family
+    from densbench.distributions.families import Family
 
 REDUCTIONS = ("mean", "sum")
 GRADS = ("analytic", "autograd")
@@ -114,7 +114,7 @@ class Objective:
     def loss(self, family: Family, raw: dict, y: Tensor, extra: tuple, grad: str) -> Tensor:
         """The reduced loss: a scalar, or one value per stacked model."""
         if grad == "analytic":
-            from densbench.analytic import analytic_loss, kernel_of
+            from densbench.objectives.analytic import analytic_loss, kernel_of
 
             kernel = kernel_of(self)
             weight = 1.0 / raw[next(iter(family.fields()))].shape[-2] if self.reduction == "mean" else 1.0

@@ -1,6 +1,6 @@
 """The continuous ranked probability score as the training loss (a proper score that is robust to outliers).
 
-The loss is the closed form the family's distribution registers with densbench.ops (the same formula
+The loss is the closed form the family's distribution registers with densbench.distributions.ops (the same formula
 the metrics use), evaluated in standardised units and differentiated by autograd; grad=analytic uses
 the family's ``crps_kernel`` where it has one. Families without a closed form (trait ``crps``) and
 discrete ones are refused: a quantile-integral CRPS would not be differentiable.
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from densbench import ops
+from densbench.distributions import ops
 from densbench.objectives.base import Objective, register
 
 if TYPE_CHECKING:
-    from densbench.families import Family
+    from densbench.distributions.families import Family
 
 
 @register

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from densbench.families.base import weighted_total
+from densbench.distributions.families.base import weighted_total
 from densbench.objectives.base import register
 from densbench.objectives.nll import NLL
 
 if TYPE_CHECKING:
-    from densbench.families import Family
+    from densbench.distributions.families import Family
 
 
 @register

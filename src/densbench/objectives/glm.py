@@ -14,7 +14,7 @@ from densbench.objectives.base import register
 from densbench.objectives.nll import NLL
 
 if TYPE_CHECKING:
-    from densbench.families import Family
+    from densbench.distributions.families import Family
 
 
 @register

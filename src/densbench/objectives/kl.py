@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from densbench.lazy import torch
 from densbench.objectives.base import Objective, register
-from densbench.ops import HALF_LOG_2PI
+from densbench.distributions.ops import HALF_LOG_2PI
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from densbench.families import Family
+    from densbench.distributions.families import Family
 
 
 def neg_gaussian_entropy(s2: Tensor) -> Tensor:

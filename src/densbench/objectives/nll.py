@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from densbench.objectives.base import Objective, register
 
 if TYPE_CHECKING:
-    from densbench.families import Family
+    from densbench.distributions.families import Family
 
 
 @register

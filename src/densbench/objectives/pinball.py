@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from densbench import ops
+from densbench.distributions import ops
 from densbench.errors import positive
 from densbench.objectives.base import Objective, register
 
 if TYPE_CHECKING:
-    from densbench.families import Family
+    from densbench.distributions.families import Family
 
 
 @register

@@ -26,7 +26,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from densbench.launchers import parse_overrides
+from densbench.launching.launchers import parse_overrides
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Hydra writes a job's ``.hydra/*.yaml`` before the task runs; on a full or read-only disk that write
 raises out of Hydra's launcher and ends the whole sweep with a traceback, the later jobs never tried
 and no report written. Here such a job fails alone in one line and the sweep goes on with the jobs
-it can still run (``densbench.launchers.run_job_alone``); the loops are Hydra's own, through its
+it can still run (``densbench.launching.launchers.run_job_alone``); the loops are Hydra's own, through its
 public ``run_job``.
 """
 
@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from omegaconf import DictConfig, open_dict
@@ -42,11 +41,20 @@ ConfigStore.instance().store(group="hydra/launcher", name="densbench_joblib", no
                              provider="densbench")
 
 
-class DensbenchBasicLauncher(BasicLauncher):
+class DensbenchBasicLauncher(Launcher):
     """Jobs one after the other in this process."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from densbench.launchers import run_job_alone
+        from densbench.launching.launchers import run_job_alone
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
@@ -68,7 +76,7 @@ class DensbenchBasicLauncher(BasicLauncher):
 def _execute_job(idx: int, overrides: Sequence[str], hydra_context: HydraContext, config: DictConfig,
                  task_function: TaskFunction, singleton_state: Dict[Any, Any]) -> JobReturn:
     """One job in a joblib worker, as Hydra's joblib launcher runs it."""
-    from densbench.launchers import run_job_alone
+    from densbench.launching.launchers import run_job_alone
 
     setup_globals()
     Singleton.set_state(singleton_state)
@@ -86,14 +94,16 @@ class DensbenchJoblibLauncher(JoblibLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from joblib import Parallel, delayed
 
-        from densbench.launchers import note_unrecorded
+        from densbench.launching.launchers import note_unrecorded
 
         setup_globals()
         assert self.config is not None and self.task_function is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         joblib_cfg = dict(self.joblib, backend="loky")  # the threading backend is incompatible with Hydra
-        process_joblib_cfg(joblib_cfg)
+        for key in ("pre_dispatch", "batch_size", "max_nbytes"):  # numbers given as strings in the config
+            if isinstance(joblib_cfg.get(key), str) and joblib_cfg[key].isdigit():
+                joblib_cfg[key] = int(joblib_cfg[key])
         log.info(f"Joblib.Parallel({','.join(f'{k}={v}' for k, v in joblib_cfg.items())}) is launching {len(job_overrides)} jobs")
         for idx, overrides in enumerate(job_overrides):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")

@@ -1,7 +1,7 @@
 """A Hydra launcher that trains the jobs of a multirun that differ only in replication keys as one stack.
 
 The jobs of a sweep are grouped by their config with the replication keys (``replicate``: seed, data
-split, recalibrate) left out; each group trains as one stack of models (densbench.run.run_group) and
+split, recalibrate) left out; each group trains as one stack of models (densbench.runs.execution.run_group) and
 every job still gets its own run directory, result.json, events, figures and Hydra's record of it
 (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``). ``workers`` > 1 trains several stacks
 at once in worker processes (one torch thread each), the largest first, while this process writes
@@ -40,7 +40,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from densbench.launchers import parse_overrides
+from densbench.launching.launchers import parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ class StackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         _compose_each_shape_once(hydra_context.config_loader, self.replicate)
         if self.workers > 1:  # the workers import torch and Lightning while the sweeper composes the jobs
-            from densbench import stack_plan
-
+            from densbench.launching import stack_plan
             stack_plan.pool(self.workers)
 
     # ------------------------------------------------------------------ jobs as plain data
@@ -172,7 +171,7 @@ class StackedLauncher(Launcher):
 
     def _subdir(self, task: Dict[str, Any], hydra: Dict[str, Any]) -> str:
         """A sweep subdir other than densbench's default: resolved by OmegaConf for this job."""
-        from densbench.stack_plan import hydra_config
+        from densbench.launching.stack_plan import hydra_config
 
         cfg = hydra_config(hydra, task)
         HydraConfig.instance().set_config(cfg)
@@ -180,7 +179,7 @@ class StackedLauncher(Launcher):
 
     # ------------------------------------------------------------------ the sweep
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from densbench import stack_plan
+        from densbench.launching import stack_plan
         from densbench.progress import say
 
         setup_globals()
@@ -229,8 +228,7 @@ class StackedLauncher(Launcher):
 
         batches yields (indices, stacks) as jobs are composed; queued stacks go out largest first.
         """
-        from densbench import stack_plan
-
+        from densbench.launching import stack_plan
         def largest_first(stacks: List[List[int]]) -> List[List[int]]:
             return sorted(stacks, key=lambda ks: -stack_plan.cost(jobs[ks[0]].task, len(ks)))
 
@@ -318,7 +316,7 @@ class StackedLauncher(Launcher):
         ret.status = JobStatus.COMPLETED
         ret.return_value = (result.get("metrics") or {}).get("nll")
         if per_job:
-            from densbench.stack_plan import hydra_config
+            from densbench.launching.stack_plan import hydra_config
 
             config = hydra_config(job.hydra, job.task)
             ret.cfg = OmegaConf.create(job.task)

@@ -1,0 +1,1 @@
+"""Distributions: the families a head outputs, the operations on predictive distributions (dispatched by type, closed forms registered next to each type), special functions, mixtures and positivity maps. Torch-free at import."""

@@ -1,0 +1,449 @@
+"""The UCI section of a report: densbench's methods beside the published figures, paired per split.
+
+Published figures are REFERENCE.md section 2, each source tagged with its protocol; the paired
+comparison reads the per-split test log-likelihoods of the 4000-epoch MC-dropout runs that ship with
+the standard layout (<dataset>/results/test_ll_100_xepochs_1_hidden_layers.txt).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from densbench.methods import method_of, single_method
+from densbench.report.leaderboard import Cell, Leaderboard, best_of, to_markdown
+from densbench.data.uci import FOLDERS, ROOT_VARIABLE
+
+DATASETS = tuple(FOLDERS)
+SUITE_FILE = "suite.json"  # written into the sweep directory by scripts/uci_suite.py: its command and wall time
+MCD_4000 = "test_ll_100_xepochs_1_hidden_layers.txt"
+
+
+class Source(NamedTuple):
+    """A published result: its name, the protocol it was produced under, and whether its ± is an SE."""
+
+    name: str
+    protocol: str
+    se: bool
+
+
+SOURCES = (
+    Source("PBP", "HL&A 2015: 40 epochs (protein 20), no model selection, the published splits", True),
+    Source("MCD 2016", "Gal & Ghahramani 2016: 40 epochs (protein 20), dropout and τ by validation, the published splits", True),
+    Source("MCD 2018", "MC-dropout repository rerun: 4000 epochs, batch 128, dropout and τ by grid search on an "
+                       "inner 80/20 split, the published splits", True),
+    Source("Deep Ens.", "Lakshminarayanan et al. 2017: 5 nets with adversarial training, 40 epochs (protein 20), "
+                        "the published splits; ± behaves like a standard deviation (÷√20 for an SE)", False),
+    Source("NGBoost", "Duan et al. 2020: gradient-boosted trees, its own regenerated splits, 20% of training data "
+                      "to choose the number of trees; quoted from a later paper's table", False),
+    Source("DER", "Amini et al. 2020 (deep evidential regression): quoted from a later paper's table", False),
+)
+# REFERENCE.md section 2, in SOURCES order: test NLL and RMSE as printed (mean, ±; None: printed without one)
+NLL = {
+    "boston": ["2.57±.09", "2.46±.06", "2.40±.04", "2.41±.25", "2.43±.15", "2.35±.06"],
+    "concrete": ["3.16±.02", "3.04±.02", "2.93±.02", "3.06±.18", "3.04±.17", "3.01±.02"],
+    "energy": ["2.04±.02", "1.99±.02", "1.21±.01", "1.38±.22", "0.60±.45", "1.39±.06"],
+    "kin8nm": ["-0.90±.01", "-0.95±.01", "-1.14±.01", "-1.20±.02", "-0.49±.02", "-1.24±.01"],
+    "naval": ["-3.73±.01", "-3.80±.01", "-4.45±.00", "-5.63±.05", "-5.34±.04", "-5.73±.07"],
+    "power": ["2.84±.01", "2.80±.01", "2.80±.01", "2.79±.04", "2.79±.11", "2.81±.07"],
+    "protein": ["2.97±.00", "2.89±.00", "2.87±.00", "2.83±.02", "2.81±.03", "2.63±.00"],
+    "wine": ["0.97±.01", "0.93±.01", "0.93±.01", "0.94±.12", "0.91±.06", "0.89±.05"],
+    "yacht": ["1.63±.02", "1.55±.03", "1.25±.01", "1.18±.21", "0.20±.26", "1.03±.19"],
+}
+RMSE = {
+    "boston": ["3.01±.18", "2.97±.19", "2.90±.18", "3.28±1.00", "2.94±.53", "3.06±.16"],
+    "concrete": ["5.67±.09", "5.23±.12", "4.82±.16", "6.03±.58", "5.06±.61", "5.85±.15"],
+    "energy": ["1.80±.05", "1.66±.04", "0.54±.06", "2.09±.29", "0.46±.06", "2.06±.10"],
+    "kin8nm": ["0.10", "0.10", "0.08", "0.09", "0.16", "0.09"],
+    "naval": ["0.01", "0.01", "0.00", "0.00", "0.00", "0.00"],
+    "power": ["4.12±.03", "4.02±.04", "4.01±.04", "4.11±.17", "3.79±.18", "4.23±.09"],
+    "protein": ["4.73±.01", "4.36±.01", "4.27±.02", "4.71±.06", "4.33±.03", "4.64±.03"],
+    "wine": ["0.64±.01", "0.62±.01", "0.62±.01", "0.64±.04", "0.63±.04", "0.61±.02"],
+    "yacht": ["1.02±.05", "1.11±.09", "0.67±.05", "1.58±.48", "0.50±.20", "1.57±.56"],
+}
+METRICS = (("nll", "test NLL"), ("rmse", "RMSE"), ("crps", "CRPS"), ("mace", "cal. error"))
+
+
+def published(table: dict[str, list[str]], dataset: str, source: str) -> tuple[float, float | None]:
+    """(mean, ±) of a published figure."""
+    text = table[dataset][[s.name for s in SOURCES].index(source)]
+    mean, _, pm = text.partition("±")
+    return float(mean), (float(pm) if pm else None)
+
+
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return float("nan"), None
+    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def _fmt(m: float, se: float | None, digits: int = 2) -> str:
+    if not math.isfinite(m):
+        return "-"
+    return f"{m:.{digits}f}" if se is None else f"{m:.{digits}f} ± {se:.{digits}f}"
+
+
+def collect(results: list[tuple[Path, dict]], recalibrate: str = "none") -> dict[str, dict[str, list[dict]]]:
+    """Ok UCI-protocol runs of the nine datasets with this recalibration, by dataset and method (tuning runs left out)."""
+    out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for _, r in results:
+        cfg, lab = r.get("config") or {}, r.get("labels") or {}
+        d = cfg.get("dataset") or {}
+        if r.get("status") != "ok" or lab.get("dataset") not in FOLDERS or d.get("protocol") != "uci" or d.get("tuning"):
+            continue
+        if cfg.get("recalibrate", "none") != recalibrate:
+            continue
+        method = method_of(cfg, lab)
+        if method is None:
+            method = f"{lab.get('loss')}/{lab.get('head')}"
+        out[lab["dataset"]][method].append(r)
+    return out
+
+
+def _results_folder(dataset: str, runs: list[dict]) -> Path | None:
+    """The dataset's results/ folder in the standard layout the runs read (or DENSBENCH_UCI_ROOT)."""
+    for r in runs:
+        source = (r.get("provenance") or {}).get("data_source")
+        if isinstance(source, list) and source and Path(source[0]).name == "data.txt":
+            return Path(source[0]).parent.parent / "results"
+    root = os.environ.get(ROOT_VARIABLE)
+    return Path(root) / FOLDERS[dataset] / "results" if root else None
+
+
+def mcd_4000(dataset: str, runs: list[dict]) -> np.ndarray | None:
+    """Per-split test NLL of the 4000-epoch MC-dropout runs, or None where the file is not at hand."""
+    folder = _results_folder(dataset, runs)
+    path = folder / MCD_4000 if folder else None
+    if path is None or not path.is_file():
+        return None
+    return -np.atleast_1d(np.loadtxt(path, dtype=np.float64))
+
+
+def paired(runs: list[dict], reference: np.ndarray) -> dict[str, Any] | None:
+    """densbench NLL minus the reference NLL, split by split: mean ± se, splits won, splits paired."""
+    by_split = {int(r["labels"]["split"]): r["metrics"]["nll"] for r in runs if r["labels"].get("split") is not None}
+    common = sorted(s for s in by_split if s < len(reference) and by_split[s] is not None)
+    if len(common) < 2:
+        return None
+    diff = np.array([by_split[s] - reference[s] for s in common])
+    return {"mean": float(diff.mean()), "se": float(diff.std(ddof=1) / math.sqrt(len(diff))),
+            "won": int((diff < 0).sum()), "splits": len(common)}
+
+
+ATOM_SHARE = 0.5  # a target is treated as discrete when at least this share of rows sits on values seen >= 10 times
+
+
+def target_atoms(runs: list[dict]) -> dict[str, float] | None:
+    """Rows, distinct target values and the share of rows on a value that occurs at least 10 times,
+    from the data file the runs read (None when they did not read the standard layout)."""
+    for r in runs:
+        source = (r.get("provenance") or {}).get("data_source")
+        if isinstance(source, list) and source and Path(source[0]).name == "data.txt":
+            folder = Path(source[0]).parent
+            try:
+                column = int(np.loadtxt(folder / "index_target.txt", dtype=np.float64).reshape(-1)[0])
+                y = np.loadtxt(folder / "data.txt", dtype=np.float64, ndmin=2)[:, column]
+            except (OSError, ValueError):
+                return None
+            _, counts = np.unique(y, return_counts=True)
+            return {"rows": len(y), "distinct": len(counts), "on_atoms": float(counts[counts >= 10].sum() / len(y))}
+    return None
+
+
+def _mixture(runs: list[dict]) -> bool:
+    return (runs[0].get("labels") or {}).get("head") == "mixture"
+
+
+def validation_best(methods: dict[str, list[dict]]) -> str | None:
+    """The single-model method with the lowest mean validation NLL (no test data in the choice)."""
+    scores = {m: _mean_se([(r.get("train") or {}).get("best_val_nll") for r in runs])[0]
+              for m, runs in methods.items() if m != "ensemble"}
+    scores = {m: v for m, v in scores.items() if math.isfinite(v)}
+    return min(scores, key=scores.get) if scores else None
+
+
+def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
+    """The UCI part of a report (empty when the sweep has no UCI-protocol runs)."""
+    found = collect(results)
+    if not found:
+        return []
+    datasets = [d for d in DATASETS if d in found]
+    methods = _methods(found, datasets)
+    lines = ["## UCI regression benchmark", ""]
+    suite = _suite(sweep_dir)
+    if suite:
+        lines += [f"The whole suite ran in **{suite['wall_s'] / 60:.1f} min** wall ({suite['wall_s']:.0f} s, "
+                  f"{suite.get('jobs', '?')} jobs) on {suite.get('machine', 'this machine')}: `{suite['command']}`.", ""]
+    lines += evaluation_cost(results)
+    lines += _leaderboard(found, datasets, methods)
+    atoms = {ds: target_atoms([r for runs in found[ds].values() for r in runs]) for ds in datasets}
+    discrete = [ds for ds in datasets if atoms[ds] and atoms[ds]["on_atoms"] >= ATOM_SHARE]
+    lines += _goals(found, datasets, discrete)
+    lines += _atoms_table(atoms, datasets, discrete)
+    lines += ["### Published protocols", "", "| source | protocol | ± |", "|---|---|---|"]
+    lines += [f"| {s.name} | {s.protocol} | {'standard error' if s.se else 'as printed (not a standard error)'} |" for s in SOURCES]
+    lines += ["", "densbench (all methods): the published splits and the protocol's width and epochs "
+              "(n_hidden.txt, n_epochs.txt); inputs and targets standardised on the training rows; 10% of each training "
+              "split held out to choose the epoch by validation NLL; optimiser settings per dataset from "
+              "`scripts/uci_search.py` (validation data carved from training splits 0-2, never test data); ± is a "
+              "standard error over splits.", ""]
+    lines += _recalibration(results, datasets)
+    for ds in datasets:
+        lines += _dataset_table(ds, found[ds], methods)
+    return lines
+
+
+def evaluation_cost(results: list[tuple[Path, dict]]) -> list[str]:
+    """Test evaluation against training per stack (a stack's jobs share its times), the largest ratio first."""
+    stacks: dict[tuple, tuple[float, float, str]] = {}
+    for _, r in results:
+        t, lab = r.get("timing") or {}, r.get("labels") or {}
+        if r.get("status") != "ok" or not t.get("train_s") or lab.get("dataset") not in FOLDERS:
+            continue
+        name = method_of(r.get("config") or {}, lab) or f"{lab.get('loss')}/{lab.get('head')}"
+        key = (lab["dataset"], name, t["train_s"], t.get("test_s"))
+        stacks[key] = (t["train_s"], t.get("test_s") or 0.0, name)
+    if not stacks:
+        return []
+    ratios = sorted(((test / train, ds, name, train, test) for (ds, *_), (train, test, name) in stacks.items()), reverse=True)
+    worst = ratios[0]
+    lines = [f"Test evaluation (every metric, ensembles' members and the recalibrations stacked with their models "
+             f"included) against training, per stack: at most **{100 * worst[0]:.0f}%** ({worst[1]} / {worst[2]}: "
+             f"{worst[4]:.2f} s of testing for {worst[3]:.2f} s of training; goal: at most 10%); "
+             f"{sum(r[0] <= 0.1 for r in ratios)} of {len(ratios)} stacks within 10%. The largest:", "",
+             "| dataset | method | train (s) | test (s) | test / train |", "|---|---|---|---|---|"]
+    lines += [f"| {ds} | {name} | {train:.2f} | {test:.2f} | {ratio:.3f} |" for ratio, ds, name, train, test in ratios[:5]]
+    return lines + [""]
+
+
+RECALIBRATIONS = ("scale", "isotonic", "conformal")
+COVER_LEVEL = 0.9
+
+
+def _metric(runs: list[dict], name: str, before: bool = False) -> tuple[float, float | None]:
+    return _mean_se([(r.get("metrics_uncalibrated" if before else "metrics") or {}).get(name) for r in runs])
+
+
+def calibration_floor(n: int, levels: int = 100) -> float:
+    """Expected cal. error of a perfectly calibrated predictive on n test points: the mean over the central
+    interval levels p of E|B/n - p|, B ~ Binomial(n, p), in its normal approximation sqrt(2/pi) sqrt(p(1-p)/n)."""
+    ps = np.linspace(0, 1, levels)
+    return float(np.mean(np.sqrt(2 / np.pi) * np.sqrt(ps * (1 - ps) / max(n, 1))))
+
+
+def _recalibration(results: list[tuple[Path, dict]], datasets: list[str]) -> list[str]:
+    """Recalibrated runs beside the same models as trained, per dataset and method, and the goals they are held to."""
+    found = {name: collect(results, name) for name in RECALIBRATIONS}
+    methods = sorted({m for runs in found.values() for ds in runs for m in runs[ds]})
+    if not methods:
+        return []
+    lines = ["### Recalibration: before and after", "",
+             "Each recalibration is fitted on the validation rows of the split (`recalibrate=`) and scored on its test rows; "
+             "before = the same models as trained (`metrics_uncalibrated`). cal. error = mean absolute calibration error "
+             "over 100 central intervals; its floor is what a perfectly calibrated predictive would still show on the "
+             "split's test rows (sampling noise, `calibration_floor`), so no recalibration can go far below it. "
+             "`conformal` defines intervals only (its NLL is the model's); its 90% coverage "
+             "is held to the split-conformal band [0.90, 0.90 + 1/(n_val + 1)], up to two standard errors over splits.", ""]
+    recal = [r for name in RECALIBRATIONS for ds in found[name].values() for runs in ds.values() for r in runs]
+    reused = [r for r in recal if r.get("trained_by")]
+    if recal:
+        example = Path(reused[0]["trained_by"]).name if reused else None
+        lines += [f"Trained once: {len(reused)} of {len(recal)} recalibrated runs use the weights of the run as trained on "
+                  f"the same split (result.json `trained_by`{f', e.g. `{example}`' if example else ''}); "
+                  f"{len(recal) - len(reused)} trained a model of their own.", ""]
+    for method in methods:
+        lines += [f"Method `{method}`:", "",
+                  "| dataset | splits | n_val / n_test | cal. error as trained | scale | isotonic | floor | NLL as trained "
+                  "| scale | isotonic | cover@90 as trained | conformal | band | width@90 as trained → conformal |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        goals, counted = defaultdict(int), defaultdict(int)
+        for ds in datasets:
+            runs = {name: found[name].get(ds, {}).get(method, []) for name in RECALIBRATIONS}
+            if not any(runs.values()):
+                continue
+            # each recalibration's own runs carry their models as trained: before and after of the same models
+            before = {name: {k: _metric(r, k, before=True) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
+            after = {name: {k: _metric(r, k) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
+            base = next(iter(before.values()))
+            train = next(r for r in runs.values() if r)[0].get("train") or {}
+            cells = [ds, str(max(len(r) for r in runs.values())), f"{train.get('n_val')} / {train.get('n_test')}",
+                     _fmt(*base["mace"], 3)]
+            cells += [_fmt(*after[name]["mace"], 3) if name in after else "-" for name in ("scale", "isotonic")]
+            cells += [f"{calibration_floor(int(train.get('n_test') or 0)):.3f}", _fmt(*base["nll"], 3)]
+            cells += [_fmt(*after[name]["nll"], 3) if name in after else "-" for name in ("scale", "isotonic")]
+            cells.append(_fmt(*base["coverage90"], 3))
+            if "isotonic" in after:
+                counted["isotonic"] += 1
+                goals["isotonic"] += after["isotonic"]["mace"][0] <= 0.5 * before["isotonic"]["mace"][0]
+            if "scale" in after:
+                counted["scale"] += 1
+                goals["scale"] += after["scale"]["nll"][0] - before["scale"]["nll"][0] <= 0.01
+            if "conformal" in after:
+                m, se = after["conformal"]["coverage90"]
+                hi = COVER_LEVEL + 1 / (min((r.get("train") or {}).get("n_val") or 0 for r in runs["conformal"]) + 1)
+                counted["conformal"] += 1
+                goals["conformal"] += COVER_LEVEL - 2 * (se or 0) <= m <= hi + 2 * (se or 0)
+                cells += [_fmt(m, se, 3), f"[0.900, {hi:.3f}]",
+                          f"{before['conformal']['width90'][0]:.3g} → {after['conformal']['width90'][0]:.3g}"]
+            else:
+                cells += ["-", "-", "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"Goals for `{method}`: isotonic halves the mean calibration error on {goals['isotonic']} of "
+                  f"{counted['isotonic']} datasets (goal: at least 7 of 9); scale worsens the mean test NLL by at most 0.01 on "
+                  f"{goals['scale']} of {counted['scale']} (goal: all); conformal 90% coverage inside its band on "
+                  f"{goals['conformal']} of {counted['conformal']} (goal: all).", ""]
+    return lines
+
+
+def _suite(sweep_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(sweep_dir) / SUITE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _nll(runs: list[dict]) -> tuple[float, float | None]:
+    return _mean_se([(r.get("metrics") or {}).get("nll") for r in runs])
+
+
+def leaderboard(found, datasets: list[str], methods: list[str]) -> Leaderboard:
+    """Test NLL per dataset: densbench's methods (mean ± SE over splits) beside the published figures, best in bold."""
+    names = [s.name for s in SOURCES]
+    board = Leaderboard(
+        caption="UCI regression: test NLL (lower is better), mean ± standard error over splits",
+        row_header="dataset", columns=methods + names, label="tab:densbench-uci",
+        notes="Bold: the best of the row, densbench methods and published figures together. Published figures as "
+              "printed (Deep Ens., NGBoost and DER: ± is not a standard error); their protocols differ (see the report).")
+    for ds in datasets:
+        values = [_nll(found[ds][m]) if m in found[ds] else (float("nan"), None) for m in methods]
+        values += [published(NLL, ds, n) for n in names]
+        best = best_of([m for m, _ in values], board.digits)
+        board.rows.append((ds, [Cell(m, pm, b) for (m, pm), b in zip(values, best)]))
+    return board
+
+
+def leaderboard_of(results: list[tuple[Path, dict]]) -> Leaderboard | None:
+    """The UCI leaderboard of a sweep's results, or None when it has no UCI-protocol runs."""
+    found = collect(results)
+    if not found:
+        return None
+    datasets = [d for d in DATASETS if d in found]
+    return leaderboard(found, datasets, _methods(found, datasets))
+
+
+def _methods(found, datasets: list[str]) -> list[str]:
+    return sorted({m for d in datasets for m in found[d]}, key=lambda m: (m == "ensemble", m))
+
+
+def _leaderboard(found, datasets: list[str], methods: list[str]) -> list[str]:
+    return ["### Leaderboard: test NLL (lower is better)", "", to_markdown(leaderboard(found, datasets, methods))]
+
+
+def _goals(found, datasets: list[str], discrete: list[str]) -> list[str]:
+    lines = ["### Against MC dropout (2016) and Deep Ensembles", "",
+             "Best densbench method by mean test NLL (the leaderboard's reading), and the single-model method a user "
+             "would pick without test data (lowest mean validation NLL).", "",
+             "| dataset | best method | its NLL | ≤ MCD 2016 | ≤ Deep Ens. | chosen by validation | its NLL | ≤ MCD 2016 | ≤ Deep Ens. |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    tallies = {}
+    for without_spikes in (False, True):
+        tally = tallies[without_spikes] = defaultdict(int)
+        for ds in datasets:
+            # on a discrete target a mixture can stack narrow components on the values: its density NLL has no floor
+            methods = {m: runs for m, runs in found[ds].items() if not (without_spikes and ds in discrete and _mixture(runs))}
+            nlls = {m: _nll(runs)[0] for m, runs in methods.items()}
+            finite = {m: v for m, v in nlls.items() if math.isfinite(v)}
+            best = min(finite, key=finite.get) if finite else None
+            chosen = validation_best(methods)
+            mcd, de = published(NLL, ds, "MCD 2016")[0], published(NLL, ds, "Deep Ens.")[0]
+            row = [ds]
+            for tag, m in (("best", best), ("chosen", chosen)):
+                if m is None:
+                    row += ["-"] * 4
+                    continue
+                v = nlls[m]
+                beats = (round(v, 2) <= mcd, round(v, 2) <= de)
+                tally[(tag, "mcd")] += beats[0]
+                tally[(tag, "de")] += beats[1]
+                row += [m, f"{v:.3f}", "yes" if beats[0] else "no", "yes" if beats[1] else "no"]
+            if not without_spikes:
+                lines.append("| " + " | ".join(row) + " |")
+    n = len(datasets)
+    t = tallies[False]
+    lines += ["", f"Best method at least as good as MC dropout (2016) on {t[('best', 'mcd')]} of {n} datasets and as "
+              f"Deep Ensembles on {t[('best', 'de')]} of {n}; the validation-chosen method on "
+              f"{t[('chosen', 'mcd')]} and {t[('chosen', 'de')]} of {n} (means compared at the published two decimals)."]
+    if discrete:
+        t = tallies[True]
+        lines.append(f"Leaving out mixture heads (mdn and ensembles of it) on {', '.join(discrete)}, whose targets are "
+                     f"discrete (below): best method {t[('best', 'mcd')]} and {t[('best', 'de')]} of {n}; "
+                     f"validation-chosen {t[('chosen', 'mcd')]} and {t[('chosen', 'de')]} of {n}.")
+    lines.append("")
+    return lines
+
+
+def _atoms_table(atoms: dict, datasets: list[str], discrete: list[str]) -> list[str]:
+    known = [ds for ds in datasets if atoms[ds]]
+    if not known:
+        return []
+    lines = ["### Target resolution", "",
+             "A density's NLL rewards mass placed exactly on values that repeat: on a target with few distinct values a "
+             "mixture can put ever narrower components on them and its NLL has no lower bound, so there it measures "
+             "that, not predictive quality. Datasets with at least "
+             f"{ATOM_SHARE:.0%} of rows on values seen 10 times or more are marked discrete: "
+             f"{', '.join(discrete) if discrete else 'none'}.", "",
+             "| dataset | rows | distinct target values | rows on values seen ≥ 10 times |", "|---|---|---|---|"]
+    for ds in known:
+        a = atoms[ds]
+        lines.append(f"| {ds}{' (discrete)' if ds in discrete else ''} | {a['rows']} | {a['distinct']} | {a['on_atoms']:.1%} |")
+    lines.append("")
+    return lines
+
+
+def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[str]) -> list[str]:
+    lines = [f"### {ds}", "", "| method | splits | " + " | ".join(h for _, h in METRICS) + " | protocol |",
+             "|---|---|" + "---|" * len(METRICS) + "---|"]
+    n_splits = max(len(r) for r in methods_runs.values())
+    for s in SOURCES:
+        (nm, nse), (rm, rse) = published(NLL, ds, s.name), published(RMSE, ds, s.name)
+        splits = {"NGBoost": "own", "DER": "as quoted"}.get(s.name, str(5 if ds == "protein" else 20))
+        lines.append(f"| {s.name} (published) | {splits} | {_fmt(nm, nse)} | {_fmt(rm, rse)} | - | - | {s.name} |")
+    for m in methods:
+        runs = methods_runs.get(m)
+        if not runs:
+            continue
+        cells = [_fmt(*_mean_se([(r.get("metrics") or {}).get(k) for r in runs]), 3) for k, _ in METRICS]
+        label = m
+        if m == "ensemble":
+            members = single_method(runs[0].get("config") or {}, runs[0]["labels"]) or f"{runs[0]['labels'].get('loss')}/{runs[0]['labels'].get('head')}"
+            label = f"ensemble of 5 {members}"
+        lines.append(f"| densbench {label} | {len(runs)} | " + " | ".join(cells) + f" | {_protocol(runs[0])} |")
+    reference = mcd_4000(ds, [r for runs in methods_runs.values() for r in runs])
+    lines.append("")
+    if reference is None:
+        lines += [f"Paired comparison with the 4000-epoch MC-dropout runs: their per-split file ({MCD_4000}) is not at hand.", ""]
+        return lines
+    lines += [f"Paired per split with the 4000-epoch MC-dropout runs (MCD 2018's per-split test NLL, mean "
+              f"{reference.mean():.3f} over {len(reference)} splits): densbench NLL minus theirs.", "",
+              "| method | mean difference ± se | splits won | splits |", "|---|---|---|---|"]
+    for m in methods:
+        p = paired(methods_runs.get(m) or [], reference)
+        if p:
+            lines.append(f"| {m} | {p['mean']:+.3f} ± {p['se']:.3f} | {p['won']} | {p['splits']} |")
+    lines.append("")
+    if n_splits < len(reference):
+        lines += [f"(densbench ran {n_splits} of the {len(reference)} splits.)", ""]
+    return lines
+
+
+def _protocol(res: dict) -> str:
+    c = res.get("config") or {}
+    t, o = c.get("loop") or {}, c.get("optimizer") or {}
+    return f"{t.get('max_epochs')} ep, batch {t.get('batch_size')}, lr {o.get('lr')}"
