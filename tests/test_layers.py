@@ -1,7 +1,6 @@
 """The package's layers (pyproject.toml, [tool.importlinter]) hold: no module imports from a layer above
-its own, and the report and the run records import no torch. Also the size limits that keep modules readable."""
+its own, and the report and the run records import no torch."""
 
-import ast
 from pathlib import Path
 
 import pytest
