@@ -28,6 +28,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from densbench.report.leaderboard import mean_se
 from densbench.results import read_result
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE
 
@@ -72,13 +73,6 @@ def choose(grid: dict[tuple[float, int], list[float]]) -> tuple[float, int]:
     return min(grid, key=lambda k: (sum(grid[k]) / len(grid[k]), k))
 
 
-def _mean_se(v: list[float]) -> tuple[float, float]:
-    m = sum(v) / len(v)
-    if len(v) < 2 or not math.isfinite(m):
-        return m, float("nan")
-    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
-
-
 def write_choice(dataset: str, lr: float, batch: int, conf: Path = ROOT / "conf" / "experiment") -> Path:
     """Put the chosen settings into experiment/uci_<dataset>.yaml (the values on its marked lines)."""
     path = conf / f"uci_{dataset}.yaml"
@@ -103,7 +97,8 @@ def report(found: dict, chosen: dict, splits: list[int], seconds: float, command
     for ds in sorted(found):
         lines += [f"## {ds}", "", "| lr | batch | stand-in NLL |", "|---|---|---|"]
         for (lr, batch), vals in sorted(found[ds].items()):
-            m, se = _mean_se(vals)
+            m, se = mean_se(vals) if all(map(math.isfinite, vals)) else (sum(vals) / len(vals), None)  # a diverged one shows
+            se = float("nan") if se is None else se
             cell = f"{m:.4f} ± {se:.4f}"
             if (lr, batch) == chosen[ds]:
                 cell = f"**{cell}**"

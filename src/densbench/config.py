@@ -21,6 +21,12 @@ _HYDRA_FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd"
 _NOT_IN_NAME = ("hydra.", "hydra/", "name=", "resume=", "+name=", "report.")
 
 
+# the config keys that pick a replicate of one experiment (a training seed, a data draw, a split), not a
+# different experiment: runs that differ only in them are averaged in one report row, share a dataset
+# fingerprint, and train together as one stack
+REPLICATION_KEYS = ("seed", "dataset.seed", "dataset.split")
+
+
 def config_dir() -> str:
     """The packaged configs in an installed wheel, else the repository's conf/ (editable install)."""
     packaged = Path(__file__).resolve().parent / "conf"

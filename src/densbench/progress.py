@@ -16,9 +16,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from densbench.metric_catalog import ON_THE_LAST_LINE
 from densbench.results import read_result
 
-KEY_METRICS = ("nll", "crps", "rmse", "accuracy")
 TALLY_FILE = ".jobs_done"  # in the sweep directory: one line per finished job of the current multirun
 TABLE_ROWS = 40  # a sweep's closing table lists at most this many runs (the report has them all)
 
@@ -57,7 +57,7 @@ def duration(seconds: float) -> str:
 def metrics_text(metrics: dict[str, Any]) -> str:
     """The key test metrics of a result, as 'nll 0.5301  crps 0.2279 ...'."""
     parts = []
-    for name in KEY_METRICS:
+    for name in ON_THE_LAST_LINE:
         value = metrics.get(name)
         if isinstance(value, (int, float)) and math.isfinite(value):
             parts.append(f"{name} {value:.4g}")

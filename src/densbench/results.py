@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from densbench.metric_catalog import HEADLINE
 from densbench.atomic import replacing
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def scan_results(root: str | Path) -> tuple[list[tuple[Path, dict]], list[tuple[
 
 LABEL_COLUMNS = ("dataset", "loss", "head", "grad", "device", "seed", "split")
 PROVENANCE_COLUMNS = ("config_hash", "source_hash", "data_hash", "git_commit")
-HEADLINE_METRICS = ("coverage90", "mace", "accuracy", "rmse", "nll", "crps")  # the last columns of load()
+HEADLINE_METRICS = HEADLINE  # the last columns of load(), in the headline order
 
 
 def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:

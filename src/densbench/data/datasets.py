@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
-from densbench import provenance
+from densbench import config, provenance
 
 from densbench.data import tables
 from densbench.errors import DataError
@@ -252,7 +252,7 @@ def load(cfg) -> Data:
 
 
 # dataset keys that pick a replicate of the same data (a draw or a split), not different data
-REPLICATION_KEYS = ("seed", "split")
+REPLICATION_KEYS = tuple(k.removeprefix("dataset.") for k in config.REPLICATION_KEYS if k.startswith("dataset."))
 
 
 def fingerprint(cfg) -> dict:

@@ -92,3 +92,14 @@ def to_latex(board: Leaderboard) -> str:
         lines += [r"\par\smallskip", rf"\parbox{{\linewidth}}{{\footnotesize {tex_escape(board.notes)}}}"]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+def mean_se(values: list[float | None]) -> tuple[float, float | None]:
+    """Mean and standard error of the finite values (nan and None without any; no error from one value)."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return float("nan"), None
+    m = math.fsum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, None
+    return m, math.sqrt(math.fsum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals))

@@ -24,15 +24,16 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from densbench.metric_catalog import HEADLINE
+
 FILE = "events.out.tfevents.densbench-hparams"  # "tfevents" in the name is what TensorBoard looks for
-FIRST = ("nll", "crps", "rmse", "accuracy", "coverage90", "mace")  # the headline metrics, in this order
 SECTIONS = ("test", "test_uncalibrated", "throughput")  # final values (one point per run): the metric columns
 
 
 def metric_order(tag: str) -> tuple:
     """Sort key of a metric column: the headline test metrics first, then each section's in name order."""
     section, _, name = tag.partition("/")
-    first = FIRST.index(name) if section == "test" and name in FIRST else len(FIRST)
+    first = HEADLINE.index(name) if section == "test" and name in HEADLINE else len(HEADLINE)
     return (SECTIONS.index(section) if section in SECTIONS else len(SECTIONS), first, name)
 
 

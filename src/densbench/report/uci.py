@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from densbench.methods import method_of, single_method
-from densbench.report.leaderboard import Cell, Leaderboard, best_of, to_markdown
+from densbench.metric_catalog import columns
+from densbench.report.leaderboard import Cell, Leaderboard, best_of, mean_se, to_markdown
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE
 
 DATASETS = tuple(FOLDERS)
@@ -67,7 +68,7 @@ RMSE = {
     "wine": ["0.64±.01", "0.62±.01", "0.62±.01", "0.64±.04", "0.63±.04", "0.61±.02"],
     "yacht": ["1.02±.05", "1.11±.09", "0.67±.05", "1.58±.48", "0.50±.20", "1.57±.56"],
 }
-METRICS = (("nll", "test NLL"), ("rmse", "RMSE"), ("crps", "CRPS"), ("mace", "cal. error"))
+METRICS = columns("nll", "rmse", "crps", "mace")
 
 
 def published(table: dict[str, list[str]], dataset: str, source: str) -> tuple[float, float | None]:
@@ -75,13 +76,6 @@ def published(table: dict[str, list[str]], dataset: str, source: str) -> tuple[f
     text = table[dataset][[s.name for s in SOURCES].index(source)]
     mean, _, pm = text.partition("±")
     return float(mean), (float(pm) if pm else None)
-
-
-def _mean_se(values: list[float]) -> tuple[float, float | None]:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if not len(v):
-        return float("nan"), None
-    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
 
 
 def _fmt(m: float, se: float | None, digits: int = 2) -> str:
@@ -163,7 +157,7 @@ def _mixture(runs: list[dict]) -> bool:
 
 def validation_best(methods: dict[str, list[dict]]) -> str | None:
     """The single-model method with the lowest mean validation NLL (no test data in the choice)."""
-    scores = {m: _mean_se([(r.get("train") or {}).get("best_val_nll") for r in runs])[0]
+    scores = {m: mean_se([(r.get("train") or {}).get("best_val_nll") for r in runs])[0]
               for m, runs in methods.items() if m != "ensemble"}
     scores = {m: v for m, v in scores.items() if math.isfinite(v)}
     return min(scores, key=scores.get) if scores else None
@@ -228,7 +222,7 @@ COVER_LEVEL = 0.9
 
 
 def _metric(runs: list[dict], name: str, before: bool = False) -> tuple[float, float | None]:
-    return _mean_se([(r.get("metrics_uncalibrated" if before else "metrics") or {}).get(name) for r in runs])
+    return mean_se([(r.get("metrics_uncalibrated" if before else "metrics") or {}).get(name) for r in runs])
 
 
 def calibration_floor(n: int, levels: int = 100) -> float:
@@ -310,7 +304,7 @@ def _suite(sweep_dir: Path) -> dict | None:
 
 
 def _nll(runs: list[dict]) -> tuple[float, float | None]:
-    return _mean_se([(r.get("metrics") or {}).get("nll") for r in runs])
+    return mean_se([(r.get("metrics") or {}).get("nll") for r in runs])
 
 
 def leaderboard(found, datasets: list[str], methods: list[str]) -> Leaderboard:
@@ -419,7 +413,7 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
         runs = methods_runs.get(m)
         if not runs:
             continue
-        cells = [_fmt(*_mean_se([(r.get("metrics") or {}).get(k) for r in runs]), 3) for k, _ in METRICS]
+        cells = [_fmt(*mean_se([(r.get("metrics") or {}).get(k) for r in runs]), 3) for k, _ in METRICS]
         label = m
         if m == "ensemble":
             members = single_method(runs[0].get("config") or {}, runs[0]["labels"]) or f"{runs[0]['labels'].get('loss')}/{runs[0]['labels'].get('head')}"

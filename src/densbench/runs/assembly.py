@@ -42,7 +42,7 @@ class NotStackable(Exception):
 
 def member_seeds(cfg: DictConfig) -> list[int]:
     """The seeds of a job's models: its own, then one per further ensemble member."""
-    members = int(cfg.get("ensemble", {}).get("members", 1))
+    members = int(cfg.ensemble.members)
     return [int(cfg.seed) + ENSEMBLE_SEED_STEP * m for m in range(members)]
 
 
@@ -152,7 +152,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     selection = Selection(stack.size, loop.early_stopping_patience if has_val else None)
 
     logs = [job_log.make(cfg.get("logger"), s.run_dir, state.opt_steps if resume_from is not None else None) for s in specs]
-    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.get("recalibrate", "none"))))
+    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.recalibrate)))
             for models, p, d, lg, s in zip(stack.jobs, preps, datas, logs, specs)]
     module = DensityModule(backbone, head, plan.objective, instantiate(cfg.optimizer), cfg.grad, datas[0].task, stack, jobs,
                            state, selection, samples_per_step=batch or n_train, resume_from=resume_from)

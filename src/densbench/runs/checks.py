@@ -85,7 +85,7 @@ def check_config(cfg: DictConfig) -> Plan:
         raise ConfigError(f"model.hidden={list(hidden)} must be a list of positive integers")
     positive("optimizer.lr", cfg.optimizer.lr)
 
-    members = cfg.get("ensemble", {}).get("members", 1)
+    members = cfg.ensemble.members
     positive("ensemble.members", members, integer=True)
 
     objective: Objective = instantiate_checked(cfg.loss)
@@ -170,7 +170,7 @@ def _check_dataset(d: DictConfig) -> None:
 def check_recalibration(cfg: DictConfig, task: str, n_val: int | None = None) -> None:
     """recalibrate= names a method that applies: a regression task with enough validation rows to fit it on."""
     from densbench.evaluation import recalibration
-    name = cfg.get("recalibrate", "none")
+    name = cfg.recalibrate
     one_of("recalibrate", name, recalibration.METHODS)
     if name == "none":
         return

@@ -123,7 +123,7 @@ def _prepare(spec: JobSpec) -> bool:
     if previous is not None:
         spec.result = previous
         return True
-    spec.resume_from = resume.previous_checkpoint(spec.run_dir, spec.key) if cfg.get("resume", True) else None
+    spec.resume_from = resume.previous_checkpoint(spec.run_dir, spec.key) if cfg.resume else None
     spec.result["resumed_from_step"] = (spec.resume_from or {}).get("engine", {}).get("opt_steps")
     if spec.resume_from is None:
         spec.weights_from = resume.trained_weights(spec.run_dir, spec.result)

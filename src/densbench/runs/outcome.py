@@ -93,8 +93,8 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
             artifacts.update(log.locations(spec.run_dir))
             out["sweep_end"] = log.sweep_hooks()
         figures_started = time.perf_counter()
-        if spec.cfg.get("figures", True):
-            name = title(spec.result["labels"], str(spec.cfg.get("recalibrate", "none")))
+        if spec.cfg.figures:
+            name = title(spec.result["labels"], str(spec.cfg.recalibrate))
             artifacts.update(write_figures(name, predictor(module, j, b.preps[j]), b.preps[j], module.test_curves[j],
                                            spec.run_dir, log, steps,
                                            module.uncalibrated_curves[j] if recalibration.changes_density else None))

@@ -74,7 +74,7 @@ def trained_weights(run_dir: Path, result: dict[str, Any]) -> Path | None:
 def reusable(cfg: DictConfig, run_dir: Path, key: dict[str, str], rank0: bool) -> dict | None:
     """The earlier result to reuse, or None (after one line saying why an ok result is not reused)."""
     previous = read_result(run_dir)
-    if not cfg.get("resume", True):
+    if not cfg.resume:
         if rank0:  # a forced rerun starts from scratch
             (run_dir / "checkpoints" / checkpoints.LAST).unlink(missing_ok=True)
         return None

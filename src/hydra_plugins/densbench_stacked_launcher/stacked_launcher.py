@@ -40,6 +40,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from densbench.config import REPLICATION_KEYS
 from densbench.launching.launchers import parse_overrides
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.densbench_stacked_launcher.stacked_launcher.StackedLauncher"
-    # config keys whose values may differ within one stack (the replication axes of a sweep)
-    # recalibrate: post-hoc, so jobs that differ only in it share their trained models
-    replicate: List[str] = field(default_factory=lambda: ["seed", "dataset.split", "dataset.seed", "recalibrate"])
+    # config keys whose values may differ within one stack: the replication keys (densbench.config) and
+    # recalibrate, which is post-hoc, so jobs that differ only in it share their trained models
+    replicate: List[str] = field(default_factory=lambda: [*REPLICATION_KEYS, "recalibrate"])
     # processes training stacks at once: 1 trains in this process; "auto" one per core
     workers: Any = 1
 

@@ -1,0 +1,126 @@
+"""The report's figures: each dataset's configurations compared, calibration per configuration, and the
+runs' own predictive figures; drawn on every core when there are many (torch-free)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from densbench.atomic import replacing, save_figure
+from densbench.metric_catalog import columns
+from densbench.report.rows import GROUP_KEYS
+
+
+def _short(row: dict) -> str:
+    text = f"{row['loss']}/{row['head']} {row['grad']}/{row['device']}"
+    return f"{text} {row['config']}" if row.get("config") else text
+
+
+def _slug(parts) -> str:
+    return re.sub(r"[^A-Za-z0-9.,+-]+", "-", "_".join(str(p) for p in parts if p)).strip("-")[:120]
+
+
+def draw_figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"Comparison per dataset": [], "Calibration": [], "Predictive distributions": []}
+    tasks: list[tuple[Any, tuple]] = []  # (drawing function, its arguments): drawn side by side on every core
+    by_ds: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_ds[r["dataset"]].append(r)
+    for ds, rs in by_ds.items():
+        name = f"compare_{ds}.png"
+        tasks.append((_draw_comparison, (ds, rs, out_dir / name)))
+        out["Comparison per dataset"].append(name)
+    run_dirs = {id(r): p for p, r in results}
+    for key, runs in groups.items():
+        curves = runs[0].get("curves") or {}
+        if not curves:
+            continue
+        name = "calib_" + _slug(key) + ".png"
+        own = run_dirs[id(runs[0])] / str((runs[0].get("artifacts") or {}).get("calibration_figure", ""))
+        if len(runs) == 1 and own.is_file():
+            _copy(own, out_dir / name)  # one run: its own figure already shows it
+        else:
+            before = [r["curves_uncalibrated"] for r in runs if r.get("curves_uncalibrated")]
+            tasks.append((_draw_calibration, ([r["curves"] for r in runs], " | ".join(str(k) for k in key if k), before or None,
+                                              out_dir / name)))
+        out["Calibration"].append(name)
+    _draw_all(tasks)
+    for p, r in results:
+        fig_name = (r.get("artifacts") or {}).get("figure")
+        if r.get("status") == "ok" and fig_name and (p / fig_name).exists():
+            lab = r["labels"]
+            target = "pred_" + _slug([lab.get(k) for k in GROUP_KEYS] + [r.get("config_hash", "")[:6]])
+            suffix = f"_s{lab.get('split') if lab.get('split') is not None else lab.get('seed')}"
+            _copy(p / fig_name, out_dir / f"{target}{suffix}.png")
+            out["Predictive distributions"].append(f"{target}{suffix}.png")
+    out["Predictive distributions"] = sorted(set(out["Predictive distributions"]))[:24]
+    return out
+
+
+PARALLEL_FIGURES = 8  # from this many figures on, a report draws them on every core
+
+
+def _draw_all(tasks: list[tuple[Any, tuple]]) -> None:
+    """Draw the figures: in forked worker processes when there are many and forking is safe (no other
+    thread in this process, whose locks a child could inherit held), else here one after the other."""
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    from densbench.cores import usable_cores
+
+    cores = usable_cores()
+    forkable = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    if len(tasks) < PARALLEL_FIGURES or cores < 2 or not forkable:
+        for fn, args in tasks:
+            fn(*args)
+        return
+    with ProcessPoolExecutor(max_workers=min(cores, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
+        for future in [pool.submit(fn, *args) for fn, args in tasks]:
+            future.result()
+
+
+def _draw_comparison(ds: str, rs: list[dict], path: Path) -> None:
+    """Each configuration's test NLL and calibration error (ECE for classes) on one dataset, with standard errors."""
+    import matplotlib.pyplot as plt
+
+    metrics = [(m, f"test {h}") for m, h in columns("nll", "mace", "ece") if any(r.get(m) is not None for r in rs)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.6 * len(rs) + 1.6), squeeze=False)
+    names = [_short(r) for r in rs]
+    for ax, (m, h) in zip(axes[0], metrics):
+        vals = [r.get(m, float("nan")) for r in rs]
+        errs = [r.get(f"{m}_se") or 0.0 for r in rs]
+        # points with error bars, not bars: NLL has no natural zero
+        ax.errorbar(vals, range(len(rs)), xerr=errs, fmt="o", color="#2E2585", ms=6, capsize=3)
+        ax.grid(axis="x", alpha=0.3)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_ylim(len(rs) - 0.5, -0.5)
+        ax.set_yticks(range(len(rs)), names if ax is axes[0, 0] else [""] * len(rs), fontsize=8)
+        ax.set_title(h, fontsize=10)
+    fig.suptitle(ds, fontsize=11)
+    # fixed margins (tight_layout measures every label: seconds per report); the labels' width sets the left one
+    width = 4.5 * len(metrics)
+    label_in = 0.075 * max((len(n) for n in names), default=10) + 0.2
+    fig.subplots_adjust(left=min(0.6, label_in / width), right=0.98, bottom=0.55 / fig.get_figheight(),
+                        top=1 - 0.5 / fig.get_figheight(), wspace=0.12)
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def _draw_calibration(curves: list[dict], title: str, before: list[dict] | None, path: Path) -> None:
+    """A configuration's PIT histogram and calibration curve, averaged over its runs."""
+    import matplotlib.pyplot as plt
+
+    from densbench.report.calibration_plot import calibration_figure
+
+    fig = calibration_figure(curves, title=title, before=before)
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with replacing(dst, "wb") as f:
+        f.write(src.read_bytes())
