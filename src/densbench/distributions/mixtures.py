@@ -8,7 +8,7 @@ row of a batch at once, with no Python loop over rows.
   component's own quantiles (each component's scale resolved, its tails down to 1e-12), where the
   mixture's CDF F and density f are evaluated once.
 - Quantiles: the grid's cell around each level brackets it and gives a first guess by inverse cubic
-  Hermite interpolation; safeguarded Newton steps (densbench.distributions.ops.solve_quantiles) finish to 1e-10
+  Hermite interpolation; safeguarded Newton steps (densbench.distributions.roots.solve_quantiles) finish to 1e-10
   relative, each entry leaving the iteration when converged.
 - CRPS: the integral of (F(x) - 1{x >= y})^2 by the trapezoid rule with its endpoint-derivative
   correction (error O(h^4)) on the grid with y inserted, checked the same way (every other node,
@@ -31,6 +31,7 @@ from torch.distributions import Distribution, MixtureSameFamily
 
 from densbench.distributions import ops
 from densbench.distributions.ops import INV_SQRT_PI
+from densbench.distributions.roots import solve_quantiles
 
 # the levels at which every component places grid nodes: geometric tails down to 1e-12, even steps between
 _TAIL = [1e-12, 1e-9, 1e-7, 1e-5, 1e-4, 1e-3, 5e-3, 0.02, 0.05]
@@ -150,7 +151,7 @@ def _quantile_rows(c: Components, p: Tensor, rows: Tensor, grid: Tensor, Fg: Ten
     # changes little across it; elsewhere (a narrow component inside the cell, a tail) no early stop
     smooth = torch.maximum(f_lo, f_hi) <= 2 * torch.minimum(f_lo, f_hi)
     slope = torch.where(smooth, (f_hi - f_lo) / (x_hi - x_lo), torch.full_like(x0, math.nan))
-    return ops.solve_quantiles(Ff, p, x_lo, x_hi, x0=x0, slope=slope)
+    return solve_quantiles(Ff, p, x_lo, x_hi, x0=x0, slope=slope)
 
 
 def inverse_hermite(p: Tensor, x0: Tensor, x1: Tensor, F0: Tensor, F1: Tensor, f0: Tensor, f1: Tensor) -> Tensor:

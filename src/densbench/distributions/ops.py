@@ -15,11 +15,11 @@ quadrature of the truth, and for discrete distributions sums of the pmf. Every s
 
 from __future__ import annotations
 
-import importlib
 import math
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
+from densbench.distributions.roots import solve_quantiles
+from densbench.distributions.dispatch import Operation, Unavailable, note
 from densbench.lazy import D, torch
 
 if TYPE_CHECKING:
@@ -29,95 +29,6 @@ if TYPE_CHECKING:
 INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the one home of the Gaussian normalising constant
 SQRT_2PI = math.sqrt(2 * math.pi)  # the same constant outside the log, where a density is needed directly
-
-
-class Unavailable(NotImplementedError):
-    """Neither a closed form nor a generic method exists for this distribution."""
-
-
-_FALLBACKS: list[dict[str, str]] = []
-
-
-@contextmanager
-def recording_fallbacks() -> Iterator[dict[str, str]]:
-    """Collect {operation: "method (Type)"} for every generic method used inside the block."""
-    used: dict[str, str] = {}
-    _FALLBACKS.append(used)
-    try:
-        yield used
-    finally:
-        _FALLBACKS.remove(used)
-
-
-def _resolve(name: str) -> type:
-    module, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
-
-class Operation:
-    """One operation: a registry from types to closed forms, and an optional generic method."""
-
-    def __init__(self, name: str, generic: Callable | None = None, generic_name: str = "") -> None:
-        self.name, self.generic, self.generic_name = name, generic, generic_name
-        self._impls: dict[type, Callable] = {}
-        self._pending: list[tuple[str, Callable]] = []
-
-    def register(self, *types: type | str) -> Callable[[Callable], Callable]:
-        """Decorator: `fn` is the closed form of this operation for these types (or dotted type names)."""
-
-        def deco(fn: Callable) -> Callable:
-            for t in types:
-                if isinstance(t, str):
-                    self._pending.append((t, fn))
-                else:
-                    self._impls[t] = fn
-            return fn
-
-        return deco
-
-    def closed_form(self, cls: type) -> Callable | None:
-        """The registered implementation for `cls` (or its nearest base class), if any."""
-        _load_registrations()
-        if self._pending:
-            pending, self._pending = self._pending, []
-            for name, fn in pending:
-                self._impls[_resolve(name)] = fn
-        for base in cls.__mro__:
-            if base in self._impls:
-                return self._impls[base]
-        return None
-
-    def __call__(self, dist: Any, *args: Any, **kwargs: Any) -> Any:
-        fn = self.closed_form(type(dist))
-        if fn is not None:
-            return fn(dist, *args, **kwargs)
-        if self.generic is None:
-            raise Unavailable(f"no {self.name} for {type(dist).__name__}")
-        return self.generic(dist, *args, **kwargs)
-
-
-def _note(op: str, how: str, dist: Any) -> None:
-    for used in _FALLBACKS:
-        used.setdefault(op, f"{how} ({type(dist).__name__})")
-
-
-_LOADED = False
-
-
-# the modules that register closed forms (every family module, through its package's registry, and the
-# distribution classes densbench defines): discovered by name on the first dispatch, as plugins are, so
-# that this module, which they all import, imports none of them
-REGISTRARS = ("densbench.distributions.classes", "densbench.distributions.mixtures", "densbench.distributions.families")
-
-
-def _load_registrations() -> None:
-    """Import the registering modules once (every family module through the families registry)."""
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        for name in REGISTRARS:
-            module = importlib.import_module(name)
-            getattr(module, "load_all", lambda: None)()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,7 +92,7 @@ def _cdf_generic(dist: Distribution, y: Tensor) -> Tensor:
         pass
     if not is_discrete(dist):
         raise Unavailable(f"no cdf for {type(dist).__name__}")
-    _note("cdf", "pmf sum", dist)
+    note("cdf", "pmf sum", dist)
     k = torch.floor(y)
     grid = count_grid(dist, int(k.max().item()) if k.numel() else 0)
     cum = torch.cumsum(pmf(dist, grid), 0)
@@ -205,70 +116,6 @@ def shared_levels(p: Tensor) -> Tensor | None:
         return None
     head = p[(slice(None),) + (slice(0, 1),) * (p.dim() - 1)]
     return head if bool((p == head).all()) else None
-
-
-def solve_quantiles(Ff: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], p: Tensor, lo: Tensor, hi: Tensor,
-                    x0: Tensor | None = None, max_iter: int = 200, slope: Tensor | None = None,
-                    rtol: float | None = None) -> Tensor:
-    """x with F(x) = p for every entry, given brackets F(lo) <= p <= F(hi) (and optionally first guesses x0).
-
-    ``Ff(x, idx)`` evaluates the CDF and the density at points x for the entries with flat indices
-    idx. Newton steps x - (F(x) - p) / f(x) inside the bracket, which shrinks around the root every
-    step; a step that would leave it, is not finite, or is not at least half the previous step
-    (Newton bouncing between the modes of a mixture) is replaced by bisection (rtsafe of Numerical
-    Recipes), so every entry converges at least as fast as bisection and quadratically near its root.
-    Converged entries leave the active set, and the loop ends when none is left: accuracy is relative,
-    1e-10 in float64 (or ``rtol``) and two ulps in float32 (a component narrower than that must be resolved too).
-
-    ``slope`` (an estimate of the density's derivative near each root, e.g. a secant over the cell
-    that brackets it) lets an entry stop without evaluating the point a Newton step lands on: that
-    point lies within about dx^2 |f'| / (2 f) of the root, and where ten times this bound is a
-    thousandth of the tolerance (in x and in F), a further evaluation could only confirm it. Later
-    steps update the slope by the secant of the last two densities.
-    """
-    x = 0.5 * (lo + hi) if x0 is None else x0
-    tol = (rtol or 1e-10) if x.dtype == torch.float64 else 2 * torch.finfo(x.dtype).eps
-    # float32 resolves a CDF only to ~1e-7: where it equals p to a few ulps no step can do better,
-    # and in the tails (small density) the step criterion would leave such entries bisecting
-    resolved = 0.0 if x.dtype == torch.float64 else 4 * torch.finfo(x.dtype).eps
-    shape = x.shape
-    x, lo, hi, p = (t.expand(shape).reshape(-1).clone() for t in (x, lo, hi, p))
-    active = torch.arange(x.numel(), device=x.device)
-    xa, loa, hia, pa, last = x, lo, hi, p, (hi - lo).abs()
-    sa = None if slope is None else slope.expand(shape).reshape(-1).clone()
-    prev: tuple[Tensor, Tensor] | None = None
-    for _ in range(max_iter):
-        F, f = Ff(xa, active)
-        gap = F - pa
-        below = gap < 0
-        loa, hia = torch.where(below, xa, loa), torch.where(below, hia, xa)
-        dx = gap / f
-        newton = xa - dx
-        use = (newton >= loa) & (newton <= hia) & (2 * dx.abs() <= last)  # False for NaN or infinite steps too
-        new = torch.where(use, newton, 0.5 * (loa + hia))
-        new = torch.where(gap == 0, xa, new)  # an exact root stays where it is
-        last = (new - xa).abs()
-        scale = 1 + new.abs()
-        # in x to tol, and in the CDF to tol too where a narrow component makes the density large
-        # (there x alone would leave F off by density x tol x |x|), as far as float resolution allows
-        f_ok = gap.abs() <= torch.clamp(4 * torch.finfo(x.dtype).eps * scale * f, min=tol)
-        done = (((last <= tol * scale) | (hia - loa <= tol * scale)) & f_ok) | (gap.abs() <= resolved)
-        if sa is not None:
-            if prev is not None:
-                secant = (f - prev[1]) / (xa - prev[0])
-                sa = torch.where(torch.isfinite(secant), secant, sa)
-            landed = 10 * 0.5 * dx * dx * sa.abs() / f
-            # far inside the tolerance, so an early stop costs no accuracy against a confirmed one
-            done |= use & (dx.abs() <= 1e-4 * scale) & (landed <= 1e-3 * tol * scale) & (landed * f <= 1e-3 * tol)
-            prev = (xa, f)
-        x[active] = new
-        keep = (~done).nonzero().squeeze(1)
-        if not len(keep):
-            break
-        active, xa, loa, hia, pa, last = (t.index_select(0, keep) for t in (active, new, loa, hia, pa, last))
-        if sa is not None:
-            sa, prev = sa.index_select(0, keep), (prev[0].index_select(0, keep), prev[1].index_select(0, keep))
-    return x.reshape(shape)
 
 
 def _expand_bracket(dist: Distribution, p: Tensor) -> tuple[Tensor, Tensor]:
@@ -295,11 +142,11 @@ def _icdf_generic(dist: Distribution, p: Tensor) -> Tensor:
     except NotImplementedError:
         pass
     if is_discrete(dist):
-        _note("icdf", "pmf search", dist)
+        note("icdf", "pmf search", dist)
         grid = count_grid(dist)
         cum = torch.cumsum(pmf(dist, grid), 0)  # [K, *batch]
         return (cum.unsqueeze(0) < p.unsqueeze(1)).sum(1).to(cum.dtype).clamp(max=grid.shape[0] - 1)
-    _note("icdf", "Newton-bisection on the cdf", dist)
+    note("icdf", "Newton-bisection on the cdf", dist)
     p = p.expand(*p.shape[:1], *dist.batch_shape) if p.dim() else p.expand(dist.batch_shape)
     lo, hi = _expand_bracket(dist, p)
     return solve_pointwise(dist, p, lo, hi)
@@ -345,7 +192,7 @@ def differentiable_quantile(dist: Distribution, levels: Tensor) -> Tensor:
 
 
 def _binned_generic(dist: Distribution, y: Tensor) -> Tensor:
-    _note("binned_log_prob", "cdf differences", dist)
+    note("binned_log_prob", "cdf differences", dist)
     upper = cdf(dist, y + 0.5).double()
     lower = torch.where(y <= 0, torch.zeros_like(upper), cdf(dist, y - 0.5).double())
     return torch.log((upper - lower).clamp_min(0))
@@ -406,11 +253,11 @@ def crps_from_quantiles(q: Tensor, y: Tensor) -> Tensor:
 
 def _crps_generic(dist: Distribution, y: Tensor) -> Tensor:
     if is_discrete(dist):
-        _note("crps", "ranked probability score by pmf sums", dist)
+        note("crps", "ranked probability score by pmf sums", dist)
         grid = count_grid(dist, int(y.max().item()) if y.numel() else 0)
         F = torch.cumsum(pmf(dist, grid), 0)
         return ((F - (y.unsqueeze(0) <= grid).to(F.dtype)) ** 2).sum(0)
-    _note("crps", "quantile integral", dist)
+    note("crps", "quantile integral", dist)
     return crps_from_quantiles(quantile(dist, midpoint_levels(CRPS_LEVELS, dist.mean.dtype, dist.mean.device)), y)
 
 
@@ -429,7 +276,7 @@ def _quadrature_generic(dist: Distribution, nodes: int = QUADRATURE_NODES) -> tu
     if is_discrete(dist):
         grid = count_grid(dist)
         return grid, pmf(dist, grid)
-    _note("quadrature", "midpoints of quantiles", dist)
+    note("quadrature", "midpoints of quantiles", dist)
     ys = quantile(dist, midpoint_levels(4 * nodes, dist.mean.dtype, dist.mean.device))
     return ys, torch.full_like(ys, 1.0 / ys.shape[0])
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution
 from torchmetrics import Metric
 
-from densbench.distributions import ops
+from densbench.distributions.dispatch import Unavailable, recording_fallbacks
 from densbench.distributions.ops import crps, is_discrete, kl_to_truth, pit, quantile, target_log_prob
 
 CAL_LEVELS = 100  # expected proportions linspace(0, 1, 100)
@@ -78,7 +78,7 @@ class PredictiveMetrics(Metric):
     def update(self, dist: Distribution, y: Tensor, truth: Distribution | None = None, u: Tensor | None = None,
                intervals: dict[float, tuple[Tensor, Tensor]] | None = None) -> None:
         """Accumulate one batch."""
-        with ops.recording_fallbacks() as used:
+        with recording_fallbacks() as used:
             self._update(dist, y, truth, u, intervals)
         self.fallbacks.update(used)
         self.fallbacks.update({part: f"unavailable: {why}" for part, why in self.missing.items()})
@@ -114,7 +114,7 @@ class PredictiveMetrics(Metric):
             # metrics, not the run: they come out NaN and result.json's fallbacks say why
             try:
                 part()
-            except ops.Unavailable as exc:
+            except Unavailable as exc:
                 self.missing[name] = str(exc)
 
     def _add(self, name: str, value: Tensor) -> None:

@@ -12,7 +12,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -20,68 +20,20 @@ from densbench.methods import method_of, single_method
 from densbench.metric_catalog import columns
 from densbench.report.leaderboard import Cell, Leaderboard, best_of, mean_se, to_markdown
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE
+from densbench.report.published import NLL, RMSE, SOURCES, published
+from densbench.report.uci_recalibration import RECALIBRATIONS, pm, recalibration_section
+
 
 DATASETS = tuple(FOLDERS)
+
+
 SUITE_FILE = "suite.json"  # written into the sweep directory by scripts/uci_suite.py: its command and wall time
+
+
 MCD_4000 = "test_ll_100_xepochs_1_hidden_layers.txt"
 
 
-class Source(NamedTuple):
-    """A published result: its name, the protocol it was produced under, and whether its ± is an SE."""
-
-    name: str
-    protocol: str
-    se: bool
-
-
-SOURCES = (
-    Source("PBP", "HL&A 2015: 40 epochs (protein 20), no model selection, the published splits", True),
-    Source("MCD 2016", "Gal & Ghahramani 2016: 40 epochs (protein 20), dropout and τ by validation, the published splits", True),
-    Source("MCD 2018", "MC-dropout repository rerun: 4000 epochs, batch 128, dropout and τ by grid search on an "
-                       "inner 80/20 split, the published splits", True),
-    Source("Deep Ens.", "Lakshminarayanan et al. 2017: 5 nets with adversarial training, 40 epochs (protein 20), "
-                        "the published splits; ± behaves like a standard deviation (÷√20 for an SE)", False),
-    Source("NGBoost", "Duan et al. 2020: gradient-boosted trees, its own regenerated splits, 20% of training data "
-                      "to choose the number of trees; quoted from a later paper's table", False),
-    Source("DER", "Amini et al. 2020 (deep evidential regression): quoted from a later paper's table", False),
-)
-# REFERENCE.md section 2, in SOURCES order: test NLL and RMSE as printed (mean, ±; None: printed without one)
-NLL = {
-    "boston": ["2.57±.09", "2.46±.06", "2.40±.04", "2.41±.25", "2.43±.15", "2.35±.06"],
-    "concrete": ["3.16±.02", "3.04±.02", "2.93±.02", "3.06±.18", "3.04±.17", "3.01±.02"],
-    "energy": ["2.04±.02", "1.99±.02", "1.21±.01", "1.38±.22", "0.60±.45", "1.39±.06"],
-    "kin8nm": ["-0.90±.01", "-0.95±.01", "-1.14±.01", "-1.20±.02", "-0.49±.02", "-1.24±.01"],
-    "naval": ["-3.73±.01", "-3.80±.01", "-4.45±.00", "-5.63±.05", "-5.34±.04", "-5.73±.07"],
-    "power": ["2.84±.01", "2.80±.01", "2.80±.01", "2.79±.04", "2.79±.11", "2.81±.07"],
-    "protein": ["2.97±.00", "2.89±.00", "2.87±.00", "2.83±.02", "2.81±.03", "2.63±.00"],
-    "wine": ["0.97±.01", "0.93±.01", "0.93±.01", "0.94±.12", "0.91±.06", "0.89±.05"],
-    "yacht": ["1.63±.02", "1.55±.03", "1.25±.01", "1.18±.21", "0.20±.26", "1.03±.19"],
-}
-RMSE = {
-    "boston": ["3.01±.18", "2.97±.19", "2.90±.18", "3.28±1.00", "2.94±.53", "3.06±.16"],
-    "concrete": ["5.67±.09", "5.23±.12", "4.82±.16", "6.03±.58", "5.06±.61", "5.85±.15"],
-    "energy": ["1.80±.05", "1.66±.04", "0.54±.06", "2.09±.29", "0.46±.06", "2.06±.10"],
-    "kin8nm": ["0.10", "0.10", "0.08", "0.09", "0.16", "0.09"],
-    "naval": ["0.01", "0.01", "0.00", "0.00", "0.00", "0.00"],
-    "power": ["4.12±.03", "4.02±.04", "4.01±.04", "4.11±.17", "3.79±.18", "4.23±.09"],
-    "protein": ["4.73±.01", "4.36±.01", "4.27±.02", "4.71±.06", "4.33±.03", "4.64±.03"],
-    "wine": ["0.64±.01", "0.62±.01", "0.62±.01", "0.64±.04", "0.63±.04", "0.61±.02"],
-    "yacht": ["1.02±.05", "1.11±.09", "0.67±.05", "1.58±.48", "0.50±.20", "1.57±.56"],
-}
 METRICS = columns("nll", "rmse", "crps", "mace")
-
-
-def published(table: dict[str, list[str]], dataset: str, source: str) -> tuple[float, float | None]:
-    """(mean, ±) of a published figure."""
-    text = table[dataset][[s.name for s in SOURCES].index(source)]
-    mean, _, pm = text.partition("±")
-    return float(mean), (float(pm) if pm else None)
-
-
-def _fmt(m: float, se: float | None, digits: int = 2) -> str:
-    if not math.isfinite(m):
-        return "-"
-    return f"{m:.{digits}f}" if se is None else f"{m:.{digits}f} ± {se:.{digits}f}"
 
 
 def collect(results: list[tuple[Path, dict]], recalibrate: str = "none") -> dict[str, dict[str, list[dict]]]:
@@ -188,7 +140,7 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
               "split held out to choose the epoch by validation NLL; optimiser settings per dataset from "
               "`scripts/uci_search.py` (validation data carved from training splits 0-2, never test data); ± is a "
               "standard error over splits.", ""]
-    lines += _recalibration(results, datasets)
+    lines += recalibration_section({name: collect(results, name) for name in RECALIBRATIONS}, datasets)
     for ds in datasets:
         lines += _dataset_table(ds, found[ds], methods)
     return lines
@@ -215,85 +167,6 @@ def evaluation_cost(results: list[tuple[Path, dict]]) -> list[str]:
              "| dataset | method | train (s) | test (s) | test / train |", "|---|---|---|---|---|"]
     lines += [f"| {ds} | {name} | {train:.2f} | {test:.2f} | {ratio:.3f} |" for ratio, ds, name, train, test in ratios[:5]]
     return lines + [""]
-
-
-RECALIBRATIONS = ("scale", "isotonic", "conformal")
-COVER_LEVEL = 0.9
-
-
-def _metric(runs: list[dict], name: str, before: bool = False) -> tuple[float, float | None]:
-    return mean_se([(r.get("metrics_uncalibrated" if before else "metrics") or {}).get(name) for r in runs])
-
-
-def calibration_floor(n: int, levels: int = 100) -> float:
-    """Expected cal. error of a perfectly calibrated predictive on n test points: the mean over the central
-    interval levels p of E|B/n - p|, B ~ Binomial(n, p), in its normal approximation sqrt(2/pi) sqrt(p(1-p)/n)."""
-    ps = np.linspace(0, 1, levels)
-    return float(np.mean(np.sqrt(2 / np.pi) * np.sqrt(ps * (1 - ps) / max(n, 1))))
-
-
-def _recalibration(results: list[tuple[Path, dict]], datasets: list[str]) -> list[str]:
-    """Recalibrated runs beside the same models as trained, per dataset and method, and the goals they are held to."""
-    found = {name: collect(results, name) for name in RECALIBRATIONS}
-    methods = sorted({m for runs in found.values() for ds in runs for m in runs[ds]})
-    if not methods:
-        return []
-    lines = ["### Recalibration: before and after", "",
-             "Each recalibration is fitted on the validation rows of the split (`recalibrate=`) and scored on its test rows; "
-             "before = the same models as trained (`metrics_uncalibrated`). cal. error = mean absolute calibration error "
-             "over 100 central intervals; its floor is what a perfectly calibrated predictive would still show on the "
-             "split's test rows (sampling noise, `calibration_floor`), so no recalibration can go far below it. "
-             "`conformal` defines intervals only (its NLL is the model's); its 90% coverage "
-             "is held to the split-conformal band [0.90, 0.90 + 1/(n_val + 1)], up to two standard errors over splits.", ""]
-    recal = [r for name in RECALIBRATIONS for ds in found[name].values() for runs in ds.values() for r in runs]
-    reused = [r for r in recal if r.get("trained_by")]
-    if recal:
-        example = Path(reused[0]["trained_by"]).name if reused else None
-        lines += [f"Trained once: {len(reused)} of {len(recal)} recalibrated runs use the weights of the run as trained on "
-                  f"the same split (result.json `trained_by`{f', e.g. `{example}`' if example else ''}); "
-                  f"{len(recal) - len(reused)} trained a model of their own.", ""]
-    for method in methods:
-        lines += [f"Method `{method}`:", "",
-                  "| dataset | splits | n_val / n_test | cal. error as trained | scale | isotonic | floor | NLL as trained "
-                  "| scale | isotonic | cover@90 as trained | conformal | band | width@90 as trained → conformal |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        goals, counted = defaultdict(int), defaultdict(int)
-        for ds in datasets:
-            runs = {name: found[name].get(ds, {}).get(method, []) for name in RECALIBRATIONS}
-            if not any(runs.values()):
-                continue
-            # each recalibration's own runs carry their models as trained: before and after of the same models
-            before = {name: {k: _metric(r, k, before=True) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
-            after = {name: {k: _metric(r, k) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
-            base = next(iter(before.values()))
-            train = next(r for r in runs.values() if r)[0].get("train") or {}
-            cells = [ds, str(max(len(r) for r in runs.values())), f"{train.get('n_val')} / {train.get('n_test')}",
-                     _fmt(*base["mace"], 3)]
-            cells += [_fmt(*after[name]["mace"], 3) if name in after else "-" for name in ("scale", "isotonic")]
-            cells += [f"{calibration_floor(int(train.get('n_test') or 0)):.3f}", _fmt(*base["nll"], 3)]
-            cells += [_fmt(*after[name]["nll"], 3) if name in after else "-" for name in ("scale", "isotonic")]
-            cells.append(_fmt(*base["coverage90"], 3))
-            if "isotonic" in after:
-                counted["isotonic"] += 1
-                goals["isotonic"] += after["isotonic"]["mace"][0] <= 0.5 * before["isotonic"]["mace"][0]
-            if "scale" in after:
-                counted["scale"] += 1
-                goals["scale"] += after["scale"]["nll"][0] - before["scale"]["nll"][0] <= 0.01
-            if "conformal" in after:
-                m, se = after["conformal"]["coverage90"]
-                hi = COVER_LEVEL + 1 / (min((r.get("train") or {}).get("n_val") or 0 for r in runs["conformal"]) + 1)
-                counted["conformal"] += 1
-                goals["conformal"] += COVER_LEVEL - 2 * (se or 0) <= m <= hi + 2 * (se or 0)
-                cells += [_fmt(m, se, 3), f"[0.900, {hi:.3f}]",
-                          f"{before['conformal']['width90'][0]:.3g} → {after['conformal']['width90'][0]:.3g}"]
-            else:
-                cells += ["-", "-", "-"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"Goals for `{method}`: isotonic halves the mean calibration error on {goals['isotonic']} of "
-                  f"{counted['isotonic']} datasets (goal: at least 7 of 9); scale worsens the mean test NLL by at most 0.01 on "
-                  f"{goals['scale']} of {counted['scale']} (goal: all); conformal 90% coverage inside its band on "
-                  f"{goals['conformal']} of {counted['conformal']} (goal: all).", ""]
-    return lines
 
 
 def _suite(sweep_dir: Path) -> dict | None:
@@ -408,12 +281,12 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
     for s in SOURCES:
         (nm, nse), (rm, rse) = published(NLL, ds, s.name), published(RMSE, ds, s.name)
         splits = {"NGBoost": "own", "DER": "as quoted"}.get(s.name, str(5 if ds == "protein" else 20))
-        lines.append(f"| {s.name} (published) | {splits} | {_fmt(nm, nse)} | {_fmt(rm, rse)} | - | - | {s.name} |")
+        lines.append(f"| {s.name} (published) | {splits} | {pm(nm, nse)} | {pm(rm, rse)} | - | - | {s.name} |")
     for m in methods:
         runs = methods_runs.get(m)
         if not runs:
             continue
-        cells = [_fmt(*mean_se([(r.get("metrics") or {}).get(k) for r in runs]), 3) for k, _ in METRICS]
+        cells = [pm(*mean_se([(r.get("metrics") or {}).get(k) for r in runs]), 3) for k, _ in METRICS]
         label = m
         if m == "ensemble":
             members = single_method(runs[0].get("config") or {}, runs[0]["labels"]) or f"{runs[0]['labels'].get('loss')}/{runs[0]['labels'].get('head')}"

@@ -23,7 +23,9 @@ from densbench.objectives.analytic import use_compiled_kernels
 from densbench.training.checkpoints import Checkpoints
 from densbench.runs.checks import check_against_data, check_config, check_recalibration
 from densbench.runs.devices import check_device, threads, world_size
-from densbench.training.engine import DensityData, EngineState, Selection, Stack, Throughput, param_dtype
+from densbench.training.batches import DensityData, Stack
+from densbench.training.engine import EngineState, Selection, param_dtype
+from densbench.training.throughput import Throughput
 from densbench.errors import ConfigError, DataError
 from densbench.training.job_log import JobLog
 from densbench.training.loop import Loop

@@ -23,7 +23,8 @@ from densbench.training import checkpoints
 from densbench.evaluation import ensemble
 from densbench.distributions.families import Family
 from densbench.training.flat_params import FlatParameters
-from densbench.training.engine import Chunk, EngineState, EvalBatch, Selection, Stack, run_chunk
+from densbench.training.batches import Chunk, EvalBatch, Stack
+from densbench.training.engine import EngineState, Selection, run_chunk
 from densbench.training.job_log import JobLog
 from densbench.evaluation.metrics import COVERAGES, ModelScores, PredictiveMetrics
 from densbench.evaluation.recalibration import Recalibration

@@ -1,0 +1,100 @@
+"""Dispatch of the operations on predictive distributions: a registry per operation from types to closed
+forms, filled the way ``torch.distributions.register_kl`` is (next to each type, by dotted name so that
+registering needs no torch), resolved on first use along the class hierarchy; and the record of which
+generic methods a computation fell back on."""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+
+class Unavailable(NotImplementedError):
+    """Neither a closed form nor a generic method exists for this distribution."""
+
+
+_FALLBACKS: list[dict[str, str]] = []
+
+
+@contextmanager
+def recording_fallbacks() -> Iterator[dict[str, str]]:
+    """Collect {operation: "method (Type)"} for every generic method used inside the block."""
+    used: dict[str, str] = {}
+    _FALLBACKS.append(used)
+    try:
+        yield used
+    finally:
+        _FALLBACKS.remove(used)
+
+
+def _resolve(name: str) -> type:
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Operation:
+    """One operation: a registry from types to closed forms, and an optional generic method."""
+
+    def __init__(self, name: str, generic: Callable | None = None, generic_name: str = "") -> None:
+        self.name, self.generic, self.generic_name = name, generic, generic_name
+        self._impls: dict[type, Callable] = {}
+        self._pending: list[tuple[str, Callable]] = []
+
+    def register(self, *types: type | str) -> Callable[[Callable], Callable]:
+        """Decorator: `fn` is the closed form of this operation for these types (or dotted type names)."""
+
+        def deco(fn: Callable) -> Callable:
+            for t in types:
+                if isinstance(t, str):
+                    self._pending.append((t, fn))
+                else:
+                    self._impls[t] = fn
+            return fn
+
+        return deco
+
+    def closed_form(self, cls: type) -> Callable | None:
+        """The registered implementation for `cls` (or its nearest base class), if any."""
+        _load_registrations()
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for name, fn in pending:
+                self._impls[_resolve(name)] = fn
+        for base in cls.__mro__:
+            if base in self._impls:
+                return self._impls[base]
+        return None
+
+    def __call__(self, dist: Any, *args: Any, **kwargs: Any) -> Any:
+        fn = self.closed_form(type(dist))
+        if fn is not None:
+            return fn(dist, *args, **kwargs)
+        if self.generic is None:
+            raise Unavailable(f"no {self.name} for {type(dist).__name__}")
+        return self.generic(dist, *args, **kwargs)
+
+
+def note(op: str, how: str, dist: Any) -> None:
+    """Record that operation `op` used its generic method `how` for this distribution (see recording_fallbacks)."""
+    for used in _FALLBACKS:
+        used.setdefault(op, f"{how} ({type(dist).__name__})")
+
+
+_LOADED = False
+
+
+# the modules that register closed forms (every family module, through its package's registry, and the
+# distribution classes densbench defines): discovered by name on the first dispatch, as plugins are, so
+# that this module, which they all import, imports none of them
+REGISTRARS = ("densbench.distributions.classes", "densbench.distributions.mixtures", "densbench.distributions.families")
+
+
+def _load_registrations() -> None:
+    """Import the registering modules once (every family module through the families registry)."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for name in REGISTRARS:
+            module = importlib.import_module(name)
+            getattr(module, "load_all", lambda: None)()

@@ -1,0 +1,232 @@
+"""The data of a stack on its device: each model's training rows with its own minibatch order, and the
+validation and test batches of every job (a LightningDataModule whose loaders yield the engine's chunks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from densbench.training.engine import EngineState, param_dtype
+from densbench.training.loop import steps_per_pass
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Which model of the stack belongs to which job (run directory), and the seed each starts from."""
+
+    jobs: list[list[int]]  # jobs[j] = indices of job j's models (one, or an ensemble's members)
+    seeds: list[int]  # per model: initialisation and minibatch order
+
+    @property
+    def size(self) -> int:
+        """N, the number of models."""
+        return len(self.seeds)
+
+    @property
+    def job_of(self) -> list[int]:
+        """Per model, the index of the first job it serves (jobs that differ only in recalibration share models)."""
+        out = [-1] * self.size
+        for j, models in enumerate(self.jobs):
+            for m in models:
+                if out[m] < 0:
+                    out[m] = j
+        return out
+
+
+class TrainSource:
+    """The jobs' training tensors on the device and the minibatch rule of every model of the stack."""
+
+    def __init__(self, x: Tensor, y: Tensor, extra: tuple[Tensor, ...], stack: Stack, batch_size: int | None,
+                 rank: int = 0, world: int = 1) -> None:
+        self.x, self.y, self.extra = x, y, extra  # [J, n, ...]: one slice per job
+        self.stack, self.batch_size, self.rank, self.world = stack, batch_size, rank, world
+        self.job_of = torch.tensor(stack.job_of, device=x.device)
+        self._perm: tuple[int, Tensor] | None = None
+        self._full: tuple[Tensor, Tensor, tuple[Tensor, ...]] | None = None
+        # one data pass's rows of every model in its own order, gathered once per pass: a step's
+        # minibatch is then a slice (a view), not a gather of its own
+        self._pass: tuple[int, Tensor, Tensor, tuple[Tensor, ...]] | None = None
+
+    @property
+    def n(self) -> int:
+        """Training samples per job (all ranks)."""
+        return self.x.shape[1]
+
+    def rows(self, step: int) -> Tensor | None:
+        """Row indices [N, b] of every model's share of the minibatch at `step` (None: all rows)."""
+        if self.batch_size is None:
+            return None
+        data_pass, j = divmod(step, steps_per_pass(self.n, self.batch_size))
+        if self._perm is None or self._perm[0] != data_pass:
+            perms = [torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass))
+                     for seed in self.stack.seeds]
+            self._perm = (data_pass, torch.stack(perms).to(self.x.device))
+        rows = self._perm[1][:, j * self.batch_size : (j + 1) * self.batch_size]
+        return rows if self.world == 1 else rows[:, self.rank :: self.world]
+
+    def full(self) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """(x, y, extra) of every model's whole training split (this rank's share of it), [N, n, ...]."""
+        if self._full is None:
+            def take(t: Tensor) -> Tensor:
+                return t[self.job_of][:, self.rank :: self.world]
+
+            self._full = (take(self.x), take(self.y), tuple(take(e) for e in self.extra))
+        return self._full
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """(x, y, extra) of every model's minibatch at `step`, [N, b, ...]."""
+        if self.batch_size is None:
+            return self.full()
+        if self.world > 1:
+            rows, jobs = self.rows(step), self.job_of.unsqueeze(-1)
+            return self.x[jobs, rows], self.y[jobs, rows], tuple(e[jobs, rows] for e in self.extra)
+        data_pass, j = divmod(step, steps_per_pass(self.n, self.batch_size))
+        if self._pass is None or self._pass[0] != data_pass:
+            self.rows(step)  # the pass's permutations
+            perm, jobs = self._perm[1], self.job_of.unsqueeze(-1)
+            self._pass = (data_pass, self.x[jobs, perm], self.y[jobs, perm], tuple(e[jobs, perm] for e in self.extra))
+        part = slice(j * self.batch_size, (j + 1) * self.batch_size)
+        _, x, y, extra = self._pass
+        return x[:, part], y[:, part], tuple(e[:, part] for e in extra)
+
+
+class Chunk:
+    """What Lightning hands to training_step: the source and how many steps to run.
+
+    A plain class on purpose: Lightning leaves objects it does not know alone, instead of copying
+    and converting every tensor inside on each step.
+    """
+
+    __slots__ = ("source", "steps")
+
+    def __init__(self, source: TrainSource, steps: int):
+        self.source, self.steps = source, steps
+
+
+class ChunkStream:
+    """The chunks of the running evaluation period (a Lightning epoch), from wherever training stands.
+
+    Chunk boundaries are aligned to the period's start, so a period resumed from inside a chunk runs
+    the rest of that chunk and then the usual ones. No ``__len__`` on purpose: Lightning then
+    validates after the last chunk an epoch yields, however many that is (with a length it validates
+    only after the len()-th chunk, and a short last or resumed period would go unvalidated).
+    """
+
+    def __init__(self, source: TrainSource, state: EngineState, steps_per_call: int):
+        self.source, self.state, self.steps_per_call = source, state, steps_per_call
+
+    def __iter__(self):
+        # planned when the epoch starts: Lightning fetches one chunk ahead of the one it runs
+        start, end, spc = self.state.opt_steps, self.state.period_end, self.steps_per_call
+        base = self.state.period_start
+        at = start
+        while at < end:
+            nxt = min(base + ((at - base) // spc + 1) * spc, end)
+            yield Chunk(self.source, nxt - at)
+            at = nxt
+
+
+class EvalBatch:
+    """One job's split (or this rank's shard of it) for evaluation; a plain class for the reason above."""
+
+    __slots__ = ("job", "x", "y", "x_orig", "u", "split")
+
+    def __init__(self, job: int | None, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor, split: str = "test"):
+        self.job = job  # index of the job (run directory); None: every job's split, stacked
+        self.split = split  # "val" in the test loop: the rows a job's recalibration is fitted on
+        self.x = x  # standardised inputs, in the model's dtype
+        self.y = y  # targets in original units, float64 (class indices for class targets)
+        self.x_orig = x_orig  # inputs in original units, for the truth
+        self.u = u  # uniforms for the randomised PIT, fixed per row
+
+
+class Each:
+    """An iterable of one batch per job (a whole evaluation split each)."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+class DensityData(pl.LightningDataModule):
+    """Holds every job's splits as tensors and moves them to the training device once."""
+
+    def __init__(self, preps: list[Any], stack: Stack, batch_size: int | None, state: EngineState, steps_per_call: int,
+                 seeds: list[int], truth_targets: bool = False, class_targets: bool = False,
+                 calibrate: list[bool] | None = None):
+        super().__init__()
+        self.preps, self.stack, self.seeds = preps, stack, seeds
+        self.batch_size, self.state, self.steps_per_call = batch_size, state, steps_per_call
+        self.truth_targets = truth_targets  # train on the true Gaussian's mean and variance (loss=kl)
+        self.class_targets = class_targets  # targets as class indices (categorical heads)
+        self.calibrate = calibrate or [False] * len(preps)  # jobs whose recalibration sees their validation split first
+        self.dtype = torch.float32
+        self.device = torch.device("cpu")
+        self.source: TrainSource | None = None
+
+    def setup(self, stage: str) -> None:
+        """Place tensors on the strategy's device in the module's dtype."""
+        from densbench.data.datasets import gaussian_truth_scaled
+
+        trainer = self.trainer
+        self.device = trainer.strategy.root_device
+        self.dtype = param_dtype(str(trainer.precision))
+        rank, world = trainer.global_rank, trainer.world_size
+        xs, ys, extras = [], [], []
+        for prep in self.preps:
+            x, y = prep.splits["train"]
+            xs.append(x)
+            ys.append(y.reshape(-1).long() if self.class_targets else y)
+            if self.truth_targets:
+                extras.append(gaussian_truth_scaled(prep, "train"))
+        extra = tuple(self._put(torch.stack(part)) for part in zip(*extras)) if extras else ()
+        self.source = TrainSource(self._put(torch.stack(xs)), self._put(torch.stack(ys)), extra, self.stack,
+                                  self.batch_size, rank, world)
+        # a job's recalibration is fitted on its whole validation split (every rank the same, so every
+        # rank fits the same map) before its test batch is scored
+        val = [self._eval_batch(j, "val", rank, world) for j in range(len(self.preps))]
+        test = [b for j in range(len(self.preps))
+                for b in ([val[j] if world == 1 else self._eval_batch(j, "val", 0, 1)] if self.calibrate[j] else [])
+                + [self._eval_batch(j, "test", rank, world)]]
+        # validation of every model at once: the jobs' splits are stacked (a stack's jobs have equal sizes)
+        self.eval = {"test": test, "val": [EvalBatch(None, torch.stack([b.x for b in val]), torch.stack([b.y for b in val]),
+                                                      torch.empty(0), torch.empty(0), "val")]}
+
+    def _put(self, t: Tensor) -> Tensor:
+        return t.to(self.device, dtype=self.dtype if t.is_floating_point() else t.dtype)
+
+    def _eval_batch(self, job: int, split: str, rank: int, world: int) -> EvalBatch:
+        prep = self.preps[job]
+        data = prep.data
+        idx = getattr(data, split)
+        x, _ = prep.splits[split]
+        y = torch.as_tensor(data.y[idx])
+        x_orig = torch.as_tensor(data.x[idx], dtype=torch.float64)
+        # one uniform per row from a generator seeded by the split: identical for any world size
+        g = torch.Generator().manual_seed(self.seeds[job] + (split == "test"))
+        u = torch.rand(len(idx), generator=g, dtype=torch.float64)
+        rows = slice(rank, None, world)
+        y = y[rows].reshape(-1).long() if (data.task == "multiclass" or self.class_targets) else y[rows].to(torch.float64)
+        return EvalBatch(job, self._put(x[rows]), self._put(y), x_orig[rows].to(self.device), u[rows].to(self.device), split)
+
+    def training_rows(self) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """(x, y, extra) of every model's whole training split on this rank, [N, n, ...]."""
+        return self.source.full()
+
+    def train_dataloader(self):
+        return ChunkStream(self.source, self.state, self.steps_per_call)
+
+    def val_dataloader(self):
+        return Each(self.eval["val"])
+
+    def test_dataloader(self):
+        return Each(self.eval["test"])
