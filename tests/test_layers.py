@@ -1,5 +1,5 @@
 """The package's layers (pyproject.toml, [tool.importlinter]) hold: no module imports from a layer above
-its own, and the report and the run records import no torch."""
+its own, and the report and the run records import no torch; no module or function outgrows a reader."""
 
 from pathlib import Path
 
@@ -28,3 +28,20 @@ def test_a_module_of_an_upper_layer_imported_by_a_lower_one_breaks_the_contract(
     for name in [m for m in sys.modules if m == "densbench" or m.startswith("densbench.")]:
         monkeypatch.delitem(sys.modules, name)
     assert lint.lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 1
+
+
+MODULE_LINES, FUNCTION_LINES = 400, 60  # what a reader takes in at once
+
+
+def test_no_module_or_function_outgrows_what_a_reader_takes_in():
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MODULE_LINES:
+            too_long.append(f"{path.relative_to(ROOT)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= FUNCTION_LINES:
+                too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, "\n".join(too_long)

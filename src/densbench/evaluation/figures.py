@@ -30,6 +30,38 @@ def _band(ax, x, dist, color, label, truth=False):
         ax.fill_between(x, lo.numpy(), hi.numpy(), color=color, alpha=0.25, lw=0, label=f"{label} 95% interval")
 
 
+def _mixture_panels(axes, g: np.ndarray, dist: NormalMixture, data) -> None:
+    """A mixture's conditional density over the data, its components' means and spreads, weights and samples."""
+    ax = axes[0, 0]
+    lo, hi = np.percentile(data.y, [0.5, 99.5])
+    pad = 0.1 * (hi - lo)
+    ys = torch.linspace(lo - pad, hi + pad, 200, dtype=dist.loc.dtype)
+    dens = dist.log_prob(ys.view(-1, 1)).exp().numpy()  # [Y, X]
+    # each column scaled to its own maximum: sharp and broad conditionals stay visible side by side
+    dens = dens / np.maximum(dens.max(0, keepdims=True), 1e-300)
+    ax.imshow(dens, origin="lower", aspect="auto", extent=(g[0], g[-1], ys[0], ys[-1]), cmap="Blues", alpha=0.9)
+    ax.plot([], [], "s", color="#4a7fb5", label="p(y|x), each x scaled to its peak")
+    ax.set_ylim(float(ys[0]), float(ys[-1]))
+    w, mu, sd = dist.weights.numpy(), dist.loc.numpy(), dist.scale.numpy()
+    for k in range(w.shape[1]):
+        axes[0, 1].plot(g, mu[:, k], lw=1.5, label=f"k={k}")
+        axes[0, 1].fill_between(g, mu[:, k] - sd[:, k], mu[:, k] + sd[:, k], alpha=0.2, lw=0)
+        axes[0, 2].plot(g, w[:, k], lw=1.5)
+    axes[0, 1].set_title("component means +- sigma")
+    axes[0, 2].set_title("mixing weights pi_k")
+    axes[0, 2].set_ylim(-0.02, 1.02)
+    gen = torch.Generator().manual_seed(0)
+    comp = torch.multinomial(dist.weights, 1, generator=gen)[:, 0]
+    idx = torch.arange(len(g))
+    samp = dist.loc[idx, comp] + dist.scale[idx, comp] * torch.randn(len(g), generator=gen, dtype=dist.loc.dtype)
+    axes[0, 3].scatter(data.x[data.test, 0], data.y[data.test], s=6, alpha=0.3, color=DATA_COLOR, label="test data")
+    axes[0, 3].scatter(g, samp.numpy(), s=6, color=MODEL_COLOR, label="model samples")
+    axes[0, 3].set_title("samples from the mixture")
+    axes[0, 3].legend(loc="best", fontsize=7)
+    for a in axes[0, 1:]:
+        a.set_xlabel(data.feature_names[0])
+
+
 def predictive_figure(predict, prep: Prepared, title: str = "", points: int = 300):
     """`predict(x in original units) -> predictive distribution`, drawn over the data: bands (Gaussian, counts), density and components
     (mixtures), class probabilities (classification); predicted vs observed for several inputs."""
@@ -54,33 +86,7 @@ def predictive_figure(predict, prep: Prepared, title: str = "", points: int = 30
             tp = truth.probs if isinstance(truth, Categorical) else torch.stack([1 - truth.probs, truth.probs], -1)
             ax.plot(g, tp[:, -1].numpy(), "--", color=TRUTH_COLOR, label=f"true P(class {tp.shape[-1] - 1})")
     elif mixture:
-        lo, hi = np.percentile(data.y, [0.5, 99.5])
-        pad = 0.1 * (hi - lo)
-        ys = torch.linspace(lo - pad, hi + pad, 200, dtype=dist.loc.dtype)
-        dens = dist.log_prob(ys.view(-1, 1)).exp().numpy()  # [Y, X]
-        # each column scaled to its own maximum: sharp and broad conditionals stay visible side by side
-        dens = dens / np.maximum(dens.max(0, keepdims=True), 1e-300)
-        ax.imshow(dens, origin="lower", aspect="auto", extent=(g[0], g[-1], ys[0], ys[-1]), cmap="Blues", alpha=0.9)
-        ax.plot([], [], "s", color="#4a7fb5", label="p(y|x), each x scaled to its peak")
-        ax.set_ylim(float(ys[0]), float(ys[-1]))
-        w, mu, sd = dist.weights.numpy(), dist.loc.numpy(), dist.scale.numpy()
-        for k in range(w.shape[1]):
-            axes[0, 1].plot(g, mu[:, k], lw=1.5, label=f"k={k}")
-            axes[0, 1].fill_between(g, mu[:, k] - sd[:, k], mu[:, k] + sd[:, k], alpha=0.2, lw=0)
-            axes[0, 2].plot(g, w[:, k], lw=1.5)
-        axes[0, 1].set_title("component means +- sigma")
-        axes[0, 2].set_title("mixing weights pi_k")
-        axes[0, 2].set_ylim(-0.02, 1.02)
-        gen = torch.Generator().manual_seed(0)
-        comp = torch.multinomial(dist.weights, 1, generator=gen)[:, 0]
-        idx = torch.arange(len(g))
-        samp = dist.loc[idx, comp] + dist.scale[idx, comp] * torch.randn(len(g), generator=gen, dtype=dist.loc.dtype)
-        axes[0, 3].scatter(data.x[test, 0], data.y[test], s=6, alpha=0.3, color=DATA_COLOR, label="test data")
-        axes[0, 3].scatter(g, samp.numpy(), s=6, color=MODEL_COLOR, label="model samples")
-        axes[0, 3].set_title("samples from the mixture")
-        axes[0, 3].legend(loc="best", fontsize=7)
-        for a in axes[0, 1:]:
-            a.set_xlabel(data.feature_names[0])
+        _mixture_panels(axes, g, dist, data)
     else:
         _band(ax, g, dist, MODEL_COLOR, "model")
     if truth is not None and not isinstance(truth, (Bernoulli, Categorical)) and not mixture:

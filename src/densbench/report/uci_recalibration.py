@@ -36,6 +36,37 @@ def calibration_floor(n: int, levels: int = 100) -> float:
     return float(np.mean(np.sqrt(2 / np.pi) * np.sqrt(ps * (1 - ps) / max(n, 1))))
 
 
+def _dataset_row(ds: str, runs: dict[str, list[dict]], goals: dict[str, int], counted: dict[str, int]) -> str:
+    """One dataset's row of a method's recalibration table; the goals it meets are counted into `goals`."""
+    # each recalibration's own runs carry their models as trained: before and after of the same models
+    before = {name: {k: _metric(r, k, before=True) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
+    after = {name: {k: _metric(r, k) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
+    base = next(iter(before.values()))
+    train = next(r for r in runs.values() if r)[0].get("train") or {}
+    cells = [ds, str(max(len(r) for r in runs.values())), f"{train.get('n_val')} / {train.get('n_test')}",
+             pm(*base["mace"], 3)]
+    cells += [pm(*after[name]["mace"], 3) if name in after else "-" for name in ("scale", "isotonic")]
+    cells += [f"{calibration_floor(int(train.get('n_test') or 0)):.3f}", pm(*base["nll"], 3)]
+    cells += [pm(*after[name]["nll"], 3) if name in after else "-" for name in ("scale", "isotonic")]
+    cells.append(pm(*base["coverage90"], 3))
+    if "isotonic" in after:
+        counted["isotonic"] += 1
+        goals["isotonic"] += after["isotonic"]["mace"][0] <= 0.5 * before["isotonic"]["mace"][0]
+    if "scale" in after:
+        counted["scale"] += 1
+        goals["scale"] += after["scale"]["nll"][0] - before["scale"]["nll"][0] <= 0.01
+    if "conformal" in after:
+        m, se = after["conformal"]["coverage90"]
+        hi = COVER_LEVEL + 1 / (min((r.get("train") or {}).get("n_val") or 0 for r in runs["conformal"]) + 1)
+        counted["conformal"] += 1
+        goals["conformal"] += COVER_LEVEL - 2 * (se or 0) <= m <= hi + 2 * (se or 0)
+        cells += [pm(m, se, 3), f"[0.900, {hi:.3f}]",
+                  f"{before['conformal']['width90'][0]:.3g} → {after['conformal']['width90'][0]:.3g}"]
+    else:
+        cells += ["-", "-", "-"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def recalibration_section(found: dict[str, dict[str, dict[str, list[dict]]]], datasets: list[str]) -> list[str]:
     """Recalibrated runs (by recalibration, dataset and method) beside the same models as trained, and the goals
     they are held to."""
@@ -64,35 +95,8 @@ def recalibration_section(found: dict[str, dict[str, dict[str, list[dict]]]], da
         goals, counted = defaultdict(int), defaultdict(int)
         for ds in datasets:
             runs = {name: found[name].get(ds, {}).get(method, []) for name in RECALIBRATIONS}
-            if not any(runs.values()):
-                continue
-            # each recalibration's own runs carry their models as trained: before and after of the same models
-            before = {name: {k: _metric(r, k, before=True) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
-            after = {name: {k: _metric(r, k) for k in ("mace", "nll", "coverage90", "width90")} for name, r in runs.items() if r}
-            base = next(iter(before.values()))
-            train = next(r for r in runs.values() if r)[0].get("train") or {}
-            cells = [ds, str(max(len(r) for r in runs.values())), f"{train.get('n_val')} / {train.get('n_test')}",
-                     pm(*base["mace"], 3)]
-            cells += [pm(*after[name]["mace"], 3) if name in after else "-" for name in ("scale", "isotonic")]
-            cells += [f"{calibration_floor(int(train.get('n_test') or 0)):.3f}", pm(*base["nll"], 3)]
-            cells += [pm(*after[name]["nll"], 3) if name in after else "-" for name in ("scale", "isotonic")]
-            cells.append(pm(*base["coverage90"], 3))
-            if "isotonic" in after:
-                counted["isotonic"] += 1
-                goals["isotonic"] += after["isotonic"]["mace"][0] <= 0.5 * before["isotonic"]["mace"][0]
-            if "scale" in after:
-                counted["scale"] += 1
-                goals["scale"] += after["scale"]["nll"][0] - before["scale"]["nll"][0] <= 0.01
-            if "conformal" in after:
-                m, se = after["conformal"]["coverage90"]
-                hi = COVER_LEVEL + 1 / (min((r.get("train") or {}).get("n_val") or 0 for r in runs["conformal"]) + 1)
-                counted["conformal"] += 1
-                goals["conformal"] += COVER_LEVEL - 2 * (se or 0) <= m <= hi + 2 * (se or 0)
-                cells += [pm(m, se, 3), f"[0.900, {hi:.3f}]",
-                          f"{before['conformal']['width90'][0]:.3g} → {after['conformal']['width90'][0]:.3g}"]
-            else:
-                cells += ["-", "-", "-"]
-            lines.append("| " + " | ".join(cells) + " |")
+            if any(runs.values()):
+                lines.append(_dataset_row(ds, runs, goals, counted))
         lines += ["", f"Goals for `{method}`: isotonic halves the mean calibration error on {goals['isotonic']} of "
                   f"{counted['isotonic']} datasets (goal: at least 7 of 9); scale worsens the mean test NLL by at most 0.01 on "
                   f"{goals['scale']} of {counted['scale']} (goal: all); conformal 90% coverage inside its band on "

@@ -107,6 +107,34 @@ def _checked_job(cfg: DictConfig, plan: Any) -> tuple[Any, Any, Any]:
     return d, family, data_mod.prepare(d, target_map=family.target_map, dtype=dtype)
 
 
+def _stack_of(specs: list[JobSpec], seeds: list[list[int]]) -> tuple[Stack, list[int | None]]:
+    """The stack's models (each job's seeds) and, per job, the job whose models it shares (None: its own).
+
+    Jobs that differ only in post-hoc keys (recalibrate) train once: they share one set of models."""
+    stack, shares, owner = Stack(jobs=[], seeds=[]), [], {}
+    for j, (spec, job_seeds) in enumerate(zip(specs, seeds)):
+        key = spec.result.get("train_key") or training_key(OmegaConf.to_container(spec.cfg, resolve=True))
+        shares.append(owner.get(key))
+        if key in owner:
+            stack.jobs.append(stack.jobs[owner[key]])
+            continue
+        owner[key] = j
+        stack.jobs.append(list(range(len(stack.seeds), len(stack.seeds) + len(job_seeds))))
+        stack.seeds.extend(job_seeds)
+    return stack, shares
+
+
+def _callbacks(specs: list[JobSpec], throughput: Throughput, selection: Selection, loop: Loop,
+               clock: JobClock | None) -> list[pl.Callback]:
+    """The stack's Lightning callbacks: throughput, checkpoints, timing, progress, and the user's own (config `callbacks`)."""
+    callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection,
+                                                            float(loop.checkpoint_every_s))]
+    if clock is not None:
+        callbacks.append(Timing(clock))
+    callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))
+    return callbacks + [instantiate(c) for c in (specs[0].cfg.get("callbacks") or {}).values()]
+
+
 def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock | None = None) -> Built:
     """Check the configs, load every job's data and wire one stack: module, data module, callbacks, trainer."""
     cfg = specs[0].cfg  # the jobs of a stack differ only in seed and data split
@@ -124,17 +152,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     if len(sizes) > 1:
         raise NotStackable(f"their splits differ in size ({', '.join(f'{a}/{b} rows, {c} features' for a, b, c in sorted(sizes))})")
 
-    # jobs that differ only in post-hoc keys (recalibrate) train once: they share one set of models
-    stack, shares, owner = Stack(jobs=[], seeds=[]), [], {}
-    for j, (spec, job_seeds) in enumerate(zip(specs, seeds)):
-        key = spec.result.get("train_key") or training_key(OmegaConf.to_container(spec.cfg, resolve=True))
-        shares.append(owner.get(key))
-        if key in owner:
-            stack.jobs.append(stack.jobs[owner[key]])
-            continue
-        owner[key] = j
-        stack.jobs.append(list(range(len(stack.seeds), len(stack.seeds) + len(job_seeds))))
-        stack.seeds.extend(job_seeds)
+    stack, shares = _stack_of(specs, seeds)
     backbone = instantiate(cfg.model, in_features=datas[0].n_features, seeds=stack.seeds)
     head = Head(family, backbone.out_features, stack.seeds, detached=plan.objective.detached_fields(family))
 
@@ -169,12 +187,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
                      calibrate=[job.recalibration.active for job in jobs])
 
     throughput = Throughput(stack.size)
-    callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection,
-                                                                  float(loop.checkpoint_every_s))]
-    if clock is not None:
-        callbacks.append(Timing(clock))
-    callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))
-    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = _callbacks(specs, throughput, selection, loop, clock)
     trainer = trainer_for(cfg.trainer, specs[0].run_dir, max_epochs=state.periods_left, callbacks=callbacks, validate=has_val)
     trained_by = [s.weights_from if i is None else (specs[i].weights_from or specs[i].run_dir) for s, i in zip(specs, shares)]
     return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val, loop, shares, trained_by)

@@ -26,7 +26,7 @@ from densbench.timing import JobClock
 
 def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: JobClock) -> dict[str, Any]:
     """One job's share of a trained and tested stack: what result.json records, and its files."""
-    module, state, selection, data = b.module, b.module.state, b.selection, b.datas[j]
+    module, state, data = b.module, b.module.state, b.datas[j]
     models = module.jobs[j].models
     diverged = [(i, module.diverged[m]) for i, m in enumerate(models) if m in module.diverged]
     if diverged:
@@ -40,30 +40,12 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
     curves.update({f"train_{k}": v for k, v in history[0].items()})
     steps = history[0]["step"][-1] if history[0]["step"] else state.opt_steps
     artifacts: dict[str, str] = {}
-    has_val = b.has_val
-    best = [float(selection.best_score[m]) for m in models]
     out: dict[str, Any] = {
         "metrics": metrics,
         # operations served by a generic method (a solver, a quadrature) instead of a closed form
         "fallbacks": module.fallbacks(j),
         "curves": curves,
-        "train": {
-            "opt_steps": steps,
-            "max_steps": state.total_steps,
-            "eval_every": state.eval_every,
-            "steps_per_call": b.steps_per_call,
-            "batch_size": b.batch_size,
-            "stopped_early": steps < state.total_steps,
-            "best_val_nll": (best[0] if len(best) == 1 else sum(best) / len(best)) if has_val else None,
-            "last_val_nll": history[0]["val_nll"][-1] if history[0]["val_nll"] else None,
-            "model_selection": "best val/nll" if has_val else "last weights (no validation split)",
-            "n_train": len(data.train),
-            "n_val": len(data.val),
-            "n_test": len(data.test),
-            "parameters": sum(p[0].numel() for p in module.weights().values()),
-            "stack": {"models": module.stack.size, "jobs": len(module.jobs), "members": len(models)},
-            "threads": torch.get_num_threads(),
-        },
+        "train": _train_record(b, j, history, steps),
         "artifacts": artifacts,
     }
     if b.trained_by[j] is not None:  # trained once for the jobs that differ only in post-hoc keys
@@ -82,28 +64,59 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
         out["metrics_members"] = module.member_results[j]
         out["train"]["members"] = history
     if b.trainer.is_global_zero:
-        selected = selection.selected(module)
-        checkpoints.save_atomic({"state_dict": {k: v[models].cpu() for k, v in selected.items()},
-                                 "config": spec.result.get("config") or OmegaConf.to_container(spec.cfg, resolve=True)},
-                                spec.run_dir / "checkpoints" / checkpoints.BEST)
-        signals.enter("writing figures")
-        log = b.logs[j]
-        if log:
-            log.hyperparams(flat_hparams(spec.cfg, spec.result["labels"]))
-            artifacts.update(log.locations(spec.run_dir))
-            out["sweep_end"] = log.sweep_hooks()
-        figures_started = time.perf_counter()
-        if spec.cfg.figures:
-            name = title(spec.result["labels"], str(spec.cfg.recalibrate))
-            artifacts.update(write_figures(name, predictor(module, j, b.preps[j]), b.preps[j], module.test_curves[j],
-                                           spec.run_dir, log, steps,
-                                           module.uncalibrated_curves[j] if recalibration.changes_density else None))
-        if log:
-            log.finalize("success")
-        out["timing"] = clock.summary(figures_s=time.perf_counter() - figures_started)
+        _write_files(spec, j, b, out, steps, signals, clock)
     out["trivial"] = trivial_scores(data)
     out["flags"] = flags(b.loop, out)
     return out
+
+
+def _train_record(b: Built, j: int, history: list[dict], steps: int) -> dict[str, Any]:
+    """How a job trained: steps, model selection, data sizes, the stack it was part of."""
+    module, state, data = b.module, b.module.state, b.datas[j]
+    best = [float(b.selection.best_score[m]) for m in module.jobs[j].models]
+    return {
+        "opt_steps": steps,
+        "max_steps": state.total_steps,
+        "eval_every": state.eval_every,
+        "steps_per_call": b.steps_per_call,
+        "batch_size": b.batch_size,
+        "stopped_early": steps < state.total_steps,
+        "best_val_nll": (best[0] if len(best) == 1 else sum(best) / len(best)) if b.has_val else None,
+        "last_val_nll": history[0]["val_nll"][-1] if history[0]["val_nll"] else None,
+        "model_selection": "best val/nll" if b.has_val else "last weights (no validation split)",
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "parameters": sum(p[0].numel() for p in module.weights().values()),
+        "stack": {"models": module.stack.size, "jobs": len(module.jobs), "members": len(module.jobs[j].models)},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _write_files(spec: JobSpec, j: int, b: Built, out: dict[str, Any], steps: int, signals: JobSignals,
+                 clock: JobClock) -> None:
+    """On rank 0: the selected weights, the loggers' hyperparameters and end, the figures; their paths into `out`."""
+    module, models, artifacts = b.module, b.module.jobs[j].models, out["artifacts"]
+    recalibration = module.jobs[j].recalibration
+    selected = b.selection.selected(module)
+    checkpoints.save_atomic({"state_dict": {k: v[models].cpu() for k, v in selected.items()},
+                             "config": spec.result.get("config") or OmegaConf.to_container(spec.cfg, resolve=True)},
+                            spec.run_dir / "checkpoints" / checkpoints.BEST)
+    signals.enter("writing figures")
+    log = b.logs[j]
+    if log:
+        log.hyperparams(flat_hparams(spec.cfg, spec.result["labels"]))
+        artifacts.update(log.locations(spec.run_dir))
+        out["sweep_end"] = log.sweep_hooks()
+    figures_started = time.perf_counter()
+    if spec.cfg.figures:
+        name = title(spec.result["labels"], str(spec.cfg.recalibrate))
+        artifacts.update(write_figures(name, predictor(module, j, b.preps[j]), b.preps[j], module.test_curves[j],
+                                       spec.run_dir, log, steps,
+                                       module.uncalibrated_curves[j] if recalibration.changes_density else None))
+    if log:
+        log.finalize("success")
+    out["timing"] = clock.summary(figures_s=time.perf_counter() - figures_started)
 
 
 # a run this much worse than predicting the training targets' mean and spread has not learned, whatever
