@@ -99,7 +99,8 @@ def mean_se(values: list[float | None]) -> tuple[float, float | None]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return float("nan"), None
-    m = math.fsum(vals) / len(vals)
+    m = sum(vals) / len(vals)
     if len(vals) < 2:
         return m, None
-    return m, math.sqrt(math.fsum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
+    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1)
+    return m, math.sqrt(var / len(vals))
