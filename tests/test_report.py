@@ -62,14 +62,14 @@ def test_throughput_ratio_when_both_gradient_paths_ran(sweep):
 
 def test_cli_rebuilds_and_refuses_empty_dirs(sweep, tmp_path):
     out = tmp_path / "cli_out"
-    proc = subprocess.run([sys.executable, "-m", "densbench.report.sweep", str(sweep / "sweep"), "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "densbench.report", str(sweep / "sweep"), "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (out / "report.md").exists() and (out / "summary.csv").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "densbench.report.sweep", str(empty)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "no result.json under" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "densbench.report", str(empty)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"densbench: no result.json under {empty}: nothing to report"
 
 
 def test_report_does_not_import_torch(sweep):
@@ -129,7 +129,7 @@ def test_unreadable_and_malformed_results_are_listed_and_the_exit_status_says_so
     assert "| `nometrics/result.json` | left out | malformed: status ok but no 'metrics' object |" in text
     assert "| `badvalue/result.json` | left out | malformed: metric 'nll' is not a number |" in text
     assert len(_rows(sweep / "out")) == 3  # the good runs are still reported
-    proc = subprocess.run([sys.executable, "-m", "densbench.report.sweep", str(sweep / "sweep"), "--out", str(tmp_path / "cli")],
+    proc = subprocess.run([sys.executable, "-m", "densbench.report", str(sweep / "sweep"), "--out", str(tmp_path / "cli")],
                           capture_output=True, text=True)
     assert proc.returncode == 3 and (tmp_path / "cli" / "report.md").exists()
     assert proc.stderr.count("left out of the report") == 3

@@ -191,10 +191,13 @@ def _main(argv: list[str] | None) -> None:
                         help="markdown: the full report and leaderboard.md; latex: the leaderboards as .tex tables")
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
+    # one line, not argparse's usage block: the command was right, the folder is not
     if not sweep.is_dir():
-        parser.error(f"{sweep} is not a directory")
+        print(f"densbench: {sweep} is not a directory", file=sys.stderr)
+        sys.exit(2)
     if not any(sweep.rglob(RESULT_FILE)):
-        parser.error(f"no result.json under {sweep}")
+        print(f"densbench: no result.json under {sweep}: nothing to report", file=sys.stderr)
+        sys.exit(2)
     out = report_dir(sweep, args.out)
     if args.format == "latex":
         for path in write_leaderboards(sweep, out, "latex", args.title):
