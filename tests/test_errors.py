@@ -83,10 +83,11 @@ def test_gpu_job_without_gpu_is_skipped(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["loss=foo"], "Could not find 'loss/foo'; choose one of: beta_nll, crps, faithful, glm, kl, mdn, nll"),
+        (["loss=foo"], "loss=foo is not an option; choose one of: beta_nll, crps, faithful, glm, kl, mdn, nll"),
+        (["loss=nlll"], "loss=nlll is not an option (did you mean nll?); choose one of: beta_nll,"),  # a typo: the nearest
         (["trainer.foo=1"], "Key 'foo' is not in struct"),
         (["trainer.batch_size=32"], "Key 'batch_size' is not in struct"),  # a loop key before the loop group
-        (["dataset=nope"], "Could not find 'dataset/nope'"),
+        (["dataset=nope"], "dataset=nope is not an option; choose one of: "),
     ],
 )
 def test_unknown_option_or_key_fails_before_training(tmp_path, args, message):
@@ -94,6 +95,6 @@ def test_unknown_option_or_key_fails_before_training(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("densbench: "), proc.stderr  # one line
-    if "Could not find" in message:
+    if "is not an option" in message:
         assert "; choose one of: " in proc.stderr  # the options, on the same line
     assert not list(tmp_path.rglob("result.json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig
 
 from densbench.config import CONFIG_NAME, config_dir
+from densbench.errors import closest
 from densbench.launching import parallel_stop
 from densbench.signals import Interrupted, install_process_handlers, process_stage
 
@@ -130,6 +132,10 @@ def one_line(exc: CompactHydraException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if isinstance(exc, MissingConfigException) and exc.options:
         head = next((line for line in lines if line.startswith("In ") or "Could not" in line), lines[0] if lines else "")
+        missing = re.search(r"Could not find '([\w/@.-]+)/([^'/]+)'", head)
+        if missing:  # an option of a config group that does not exist: as the user wrote it, with the nearest
+            group, name = missing.groups()
+            head = f"{group}={name} is not an option{closest(name, exc.options)}"
         return f"{head.split(': ', 1)[-1] if head.startswith('In ') else head}; choose one of: {', '.join(exc.options)}"
     text = " ".join(line for line in lines if not line.startswith(("Config search path", "provider=")))
     cause = exc.__cause__

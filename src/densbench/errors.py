@@ -17,11 +17,19 @@ class DataError(ValueError):
     """A dataset that cannot be used as configured (bad file, column, value or target)."""
 
 
+def closest(value: Any, allowed: Iterable[Any]) -> str:
+    """' (did you mean X?)' for the allowed value nearest a mistyped one, or '' when none is near."""
+    import difflib
+
+    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
 def one_of(key: str, value: Any, allowed: Iterable[Any]) -> None:
-    """Refuse a value outside `allowed`, listing what is allowed."""
+    """Refuse a value outside `allowed`, listing what is allowed (and the nearest, for a typo)."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}={value!r} is not allowed{closest(value, allowed)}; choose one of: {', '.join(map(str, allowed))}")
 
 
 def positive(key: str, value: Any, integer: bool = False, allow_null: bool = False) -> None:
