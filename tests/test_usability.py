@@ -104,3 +104,32 @@ def test_the_first_job_of_a_process_counts_its_start_up_from_the_interpreter(tmp
     startup = float(out.stdout.strip().splitlines()[-1])
     # the imports of torch and Lightning happened before the job started, and are counted
     assert startup > 0.3
+
+
+def test_list_shows_losses_heads_the_pairs_that_fit_and_datasets_with_their_support(tmp_path):
+    # every cell of the pairs table is what the torch-free check decides for that pair
+    from densbench.runs.checks import Incompatible, check_config
+
+    proc = run_cli(["list"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.strip().startswith("loss \\ head")))
+    heads = lines[header].split()[3:]
+    table = {}
+    for line in lines[header + 1:]:
+        if not line.strip():
+            break
+        name, *cells = line.split()
+        table[name] = dict(zip(heads, cells))
+    assert {"nll", "kl", "pinball"} <= set(table) and {"gaussian", "mixture", "lognormal"} <= set(heads)
+    for loss, head in (("kl", "gaussian"), ("kl", "mixture"), ("pinball", "negbin"), ("faithful", "laplace")):
+        try:
+            check_config(make_cfg(f"loss={loss}", f"head={head}", "dataset=hetero_sine" if head != "negbin" else "dataset=sine_poisson"))
+            fits = "yes"
+        except Incompatible:
+            fits = "-"
+        assert table[loss][head] == fits, (loss, head)
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith("  sine_lognormal") or line.startswith("  doctorvisits")}
+    assert rows["sine_lognormal"][1:4] == ["regression", "3500", "positive"]
+    assert rows["doctorvisits"][1:4] == ["count", "5190", "counts"]
+    assert not list(tmp_path.iterdir())  # nothing written

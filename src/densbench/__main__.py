@@ -107,6 +107,11 @@ def sweep(overrides: list[str]) -> int:
 
 def main() -> None:
     """Console entry point."""
+    if sys.argv[1:] == ["list"]:  # what there is to run: losses, heads, the pairs that fit, datasets
+        from densbench.runs.listing import listing
+
+        print(listing())
+        return
     install_process_handlers()
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     # Hydra prints a config it cannot compose in several lines (and a hint about HYDRA_FULL_ERROR);
