@@ -96,6 +96,7 @@ def test_signal_or_kill_in_a_subprocess_resumes_bit_for_bit(tmp_path, reference,
     assert second.returncode == 0, second.stderr[-2000:]
     res = _read(tmp_path / "run")
     assert res["status"] == "ok" and res["resumed_from_step"] == resumed_at
+    assert f"(resumed from step {resumed_at})" in second.stderr.strip().splitlines()[-1]  # the last line says so
     assert _numbers(res) == _numbers(ref)
 
 

@@ -133,3 +133,12 @@ def test_list_shows_losses_heads_the_pairs_that_fit_and_datasets_with_their_supp
     assert rows["sine_lognormal"][1:4] == ["regression", "3500", "positive"]
     assert rows["doctorvisits"][1:4] == ["count", "5190", "counts"]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_recalibrated_runs_last_line_shows_its_scores_as_trained_beside_the_recalibrated(tmp_path):
+    proc = run_cli(["experiment=fast", "recalibrate=isotonic", "logger=none", "figures=false", f"hydra.run.dir={tmp_path}/run"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    after, before = res["metrics"]["nll"], res["metrics_uncalibrated"]["nll"]
+    assert f"densbench: ok  nll {after:.4g} (as trained {before:.4g})" in proc.stderr.strip().splitlines()[-1]

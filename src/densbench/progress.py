@@ -54,21 +54,32 @@ def duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def metrics_text(metrics: dict[str, Any]) -> str:
-    """The key test metrics of a result, as 'nll 0.5301  crps 0.2279 ...'."""
+def metrics_text(metrics: dict[str, Any], as_trained: dict[str, Any] | None = None) -> str:
+    """The key test metrics of a result, as 'nll 0.5301  crps 0.2279 ...'; with `as_trained` (a recalibrated
+    run's metrics before recalibration), each that changed as 'nll 0.927 (as trained 0.848)'."""
     parts = []
     for name in ON_THE_LAST_LINE:
         value = metrics.get(name)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            parts.append(f"{name} {value:.4g}")
+            before = (as_trained or {}).get(name)
+            changed = isinstance(before, (int, float)) and math.isfinite(before) and f"{before:.4g}" != f"{value:.4g}"
+            parts.append(f"{name} {value:.4g}" + (f" (as trained {before:.4g})" if changed else ""))
     return "  ".join(parts)
+
+
+def _result_text(result: dict[str, Any]) -> str:
+    """What a finished run's line says of its scores: recalibrated beside as trained, and a resume."""
+    text = metrics_text(result.get("metrics") or {}, result.get("metrics_uncalibrated"))
+    if result.get("resumed_from_step"):
+        text += f"  (resumed from step {result['resumed_from_step']})"
+    return text
 
 
 def run_line(result: dict[str, Any], run_dir: str | Path, reused: bool = False) -> str:
     """The one line that ends a run: status, key test metrics (or the error), wall time, run directory."""
     status = result.get("status", "?")
     if status == "ok":
-        what = metrics_text(result.get("metrics") or {})
+        what = _result_text(result)
         seconds = (result.get("timing") or {}).get("total_s", result.get("wall_time_s", 0.0))  # start-up included
         took = "" if reused else f"  in {duration(seconds)}"
         head = "reused an earlier ok result:" if reused else "ok"
@@ -108,7 +119,7 @@ def sweep_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     for name, res in rows[:TABLE_ROWS]:
         shown = name if len(name) <= width else "..." + name[-(width - 3):]
         status = res.get("status", "?")
-        what = metrics_text(res.get("metrics") or {}) if status == "ok" else str(res.get("error") or "")[:80]
+        what = _result_text(res) if status == "ok" else str(res.get("error") or "")[:80]
         if status == "ok" and res.get("flags"):
             status, what = "flagged", f"{what}  ({res['flags'][0].split(':')[0]}{', ...' if len(res['flags']) > 1 else ''})"
         lines.append(f"  {shown:<{width}}  {status:<11}  {what}")
