@@ -142,6 +142,7 @@ def test_targets_outside_a_familys_support_are_refused_in_one_line_saying_how_ma
 
     d = load("sine_lognormal")
     check_support(Positive(), d)  # all positive: accepted
+    check_support(Positive(), type(d)(**{**d.__dict__, "val": d.val[:0]}))  # an empty split has nothing outside
     d.y[d.val[3]] = -2.5
     d.y[d.test[:2]] = 0.0
     with pytest.raises(Incompatible) as exc:

@@ -142,3 +142,22 @@ def test_a_recalibrated_runs_last_line_shows_its_scores_as_trained_beside_the_re
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     after, before = res["metrics"]["nll"], res["metrics_uncalibrated"]["nll"]
     assert f"densbench: ok  nll {after:.4g} (as trained {before:.4g})" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args,line", [
+    (["dataset=csv", "dataset.path=/no/such/file.csv"], "densbench: dataset.path='/no/such/file.csv': no such file"),
+    (["dataset=concrete", "dataset.protocol=uci", "dataset.root=/no/such/folder"],
+     "densbench: dataset.root=/no/such/folder: no concrete/data/data.txt there"),
+    (["optimizer.lr=-1"], "densbench: optimizer.lr=-1 must be a positive number"),
+])
+def test_a_refused_run_says_why_in_one_line_before_torch_and_leaves_no_folder(tmp_path, args, line):
+    # -X importtime lists every module imported: torch must not be among them
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "densbench", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    said = [x for x in proc.stderr.splitlines() if not x.startswith("import time:")]
+    assert len(said) == 1 and said[0].startswith(line), said
+    assert not any(x.split("|")[-1].strip() == "torch" for x in proc.stderr.splitlines() if x.startswith("import time:"))
+    assert not list(tmp_path.iterdir())  # no outputs/ folder

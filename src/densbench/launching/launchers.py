@@ -64,10 +64,32 @@ class ParallelWorkers(Callback):
             executor.shutdown(wait=True, kill_workers=True)
 
 
+def refuse_bad_config(cfg: DictConfig) -> None:
+    """Exit with one line if the config is invalid, its parts do not fit or its data files are missing,
+    before torch is imported. A sweep instead records such a job (failed, or skipped when incompatible)."""
+    import sys
+
+    from densbench.errors import ConfigError, DataError
+    from densbench.runs.checks import Incompatible, check_config
+
+    try:
+        check_config(cfg)
+    except Incompatible as exc:
+        print(f"densbench: incompatible: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except (ConfigError, DataError) as exc:
+        print(f"densbench: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 class OutputCheck(Callback):
-    """Before anything runs: the output directory must be writable, else one line says so."""
+    """Before anything runs: a single run's config is checked (a refused run leaves no folder behind),
+    and the output directory must be writable; else one line says why."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        refuse_bad_config(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
         self._check(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -91,6 +91,7 @@ def check_config(cfg: DictConfig) -> Plan:
     objective: Objective = instantiate_checked(cfg.loss)
     head: Family = instantiate_checked(cfg.head)
     kind = data.describe(cfg.dataset)
+    data.tables.check_source(cfg.dataset)  # a missing file is refused here, before torch loads
     plan = Plan(objective, head, kind.task, kind.truth, loop)
     check_pair(plan, str(cfg.grad), cfg.dataset.name)
     check_recalibration(cfg, plan.task)
@@ -218,6 +219,8 @@ def check_support(family: Family, data: Any) -> None:
     counts, first = [], None
     for split in ("train", "val", "test"):
         rows = getattr(data, split)
+        if not len(rows):  # an empty split (no validation rows) has nothing outside
+            continue
         outside = rows[family.outside_support(data.y[rows]).reshape(len(rows), -1).any(1)]
         if len(outside):
             counts.append(f"{split} {len(outside)} of {len(rows)}")
