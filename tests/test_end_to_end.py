@@ -24,7 +24,7 @@ def headline_sweep(tmp_path_factory):
 
 def _results(tmp):
     found = [(p.parent, json.loads(p.read_text())) for p in (tmp / "multirun").rglob("result.json")]
-    # keyed by the swept loss, from the run directory's name (loss=mdn is the NLL objective with a mixture head)
+    # keyed by the swept loss, from the run directory's name
     return {d.name.split("loss=")[-1]: (d, res) for d, res in found}
 
 
@@ -36,7 +36,7 @@ def test_one_ok_result_per_job(headline_sweep):
         assert res["status"] == "ok", res.get("error")
         assert run_dir.name.endswith(f"loss={name}")  # run directories are named after the job's overrides
         assert (res["labels"]["loss"], res["labels"]["head"]) == {"kl": ("kl", "gaussian"), "nll": ("nll", "gaussian"),
-                                                                   "mdn": ("nll", "mixture")}[name]
+                                                                   "mdn": ("mdn", "mixture")}[name]  # its own name
         m = res["metrics"]
         for key in ("nll", "rmse", "oracle_nll", "kl_truth", "crps", "mace", "coverage90", "sharpness", "train_samples_per_s"):
             assert isinstance(m[key], float)
@@ -71,7 +71,7 @@ def test_tensorboard_events_have_the_tags(headline_sweep):
         assert "_hparams_/experiment" not in hp and "_hparams_/session_start_info" in hp
         sessions[run] = dict(metadata.parse_session_start_info_plugin_data(hp["_hparams_/session_start_info"]).hparams)
     values = {key: {str(s[key]) for s in sessions.values()} for key in ("loss", "head", "lr", "dataset")}
-    assert len(values["loss"]) == 2 and len(values["head"]) == 2  # kl/nll, gaussian/mixture: they differ
+    assert len(values["loss"]) == 3 and len(values["head"]) == 2  # kl/nll/mdn, gaussian/mixture: they differ
     assert len(values["lr"]) == 1 and len(values["dataset"]) == 1
 
 
@@ -84,7 +84,7 @@ def test_tensorboard_hparams_table_shows_the_swept_keys_and_the_headline_metrics
     assert {h.name for h in experiment.hparam_infos if h.differs} == {"loss", "head"} <= set(shown)
     assert [m.name.tag for m in experiment.metric_infos][:3] == ["test/nll", "test/crps", "test/rmse"]
     domains = {h.name: {v.string_value for v in h.domain_discrete.values} for h in experiment.hparam_infos}
-    assert domains["loss"] == {"kl", "nll"} and domains["head"] == {"gaussian", "mixture"}
+    assert domains["loss"] == {"kl", "nll", "mdn"} and domains["head"] == {"gaussian", "mixture"}
     # one session group per run, its metric columns equal to the run's result.json
     results = {res["labels"]["loss"] + "/" + res["labels"]["head"]: res for _, res in _results(tmp).values()}
     assert len(groups) == 3
@@ -120,7 +120,7 @@ def test_report_written_after_the_sweep(headline_sweep):
     tmp, _ = headline_sweep
     report = tmp / "multirun" / "report" / "report.md"
     text = report.read_text()
-    assert "| hetero_sine | gaussian | kl |" in text and "| hetero_sine | mixture | nll |" in text
+    assert "| hetero_sine | gaussian | kl |" in text and "| hetero_sine | mixture | mdn |" in text
     assert (tmp / "multirun" / "report" / "summary.csv").read_text().count("\n") == 4
 
 

@@ -42,7 +42,7 @@ def recipes() -> dict[str, Recipe]:
 
 
 def _objective(loss: str) -> str:
-    # loss configs can be aliases (loss=mdn is the NLL objective with a mixture head): runs record the objective
+    # runs record the objective class a loss config names (several configs may name one class)
     return str(OmegaConf.load(Path(config_dir(), "loss", f"{loss}.yaml")).get("_target_", loss))
 
 

@@ -2,8 +2,8 @@
 
 The autograd path differentiates the family's ``nll_terms`` (by default -log_prob); grad=analytic uses
 the family's ``nll_kernel`` where it has one. Terms of the targets alone (lgamma(y + 1) of count
-families) are the family's ``nll_constant``, computed once per target tensor. ``loss=mdn`` is this
-objective with a mixture head.
+families) are the family's ``nll_constant``, computed once per target tensor. ``loss=mdn``
+(densbench.objectives.mdn) is this objective with a mixture head, under its own name.
 """
 
 from __future__ import annotations
