@@ -66,6 +66,11 @@ def test_cli_rebuilds_and_refuses_empty_dirs(sweep, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (out / "report.md").exists() and (out / "summary.csv").exists()
+    # the leaderboard beside it, one row per configuration of summary.csv, its best cell per column in bold
+    board = (out / "leaderboard.md").read_text()
+    with open(out / "summary.csv") as f:
+        configurations = len(f.readlines()) - 1
+    assert board.count("\n| ") >= configurations and "**" in board
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = subprocess.run([sys.executable, "-m", "densbench.report", str(empty)], capture_output=True, text=True)

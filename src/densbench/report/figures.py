@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from densbench.atomic import replacing, save_figure
-from densbench.metric_catalog import columns
+from densbench.metric_catalog import columns, lower_is_better
 from densbench.report.rows import GROUP_KEYS
 
 
@@ -83,10 +83,12 @@ def _draw_all(tasks: list[tuple[Any, tuple]]) -> None:
 
 
 def _draw_comparison(ds: str, rs: list[dict], path: Path) -> None:
-    """Each configuration's test NLL and calibration error (ECE for classes) on one dataset, with standard errors."""
+    """Each configuration's test NLL, CRPS and calibration error (ECE for classes) on one dataset, with standard errors."""
     import matplotlib.pyplot as plt
 
-    metrics = [(m, f"test {h}") for m, h in columns("nll", "mace", "ece") if any(r.get(m) is not None for r in rs)]
+    direction = {True: "lower is better", False: "higher is better", None: ""}
+    metrics = [(m, f"test {h} ({direction[lower_is_better(m)]})") for m, h in columns("nll", "crps", "mace", "ece")
+               if any(r.get(m) is not None for r in rs)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.6 * len(rs) + 1.6), squeeze=False)
     names = [_short(r) for r in rs]
     for ax, (m, h) in zip(axes[0], metrics):

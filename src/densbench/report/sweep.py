@@ -36,13 +36,17 @@ def write_leaderboards(sweep_dir: str | Path, out_dir: str | Path, fmt: str, tit
     """leaderboard.tex or .md (every configuration) and, with UCI-protocol runs, uci_leaderboard beside it."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     results, _ = scan_results(sweep_dir)
-    rows = summarise(group_results(results))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _leaderboards(results, summarise(group_results(results)), out_dir, fmt, title or sweep_dir.name)
+
+
+def _leaderboards(results: list[tuple[Path, dict]], rows: list[dict], out_dir: Path, fmt: str, title: str) -> list[Path]:
+    """The sweep's leaderboard and, with UCI-protocol runs, the UCI one, written as Markdown or LaTeX."""
     render, ext = (to_latex, "tex") if fmt == "latex" else (to_markdown, "md")
-    boards = {"leaderboard": sweep_leaderboard(rows, title or sweep_dir.name)} if rows else {}
+    boards = {"leaderboard": sweep_leaderboard(rows, title)} if rows else {}
     uci = uci_report.leaderboard_of(results)
     if uci is not None:
         boards["uci_leaderboard"] = uci
-    out_dir.mkdir(parents=True, exist_ok=True)
     return [write_text(out_dir / f"{name}.{ext}", render(board)) for name, board in boards.items()]
 
 
@@ -56,7 +60,7 @@ class Written:
 
 def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None = None,
                  scanned: tuple[list[tuple[Path, dict]], list[tuple[Path, str]]] | None = None) -> Written:
-    """Build report.md, summary.csv, runs.csv and figures for every result.json under sweep_dir
+    """Build report.md, summary.csv, runs.csv, leaderboard.md and figures for every result.json under sweep_dir
     (`scanned`: what scan_results(sweep_dir) returned, when the caller has read them already)."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     results, skipped = scanned if scanned is not None else scan_results(sweep_dir)
@@ -68,6 +72,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None =
                + [c for m, _ in RECALIBRATION_COLUMNS for c in (f"{m}_before", f"{m}_before_se")], rows)
     _write_csv(out_dir / "runs.csv", RUN_COLUMNS + CSV_METRICS, [_run_row(p, r, sweep_dir) for p, r in results])
     figures = draw_figures(groups, rows, out_dir, results)
+    _leaderboards(results, rows, out_dir, "markdown", title or sweep_dir.name)  # beside the report, as the CLI's
     md = markdown(title or sweep_dir.name, sweep_dir, results, rows, figures, skipped)
     return Written(write_text(out_dir / "report.md", md), skipped)
 
