@@ -9,7 +9,7 @@ In order (a step's outputs can be the next one's inputs):
    written into conf/experiment/uci_<dataset>.yaml (reports/uci_search.*);
 2. ``suite``: scripts/uci_suite.py --publish, the whole UCI suite with its report and LaTeX tables (reports/uci);
 3. ``headline``: the README's sweep, ``python -m densbench -m loss=kl,nll,mdn`` (reports/loss=kl,nll,mdn);
-4. the benchmarks: bench_stacked, bench_eval, bench_grads, bench_overhead, bench_numerics (reports/bench_*).
+4. the benchmarks: bench_stacked, bench_eval, bench_grads, bench_overhead, bench_numerics, bench_counts (reports/bench_*).
 
 Every step runs with resume=false (nothing reused from an earlier run) in a fresh process; what ran,
 how long each step took, its exit status and the source hash of the code are written to
@@ -47,6 +47,7 @@ STEPS = {
     "bench_overhead": [PY, "scripts/bench_overhead.py", "--repeats", "2", "--sweep-repeats", "1", "--steps-fraction", "0.2",
                        "--sweeps", "none"],
     "bench_numerics": [PY, "scripts/bench_numerics.py", "--pairs", "1"],
+    "bench_counts": [PY, "scripts/bench_counts.py", "--pairs", "1", "--steps", "600"],
 }
 
 

@@ -161,3 +161,14 @@ def test_a_refused_run_says_why_in_one_line_before_torch_and_leaves_no_folder(tm
     assert len(said) == 1 and said[0].startswith(line), said
     assert not any(x.split("|")[-1].strip() == "torch" for x in proc.stderr.splitlines() if x.startswith("import time:"))
     assert not list(tmp_path.iterdir())  # no outputs/ folder
+
+
+def test_the_count_head_benchmark_times_a_whole_run_and_reads_its_step_time(tmp_path):
+    # scripts/bench_counts.py on a small slice: one negbin run of 20 steps
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import bench_counts
+    finally:
+        sys.path.pop(0)
+    out = bench_counts.one_run(["head=negbin"], steps=20)
+    assert out["wall_s"] > 0 and out["step_time_ms"] > 0 and out["nll"] == out["nll"]  # finite, not NaN
