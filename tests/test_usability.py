@@ -173,3 +173,13 @@ def test_the_count_head_benchmark_times_a_whole_run_and_reads_its_step_time(tmp_
         sys.path.pop(0)
     out = bench_counts.one_run(["head=negbin"], steps=20)
     assert out["wall_s"] > 0 and out["step_time_ms"] > 0 and math.isfinite(out["nll"])
+
+
+def test_help_opens_with_the_commands_a_user_needs_first(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0
+    first = proc.stdout.splitlines()
+    assert first[0].startswith("densbench: ") and "powered by Hydra" not in proc.stdout
+    for command in ("python -m densbench list", "python -m densbench -m loss=kl,nll,mdn", "python -m densbench.report"):
+        assert any(line.strip().startswith(command) for line in first[:10]), command
+    assert "loss: beta_nll, crps" in proc.stdout  # Hydra's list of every group's options follows
