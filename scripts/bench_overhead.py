@@ -135,7 +135,9 @@ def headline(repeats: int) -> dict:
         for r in range(repeats):
             for which in (["densbench", "plain"] if r % 2 == 0 else ["plain", "densbench"]):
                 if which == "densbench":
-                    cmd = [py, "-m", "densbench", "-m", "loss=kl,nll,mdn", f"hydra.sweep.dir={tmp}/sweep{r}", f"report.dir={tmp}/reports"]
+                    # every step trained, as the plain loops do (early stopping would make densbench's side shorter)
+                    cmd = [py, "-m", "densbench", "-m", "loss=kl,nll,mdn", "loop.early_stopping_patience=null",
+                           f"hydra.sweep.dir={tmp}/sweep{r}", f"report.dir={tmp}/reports"]
                     out["densbench"].append(run(cmd, tmp))
                 else:
                     out["plain"].append(sum(run([py, str(ROOT / "scripts" / "plain_loops.py"), "--loss", loss], tmp) for loss in ("kl", "nll", "mdn")))
@@ -157,7 +159,8 @@ def parallel(repeats: int, chosen: list[str]) -> dict:
                 for which in (["sequential", "parallel"] if r % 2 == 0 else ["parallel", "sequential"]):
                     launcher = "launcher=parallel" if which == "parallel" else "launcher=basic"
                     d = tmp / f"{len(out)}{which}{r}"
-                    cmd = [py, "-m", "densbench", "-m", *args, launcher, f"hydra.sweep.dir={d}", f"report.dir={tmp}/reports"]
+                    cmd = [py, "-m", "densbench", "-m", *args, launcher, "loop.early_stopping_patience=null", f"hydra.sweep.dir={d}",
+                           f"report.dir={tmp}/reports"]
                     times[which].append(run(cmd, tmp))
                     if which == "sequential":
                         jobs = sorted(json.loads(p.read_text())["wall_time_s"] for p in d.rglob("result.json"))

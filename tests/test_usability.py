@@ -145,6 +145,25 @@ def test_a_recalibrated_runs_last_line_shows_its_scores_as_trained_beside_the_re
     assert f"densbench: ok  nll {after:.4g} (as trained {before:.4g})" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_early_stopping_is_on_by_default_and_the_last_line_says_where_a_run_stopped(tmp_path):
+    # doctorvisits' negative binomial overfits 128 rows within a few hundred steps: the default patience
+    # (10 validations) ends it long before 2000 steps, and the line a user reads says so
+    proc = run_cli(["experiment=fast", "dataset=doctorvisits", "head=negbin", "loop.max_steps=2000", "loop.eval_every=10",
+                    "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    train = json.loads((tmp_path / "run" / "result.json").read_text())["train"]
+    assert train["stopped_early"] and train["opt_steps"] < 2000
+    assert f"(stopped early at step {train['opt_steps']} of 2000)" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_uci_protocol_and_the_documents_train_their_published_steps_without_early_stopping():
+    from densbench.config import compose_config
+
+    assert compose_config([]).loop.early_stopping_patience == 10
+    for experiment in ("uci_concrete", "glm_doc", "mdn_doc", "hetero_doc"):
+        assert compose_config([f"experiment={experiment}"]).loop.early_stopping_patience is None, experiment
+
+
 @pytest.mark.parametrize("args,line", [
     (["dataset=csv", "dataset.path=/no/such/file.csv"], "densbench: dataset.path='/no/such/file.csv': no such file"),
     (["dataset=concrete", "dataset.protocol=uci", "dataset.root=/no/such/folder"],

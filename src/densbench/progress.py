@@ -68,8 +68,11 @@ def metrics_text(metrics: dict[str, Any], as_trained: dict[str, Any] | None = No
 
 
 def _result_text(result: dict[str, Any]) -> str:
-    """What a finished run's line says of its scores: recalibrated beside as trained, and a resume."""
+    """What a finished run's line says of its scores: recalibrated beside as trained, early stopping, a resume."""
     text = metrics_text(result.get("metrics") or {}, result.get("metrics_uncalibrated"))
+    train = result.get("train") or {}
+    if train.get("stopped_early"):  # the steps a user asked for were not all trained: say so, and where it stopped
+        text += f"  (stopped early at step {train['opt_steps']} of {train['max_steps']})"
     if result.get("resumed_from_step"):
         text += f"  (resumed from step {result['resumed_from_step']})"
     return text

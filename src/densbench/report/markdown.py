@@ -50,7 +50,8 @@ def _main_table(rows: list[dict]) -> list[str]:
     marks = best_marks(rows)
     lines = ["| " + " | ".join(keys + ["runs"] + [h for _, h in cols]) + " |", "|" + "---|" * (len(keys) + 1 + len(cols))]
     for i, r in enumerate(rows):
-        runs = f"{r['runs']} ({r['flagged']} flagged)" if r["flagged"] else str(r["runs"])
+        notes = [f"{r[k]} {k.replace('_', ' ')}" for k in ("flagged", "stopped_early") if r.get(k)]
+        runs = f"{r['runs']} ({', '.join(notes)})" if notes else str(r["runs"])
         cells = [_cell(r[k]) for k in keys] + [runs]
         for m, _ in cols:
             c = fmt(r.get(m, float("nan")), r.get(f"{m}_se"), 0 if m == "train_samples_per_s" else 3)

@@ -118,6 +118,7 @@ def summarise(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
         row["method"] = method_of(runs[0].get("config") or {}, runs[0].get("labels") or {})
         row["runs"] = len(runs)
         row["flagged"] = sum(1 for r in runs if r.get("flags"))
+        row["stopped_early"] = sum(1 for r in runs if (r.get("train") or {}).get("stopped_early"))
         row["recalibrate"] = (runs[0].get("config") or {}).get("recalibrate", "none")
         for m in CSV_METRICS:
             vals = [r.get("metrics", {}).get(m) for r in runs]

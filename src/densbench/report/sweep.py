@@ -67,7 +67,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, title: str | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_results(results)
     rows = summarise(groups)
-    _write_csv(out_dir / "summary.csv", list(ROW_KEYS) + ["method", "recalibrate", "runs", "flagged"]
+    _write_csv(out_dir / "summary.csv", list(ROW_KEYS) + ["method", "recalibrate", "runs", "flagged", "stopped_early"]
                + [c for m in CSV_METRICS for c in (m, f"{m}_se")]
                + [c for m, _ in RECALIBRATION_COLUMNS for c in (f"{m}_before", f"{m}_before_se")], rows)
     _write_csv(out_dir / "runs.csv", RUN_COLUMNS + CSV_METRICS, [_run_row(p, r, sweep_dir) for p, r in results])
