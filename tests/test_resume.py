@@ -279,6 +279,9 @@ def test_an_unwritable_output_directory_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_two_identical_sweeps_at_once_run_every_job_once(tmp_path):
+    # the sweep's HParams experiment, written into one run's folder: not a process that trained it
+    from densbench.report.tb_experiment import FILE as DECLARATION
+
     args = [sys.executable, "-m", "densbench", "-m", "experiment=fast", "seed=0,1", "loop.max_steps=400",
             f"hydra.sweep.dir={tmp_path}/mr"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -290,7 +293,7 @@ def test_two_identical_sweeps_at_once_run_every_job_once(tmp_path):
     assert len(runs) == 2
     for run in runs:
         # event file names end in host.pid.n: the processes that trained this run
-        writers = {e.name.split(".")[-2] for e in (run / "tb").glob("events.out.tfevents.*")}
+        writers = {e.name.split(".")[-2] for e in (run / "tb").glob("events.out.tfevents.*") if e.name != DECLARATION}
         assert len(writers) == 1, f"{run} was trained by {len(writers)} processes"
         assert _read(run)["status"] == "ok"
     err = outs[0][1] + outs[1][1]
@@ -525,7 +528,7 @@ def test_a_disk_error_in_hydras_record_of_one_job_fails_that_job_alone(tmp_path,
     # Hydra writes .hydra/hydra.yaml before the task runs; a directory in its place fails that open
     # as a full or read-only disk would (and does so for root too); the stacked launcher writes the
     # .hydra files after the job, whose own record stands
-    blocked = tmp_path / "mr" / "experiment=fast,seed=1" / ".hydra" / "hydra.yaml"
+    blocked = tmp_path / "mr" / "experiment=fast__seed=1" / ".hydra" / "hydra.yaml"
     blocked.mkdir(parents=True)
     extra = {"parallel": ["launcher=parallel", "hydra.launcher.n_jobs=2"], "stacked": ["launcher=stacked"]}.get(launcher, [])
     proc = run_cli(["-m", "experiment=fast", "seed=0,1,2", *extra, f"hydra.sweep.dir={tmp_path}/mr"], cwd=tmp_path)
@@ -533,11 +536,11 @@ def test_a_disk_error_in_hydras_record_of_one_job_fails_that_job_alone(tmp_path,
     records = {p.parent.name: _read(p.parent)["status"] for p in (tmp_path / "mr").rglob("result.json")}
     assert (tmp_path / "mr" / "report" / "report.md").exists()  # the sweep went on to its end
     if launcher == "stacked":
-        assert proc.returncode == 0 and records == {f"experiment=fast,seed={s}": "ok" for s in (0, 1, 2)}
+        assert proc.returncode == 0 and records == {f"experiment=fast__seed={s}": "ok" for s in (0, 1, 2)}
         assert f"densbench: Hydra's record of the job was not written: Is a directory: {blocked}" in proc.stderr
         return
     assert proc.returncode == 1
-    assert records == {"experiment=fast,seed=0": "ok", "experiment=fast,seed=2": "ok"}
+    assert records == {"experiment=fast__seed=0": "ok", "experiment=fast__seed=2": "ok"}
     assert f"densbench: failed: IsADirectoryError: Is a directory: {blocked}  ->  {blocked.parent.parent}" in proc.stderr
     assert "densbench: 1 job could not write a record (IsADirectoryError: Is a directory" in proc.stderr
 

@@ -51,8 +51,8 @@ def test_a_sweep_counts_its_jobs_and_ends_with_a_table_and_its_report(tmp_path):
     # loss=kl needs a true Gaussian p(y|x), which faithful does not have: skipped, and counted as such
     assert "densbench: [4/4] jobs done: 3 ok, 1 skipped" in proc.stderr
     table = proc.stderr.split("densbench: sweep results\n")[1]
-    assert re.search(r"dataset=faithful,experiment=fast,logger=none,loss=nll +ok +nll ", table)
-    assert re.search(r"dataset=faithful,experiment=fast,logger=none,loss=kl +skipped +incompatible", table)
+    assert re.search(r"dataset=faithful__experiment=fast__logger=none__loss=nll +ok +nll ", table)
+    assert re.search(r"dataset=faithful__experiment=fast__logger=none__loss=kl +skipped +incompatible", table)
     assert (tmp_path / "mr" / "report" / "report.md").exists()  # inside the sweep, not in the checkout
     assert f"report written to {tmp_path}/mr/report/report.md" in proc.stdout
     published = run_cli(["-m", "experiment=fast", "loss=nll", "logger=none", f"hydra.sweep.dir={tmp_path}/mr2",
@@ -68,9 +68,19 @@ def test_long_run_names_keep_every_key_and_what_varies():
     assert a != b and a.endswith("grad=analytic") and b.endswith("grad=autograd")
     for name in (a, b):
         assert len(name) <= 240
-        for key in ("dataset.path=", "dataset.target=price", "model.hidden=[64,64]", "loop.batch_size=512"):
+        for key in ("dataset.path=", "dataset.target=price", "model.hidden=64,64", "loop.batch_size=512"):
             assert key in name
-    assert slug("experiment=fast,loss=nll") == "experiment=fast,loss=nll"  # short names unchanged
+    assert slug("experiment=fast,loss=nll") == "experiment=fast__loss=nll"  # short names keep every character
+
+
+def test_run_folders_separate_keys_one_way_and_hold_no_shell_special_character(tmp_path):
+    # a list value keeps its commas but loses its brackets (shell globs); keys are always apart by "__"
+    proc = run_cli(["-m", "experiment=fast", "loss=nll,kl", "logger=[tensorboard,csv]"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = tmp_path / "multirun" / "experiment=fast__loss=nll,kl__logger=tensorboard,csv"
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "result.json").exists())
+    assert jobs == ["experiment=fast__logger=tensorboard,csv__loss=kl", "experiment=fast__logger=tensorboard,csv__loss=nll"]
+    assert slug("dataset.path=/a/b__c.csv__loss=nll") == "dataset.path=-a-b_c.csv__loss=nll"
 
 
 def test_threads_auto_uses_every_core_only_for_large_steps():

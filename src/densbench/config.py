@@ -39,11 +39,16 @@ def config_dir() -> str:
 
 
 NAME_LIMIT = 240  # characters of a run or sweep directory name (file systems allow 255 bytes)
-_ITEM_START = re.compile(r"(?:,|__)(?=[+~]?[A-Za-z_][\w.@/]*=)")  # a separator that begins another key=value
+# a separator that begins another key=value (a key holds no "__", so "a=x,y__b=z" splits only before b)
+_ITEM_START = re.compile(r"(?:,|__)(?=[+~]?[A-Za-z_](?:[A-Za-z0-9.@/]|_(?!_))*=)")
+
+
+KEY_SEP = "__"  # between the key=value items of a run or sweep name; "," only ever separates one key's values
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9=,._+@\[\]-]+", "-", text).strip("-")
+    # brackets are shell globs: a list value [a,b] is written a,b; "__" inside an item would read as KEY_SEP
+    return re.sub(r"_{2,}", "_", re.sub(r"[^A-Za-z0-9=,._+@-]+", "-", re.sub(r"[][]", "", text)).strip("-"))
 
 
 def _shorten_value(item: str, keep: int = 12) -> str:
@@ -53,7 +58,7 @@ def _shorten_value(item: str, keep: int = 12) -> str:
     return f"{key}={value[:keep]}-{hashlib.sha1(value.encode()).hexdigest()[:6]}"
 
 
-def slug(text: str, limit: int = NAME_LIMIT, sep: str = ",") -> str:
+def slug(text: str, limit: int = NAME_LIMIT, sep: str = KEY_SEP) -> str:
     """A directory-safe name of key=value items that keeps every key readable.
 
     Short names stay as they are. A long one has its longest values cut to a prefix and a short hash,
@@ -112,7 +117,7 @@ def run_name(name: str | None) -> str:
     """`name` if given, else a slug of the command-line overrides."""
     if not is_unset(name):
         return slug(name)
-    return slug("__".join(command_overrides()), sep="__") if command_overrides() else "default"
+    return slug(KEY_SEP.join(command_overrides())) if command_overrides() else "default"
 
 
 def register_resolvers() -> None:
