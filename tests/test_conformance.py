@@ -27,7 +27,7 @@ from torch.autograd import gradcheck
 from conftest import make_cfg
 from densbench import objectives
 from densbench.distributions import families
-from densbench.distributions import ops
+from densbench.distributions import dispatch, ops
 from densbench.evaluation import recalibration
 from densbench.runs.checks import Incompatible, check_config
 from densbench.config import config_dir
@@ -124,10 +124,13 @@ def test_quantiles_invert_the_cdf(fam, task):
 
 
 @pytest.mark.parametrize("fam,task", FAMILIES)
-def test_the_crps_trait_says_whether_a_closed_form_is_registered(fam, task):
+def test_a_family_names_the_distribution_it_builds_and_its_capabilities_are_what_is_registered_for_it(fam, task):
     with torch.no_grad():
         dist = fam.distribution(_raw(fam, n=4))
-    assert ("crps" in fam.traits) == (ops.crps.closed_form(type(dist)) is not None)
+    assert dispatch._resolve(fam.distribution_type) is type(dist)
+    for operation in ("crps", "cdf", "icdf", "rescale", "binned_log_prob", "quadrature"):
+        registered = getattr(ops, operation).closed_form(type(dist))
+        assert fam.has_closed_form(operation) == (registered is not None), operation
 
 
 @pytest.mark.parametrize("fam,task", FAMILIES)

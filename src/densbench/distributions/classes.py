@@ -19,10 +19,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal, constraints, register_kl
 
-from densbench.distributions import mixtures
-
 from densbench.distributions import ops
-from densbench.distributions.ops import HALF_LOG_2PI, INV_SQRT_PI, SQRT_2PI, std_normal_cdf, std_normal_pdf
+from densbench.distributions.ops import HALF_LOG_2PI, INV_SQRT_PI, SQRT_2PI
 
 
 class NormalMixture(MixtureSameFamily):
@@ -61,40 +59,6 @@ class NormalMixture(MixtureSameFamily):
         return top + sum(torch.exp(t - top) for t in terms).log()
 
 
-@ops.cdf.register(NormalMixture)
-def _mixture_cdf(d: NormalMixture, y: Tensor) -> Tensor:
-    return (d.weights * std_normal_cdf((y.unsqueeze(-1) - d.loc) / d.scale)).sum(-1)
-
-
-@ops.icdf.register(NormalMixture)
-def _mixture_icdf(d: NormalMixture, p: Tensor) -> Tensor:
-    """Quantiles by densbench.distributions.mixtures (grid, inverse Hermite guesses, safeguarded Newton), erfc per component."""
-    return mixtures.batch_quantiles(d, p)
-
-
-def _a(m: Tensor, s: Tensor) -> Tensor:
-    # A(m, s^2) = m (2 Phi(m/s) - 1) + 2 s phi(m/s)
-    z = m / s
-    return m * (2 * std_normal_cdf(z) - 1) + 2 * s * std_normal_pdf(z)
-
-
-@ops.rescale.register(NormalMixture)
-def _mixture_rescale(d: NormalMixture, factor: float) -> NormalMixture:
-    """Every component's standard deviation times the factor."""
-    return NormalMixture(d.mixture_distribution.logits, d.loc, d.scale * factor)
-
-
-@ops.crps.register(NormalMixture)
-def crps_mixture(d: NormalMixture, y: Tensor) -> Tensor:
-    """CRPS of a Gaussian mixture, sum_i w_i A(y - m_i, s_i^2) - 1/2 sum_ij w_i w_j A(m_i - m_j, s_i^2 + s_j^2)."""
-    w, loc, scale = d.weights, d.loc, d.scale
-    first = (w * _a(y.unsqueeze(-1) - loc, scale)).sum(-1)
-    var = scale * scale
-    pair = _a(loc.unsqueeze(-1) - loc.unsqueeze(-2), torch.sqrt(var.unsqueeze(-1) + var.unsqueeze(-2)))
-    second = (w.unsqueeze(-1) * w.unsqueeze(-2) * pair).sum((-1, -2))
-    return first - 0.5 * second
-
-
 def log_normal_mass(loc: Tensor, scale: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """log P(lo < Y <= hi) for Y ~ N(loc, scale^2), in float64, accurate far in either tail."""
     a, b = ((lo - loc) / scale).double(), ((hi - loc) / scale).double()
@@ -113,13 +77,6 @@ def unit_bin(y: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(y <= 0, torch.full_like(y, -math.inf), y - 0.5), y + 0.5
 
 
-@ops.binned_log_prob.register(NormalMixture)
-def _mixture_binned(d: NormalMixture, y: Tensor) -> Tensor:
-    lo, hi = unit_bin(y)
-    log_w = torch.log_softmax(d.mixture_distribution.logits.double(), -1)
-    return torch.logsumexp(log_w + log_normal_mass(d.loc, d.scale, lo.unsqueeze(-1), hi.unsqueeze(-1)), -1)
-
-
 @lru_cache(maxsize=8)
 def hermgauss(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Hermite nodes and weights for weight exp(-t^2)."""
@@ -131,14 +88,6 @@ def gauss_hermite(loc: Tensor, scale: Tensor, nodes: int) -> tuple[Tensor, Tenso
     t, w = (torch.as_tensor(a, dtype=loc.dtype, device=loc.device) for a in hermgauss(nodes))
     shape = (-1,) + (1,) * loc.dim()
     return loc.unsqueeze(0) + math.sqrt(2.0) * scale.unsqueeze(0) * t.view(shape), (w * INV_SQRT_PI).view(shape)
-
-
-@ops.quadrature.register(NormalMixture)
-def _mixture_quadrature(d: NormalMixture, nodes: int = ops.QUADRATURE_NODES) -> tuple[Tensor, Tensor]:
-    y, w = gauss_hermite(d.loc, d.scale, nodes)  # [Q, ..., K]
-    wt = w * d.weights.unsqueeze(0)
-    # components' nodes side by side: [Q * K, ...]
-    return y.movedim(-1, 1).reshape(-1, *d.batch_shape), wt.movedim(-1, 1).reshape(-1, *d.batch_shape)
 
 
 def piecewise_linear(x: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:

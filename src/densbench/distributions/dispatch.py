@@ -40,6 +40,7 @@ class Operation:
         self.name, self.generic, self.generic_name = name, generic, generic_name
         self._impls: dict[type, Callable] = {}
         self._pending: list[tuple[str, Callable]] = []
+        self._names: dict[type, str] = {}  # the dotted names pending registrations were made under
 
     def register(self, *types: type | str) -> Callable[[Callable], Callable]:
         """Decorator: `fn` is the closed form of this operation for these types (or dotted type names)."""
@@ -54,13 +55,23 @@ class Operation:
 
         return deco
 
+    def registered(self, type_name: str) -> bool:
+        """Whether a closed form is registered for the type of this dotted name, asked before torch is imported.
+
+        Answers from the registrations by name that the family modules make (they import no torch), so
+        it knows a family's distribution only by the name its module registers it under.
+        """
+        importlib.import_module(FAMILY_REGISTRAR).load_all()  # by name: this module imports none of its registrars
+        return any(name == type_name for name, _ in self._pending) or type_name in self._names.values()
+
     def closed_form(self, cls: type) -> Callable | None:
         """The registered implementation for `cls` (or its nearest base class), if any."""
         _load_registrations()
         if self._pending:
             pending, self._pending = self._pending, []
             for name, fn in pending:
-                self._impls[_resolve(name)] = fn
+                resolved = _resolve(name)
+                self._impls[resolved], self._names[resolved] = fn, name
         for base in cls.__mro__:
             if base in self._impls:
                 return self._impls[base]
@@ -87,7 +98,8 @@ _LOADED = False
 # the modules that register closed forms (every family module, through its package's registry, and the
 # distribution classes densbench defines): discovered by name on the first dispatch, as plugins are, so
 # that this module, which they all import, imports none of them
-REGISTRARS = ("densbench.distributions.classes", "densbench.distributions.mixtures", "densbench.distributions.families")
+FAMILY_REGISTRAR = "densbench.distributions.families"
+REGISTRARS = ("densbench.distributions.classes", "densbench.distributions.mixtures", FAMILY_REGISTRAR)
 
 
 def _load_registrations() -> None:

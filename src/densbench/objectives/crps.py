@@ -25,7 +25,7 @@ class CRPS(Objective):
     family_kernel = ("crps_kernel", "CRPS")
 
     def accepts(self, family: Family) -> str | None:
-        if "crps" in family.traits and "regression" in family.tasks:
+        if family.has_closed_form("crps") and "regression" in family.tasks:
             return None
         return f"loss=crps needs a continuous head with a closed-form CRPS; head={family.name} has none"
 

@@ -7,6 +7,9 @@ A family is what a head outputs. It declares, at class level,
 - ``support``: where its distribution puts mass (see SUPPORTS); regression targets are prepared for
   the family by the map its support allows (TARGET_MAPS), and targets outside it are refused;
 - ``traits``: what objectives may ask of it (see TRAITS);
+- ``distribution_type``: the dotted name of the torch Distribution class it builds; what the family can
+  do beyond that class's own methods (a closed-form CRPS, quantiles, rescale) is what is registered
+  for that name with densbench.distributions.ops (``has_closed_form``), not declared again here;
 
 and provides
 
@@ -40,7 +43,6 @@ TRAITS = {
     "gaussian": "the predictive distribution is Gaussian",
     "natural": "a canonical exponential family: the NLL gradient at the natural parameters is E[T(y)] - T(y)",
     "mixture": "a mixture of components",
-    "crps": "the predictive distribution's CRPS has a closed form (registered with densbench.distributions.ops), differentiable",
 }
 
 # where a family's distribution puts its mass, and how a target outside it is recognised (numpy arrays)
@@ -85,6 +87,7 @@ class Family:
     name: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
     traits: ClassVar[frozenset[str]] = frozenset()
+    distribution_type: ClassVar[str] = ""  # dotted name of the Distribution class distribution() returns
     has_floor: ClassVar[bool] = False  # some output passes through a positivity floor that can be hit
     support: ClassVar[str] = "real"  # a key of SUPPORTS
 
@@ -102,6 +105,12 @@ class Family:
     def outside_support(self, y: Any) -> Any:
         """Which of the targets y (numpy) lie outside the family's support: a boolean array."""
         return SUPPORTS[self.support][1](np.asarray(y, dtype=np.float64))
+
+    def has_closed_form(self, operation: str) -> bool:
+        """Whether densbench.distributions.ops has a closed form of `operation` (crps, icdf, ...) for its distribution."""
+        from densbench.distributions import ops
+
+        return getattr(ops, operation).registered(self.distribution_type)
 
     # ---- settings -----------------------------------------------------------------------------
     def bind(self, task: str, n_classes: int | None = None) -> "Family":

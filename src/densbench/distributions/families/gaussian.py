@@ -65,7 +65,8 @@ class Gaussian(Family):
 
     name = "gaussian"
     tasks = ("regression", "count")
-    traits = frozenset({"location_scale", "gaussian", "crps"})
+    traits = frozenset({"location_scale", "gaussian"})
+    distribution_type = "torch.distributions.Normal"
     has_floor = True
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, spread: str = "variance",

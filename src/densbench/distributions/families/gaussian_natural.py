@@ -30,7 +30,8 @@ class GaussianNatural(PositiveField):
 
     name = "gaussian_natural"
     tasks = ("regression", "count")
-    traits = frozenset({"location_scale", "gaussian", "natural", "crps"})
+    traits = frozenset({"location_scale", "gaussian", "natural"})
+    distribution_type = "torch.distributions.Normal"
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:
         super().__init__(positivity, floor, init_std, "init_std")

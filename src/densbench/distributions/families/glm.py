@@ -54,7 +54,7 @@ class GaussianUnit(Canonical):
 
     name = "gaussian_unit"
     tasks = ("regression", "count")
-    traits = frozenset({"natural", "crps"})
+    distribution_type = "torch.distributions.Normal"
 
     def buffers(self) -> dict[str, Tensor]:
         return {"dispersion": torch.ones(1, 1, 1)}  # one per model of a stack: [N, 1, 1] against eta [N, B, 1]
@@ -97,7 +97,7 @@ class Bernoulli(Canonical):
     name = "bernoulli"
     tasks = ("binary",)
     support = "classes"
-    traits = frozenset({"natural", "crps"})
+    distribution_type = "torch.distributions.Bernoulli"
 
     def residual(self, eta: Tensor, y: Tensor) -> Tensor:
         return torch.sigmoid(eta).sub_(y)
@@ -128,7 +128,7 @@ class Poisson(Canonical):
     name = "poisson"
     tasks = ("count",)
     support = "counts"
-    traits = frozenset({"natural", "crps"})
+    distribution_type = "torch.distributions.Poisson"
 
     def residual(self, eta: Tensor, y: Tensor) -> Tensor:
         return torch.exp(eta).sub_(y)
@@ -164,7 +164,7 @@ class Categorical(Canonical):
     name = "categorical"
     tasks = ("binary", "multiclass")
     support = "classes"
-    traits = frozenset({"natural", "crps"})
+    distribution_type = "torch.distributions.Categorical"
     class_targets = True
 
     def __init__(self, n_classes: int = 2) -> None:

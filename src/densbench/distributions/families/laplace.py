@@ -27,7 +27,8 @@ class Laplace(PositiveField):
 
     name = "laplace"
     tasks = ("regression", "count")
-    traits = frozenset({"location_scale", "crps"})
+    traits = frozenset({"location_scale"})
+    distribution_type = "torch.distributions.Laplace"
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:
         super().__init__(positivity, floor, init_std, "init_std")

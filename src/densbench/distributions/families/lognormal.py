@@ -31,7 +31,7 @@ class LogNormal(PositiveField):
 
     name = "lognormal"
     tasks = ("regression",)
-    traits = frozenset({"crps"})
+    distribution_type = "torch.distributions.LogNormal"
     support = "positive"
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_std: float | None = None) -> None:

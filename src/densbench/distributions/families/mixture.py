@@ -3,8 +3,10 @@
 The NLL is computed in log space throughout (log_softmax + logsumexp): probability-space mixture
 likelihoods underflow for components far from the target. The analytic gradients are Bishop's: with
 responsibilities gamma_k, d/d logit_k = pi_k - gamma_k, d/d mu_k = gamma_k (mu_k - y)/sigma_k^2,
-d/d log sigma_k = gamma_k (1 - z_k^2). The predictive is densbench.distributions.classes.NormalMixture, whose
-closed forms are registered next to it.
+d/d log sigma_k = gamma_k (1 - z_k^2). The predictive is densbench.distributions.classes.NormalMixture,
+whose closed forms (CDF, quantiles, CRPS, binned mass, quadrature, rescale) this module registers by
+name, as every family module does for the distribution it produces: what a family can do is what is
+registered for its distribution type, known before torch is imported.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from densbench.errors import positive
 from densbench.distributions.families.base import Family, Raw, register, total, weighted_total
+from densbench.distributions import ops
 from densbench.lazy import torch
-from densbench.distributions.ops import HALF_LOG_2PI
+from densbench.distributions.ops import HALF_LOG_2PI, std_normal_cdf, std_normal_pdf
 from densbench.distributions.positivity import Spread, head_positivity
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from densbench.distributions.classes import NormalMixture
+
+PREDICTIVE = "densbench.distributions.classes.NormalMixture"
 
 
 def mixture_nll(logits: Tensor, mu: Tensor, raw: Tensor, y: Tensor, spread: Spread) -> Tensor:
@@ -69,7 +76,8 @@ class Mixture(Family):
 
     name = "mixture"
     tasks = ("regression", "count")
-    traits = frozenset({"mixture", "crps"})
+    traits = frozenset({"mixture"})
+    distribution_type = PREDICTIVE
     has_floor = True
 
     def __init__(self, components: int = 5, positivity: str = "exp", floor: float = 1e-6, init_std: float | None = None) -> None:
@@ -103,3 +111,58 @@ class Mixture(Family):
 
     def floor_hits(self, raw: Raw) -> Tensor:
         return total(self.spread.at_floor(raw["spread"]))
+
+
+@ops.cdf.register(PREDICTIVE)
+def _mixture_cdf(d: NormalMixture, y: Tensor) -> Tensor:
+    return (d.weights * std_normal_cdf((y.unsqueeze(-1) - d.loc) / d.scale)).sum(-1)
+
+
+@ops.icdf.register(PREDICTIVE)
+def _mixture_icdf(d: NormalMixture, p: Tensor) -> Tensor:
+    """Quantiles by densbench.distributions.mixtures (grid, inverse Hermite guesses, safeguarded Newton), erfc per component."""
+    from densbench.distributions import mixtures
+
+    return mixtures.batch_quantiles(d, p)
+
+
+def _a(m: Tensor, s: Tensor) -> Tensor:
+    # A(m, s^2) = m (2 Phi(m/s) - 1) + 2 s phi(m/s)
+    z = m / s
+    return m * (2 * std_normal_cdf(z) - 1) + 2 * s * std_normal_pdf(z)
+
+
+@ops.rescale.register(PREDICTIVE)
+def _mixture_rescale(d: NormalMixture, factor: float) -> NormalMixture:
+    """Every component's standard deviation times the factor."""
+    return type(d)(d.mixture_distribution.logits, d.loc, d.scale * factor)
+
+
+@ops.crps.register(PREDICTIVE)
+def crps_mixture(d: NormalMixture, y: Tensor) -> Tensor:
+    """CRPS of a Gaussian mixture, sum_i w_i A(y - m_i, s_i^2) - 1/2 sum_ij w_i w_j A(m_i - m_j, s_i^2 + s_j^2)."""
+    w, loc, scale = d.weights, d.loc, d.scale
+    first = (w * _a(y.unsqueeze(-1) - loc, scale)).sum(-1)
+    var = scale * scale
+    pair = _a(loc.unsqueeze(-1) - loc.unsqueeze(-2), torch.sqrt(var.unsqueeze(-1) + var.unsqueeze(-2)))
+    second = (w.unsqueeze(-1) * w.unsqueeze(-2) * pair).sum((-1, -2))
+    return first - 0.5 * second
+
+
+@ops.binned_log_prob.register(PREDICTIVE)
+def _mixture_binned(d: NormalMixture, y: Tensor) -> Tensor:
+    from densbench.distributions.classes import log_normal_mass, unit_bin
+
+    lo, hi = unit_bin(y)
+    log_w = torch.log_softmax(d.mixture_distribution.logits.double(), -1)
+    return torch.logsumexp(log_w + log_normal_mass(d.loc, d.scale, lo.unsqueeze(-1), hi.unsqueeze(-1)), -1)
+
+
+@ops.quadrature.register(PREDICTIVE)
+def _mixture_quadrature(d: NormalMixture, nodes: int = ops.QUADRATURE_NODES) -> tuple[Tensor, Tensor]:
+    from densbench.distributions.classes import gauss_hermite
+
+    y, w = gauss_hermite(d.loc, d.scale, nodes)  # [Q, ..., K]
+    wt = w * d.weights.unsqueeze(0)
+    # components' nodes side by side: [Q * K, ...]
+    return y.movedim(-1, 1).reshape(-1, *d.batch_shape), wt.movedim(-1, 1).reshape(-1, *d.batch_shape)

@@ -33,6 +33,7 @@ class NegativeBinomial(PositiveField):
     name = "negbin"
     tasks = ("count",)
     support = "counts"
+    distribution_type = "torch.distributions.NegativeBinomial"
     positive_field = "shape"
     has_floor = False  # a shape on its floor is not a collapsed spread: nothing to flag
 

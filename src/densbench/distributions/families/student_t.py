@@ -52,7 +52,8 @@ class StudentT(PositiveField):
 
     name = "student_t"
     tasks = ("regression", "count")
-    traits = frozenset({"location_scale", "crps"})
+    traits = frozenset({"location_scale"})
+    distribution_type = "torch.distributions.StudentT"
 
     def __init__(self, df: float | None = None, positivity: str = "softplus", floor: float = 1e-6,
                  init_std: float | None = None, init_df: float = 5.0) -> None:
