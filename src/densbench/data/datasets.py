@@ -136,6 +136,21 @@ def _sine_lognormal_truth(x: Tensor) -> Distribution:
     return D.LogNormal(torch.sin(x[:, 0]), 0.2 + 0.1 * x[:, 0].abs())
 
 
+def _sine_beta_mean(x):
+    return 1 / (1 + np.exp(-1.5 * np.sin(x))) if isinstance(x, np.ndarray) else torch.sigmoid(1.5 * torch.sin(x))
+
+
+def _sine_beta_truth(x: Tensor) -> Distribution:
+    m = _sine_beta_mean(x[:, 0])
+    return D.Beta(SINE_BETA_PRECISION * m, SINE_BETA_PRECISION * (1 - m))
+
+
+def _sine_zip_truth(x: Tensor) -> Distribution:
+    from densbench.distributions.classes import ZeroInflatedPoisson
+
+    return ZeroInflatedPoisson(torch.full_like(x[:, 0], SINE_ZIP_ZEROS), 2 * torch.exp(_glm_signal(x[:, 0])))
+
+
 def _inverse_sine_truth(v: Tensor) -> Distribution:
     from densbench.distributions.classes import InverseSinePosterior
 
@@ -209,6 +224,28 @@ def sine_lognormal(cfg) -> Data:
     x = rng.uniform(-3, 3, n)
     y = np.exp(np.sin(x) + rng.normal(size=n) * (0.2 + 0.1 * np.abs(x)))
     return _assemble("sine_lognormal", x, y, cfg, _sine_lognormal_truth)
+
+
+SINE_BETA_PRECISION, SINE_ZIP_ZEROS = 20.0, 0.3
+
+
+@synthetic("regression", "beta")
+def sine_beta(cfg) -> Data:
+    """Unit-interval targets: x ~ U(-3, 3), y ~ Beta with mean sigmoid(1.5 sin x) and precision 20."""
+    rng = np.random.default_rng(cfg.seed)
+    x = rng.uniform(-3, 3, sum(_sizes(cfg)))
+    m = _sine_beta_mean(x)
+    return _assemble("sine_beta", x, rng.beta(SINE_BETA_PRECISION * m, SINE_BETA_PRECISION * (1 - m)), cfg, _sine_beta_truth)
+
+
+@synthetic("count", "zero_inflated_poisson")
+def sine_zip(cfg) -> Data:
+    """Counts with excess zeros: sine_poisson's counts, each replaced by a structural zero with probability 0.3."""
+    rng = np.random.default_rng(cfg.seed)
+    n = sum(_sizes(cfg))
+    x = rng.uniform(0, 1, n)
+    y = np.where(rng.random(n) < SINE_ZIP_ZEROS, 0, rng.poisson(2 * np.exp(_glm_signal(x)))).astype(np.float64)
+    return _assemble("sine_zip", x, y, cfg, _sine_zip_truth)
 
 
 @synthetic("regression", "posterior")

@@ -156,6 +156,37 @@ def _recalibrated_crps(d: Recalibrated, y: Tensor) -> Tensor:
     return ops.crps_from_quantiles(d.quantile_grid(), y.double())
 
 
+class ZeroInflatedPoisson(Distribution):
+    """A structural zero with probability `gate`, else Poisson(rate): counts with excess zeros, in log space."""
+
+    arg_constraints = {"gate": constraints.unit_interval, "rate": constraints.positive}  # noqa: RUF012 (torch's API)
+    support = constraints.nonnegative_integer
+
+    def __init__(self, gate: Tensor, rate: Tensor, validate_args: bool | None = False) -> None:
+        self.gate, self.rate = torch.broadcast_tensors(gate, rate)
+        super().__init__(self.rate.shape, validate_args=validate_args)
+
+    @property
+    def mean(self) -> Tensor:
+        return (1 - self.gate) * self.rate
+
+    @property
+    def variance(self) -> Tensor:
+        return self.mean * (1 + self.gate * self.rate)
+
+    def log_prob(self, y: Tensor) -> Tensor:
+        """log(gate + (1 - gate) e^-rate) at zero, log(1 - gate) + the Poisson log pmf elsewhere."""
+        stay = torch.log1p(-self.gate)
+        counts = stay + y * self.rate.log() - self.rate - torch.lgamma(y + 1)
+        return torch.where(y == 0, torch.logaddexp(self.gate.log(), stay - self.rate), counts)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008 (torch's signature)
+        with torch.no_grad():
+            shape = self._extended_shape(sample_shape)
+            counts = torch.poisson(self.rate.expand(shape))
+            return torch.where(torch.rand(shape, dtype=self.rate.dtype) < self.gate.expand(shape), 0.0, counts)
+
+
 class InverseSinePosterior(Distribution):
     """p(x | y) for x ~ U(lo, hi), y = a sin(b x) + c x + N(0, noise^2): the MDN document's inverse problem.
 
