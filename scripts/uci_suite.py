@@ -22,19 +22,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
-from densbench.launching import stack_plan
 from densbench.__main__ import sweep
-from densbench.methods import recipes
-from densbench.report.sweep import sweep_end, write_report
-from densbench.results import scan_results
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE, protocol
+from densbench.launching import stack_plan
+from densbench.methods import recipes
+from densbench.report.leaderboard import mean_se
+from densbench.report.sweep import sweep_end, write_report
 from densbench.report.uci import SUITE_FILE, collect, validation_best
+from densbench.report.uci_recalibration import pm
+from densbench.results import scan_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = [m for m, r in recipes().items() if r.members == 1]
@@ -48,6 +52,32 @@ def n_splits(dataset: str, root: str) -> int:
 def jobs(datasets: dict[str, int], variants: list[list[str]]) -> list[list[str]]:
     """Every split of every dataset (name: number of splits) with each variant's overrides: hydra/sweeper=list's jobs."""
     return [[f"experiment=uci_{d}", *v, f"dataset.split={i}"] for d, n in datasets.items() for v in variants for i in range(n)]
+
+
+def suite_total(splits: dict[str, int], variants: list[list[str]]) -> int:
+    """The suite's jobs in all: stage 1's, and one ensemble job per split of every dataset for stage 2."""
+    return len(jobs(splits, variants)) + sum(splits.values())
+
+
+def progress(total: int, offset: int, start: float) -> list[str]:
+    """Overrides that make a stage's progress lines count and time the whole suite."""
+    return [f"hydra.callbacks.progress.total={total}", f"hydra.callbacks.progress.offset={offset}",
+            f"hydra.callbacks.progress.start={start}"]
+
+
+def final_table(results: list[tuple[Path, dict]]) -> str:
+    """One line per dataset: the method with the lowest mean test NLL (± se over splits), and its runs by status."""
+    found = collect(results)
+    statuses: dict[str, Counter] = defaultdict(Counter)
+    for _, r in results:
+        statuses[str((r.get("labels") or {}).get("dataset"))][r.get("status", "?")] += 1
+    lines = ["uci_suite: best test NLL per dataset (mean ± se over splits); runs by status"]
+    for d, by in sorted(statuses.items()):
+        scores = {m: mean_se([(r.get("metrics") or {}).get("nll") for r in runs]) for m, runs in found.get(d, {}).items()}
+        best = min((m for m in scores if math.isfinite(scores[m][0])), key=lambda m: scores[m][0], default=None)
+        shown = f"{best:<16} {pm(*scores[best], digits=3):>15}" if best else f"{'-':<16} {'-':>15}"
+        lines.append(f"  {d:<10} {shown}   " + ", ".join(f"{n} {s}" for s, n in sorted(by.items())))
+    return "\n".join(lines)
 
 
 def listed(name: str, job_list: list[list[str]], sweep_dir: Path, common: list[str]) -> list[str]:
@@ -82,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["launcher=stacked", f"hydra.launcher.workers={args.workers}", f"resume={str(args.resume).lower()}",
               "report.enabled=false", f"hydra.sweep.dir={sweep_dir}", *args.extra]
     commands: list[str] = []
-    started = time.perf_counter()
+    started, epoch = time.perf_counter(), time.time()
     failed = 0
 
     def run(overrides: list[str]) -> None:
@@ -94,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = [[f"method={m}"] for m in args.methods.split(",")]
     if args.recalibrate and args.recalibrated:
         variants += [[f"method={m}", f"recalibrate={r}"] for m in args.recalibrated.split(",") for r in args.recalibrate.split(",")]
-    run(listed("stage1", jobs(splits, variants), sweep_dir, common))
+    total = suite_total(splits, variants)  # one count and one ETA over both stages
+    stage1 = jobs(splits, variants)
+    run(listed("stage1", stage1, sweep_dir, common + progress(total, 0, epoch)))
     found = collect(scan_results(sweep_dir)[0])
     members: dict[str, str] = {}
     for d in datasets:
@@ -106,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ensembles = [job for d, best in members.items()
                  for job in jobs({d: splits[d]}, [["method=ensemble", f"loss={recipes()[best].loss}", f"head={recipes()[best].head}"]])]
     if ensembles:
-        run(listed("stage2", ensembles, sweep_dir, common))
+        run(listed("stage2", ensembles, sweep_dir, common + progress(total, len(stage1), epoch)))
     stack_plan.shutdown()  # the workers' job is done; the report draws its figures on every core
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)
@@ -117,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     (sweep_dir / SUITE_FILE).write_text(json.dumps(suite, indent=2) + "\n")
     written = write_report(sweep_dir, out, title="UCI regression suite", scanned=(results, skipped))
     sweep_end(sweep_dir, results)  # TensorBoard's HParams table over the whole suite
+    print(final_table(results))
     print(f"uci_suite: {len(results)} jobs in {wall / 60:.1f} min; report {written.path}")
     return 1 if failed or skipped else 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,25 @@ def sweep_size(task_overrides: list[str], sweeper_params: dict[str, Any] | None)
         return None
 
 
+def listed_size(sweeper: dict[str, Any], task_overrides: list[str]) -> int | None:
+    """How many jobs a hydra/sweeper=list multirun has: each listed job crossed with the sweeps it does not set."""
+    try:
+        import yaml
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        listed = list(sweeper.get("jobs") or [])
+        if sweeper.get("jobs_file"):
+            listed += list(yaml.safe_load(Path(sweeper["jobs_file"]).read_text()) or [])  # JSON is YAML
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        axes = {o.get_key_element(): len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+                for o in OverridesParser.create().parse_overrides(params + list(task_overrides))}
+        # a listed job's keys by plain splitting: Hydra's parser on every one of a thousand jobs is slow
+        own = [{o.split("=", 1)[0].lstrip("+~") for o in job} for job in listed]
+        return sum(math.prod(n for k, n in axes.items() if k not in keys) for keys in own) or None
+    except Exception:  # noqa: BLE001 - a count is a nicety, never a reason to fail a sweep
+        return None
+
+
 def sweep_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """A compact table of a sweep's runs: name, status, key metrics, wall time."""
     names = [name for name, _ in rows[:TABLE_ROWS]]
@@ -131,21 +151,74 @@ def sweep_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+THROTTLE_S = 5.0  # a sweep's count is said at most this often, unless another tenth is done or the sweep ends
+ETA_MIN_JOBS, ETA_MIN_SHARE = 2, 0.05  # no ETA before this many jobs and this share of the total: too noisy
+
+
+def crossed(before: int, after: int, mark: int) -> bool:
+    """Whether a count going from `before` to `after` reached `mark`."""
+    return before < mark <= after
+
+
+def tenths_crossed(before: int, after: int, total: int | None) -> bool:
+    """Whether a count going from `before` to `after` reached another tenth of `total`."""
+    return bool(total) and (10 * min(after, total)) // total > (10 * min(before, total)) // total
+
+
+def eta(done: int, total: int | None, elapsed: float) -> float | None:
+    """Seconds left at the rate measured so far (None while too few jobs are done to say)."""
+    if not total or done >= total or elapsed <= 0 or done < max(ETA_MIN_JOBS, ETA_MIN_SHARE * total):
+        return None
+    return elapsed * (total - done) / done
+
+
+def count_line(done: int, total: int | None, counts: dict[str, int], earlier: int, elapsed: float,
+               left: float | None) -> str:
+    """'densbench: [done/total] jobs done: <counts by status>, <elapsed> elapsed, ETA <left>'."""
+    of = f"/{total}" if total else ""
+    tally = ", ".join(([f"{earlier} earlier"] if earlier else []) + [f"{n} {s}" for s, n in sorted(counts.items())])
+    tail = f", ETA {duration(left)}" if left is not None else ""
+    return f"densbench: [{done}{of}] jobs done: {tally}, {duration(elapsed)} elapsed{tail}"
+
+
 class SweepProgress(Callback):
-    """Hydra callback: after every job of a multirun, how many of how many are done, by status."""
+    """Hydra callback: how many of a multirun's (or a suite's) jobs are done, by status, with the time
+    elapsed and an ETA; one line at most every few seconds, at every tenth, and at the sweep's end.
+
+    A suite of several multiruns passes its own count (hydra.callbacks.progress.total, .offset: its
+    jobs done before this multirun, .start: its start in epoch seconds), so that its stages read as one.
+    """
+
+    def __init__(self, total: int | None = None, offset: int | None = None, start: float | None = None) -> None:
+        self.suite_total, self.offset, self.suite_start = total, int(offset or 0), start
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        params = config.hydra.sweeper.get("params")
-        self.total = sweep_size(list(config.hydra.overrides.task), OmegaConf.to_container(params) if params else None)
+        sweeper = OmegaConf.to_container(config.hydra.sweeper)
+        task = list(config.hydra.overrides.task)
+        listed = sweeper.get("jobs_file") or sweeper.get("jobs")
+        self.begin(listed_size(sweeper, task) if listed else sweep_size(task, sweeper.get("params")),
+                   Path(str(config.hydra.sweep.dir)))
+
+    def begin(self, jobs: int | None, sweep_dir: Path | None = None) -> None:
+        """Start counting a multirun of `jobs` jobs (None: not known), its tally file in sweep_dir if given."""
+        self.expect(jobs)
         self.counts: dict[str, int] = {}
+        self.said_at = time.time()
+        self.start = self.suite_start if self.suite_start is not None else self.said_at
         # parallel launchers end their jobs in worker processes, each with its own copy of this callback:
         # the sweep's count is kept in a file all of them append to (one short O_APPEND write per job)
-        self.tally: Path | None = Path(str(config.hydra.sweep.dir)) / TALLY_FILE
+        self.tally: Path | None = sweep_dir / TALLY_FILE if sweep_dir is not None else None
         try:
-            self.tally.parent.mkdir(parents=True, exist_ok=True)
-            self.tally.write_text("")
+            if self.tally is not None:
+                self.tally.parent.mkdir(parents=True, exist_ok=True)
+                self.tally.write_text("")
         except OSError:
             self.tally = None
+
+    def expect(self, jobs: int | None) -> None:
+        """This multirun has `jobs` jobs (None: not known); a launcher that knows better may say so."""
+        self.jobs = jobs
+        self.total = self.suite_total or (self.offset + jobs if jobs else None)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if not hasattr(self, "counts") or config.hydra.mode.name != "MULTIRUN":
@@ -153,20 +226,39 @@ class SweepProgress(Callback):
         result = read_result(Path(config.hydra.runtime.output_dir)) or {}
         # no record: a job that failed before writing one, or one a stopping parallel worker left unrun
         failed = getattr(job_return.status, "name", "") == "FAILED" or str(config.hydra.runtime.output_dir) in UNRECORDED
-        status = result.get("status") or ("failed" if failed else "not run")
-        self.counts[status] = self.counts.get(status, 0) + 1
+        self.add([result.get("status") or ("failed" if failed else "not run")])
+
+    def add(self, statuses: list[str]) -> None:
+        """Count finished jobs (one, or a stack's that ended together) and say where the sweep stands, if due."""
+        mine = self._record(statuses)
+        now, done, n = time.time(), self.offset + mine, len(statuses)
+        # the job that ends the multirun is known by its place in the tally: exactly one line says the end
+        ended = crossed(mine - n, mine, self.jobs) if self.jobs else bool(self.total) and crossed(done - n, done, self.total)
+        # without a total there is no end to wait for: every job is said, as a sweep of unknown size always was
+        if not (self.total is None or ended or now - self.said_at >= THROTTLE_S or tenths_crossed(done - n, done, self.total)):
+            return
+        self.said_at = now
+        # the rate counts the jobs done since `start`: the earlier stages' only when `start` is the suite's
+        base = 0 if self.suite_start is not None else self.offset
+        left = eta(done - base, self.total - base if self.total else None, now - self.start)
+        say(count_line(done, self.total, self.counts, self.offset, now - self.start, left))
+
+    def _record(self, statuses: list[str]) -> int:
+        """Count statuses in the sweep's tally file (shared with the other workers); this multirun's jobs
+        done up to and including them (this process's own count where the file cannot be used)."""
         if self.tally is not None:
             try:
                 fd = os.open(self.tally, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 try:
-                    os.write(fd, f"{status}\n".encode())
+                    os.write(fd, "".join(f"{s}\n" for s in statuses).encode())
+                    upto = os.lseek(fd, 0, os.SEEK_CUR)  # the end of this write: the jobs before and these
                 finally:
                     os.close(fd)
-                statuses = self.tally.read_text().splitlines()
-                self.counts = {s: statuses.count(s) for s in set(statuses)}
+                seen = self.tally.read_bytes()[:upto].decode(errors="replace").splitlines()
+                self.counts = {s: seen.count(s) for s in set(seen)}
+                return len(seen)
             except OSError:
                 pass  # a count is a nicety: this process's own then
-        done = sum(self.counts.values())
-        of = f"/{self.total}" if self.total else ""
-        tally = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
-        say(f"densbench: [{done}{of}] jobs done: {tally}")
+        for s in statuses:
+            self.counts[s] = self.counts.get(s, 0) + 1
+        return sum(self.counts.values())

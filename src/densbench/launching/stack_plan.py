@@ -92,21 +92,3 @@ def hydra_config(hydra: dict[str, Any], task: dict[str, Any] | None = None) -> A
     node = OmegaConf.structured(HydraConf)
     OmegaConf.set_struct(node, False)  # a composed node carries keys the schema leaves open
     return OmegaConf.create({**(task or {}), "hydra": OmegaConf.merge(node, hydra)})
-
-
-class Counter:
-    """How many of a sweep's jobs are done, by status: one line per finished stack."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.counts = total, {}
-
-    def add(self, results: list[dict[str, Any]]) -> None:
-        """Count a stack's results and say where the sweep stands."""
-        from densbench.progress import say
-
-        for r in results:
-            status = r.get("status", "failed")
-            self.counts[status] = self.counts.get(status, 0) + 1
-        done = sum(self.counts.values())
-        tally = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
-        say(f"densbench: [{done}/{self.total}] jobs done: {tally}")

@@ -122,7 +122,8 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         results, skipped = scan_results(sweep_dir)
         table = sorted(((str(relative(p, sweep_dir)), r) for p, r in results), key=lambda pr: pr[0])
-        if table:
+        stage = (config.hydra.callbacks.get("progress") or {}).get("total") is not None
+        if table and not stage:  # a stage of a larger sweep (a suite counting all of it) leaves the table to its end
             print("densbench: sweep results\n" + sweep_table(table), file=sys.stderr)
         report = config.get("report") or {}
         if report.get("enabled", True):

@@ -12,7 +12,7 @@ jobs are derived from that composition by setting the replication values in plai
 record of each job rebuilt as its config loader builds it; tests/test_stacked.py checks that the
 records equal the basic launcher's), instead of composing, deep-copying and dumping a DictConfig per
 job. Hydra's job callbacks (on_job_start, on_job_end) are called per job only when a configured
-callback other than densbench's own implements them; densbench's progress counts stacks as they end.
+callback other than densbench's own implements them; densbench's progress (SweepProgress) counts stacks as they end.
 With workers, a sweeper that leaves composing to the launcher (hydra/sweeper=list: ``composes_jobs``)
 has its jobs composed family by family (jobs that differ only in replication keys) while the workers
 train the stacks already composed; a job that does not compose still ends the sweep, with Hydra's
@@ -180,7 +180,6 @@ class StackedLauncher(Launcher):
 
     # ------------------------------------------------------------------ the sweep
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from densbench.launching import stack_plan
         from densbench.progress import say
 
         setup_globals()
@@ -195,13 +194,13 @@ class StackedLauncher(Launcher):
             jobs = self._jobs(job_overrides, initial_job_idx)
             batches = iter([(list(range(len(jobs))), self._stacks(jobs, range(len(jobs))))])
         log.info(f"Launching {len(job_overrides)} jobs as stacks" + (f" on {workers} workers" if workers > 1 else ""))
-        progress = stack_plan.Counter(len(job_overrides))
+        progress = self._progress(len(job_overrides))
         per_job = self._per_job_callbacks()
         returns: Dict[int, JobReturn] = {}
         for members, results in self._run(jobs, batches, workers, say):
             for k, result in zip(members, results):
                 returns[k] = self._record(jobs[k], result, per_job)
-            progress.add(results)
+            progress.add([r.get("status", "failed") for r in results])
         return [returns[k] for k in range(len(job_overrides))]
 
     def _families(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, jobs: List[Any]):
@@ -279,6 +278,19 @@ class StackedLauncher(Launcher):
                 yield members, future.result()  # an interrupt in a worker is raised here, after its records
 
     # ------------------------------------------------------------------ Hydra's bookkeeping of a job
+    def _progress(self, jobs: int) -> Any:
+        """The sweep's progress display (the SweepProgress callback, which may count a whole suite), told
+        this multirun's number of jobs; a plain one where that callback is not configured."""
+        from densbench.progress import SweepProgress
+
+        for cb in getattr(self.hydra_context.callbacks, "callbacks", []):
+            if isinstance(cb, SweepProgress) and hasattr(cb, "counts"):
+                cb.expect(jobs)
+                return cb
+        progress = SweepProgress()
+        progress.begin(jobs)
+        return progress
+
     def _per_job_callbacks(self) -> List[Callback]:
         """Configured callbacks that act per job (densbench's progress counts stacks itself)."""
         from densbench.progress import SweepProgress
