@@ -53,7 +53,7 @@ def test_tensorboard_events_have_the_tags(headline_sweep):
     from tensorboard.plugins.hparams import metadata
 
     tmp, _ = headline_sweep
-    sessions = {}
+    sessions, declaring = {}, 0
     for run, (run_dir, _) in _results(tmp).items():
         ea = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
         ea.Reload()
@@ -67,9 +67,11 @@ def test_tensorboard_events_have_the_tags(headline_sweep):
         sections = sorted({t.split("/", 1)[0] for t in tags["scalars"]})
         assert sections[0] == "curves" and {"test", "throughput"} <= set(sections)
         hp = ea.PluginTagToContent("hparams")
-        # a run declares no experiment (the sweep does, once, for all of its runs), only its session
-        assert "_hparams_/experiment" not in hp and "_hparams_/session_start_info" in hp
+        # a run declares only its session; the sweep declares the experiment, once for all of its runs, in one run's folder
+        assert "_hparams_/session_start_info" in hp
+        declaring += "_hparams_/experiment" in hp
         sessions[run] = dict(metadata.parse_session_start_info_plugin_data(hp["_hparams_/session_start_info"]).hparams)
+    assert declaring == 1 and not list((tmp / "multirun").glob("*tfevents*"))  # none at the root: no run "."
     values = {key: {str(s[key]) for s in sessions.values()} for key in ("loss", "head", "lr", "dataset")}
     assert len(values["loss"]) == 3 and len(values["head"]) == 2  # kl/nll/mdn, gaussian/mixture: they differ
     assert len(values["lr"]) == 1 and len(values["dataset"]) == 1

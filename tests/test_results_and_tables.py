@@ -172,7 +172,8 @@ def test_tensorboard_declaration_is_replaced_whole_and_a_broken_run_does_not_fai
     dirs = [(d / res["artifacts"]["tensorboard"], res) for d, res in runs]
 
     def declared():
-        (path,) = tmp_path.glob("*tfevents*")
+        assert not list(tmp_path.glob("*tfevents*"))  # none at the root, where TensorBoard lists a run "."
+        (path,) = tmp_path.rglob(tb_experiment.FILE)  # in one run's folder
         (value,) = [v for e in EventFileLoader(str(path)).Load() for v in e.summary.value]
         exp = metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
         return {h.name for h in exp.hparam_infos if h.differs}

@@ -30,36 +30,49 @@ def _band(ax, x, dist, color, label, truth=False):
         ax.fill_between(x, lo.numpy(), hi.numpy(), color=color, alpha=0.25, lw=0, label=f"{label} 95% interval")
 
 
-def _mixture_panels(axes, g: np.ndarray, dist: NormalMixture, data) -> None:
-    """A mixture's conditional density over the data, its components' means and spreads, weights and samples."""
-    ax = axes[0, 0]
+# TensorBoard shows an image scaled to its card, about 500 px wide, where a point of a figure W inches
+# wide is 500 / (72 W) px: the mixture's four panels, two a row on 9 inches, with these sizes keep its
+# text at least 8 px high and its curves 1.5 px wide there (four in a row on 18 inches drew 3-4 px text)
+MIXTURE_SIZE = (9.0, 7.5)
+TITLE_PT, LABEL_PT, TICK_PT, LEGEND_PT, LINE_PT, MARKER_PT2 = 14, 13, 12, 11, 2.5, 14
+
+
+def _mixture_figure(g: np.ndarray, dist: NormalMixture, data, title: str):
+    """A mixture's conditional density over the data, its components' means and spreads, weights and samples: a 2x2 grid."""
+    fig, axes = plt.subplots(2, 2, figsize=MIXTURE_SIZE)
+    density, components, weights, samples = axes.ravel()
     lo, hi = np.percentile(data.y, [0.5, 99.5])
     pad = 0.1 * (hi - lo)
     ys = torch.linspace(lo - pad, hi + pad, 200, dtype=dist.loc.dtype)
     dens = dist.log_prob(ys.view(-1, 1)).exp().numpy()  # [Y, X]
     # each column scaled to its own maximum: sharp and broad conditionals stay visible side by side
     dens = dens / np.maximum(dens.max(0, keepdims=True), 1e-300)
-    ax.imshow(dens, origin="lower", aspect="auto", extent=(g[0], g[-1], ys[0], ys[-1]), cmap="Blues", alpha=0.9)
-    ax.plot([], [], "s", color="#4a7fb5", label="p(y|x), each x scaled to its peak")
-    ax.set_ylim(float(ys[0]), float(ys[-1]))
+    density.imshow(dens, origin="lower", aspect="auto", extent=(g[0], g[-1], ys[0], ys[-1]), cmap="Blues", alpha=0.9)
+    density.scatter(data.x[data.test, 0], data.y[data.test], s=MARKER_PT2, alpha=0.35, color=DATA_COLOR, label="test data")
+    density.set_ylim(float(ys[0]), float(ys[-1]))
+    density.set_ylabel(data.target_name, fontsize=LABEL_PT)
     w, mu, sd = dist.weights.numpy(), dist.loc.numpy(), dist.scale.numpy()
     for k in range(w.shape[1]):
-        axes[0, 1].plot(g, mu[:, k], lw=1.5, label=f"k={k}")
-        axes[0, 1].fill_between(g, mu[:, k] - sd[:, k], mu[:, k] + sd[:, k], alpha=0.2, lw=0)
-        axes[0, 2].plot(g, w[:, k], lw=1.5)
-    axes[0, 1].set_title("component means +- sigma")
-    axes[0, 2].set_title("mixing weights pi_k")
-    axes[0, 2].set_ylim(-0.02, 1.02)
+        components.plot(g, mu[:, k], lw=LINE_PT, label=f"k={k}")
+        components.fill_between(g, mu[:, k] - sd[:, k], mu[:, k] + sd[:, k], alpha=0.2, lw=0)
+        weights.plot(g, w[:, k], lw=LINE_PT)
+    weights.set_ylim(-0.02, 1.02)
     gen = torch.Generator().manual_seed(0)
     comp = torch.multinomial(dist.weights, 1, generator=gen)[:, 0]
     idx = torch.arange(len(g))
     samp = dist.loc[idx, comp] + dist.scale[idx, comp] * torch.randn(len(g), generator=gen, dtype=dist.loc.dtype)
-    axes[0, 3].scatter(data.x[data.test, 0], data.y[data.test], s=6, alpha=0.3, color=DATA_COLOR, label="test data")
-    axes[0, 3].scatter(g, samp.numpy(), s=6, color=MODEL_COLOR, label="model samples")
-    axes[0, 3].set_title("samples from the mixture")
-    axes[0, 3].legend(loc="best", fontsize=7)
-    for a in axes[0, 1:]:
-        a.set_xlabel(data.feature_names[0])
+    samples.scatter(data.x[data.test, 0], data.y[data.test], s=MARKER_PT2, alpha=0.3, color=DATA_COLOR, label="test data")
+    samples.scatter(g, samp.numpy(), s=MARKER_PT2, color=MODEL_COLOR, label="model samples")
+    names = ("p(y|x), each x scaled to its peak", "component means +- sigma", "mixing weights pi_k", "samples from the mixture")
+    for ax, name in zip(axes.ravel(), names):
+        ax.set_title(name, fontsize=TITLE_PT)
+        ax.set_xlabel(data.feature_names[0], fontsize=LABEL_PT)
+        ax.tick_params(labelsize=TICK_PT)
+    for ax in (density, samples):
+        ax.legend(loc="best", fontsize=LEGEND_PT)
+    fig.suptitle(title, fontsize=TITLE_PT)
+    fig.tight_layout()
+    return fig
 
 
 def predictive_figure(predict, prep: Prepared, title: str = "", points: int = 300):
@@ -72,11 +85,11 @@ def predictive_figure(predict, prep: Prepared, title: str = "", points: int = 30
     xs = data.x[:, 0]
     grid = np.linspace(xs.min(), xs.max(), points).reshape(-1, 1)
     dist = predict(grid)
-    truth = data.truth(torch.as_tensor(grid, dtype=torch.float64)) if data.truth is not None else None
     g = grid[:, 0]
-    mixture = isinstance(dist, NormalMixture)
-    fig, axes = plt.subplots(1, 4 if mixture else 1, figsize=(18 if mixture else 7, 4.5), squeeze=False)
-    ax = axes[0, 0]
+    if isinstance(dist, NormalMixture):
+        return _mixture_figure(g, dist, data, title)
+    truth = data.truth(torch.as_tensor(grid, dtype=torch.float64)) if data.truth is not None else None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(data.x[test, 0], data.y[test], s=6, alpha=0.35, color=DATA_COLOR, label="test data")
     if isinstance(dist, (Bernoulli, Categorical)):
         probs = dist.probs if isinstance(dist, Categorical) else torch.stack([1 - dist.probs, dist.probs], -1)
@@ -85,11 +98,9 @@ def predictive_figure(predict, prep: Prepared, title: str = "", points: int = 30
         if truth is not None:
             tp = truth.probs if isinstance(truth, Categorical) else torch.stack([1 - truth.probs, truth.probs], -1)
             ax.plot(g, tp[:, -1].numpy(), "--", color=TRUTH_COLOR, label=f"true P(class {tp.shape[-1] - 1})")
-    elif mixture:
-        _mixture_panels(axes, g, dist, data)
     else:
         _band(ax, g, dist, MODEL_COLOR, "model")
-    if truth is not None and not isinstance(truth, (Bernoulli, Categorical)) and not mixture:
+    if truth is not None and not isinstance(truth, (Bernoulli, Categorical)):
         _band(ax, g, truth, TRUTH_COLOR, "truth", truth=True)
     ax.set_xlabel(data.feature_names[0])
     ax.set_ylabel(data.target_name)

@@ -3,10 +3,12 @@
 Left to infer the table from the runs, TensorBoard puts the hyperparameters that differ first (its
 HParams tab shows five of each by default), but takes the metric columns as every scalar tag in name
 order, so the five shown are test/check_score ... test/crps and not the NLL. A declaration fixes
-both, and has to cover every run: TensorBoard reads one experiment per log directory, so it is
-written once, at the sweep's root, from all of its runs, after they have finished. Torch- and
-Lightning-free (TensorBoard's own reader and writer): a sweep's end runs it in the launcher's main
-process, which trained nothing itself under a parallel launcher.
+both, and has to cover every run: TensorBoard reads one experiment per log directory (from whichever
+run holds it), so it is written once, from all of the sweep's runs, after they have finished, into
+one run's own folder beside that run's events. Not at the sweep's root: TensorBoard makes every
+folder holding an event file a run, and a file there lists the root as an empty run named ".".
+Torch- and Lightning-free (TensorBoard's own reader and writer): a sweep's end runs it in the
+launcher's main process, which trained nothing itself under a parallel launcher.
 """
 
 from __future__ import annotations
@@ -85,16 +87,20 @@ def experiment(runs: list[tuple[Path, dict[str, Any]]]) -> Any | None:
 
 
 def declare(sweep_dir: Path, runs: list[tuple[Path, dict[str, Any]]]) -> Path | None:
-    """Write (or replace) the sweep's experiment at its root, where TensorBoard pointed at the sweep finds it
-    (runs: each run's TensorBoard directory and result.json)."""
+    """Write (or replace) the sweep's experiment into one of its runs' TensorBoard folders, where TensorBoard
+    pointed at the sweep finds it (runs: each run's TensorBoard directory and result.json)."""
     exp = experiment(runs)
     if exp is None:
         return None
     data = plugin_data_pb2.HParamsPluginData(experiment=exp, version=metadata.PLUGIN_DATA_VERSION)
     summary = Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(data))])
-    target = Path(sweep_dir) / FILE
+    earlier = sorted(Path(sweep_dir).rglob(FILE))
+    logged = [(d, res) for d, res in runs if (d / "hparams.yaml").is_file()]
+    # a finished run: one resumed would write events that sort before this file, which a running
+    # TensorBoard, having read past them, would not pick up
+    target = _holder(earlier, [d for d, res in logged if res.get("status") == "ok"] or [d for d, _ in logged]) / FILE
     # written aside and moved into place: an interrupted write leaves the previous declaration whole
-    scratch = Path(tempfile.mkdtemp(prefix=".hparams-", dir=sweep_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=".hparams-", dir=target.parent))
     try:
         writer = EventFileWriter(str(scratch))
         writer.add_event(Event(wall_time=time.time(), summary=summary))
@@ -103,4 +109,18 @@ def declare(sweep_dir: Path, runs: list[tuple[Path, dict[str, Any]]]) -> Path | 
         os.replace(written, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    # TensorBoard shows the first experiment it finds: none other may stay (nor one at the root, from before)
+    for stale in earlier:
+        if stale.resolve() != target.resolve():
+            stale.unlink(missing_ok=True)
     return target
+
+
+def _holder(earlier: list[Path], folders: list[Path]) -> Path:
+    """The run folder to hold the declaration: the one holding it already (a sweep extended keeps it where
+    a running TensorBoard found it), else the first by name."""
+    runs = {folder.resolve(): folder for folder in folders}
+    for path in earlier:
+        if path.parent.resolve() in runs:
+            return runs[path.parent.resolve()]
+    return min(folders)
