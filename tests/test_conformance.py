@@ -329,3 +329,25 @@ def test_each_supports_data_lies_in_it_and_its_truth_scores_like_scipy(task, sup
         ref = np.log(np.where(data.y[:300] == 0, gate, 0) + (1 - gate) * stats.poisson.pmf(data.y[:300], rate))
         np.testing.assert_allclose(mine, ref, rtol=1e-10, atol=1e-12)
         assert 0.3 < (data.y == 0).mean() < 0.5  # the excess zeros are there
+
+
+@pytest.mark.parametrize("fam,task", CONTINUOUS)
+def test_a_crps_registered_as_differentiable_has_finite_gradients_in_every_field(fam, task):
+    # loss=crps trains every family whose closed form is registered as differentiable: it must be
+    if not fam.has_closed_form("crps", differentiable=True):
+        pytest.skip(f"{fam.name}: no differentiable closed-form CRPS (loss=crps refuses it)")
+    raw = _raw(fam, n=16, grad=True)
+    dist = fam.distribution(raw)
+    with torch.no_grad():
+        y = _per_sample(_targets(fam, task, dist))
+    ops.crps(dist, y).sum().backward()
+    for name in fam.fields():
+        assert raw[name].grad is not None and bool(torch.isfinite(raw[name].grad).all()), name
+
+
+def test_a_closed_form_registered_as_not_differentiable_is_refused_to_training_but_kept_for_metrics():
+    op = dispatch.Operation("demo")
+    op.register("some.module.Shape", differentiable=False)(lambda d, y: y)
+    op.register("some.module.Smooth")(lambda d, y: y)
+    assert op.registered("some.module.Shape") and not op.registered("some.module.Shape", differentiable=True)
+    assert op.registered("some.module.Smooth", differentiable=True) and not op.registered("some.module.Other")

@@ -41,11 +41,16 @@ class Operation:
         self._impls: dict[type, Callable] = {}
         self._pending: list[tuple[str, Callable]] = []
         self._names: dict[type, str] = {}  # the dotted names pending registrations were made under
+        self._not_differentiable: set[str] = set()
 
-    def register(self, *types: type | str) -> Callable[[Callable], Callable]:
-        """Decorator: `fn` is the closed form of this operation for these types (or dotted type names)."""
+    def register(self, *types: type | str, differentiable: bool = True) -> Callable[[Callable], Callable]:
+        """Decorator: `fn` is the closed form of this operation for these types (or dotted type names);
+        `differentiable=False` where autograd cannot pass through it (e.g. torch's incomplete gamma in its
+        shape), so that an objective training on it refuses the family while metrics still use it."""
 
         def deco(fn: Callable) -> Callable:
+            if not differentiable:
+                self._not_differentiable.update(t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}" for t in types)
             for t in types:
                 if isinstance(t, str):
                     self._pending.append((t, fn))
@@ -55,13 +60,16 @@ class Operation:
 
         return deco
 
-    def registered(self, type_name: str) -> bool:
+    def registered(self, type_name: str, differentiable: bool = False) -> bool:
         """Whether a closed form is registered for the type of this dotted name, asked before torch is imported.
 
         Answers from the registrations by name that the family modules make (they import no torch), so
-        it knows a family's distribution only by the name its module registers it under.
+        it knows a family's distribution only by the name its module registers it under; `differentiable`
+        asks for a closed form autograd can train through.
         """
         importlib.import_module(FAMILY_REGISTRAR).load_all()  # by name: this module imports none of its registrars
+        if differentiable and type_name in self._not_differentiable:
+            return False
         return any(name == type_name for name, _ in self._pending) or type_name in self._names.values()
 
     def closed_form(self, cls: type) -> Callable | None:

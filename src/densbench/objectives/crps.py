@@ -25,9 +25,9 @@ class CRPS(Objective):
     family_kernel = ("crps_kernel", "CRPS")
 
     def accepts(self, family: Family) -> str | None:
-        if family.has_closed_form("crps") and "regression" in family.tasks:
+        if family.has_closed_form("crps", differentiable=True) and "regression" in family.tasks:
             return None
-        return f"loss=crps needs a continuous head with a closed-form CRPS; head={family.name} has none"
+        return f"loss=crps needs a continuous head with a differentiable closed-form CRPS; head={family.name} has none"
 
     def terms(self, family: Family, raw: dict, y: Any, extra: tuple) -> Any:
         return ops.crps(family.distribution(raw), y[..., 0]).unsqueeze(-1)

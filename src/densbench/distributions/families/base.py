@@ -106,11 +106,12 @@ class Family:
         """Which of the targets y (numpy) lie outside the family's support: a boolean array."""
         return SUPPORTS[self.support][1](np.asarray(y, dtype=np.float64))
 
-    def has_closed_form(self, operation: str) -> bool:
-        """Whether densbench.distributions.ops has a closed form of `operation` (crps, icdf, ...) for its distribution."""
+    def has_closed_form(self, operation: str, differentiable: bool = False) -> bool:
+        """Whether densbench.distributions.ops has a closed form of `operation` (crps, icdf, ...) for its
+        distribution (one autograd can train through, if `differentiable`)."""
         from densbench.distributions import ops
 
-        return getattr(ops, operation).registered(self.distribution_type)
+        return getattr(ops, operation).registered(self.distribution_type, differentiable)
 
     # ---- settings -----------------------------------------------------------------------------
     def bind(self, task: str, n_classes: int | None = None) -> "Family":
