@@ -25,10 +25,11 @@ class Progress(pl.Callback):
         self.bar = None
         self._t0 = self._said = 0.0
         self._first = 0
+        self._warm: tuple[float, int] | None = None  # (time, step) at the end of the first validation period
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         state = pl_module.state
-        self._t0, self._first = time.perf_counter(), state.opt_steps
+        self._t0, self._first, self._warm = time.perf_counter(), state.opt_steps, None
         if self.interactive and trainer.is_global_zero:
             from tqdm import tqdm
 
@@ -50,12 +51,15 @@ class Progress(pl.Callback):
             return
         done, total = state.opt_steps, state.total_steps
         now = time.perf_counter()
+        # the first period pays for warm-up (lazy imports, allocator, first validation): the time left is
+        # told from the steps after it, so that a run's first lines do not promise twice its length
+        warm, self._warm = self._warm, self._warm or (now, done)
         if now - self._said < LINE_EVERY_S and done < total:
             return
         self._said = now
-        elapsed = now - self._t0
-        rate = (done - self._first) / elapsed if elapsed > 0 else float("nan")
-        eta = (total - done) / rate if rate > 0 else float("nan")
+        since, start = (warm[0], warm[1]) if warm is not None and done > warm[1] else (self._t0, self._first)
+        rate = (done - start) / (now - since) if now > since else float("nan")
+        eta = (total - done) / rate if warm is not None and rate > 0 else float("nan")
         parts = [f"step {done}/{total} ({100 * done / max(total, 1):.0f}%)", f"{rate:.0f} steps/s"]
         parts += [val] if val else []
         parts += [f"{duration(eta)} left"] if math.isfinite(eta) else []
