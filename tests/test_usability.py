@@ -179,6 +179,8 @@ def test_the_uci_protocol_and_the_documents_train_their_published_steps_without_
     (["dataset=concrete", "dataset.protocol=uci", "dataset.root=/no/such/folder"],
      "densbench: dataset.root=/no/such/folder: no concrete/data/data.txt there"),
     (["optimizer.lr=-1"], "densbench: optimizer.lr=-1 must be a positive number"),
+    (["head=mixture", "loss=kl"], "densbench: incompatible: loss=kl compares Gaussians in closed form; head=mixture is "
+                                  "not Gaussian; heads that fit loss=kl on regression data: gaussian,"),
 ])
 def test_a_refused_run_says_why_in_one_line_before_torch_and_leaves_no_folder(tmp_path, args, line):
     # -X importtime lists every module imported: torch must not be among them

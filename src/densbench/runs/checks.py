@@ -101,6 +101,33 @@ def check_config(cfg: DictConfig) -> Plan:
     return plan
 
 
+def heads_that_fit(objective: Objective, task: str) -> list[str]:
+    """The heads (conf/head names of registered families, default settings) `objective` trains on `task`'s data."""
+    from pathlib import Path
+
+    from densbench.config import config_dir
+    from densbench.distributions.families import load_all
+
+    offered = {p.stem for p in Path(config_dir(), "head").glob("*.yaml")}
+    fit = []
+    for name, cls in sorted(load_all().items()):
+        try:
+            family = cls()
+            if name in offered and task in family.tasks and objective.accepts(family.bind(task, 3)) is None:
+                fit.append(name)
+        except ConfigError:
+            continue
+    return fit
+
+
+def _refuse_pair(objective: Objective, family: Family, task: str) -> None:
+    """Incompatible, naming the heads that fit, if `objective` cannot train `family`."""
+    why = objective.accepts(family)
+    if why:
+        fit = heads_that_fit(objective, task)
+        raise Incompatible(why + (f"; heads that fit loss={objective.name} on {task} data: {', '.join(fit)}" if fit else ""))
+
+
 def check_pair(plan: Plan, grad: str, dataset: str) -> Plan:
     """The loss, the head and the data's task fit together (Incompatible if not)."""
     objective, task, head = plan.objective, plan.task, plan.family
@@ -110,17 +137,13 @@ def check_pair(plan: Plan, grad: str, dataset: str) -> Plan:
     if objective.needs_truth and plan.truth != objective.needs_truth:
         raise Incompatible(f"loss={objective.name} trains on the true {objective.needs_truth} p(y|x), which "
                            f"dataset={dataset} does not have; datasets with one: {', '.join(_with_truth(objective.needs_truth))}")
-    why = objective.accepts(head)
-    if why:
-        raise Incompatible(why)
+    _refuse_pair(objective, head, task)
     if task != "multiclass":
         try:
             bound = plan.bound_family()
         except ConfigError as exc:
             raise Incompatible(f"{exc} (dataset={dataset})") from None
-        why = objective.accepts(bound)
-        if why:
-            raise Incompatible(why)
+        _refuse_pair(objective, bound, task)
         if grad == "analytic":
             why = objective.analytic_refusal(bound)
             if why:
@@ -198,9 +221,7 @@ def check_against_data(plan: Plan, data: Any, grad: str) -> Family:
             extra = f"; the targets include negative values (min {y.min():g})" if (y < 0).any() else \
                 "; the targets are not integer counts" if (y != y.round()).any() else ""
         raise Incompatible(f"{exc}{extra} (dataset={data.name})") from None
-    why = plan.objective.accepts(family)
-    if why:
-        raise Incompatible(why)
+    _refuse_pair(plan.objective, family, task)
     if grad == "analytic":
         why = plan.objective.analytic_refusal(family)
         if why:
