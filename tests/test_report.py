@@ -160,3 +160,16 @@ def test_the_report_shows_where_each_runs_time_went(tmp_path):
     assert "| `old` | ok | hetero_sine | nll | gaussian/softplus | autograd | cpu | 1 | -0.600 | - | - | - | - | - | 1.0 |" in text
     runs = {r["run"]: r for r in csv.DictReader(open(tmp_path / "out" / "runs.csv"))}
     assert {k: float(runs["timed"][k]) for k in timed["timing"]} == timed["timing"]
+
+
+def test_a_rewritten_report_keeps_only_its_own_figures(sweep):
+    # figures of runs an earlier report saw (since removed, renamed, older code) must not linger beside the new ones
+    out = sweep / "out"
+    out.mkdir()
+    for stale in ("compare_gone.png", "calib_old-config.png", "pred_old-config-abc123_s0.png"):
+        (out / stale).write_bytes(b"old")
+    (out / "notes.png").write_bytes(b"the user's own")
+    write_report(sweep / "sweep", out)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "compare_hetero_sine.png" in pngs and "notes.png" in pngs
+    assert not {"compare_gone.png", "calib_old-config.png", "pred_old-config-abc123_s0.png"} & set(pngs)

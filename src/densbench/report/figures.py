@@ -55,8 +55,20 @@ def draw_figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
             suffix = f"_s{lab.get('split') if lab.get('split') is not None else lab.get('seed')}"
             _copy(p / fig_name, out_dir / f"{target}{suffix}.png")
             out["Predictive distributions"].append(f"{target}{suffix}.png")
+    written = {name for names in out.values() for name in names}
     out["Predictive distributions"] = sorted(set(out["Predictive distributions"]))[:24]
+    _remove_stale(out_dir, written)
     return out
+
+
+FIGURE_PREFIXES = ("compare_", "calib_", "pred_")  # the report's own figures: a folder rewritten holds only this pass's
+
+
+def _remove_stale(out_dir: Path, written: set[str]) -> None:
+    """Delete figures an earlier report left in out_dir (runs since removed, renamed, or from older code)."""
+    for path in out_dir.glob("*.png"):
+        if path.name.startswith(FIGURE_PREFIXES) and path.name not in written:
+            path.unlink(missing_ok=True)
 
 
 PARALLEL_FIGURES = 8  # from this many figures on, a report draws them on every core
