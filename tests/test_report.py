@@ -4,6 +4,7 @@ import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from densbench.report.sweep import write_report
@@ -173,3 +174,38 @@ def test_a_rewritten_report_keeps_only_its_own_figures(sweep):
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "compare_hetero_sine.png" in pngs and "notes.png" in pngs
     assert not {"compare_gone.png", "calib_old-config.png", "pred_old-config-abc123_s0.png"} & set(pngs)
+
+
+def test_comparison_rows_are_labelled_by_method_and_what_varies_with_a_legend_for_long_ones():
+    from densbench.report.figures import LABEL_MAX, _labels
+
+    common = {"loss": "nll", "head": "gaussian", "grad": "autograd", "device": "cpu"}
+    rows = [{**common, "method": "gaussian_nll", "recalibrate": "none", "config": "ensemble.members=1, recalibrate=none"},
+            {**common, "method": "gaussian_nll", "recalibrate": "isotonic", "config": "ensemble.members=1, recalibrate=isotonic"},
+            {**common, "head": "student_t", "method": "student_t", "recalibrate": "none", "config": "ensemble.members=5, recalibrate=none"},
+            {**common, "head": "student_t", "method": "student_t", "recalibrate": "none", "config": "ensemble.members=1, recalibrate=none"},
+            {**common, "loss": "kl", "method": None, "recalibrate": "none", "config": ""}]
+    shown, legend = _labels(rows)
+    assert shown[:2] == ["gaussian_nll", "gaussian_nll +isotonic"] and shown[4] == "kl/gaussian"
+    assert len(set(shown)) == len(shown) and all(len(s) <= LABEL_MAX for s in shown)
+    assert not any("autograd" in s or "cpu" in s for s in shown)  # the same for every row: said nowhere
+    # the two Student-t rows differ only in their config: numbered, spelled out in the legend
+    assert shown[2:4] == ["#1", "#2"] and legend == ["#1: student_t ensemble.members=5, recalibrate=none", "#2: student_t ensemble.members=1, recalibrate=none"]
+
+
+def test_the_comparison_figure_puts_each_configurations_learning_curve_beside_its_scores(monkeypatch, tmp_path):
+    from densbench.report import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, dpi=100: drawn.setdefault("fig", fig))
+    runs = [[{"curves": {"train_step": [10, 20, 30], "train_val_nll": [1.0, 0.8, 0.7 + d]}} for d in (0.0, 0.2)],
+            [{"curves": {"train_step": [10, 20], "train_val_nll": [2.0, 1.5]}}]]
+    rows = [{"dataset": "d", "loss": "nll", "head": "gaussian", "grad": "autograd", "device": "cpu", "nll": 0.7},
+            {"dataset": "d", "loss": "kl", "head": "gaussian", "grad": "autograd", "device": "cpu", "nll": 1.5}]
+    figures._draw_comparison("d", rows, tmp_path / "c.png", [figures._mean_curve(r) for r in runs])
+    axes = drawn["fig"].axes
+    assert [a.get_title() for a in axes] == ["test NLL (lower is better)", "validation NLL (lower is better)"]
+    lines = {ln.get_label(): ln.get_xydata() for ln in axes[-1].get_lines()}
+    assert sorted(lines) == ["kl/gaussian", "nll/gaussian"]
+    np.testing.assert_allclose(lines["nll/gaussian"], [[10, 1.0], [20, 0.8], [30, 0.8]])  # the mean of the two runs
+    np.testing.assert_allclose(lines["kl/gaussian"], [[10, 2.0], [20, 1.5]])

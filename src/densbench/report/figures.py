@@ -13,9 +13,28 @@ from densbench.metric_catalog import columns, lower_is_better
 from densbench.report.rows import GROUP_KEYS
 
 
-def _short(row: dict) -> str:
-    text = f"{row['loss']}/{row['head']} {row['grad']}/{row['device']}"
-    return f"{text} {row['config']}" if row.get("config") else text
+LABEL_MAX = 28  # characters of a row label; a longer one is numbered, and spelled out under the figure
+
+
+def _labels(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """Short row labels for one dataset's configurations (the method's name, and only what varies between
+    rows besides), and the legend lines of those still too long."""
+    varying = [k for k in ("grad", "device") if len({r.get(k) for r in rows}) > 1]
+    names = []
+    for r in rows:
+        parts = [r.get("method") or f"{r['loss']}/{r['head']}", *(str(r[k]) for k in varying)]
+        if r.get("recalibrate") not in (None, "", "none"):
+            parts.append(f"+{r['recalibrate']}")
+        names.append(" ".join(parts))
+    # where the method's name repeats, the config tells the rows apart
+    names = [f"{n} {r['config']}" if r.get("config") and names.count(n) > 1 else n for n, r in zip(names, rows)]
+    shown, legend = [], []
+    for n in names:
+        if len(n) > LABEL_MAX:
+            legend.append(f"#{len(legend) + 1}: {n}")
+            n = f"#{len(legend)}"
+        shown.append(n)
+    return shown, legend
 
 
 def _slug(parts) -> str:
@@ -25,12 +44,12 @@ def _slug(parts) -> str:
 def draw_figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"Comparison per dataset": [], "Calibration": [], "Predictive distributions": []}
     tasks: list[tuple[Any, tuple]] = []  # (drawing function, its arguments): drawn side by side on every core
-    by_ds: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_ds[r["dataset"]].append(r)
-    for ds, rs in by_ds.items():
+    by_ds: dict[str, list[tuple[dict, Any]]] = defaultdict(list)
+    for r, runs in zip(rows, groups.values()):  # summarise() keeps the groups' order
+        by_ds[r["dataset"]].append((r, _mean_curve(runs)))
+    for ds, pairs in by_ds.items():
         name = f"compare_{ds}.png"
-        tasks.append((_draw_comparison, (ds, rs, out_dir / name)))
+        tasks.append((_draw_comparison, (ds, [r for r, _ in pairs], out_dir / name, [c for _, c in pairs])))
         out["Comparison per dataset"].append(name)
     run_dirs = {id(r): p for p, r in results}
     for key, runs in groups.items():
@@ -94,15 +113,43 @@ def _draw_all(tasks: list[tuple[Any, tuple]]) -> None:
             future.result()
 
 
-def _draw_comparison(ds: str, rs: list[dict], path: Path) -> None:
-    """Each configuration's test NLL, CRPS and calibration error (ECE for classes) on one dataset, with standard errors."""
+def _mean_curve(runs: list[dict]) -> tuple[list[float], list[float]] | None:
+    """A configuration's validation NLL by optimisation step, averaged over its runs (to the shortest run's end)."""
+    curves = [((r.get("curves") or {}).get("train_step"), (r.get("curves") or {}).get("train_val_nll")) for r in runs]
+    curves = [(s, v) for s, v in curves if s and v and len(s) == len(v)]
+    if not curves:
+        return None
+    n = min(len(s) for s, _ in curves)
+    return list(curves[0][0][:n]), [sum(v[i] for _, v in curves) / len(curves) for i in range(n)]
+
+
+def _draw_curves(ax: Any, names: list[str], curves: list[Any]) -> None:
+    """Each configuration's mean validation NLL against the step, in the comparison's row order."""
+    styles = ["-", "--", ":", "-."]
+    for i, (name, curve) in enumerate(zip(names, curves)):
+        if curve:
+            ax.plot(*curve, styles[(i // 10) % 4], color=f"C{i % 10}", lw=1.5, label=name)
+    ax.set_title("validation NLL (lower is better)", fontsize=10)
+    ax.set_xlabel("optimisation step", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def _draw_comparison(ds: str, rs: list[dict], path: Path, curves: list[Any] | None = None) -> None:
+    """Each configuration's test NLL, CRPS and calibration error (ECE for classes) on one dataset, with standard
+    errors, and its learning curve (validation NLL by step) beside them."""
     import matplotlib.pyplot as plt
 
     direction = {True: "lower is better", False: "higher is better", None: ""}
     metrics = [(m, f"test {h} ({direction[lower_is_better(m)]})") for m, h in columns("nll", "crps", "mace", "ece")
                if any(r.get(m) is not None for r in rs)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.6 * len(rs) + 1.6), squeeze=False)
-    names = [_short(r) for r in rs]
+    names, legend = _labels(rs)
+    learning = bool(curves) and any(curves)
+    fig, axes = plt.subplots(1, len(metrics) + learning, figsize=(4.5 * (len(metrics) + learning),
+                                                                 0.6 * len(rs) + 1.6 + 0.22 * len(legend)), squeeze=False)
+    if learning:
+        _draw_curves(axes[0, -1], names, curves)
     for ax, (m, h) in zip(axes[0], metrics):
         vals = [r.get(m, float("nan")) for r in rs]
         errs = [r.get(f"{m}_se") or 0.0 for r in rs]
@@ -116,10 +163,12 @@ def _draw_comparison(ds: str, rs: list[dict], path: Path) -> None:
         ax.set_title(h, fontsize=10)
     fig.suptitle(ds, fontsize=11)
     # fixed margins (tight_layout measures every label: seconds per report); the labels' width sets the left one
-    width = 4.5 * len(metrics)
+    width = 4.5 * (len(metrics) + learning)
     label_in = 0.075 * max((len(n) for n in names), default=10) + 0.2
-    fig.subplots_adjust(left=min(0.6, label_in / width), right=0.98, bottom=0.55 / fig.get_figheight(),
-                        top=1 - 0.5 / fig.get_figheight(), wspace=0.12)
+    if legend:
+        fig.text(0.01, 0.01, "\n".join(legend), fontsize=8, va="bottom", ha="left")
+    fig.subplots_adjust(left=min(0.6, label_in / width), right=0.98, bottom=(0.55 + 0.22 * len(legend)) / fig.get_figheight(),
+                        top=1 - 0.75 / fig.get_figheight(), wspace=0.12 + 0.1 * learning)
     save_figure(fig, path, dpi=100)
     plt.close(fig)
 
