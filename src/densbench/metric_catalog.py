@@ -17,6 +17,7 @@ class Metric(NamedTuple):
 
 CATALOG: dict[str, Metric] = {m.name: m for m in (
     Metric("nll", "NLL", True),
+    Metric("nll_binned", "NLL@h", True),  # per unit width of the interval y +- h/2 (h: the targets' recording grid)
     Metric("crps", "CRPS", True),
     Metric("rmse", "RMSE", True),
     Metric("accuracy", "accuracy", False),

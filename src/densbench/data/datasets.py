@@ -18,7 +18,7 @@ from densbench import config, provenance
 
 from densbench.data import tables
 from densbench.errors import DataError
-from densbench.data.splits import TASKS, Data
+from densbench.data.splits import resolution_of, TASKS, Data
 from densbench.lazy import D, torch
 
 if TYPE_CHECKING:
@@ -285,6 +285,7 @@ def load(cfg) -> Data:
         data.train = data.train[: int(cfg.max_train)]
     if cfg.get("max_eval"):
         data.val, data.test = data.val[: int(cfg.max_eval)], data.test[: int(cfg.max_eval)]
+    data.resolution = resolution_of(cfg.get("resolution"), data)
     return data
 
 

@@ -34,6 +34,7 @@ class Data:
     n_classes: int | None = None
     truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x)
     notes: dict = field(default_factory=dict)
+    resolution: float | None = None  # the grid the targets are recorded on (1: whole numbers), where set
 
     @property
     def n_features(self) -> int:
@@ -66,3 +67,36 @@ def protocol_rows(train: np.ndarray, test: np.ndarray, val_fraction: float, tuni
     if tuning:
         train, test = carve_validation(train, val_fraction)
     return (*carve_validation(train, val_fraction), test)
+
+
+RESOLUTIONS = tuple(10.0 ** k for k in range(3, -7, -1))  # the recording grids a target is tested against, coarsest first
+
+
+def detect_resolution(y: np.ndarray) -> float | None:
+    """The coarsest power of ten every target is a whole multiple of (wine: 1, naval: 0.001), None if none from
+    1000 down to 1e-6 is: a density's NLL is unbounded below on such a grid, an interval's is not."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.size < 2 or np.unique(y).size < 2:
+        return None
+    for h in RESOLUTIONS:
+        # relative to the grid: values read from text carry float error far below a millionth of a step
+        if np.all(np.abs(y / h - np.round(y / h)) < 1e-6):
+            return h
+    return None
+
+
+def resolution_of(setting: object, data: Data) -> float | None:
+    """dataset.resolution: null (none), auto (detected on the training targets of a regression), or a width."""
+    from densbench.errors import ConfigError
+
+    if setting in (None, "", "none", "null", "None"):
+        return None
+    if setting == "auto":
+        return detect_resolution(data.y[data.train]) if data.task == "regression" else None
+    try:
+        h = float(setting)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        h = float("nan")
+    if not h > 0 or data.task != "regression":
+        raise ConfigError(f"dataset.resolution={setting!r} must be null, auto or a positive width (regression targets only)")
+    return h

@@ -219,6 +219,23 @@ def target_log_prob(dist: Distribution, y: Tensor, task: str) -> Tensor:
     return dist.log_prob(y)
 
 
+RELIABLE_MASS = 1e-10  # below this an interval's mass from two CDF values near 1 has lost its digits to rounding
+
+
+def interval_nll(dist: Distribution, y: Tensor, h: float) -> Tensor:
+    """-log[(F(y + h/2) - F(y - h/2)) / h]: the NLL per unit width of the interval of width h around y, which a
+    target recorded to resolution h really tells (>= log h, where a density's NLL is unbounded below).
+
+    Where the mass is too small for two CDF values to resolve, the density at y stands for it (the two agree
+    for a predictive smooth at scale h, the only way a mass that small arises), capped at that small mass.
+    """
+    y = y.double()
+    mass = (cdf(dist, y + h / 2) - cdf(dist, y - h / 2)).double()
+    smooth = torch.clamp(dist.log_prob(y.to(dist.mean.dtype)).double() + math.log(h), max=math.log(RELIABLE_MASS))
+    log_mass = torch.where(mass > RELIABLE_MASS, torch.log(mass.clamp_min(RELIABLE_MASS)), smooth)
+    return math.log(h) - log_mass
+
+
 def pit(dist: Distribution, y: Tensor, u: Tensor | None = None, counts: bool = False) -> Tensor:
     """Probability integral transform F(y); randomised F(y-1) + u (F(y) - F(y-1)) for discrete targets.
 

@@ -15,7 +15,7 @@ from torch.distributions import Bernoulli, Categorical, Distribution
 from torchmetrics import Metric
 
 from densbench.distributions.dispatch import Unavailable, recording_fallbacks
-from densbench.distributions.ops import crps, is_discrete, kl_to_truth, pit, quantile, target_log_prob
+from densbench.distributions.ops import crps, interval_nll, is_discrete, kl_to_truth, pit, quantile, target_log_prob
 
 CAL_LEVELS = 100  # expected proportions linspace(0, 1, 100)
 SCORE_LEVELS = 99  # interval and check scores over linspace(0.01, 0.99, 99)
@@ -32,6 +32,7 @@ MISSING_METRICS = {
     "reliability": ("ece",),
     "pit": ("pit_ks", "mace", "rmsce", "miscal_area", "quantile_mace"),
     "sharpness": ("sharpness",),
+    "binned": ("nll_binned",),
     "intervals": ("interval_score", "check_score", "coverage50", "coverage90", "coverage95", "width50", "width90", "width95"),
 }
 
@@ -55,15 +56,16 @@ class PredictiveMetrics(Metric):
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self, task: str, full: bool = True, intervals: bool = True, **kwargs):
+    def __init__(self, task: str, full: bool = True, intervals: bool = True, resolution: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.task, self.full, self.intervals = task, full, intervals
+        self.resolution = resolution  # the targets' recording grid h: nll_binned scores the interval y +- h/2
         self.fallbacks: dict[str, str] = {}  # operations served by a generic method instead of a closed form
         self.missing: dict[str, str] = {}  # metric parts no method could compute for this distribution
         self.classification = task in ("binary", "multiclass")
         scalars = ["n", "nll", "sq_err", "correct", "n_truth", "oracle_nll", "kl_truth"]
         if full:
-            scalars += ["crps", "var", "interval_score", "check_score"]
+            scalars += ["crps", "var", "interval_score", "check_score", "nll_binned"]
         for name in scalars:
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         if full:
@@ -107,6 +109,8 @@ class PredictiveMetrics(Metric):
             parts["pit"] = lambda: self._update_pit(dist, y, u)
         if not self.classification:
             parts["sharpness"] = lambda: self._add("var", dist.variance.double().sum())
+            if self.resolution:
+                parts["binned"] = lambda: self._add("nll_binned", interval_nll(dist, y, self.resolution).sum())
             if self.intervals:
                 parts["intervals"] = lambda: self._update_intervals(dist, y, intervals or {})
         for name, part in parts.items():
@@ -192,6 +196,8 @@ class PredictiveMetrics(Metric):
             out["miscal_area"] = _area_between(expected, diff)
             out["quantile_mace"] = (self.quantile_hits / n - expected).abs().mean()
             out["sharpness"] = (self.var / n).sqrt()
+            if self.resolution:
+                out["nll_binned"] = self.nll_binned / n
             if self.intervals:
                 out["interval_score"] = self.interval_score / n
                 out["check_score"] = self.check_score / n

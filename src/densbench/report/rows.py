@@ -22,11 +22,11 @@ GROUP_KEYS = ("dataset", "head", "loss", "grad", "device")
 ROW_KEYS = GROUP_KEYS + ("config",)  # config: the other settings that differ between rows
 
 
-MAIN_COLUMNS = ("nll", "crps", "mace", "ece", "coverage90", "rmse", "accuracy", "nll_gap", "train_samples_per_s")
+MAIN_COLUMNS = ("nll", "nll_binned", "crps", "mace", "ece", "coverage90", "rmse", "accuracy", "nll_gap", "train_samples_per_s")
 
 
 CSV_METRICS = [
-    "nll", "rmse", "accuracy", "crps", "mace", "rmsce", "miscal_area", "quantile_mace", "ece", "sharpness",
+    "nll", "nll_binned", "rmse", "accuracy", "crps", "mace", "rmsce", "miscal_area", "quantile_mace", "ece", "sharpness",
     "coverage50", "coverage90", "coverage95", "width50", "width90", "width95", "interval_score", "check_score",
     "pit_ks", "oracle_nll", "kl_truth", "nll_gap", "floor_hits", "train_samples_per_s", "train_steps_per_s",
     "step_time_ms", "stack_size", "stack_samples_per_s", "eval_samples_per_s", "peak_memory_mb",

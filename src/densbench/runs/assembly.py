@@ -172,8 +172,8 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     selection = Selection(stack.size, loop.early_stopping_patience if has_val else None)
 
     logs = [job_log.make(cfg.get("logger"), s.run_dir, state.opt_steps if resume_from is not None else None) for s in specs]
-    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.recalibrate)))
-            for models, p, d, lg, s in zip(stack.jobs, preps, datas, logs, specs)]
+    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.recalibrate)),
+                d.resolution) for models, p, d, lg, s in zip(stack.jobs, preps, datas, logs, specs)]
     module = DensityModule(backbone, head, plan.objective, instantiate(cfg.optimizer), cfg.grad, datas[0].task, stack, jobs,
                            state, selection, samples_per_step=batch or n_train, resume_from=resume_from)
     # set for every job: the kernels are process-wide and a sweep runs many jobs in one process

@@ -87,6 +87,7 @@ def _train_record(b: Built, j: int, history: list[dict], steps: int) -> dict[str
         "n_train": len(data.train),
         "n_val": len(data.val),
         "n_test": len(data.test),
+        "target_resolution": data.resolution,
         "parameters": sum(p[0].numel() for p in module.weights().values()),
         "stack": {"models": module.stack.size, "jobs": len(module.jobs), "members": len(module.jobs[j].models)},
         "threads": torch.get_num_threads(),

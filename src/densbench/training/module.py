@@ -47,6 +47,7 @@ class Job:
     log: JobLog = field(default_factory=JobLog)  # its loggers (none: no logging)
     key: dict[str, str] = field(default_factory=dict)  # what its checkpoints must match
     recalibration: Recalibration = field(default_factory=Recalibration)  # fitted on its validation split before its test
+    resolution: float | None = None  # its targets' recording grid (the interval NLL's width), where set
 
 
 class DensityModule(pl.LightningModule):
@@ -83,13 +84,13 @@ class DensityModule(pl.LightningModule):
         self.register_buffer("target_scale", torch.tensor([[jobs[j].target_scale] for j in job_of]), persistent=False)
         self.register_buffer("job_of", torch.tensor(job_of), persistent=False)
         self.val_scores = ModelScores(task, stack.size)
-        self.test_metrics = nn.ModuleList([PredictiveMetrics(task, full=True) for _ in jobs])
+        self.test_metrics = nn.ModuleList([PredictiveMetrics(task, full=True, resolution=job.resolution) for job in jobs])
         # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated), once per set of models
         self.as_trained = scored_as_trained_by(jobs)
-        self.uncalibrated_metrics = nn.ModuleDict({str(j): PredictiveMetrics(task, full=True)
+        self.uncalibrated_metrics = nn.ModuleDict({str(j): PredictiveMetrics(task, full=True, resolution=job.resolution)
                                                    for j, job in enumerate(jobs) if job.recalibration.active and j not in self.as_trained})
         # an ensemble's members are also scored alone (result.json reports their mean), once per set of models
-        self.member_metrics = nn.ModuleDict({f"{j}_{i}": PredictiveMetrics(task, full=True, intervals=False)
+        self.member_metrics = nn.ModuleDict({f"{j}_{i}": PredictiveMetrics(task, full=True, intervals=False, resolution=job.resolution)
                                              for j, job in enumerate(jobs) if len(job.models) > 1 and j not in self.as_trained
                                              for i in range(len(job.models))})
         self.diverged: dict[int, str] = {}  # model -> message

@@ -1,0 +1,80 @@
+"""The resolution-aware NLL: targets recorded on a grid h are scored by the interval y +- h/2, which no
+predictive can game by stacking mass on the grid's values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from densbench.data.splits import Data, detect_resolution, resolution_of
+from densbench.distributions import ops
+from densbench.distributions.classes import NormalMixture
+from densbench.errors import ConfigError
+from densbench.evaluation.metrics import PredictiveMetrics
+from densbench.methods import recipes
+from densbench.report import uci
+
+
+@pytest.mark.parametrize("y,h", [([3, 5, 6, 5, 7], 1.0), ([0.975, 0.98, 1.0, 0.985], 0.001), ([12.5, 30.1, 7.0], 0.1),
+                                 ([1200, 3400, 500], 100.0), (np.random.default_rng(0).normal(size=50), None), ([4, 4], None)])
+def test_the_recording_grid_is_the_coarsest_power_of_ten_every_target_is_a_multiple_of(y, h):
+    assert detect_resolution(np.asarray(y, dtype=float)) == h
+
+
+def test_the_setting_is_auto_a_width_or_none_and_a_bad_one_is_refused():
+    data = Data("d", "regression", np.zeros((4, 1)), np.array([1.0, 2.0, 3.0, 0.5]), np.arange(3), np.arange(3, 4),
+                np.arange(3, 4), ["x"], "y")
+    assert resolution_of("auto", data) == 1.0  # the training rows only: 0.5 is a test row
+    assert resolution_of(None, data) is None and resolution_of(0.25, data) == 0.25
+    with pytest.raises(ConfigError, match="dataset.resolution=-1"):
+        resolution_of(-1, data)
+
+
+def test_the_interval_nll_is_the_normal_mass_per_width_and_tends_to_the_density_nll():
+    dist = torch.distributions.Normal(torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64), torch.tensor([0.5, 2.0, 0.1], dtype=torch.float64))
+    y = torch.tensor([0.0, 3.0, 2.05], dtype=torch.float64)
+    for h in (1.0, 0.1):
+        mass = stats.norm.cdf(y + h / 2, dist.loc, dist.scale) - stats.norm.cdf(y - h / 2, dist.loc, dist.scale)
+        np.testing.assert_allclose(ops.interval_nll(dist, y, h).numpy(), -np.log(mass / h), rtol=1e-12)
+        assert bool((ops.interval_nll(dist, y, h) >= math.log(h)).all())
+    # smooth at the scale of the grid: the interval's NLL is the density's
+    torch.testing.assert_close(ops.interval_nll(dist, y, 1e-5), -dist.log_prob(y), rtol=0, atol=1e-8)
+    # far in the upper tail, where two CDF values near 1 cannot resolve the mass: finite, near the density's
+    far = ops.interval_nll(torch.distributions.Normal(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)),
+                           torch.tensor([9.0], dtype=torch.float64), 0.001)
+    assert math.isfinite(float(far)) and abs(float(far) - (40.5 + 0.5 * math.log(2 * math.pi))) < 1e-3
+
+
+def test_mass_stacked_on_the_grid_lowers_the_density_nll_without_bound_but_not_the_interval_nll():
+    y = torch.tensor([3.0, 5.0, 6.0, 5.0], dtype=torch.float64)
+    values = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0], dtype=torch.float64)
+    spiky = NormalMixture(torch.zeros(4, 5, dtype=torch.float64), values.expand(4, 5), torch.full((4, 5), 1e-4, dtype=torch.float64))
+    metrics = PredictiveMetrics("regression", full=True, intervals=False, resolution=1.0)
+    metrics.update(spiky, y)
+    out = metrics.compute()
+    assert float(out["nll"]) < -5  # the density's NLL rewards the spikes
+    np.testing.assert_allclose(float(out["nll_binned"]), math.log(5), rtol=1e-9)  # mass 1/5 per unit interval
+
+
+def _run(dataset, method, nll, binned, split):
+    recipe = recipes()[method]
+    return None, {"status": "ok", "labels": {"dataset": dataset, "head": recipe.head, "split": split},
+                  "metrics": {"nll": nll, "nll_binned": binned}, "train": {"target_resolution": 1.0},
+                  "config": {"dataset": {"protocol": "uci"}, "loss": {"_target_": recipe.objective}}}
+
+
+def test_no_method_is_bold_on_a_gridded_dataset_for_its_density_nll_alone():
+    # a mixture beats the Gaussian by 3.7 nats of density NLL on wine's six values, and loses at the grid's resolution
+    results = [_run("wine", "mdn", -2.8 + 0.01 * s, 1.02, s) for s in range(3)] + \
+              [_run("wine", "gaussian_nll", 0.93 + 0.01 * s, 0.95, s) for s in range(3)]
+    found = uci.collect(results)
+    assert uci.ranked_best(found["wine"]) == "gaussian_nll"
+    board = uci.leaderboard(found, ["wine"], ["gaussian_nll", "mdn"])
+    cells = dict(zip(board.columns, board.rows[0][1]))
+    assert not cells["mdn"].best  # the lowest density NLL, but not for predictive skill
+    binned = uci.binned_leaderboard(found, ["wine"], ["gaussian_nll", "mdn"])
+    assert binned.rows[0][0] == "wine (1)" and dict(zip(binned.columns, binned.rows[0][1]))["gaussian_nll"].best
