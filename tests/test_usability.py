@@ -214,3 +214,18 @@ def test_help_opens_with_the_commands_a_user_needs_first(tmp_path):
     for command in ("python -m densbench list", "python -m densbench -m loss=kl,nll,mdn", "python -m densbench.report"):
         assert any(line.strip().startswith(command) for line in first[:10]), command
     assert "loss: beta_nll, crps" in proc.stdout  # Hydra's list of every group's options follows
+
+
+def test_the_family_benchmark_scores_every_head_on_the_same_splits(tmp_path):
+    # scripts/bench_families.py on a slice: two heads, two splits, 20 steps
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import bench_families
+    finally:
+        sys.path.pop(0)
+    scores, seconds = bench_families.sweep("gasolineyield", ["head=gaussian", "head=beta"], 2, tmp_path,
+                                           ("loop.max_steps=20", "loop.eval_every=10"))
+    assert sorted(scores) == ["beta", "gaussian"] and seconds > 0
+    assert all(len(s["nll"]) == 2 and all(math.isfinite(v) for v in s["nll"] + s["crps"]) for s in scores.values())
+    rows = bench_families.table("gasolineyield", scores)
+    assert len(rows) == 2 and sum(r.count("**") for r in rows) == 4  # the best NLL and the best CRPS, each bold
