@@ -172,8 +172,14 @@ class PositiveField(Family):
     on the floor. A subclass names its field and says how the setting becomes the mapped value.
     """
 
-    has_floor = True
     positive_field: ClassVar[str] = "spread"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a spread on its floor is a collapsed variance, worth flagging; a shape or a precision on its floor
+        # is the widest member of its family: whether the floor matters is a property of the field
+        if "has_floor" not in cls.__dict__:
+            cls.has_floor = cls.positive_field == "spread"
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init: float | None = None,
                  init_name: str = "init_std") -> None:

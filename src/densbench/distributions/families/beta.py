@@ -54,8 +54,6 @@ class Beta(PositiveField):
     support = "unit_interval"
     distribution_type = "torch.distributions.Beta"
     positive_field = "precision"
-    # a precision on its floor is the widest Beta (near Bernoulli), not a collapsed spread: nothing to flag
-    has_floor = False
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_precision: float | None = None,
                  precision_unit: float = 10.0) -> None:

@@ -125,7 +125,6 @@ class Gamma(PositiveField):
     distribution_type = "torch.distributions.Gamma"
     support = "positive"
     positive_field = "shape"
-    has_floor = False  # a shape on its floor is the widest gamma, not a collapsed spread
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_shape: float | None = None) -> None:
         super().__init__(positivity, floor, init_shape, "init_shape")

@@ -35,7 +35,6 @@ class NegativeBinomial(PositiveField):
     support = "counts"
     distribution_type = "torch.distributions.NegativeBinomial"
     positive_field = "shape"
-    has_floor = False  # a shape on its floor is not a collapsed spread: nothing to flag
 
     def __init__(self, positivity: str = "softplus", floor: float = 1e-6, init_shape: float | None = 1.0) -> None:
         super().__init__(positivity, floor, init_shape, "init_shape")
