@@ -104,7 +104,8 @@ def _checked_job(cfg: DictConfig, plan: Any) -> tuple[Any, Any, Any]:
     family = check_against_data(plan, d, str(cfg.grad))
     check_recalibration(cfg, d.task, len(d.val))
     dtype = "float64" if param_dtype(str(cfg.trainer.precision)) == torch.float64 else "float32"
-    return d, family, data_mod.prepare(d, target_map=family.target_map, dtype=dtype)
+    prep = data_mod.prepare(d, target_map=family.target_map, dtype=dtype)
+    return d, family.fit_targets(prep.splits["train"][1].numpy()), prep
 
 
 def _stack_of(specs: list[JobSpec], seeds: list[list[int]]) -> tuple[Stack, list[int | None]]:
@@ -155,6 +156,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     stack, shares = _stack_of(specs, seeds)
     backbone = instantiate(cfg.model, in_features=datas[0].n_features, seeds=stack.seeds)
     head = Head(family, backbone.out_features, stack.seeds, detached=plan.objective.detached_fields(family))
+    _job_buffers(head, stack, families)
 
     n_train, has_val = len(datas[0].train), len(datas[0].val) > 0
     world = world_size(cfg.trainer)
@@ -191,6 +193,15 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     trainer = trainer_for(cfg.trainer, specs[0].run_dir, max_epochs=state.periods_left, callbacks=callbacks, validate=has_val)
     trained_by = [s.weights_from if i is None else (specs[i].weights_from or specs[i].run_dir) for s, i in zip(specs, shares)]
     return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val, loop, shares, trained_by)
+
+
+def _job_buffers(head: Head, stack: Stack, families: list[Any]) -> None:
+    """Each job's data-dependent buffers (Family.fit_targets on its own training split) into its models' rows."""
+    with torch.no_grad():
+        for models, family in zip(stack.jobs, families):
+            for name, value in family.buffers().items():
+                rows = getattr(head, name)
+                rows[models] = value.to(rows.dtype)
 
 
 def trainer_for(node: DictConfig, root: Path, max_epochs: int, callbacks: list[pl.Callback], validate: bool) -> pl.Trainer:

@@ -17,6 +17,8 @@ and provides
   parameters (positivity maps with their derivatives, links);
 - ``distribution(raw, loc, scale)``: the torch Distribution in original target units (standardised
   targets are mapped back through y = loc + scale * z);
+- optionally ``fit_targets(z)``: the family with data-dependent settings fitted to a job's training targets
+  (a histogram's edges), which reach the head as ``buffers()``, one job's per model of a stack;
 - optionally analytic kernels for the objectives (``nll_kernel`` and friends, see
   densbench.objectives.base for their contract), and closed forms of its distribution's operations,
   registered with densbench.distributions.ops next to the family.
@@ -116,6 +118,12 @@ class Family:
     # ---- settings -----------------------------------------------------------------------------
     def bind(self, task: str, n_classes: int | None = None) -> "Family":
         """The family to use for this data (a family with data-dependent choices settles them here)."""
+        return self
+
+    def fit_targets(self, z: Any) -> Family:
+        """The family for these training targets (numpy, as it sees them: its target_map applied); by default itself."""
+        # data-dependent settings (a histogram's bin edges) are settled here and reach the head through
+        # buffers(): the assembly fits one family per job and writes each job's buffers into its models' rows
         return self
 
     def fields(self) -> dict[str, int]:  # pragma: no cover - abstract
