@@ -5,7 +5,8 @@ of Gaussian members): CDF as the weighted sum, quantiles by the safeguarded solv
 of component quantiles (never a moment-matched Gaussian), CRPS in closed form, the binned pmf and
 Gauss-Hermite quadrature per component. ``InverseSinePosterior``: the MDN document's inverse problem,
 exact up to a normaliser computed on a fine grid. ``Recalibrated``: a predictive composed with a
-recalibration map, R(F(y)) (densbench.evaluation.recalibration, recalibrate=isotonic).
+recalibration map, R(F(y)) (densbench.evaluation.recalibration, recalibrate=isotonic). ``ZeroInflated``:
+a count distribution with structural zeros (``ZeroInflatedPoisson`` is the sine_zip truth).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal, constraints, register_kl
+from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal, Poisson, constraints, register_kl
+from torch.distributions.utils import lazy_property
 
 from densbench.distributions import ops
 from densbench.distributions.ops import HALF_LOG_2PI, INV_SQRT_PI, SQRT_2PI
@@ -156,35 +158,67 @@ def _recalibrated_crps(d: Recalibrated, y: Tensor) -> Tensor:
     return ops.crps_from_quantiles(d.quantile_grid(), y.double())
 
 
-class ZeroInflatedPoisson(Distribution):
-    """A structural zero with probability `gate`, else Poisson(rate): counts with excess zeros, in log space."""
+class ZeroInflated(Distribution):
+    """A structural zero with probability `gate`, else a draw from the count distribution `base`: excess zeros.
 
-    arg_constraints = {"gate": constraints.unit_interval, "rate": constraints.positive}  # noqa: RUF012 (torch's API)
+    The gate is kept as logits l (give either): log gate = logsigmoid(l), log(1 - gate) = logsigmoid(-l) keep
+    their digits where gate rounds to 0 or 1. Its closed forms are registered by the families that build it (zip, zinb).
+    """
+
+    arg_constraints = {"gate": constraints.unit_interval, "gate_logits": constraints.real}  # noqa: RUF012 (torch's API)
     support = constraints.nonnegative_integer
 
-    def __init__(self, gate: Tensor, rate: Tensor, validate_args: bool | None = False) -> None:
-        self.gate, self.rate = torch.broadcast_tensors(gate, rate)
-        super().__init__(self.rate.shape, validate_args=validate_args)
+    def __init__(self, gate: Tensor | None, base: Distribution, gate_logits: Tensor | None = None, validate_args: bool = False) -> None:
+        if (gate is None) == (gate_logits is None):
+            raise ValueError("ZeroInflated takes the gate as a probability or as logits, exactly one of them")
+        shape = torch.broadcast_shapes((gate if gate is not None else gate_logits).shape, base.batch_shape)
+        self.base = base if base.batch_shape == shape else base.expand(shape)
+        if gate is not None:  # the other is derived on first use (lazy_property)
+            self.gate = gate.expand(shape)
+        else:
+            self.gate_logits = gate_logits.expand(shape)
+        super().__init__(shape, validate_args=validate_args)
+
+    @lazy_property
+    def gate(self) -> Tensor:
+        return torch.sigmoid(self.gate_logits)
+
+    @lazy_property
+    def gate_logits(self) -> Tensor:
+        return torch.log(self.gate) - torch.log1p(-self.gate)
 
     @property
     def mean(self) -> Tensor:
-        return (1 - self.gate) * self.rate
+        return torch.sigmoid(-self.gate_logits) * self.base.mean
 
     @property
     def variance(self) -> Tensor:
-        return self.mean * (1 + self.gate * self.rate)
+        """(1 - gate) (Var B + gate (E B)^2): the base's variance plus the spread the structural zeros add."""
+        return torch.sigmoid(-self.gate_logits) * (self.base.variance + self.gate * self.base.mean**2)
 
     def log_prob(self, y: Tensor) -> Tensor:
-        """log(gate + (1 - gate) e^-rate) at zero, log(1 - gate) + the Poisson log pmf elsewhere."""
-        stay = torch.log1p(-self.gate)
-        counts = stay + y * self.rate.log() - self.rate - torch.lgamma(y + 1)
-        return torch.where(y == 0, torch.logaddexp(self.gate.log(), stay - self.rate), counts)
+        """logaddexp(log gate, log(1 - gate) + log p_B(0)) at zero, log(1 - gate) + log p_B(y) elsewhere."""
+        log_gate, log_stay = (torch.nn.functional.logsigmoid(s * self.gate_logits) for s in (1, -1))
+        counts = log_stay + self.base.log_prob(y)
+        return torch.where(y == 0, torch.logaddexp(log_gate, counts), counts)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008 (torch's signature)
         with torch.no_grad():
-            shape = self._extended_shape(sample_shape)
-            counts = torch.poisson(self.rate.expand(shape))
-            return torch.where(torch.rand(shape, dtype=self.rate.dtype) < self.gate.expand(shape), 0.0, counts)
+            counts = self.base.sample(sample_shape)
+            zero = torch.rand(counts.shape, dtype=counts.dtype, device=counts.device) < self.gate.expand(counts.shape)
+            return torch.where(zero, torch.zeros_like(counts), counts)
+
+
+class ZeroInflatedPoisson(ZeroInflated):
+    """ZeroInflated over Poisson(rate): head=zip's predictive and the sine_zip truth."""
+
+    def __init__(self, gate: Tensor | None, rate: Tensor, gate_logits: Tensor | None = None) -> None:
+        super().__init__(gate, Poisson(rate, validate_args=False), gate_logits)
+
+    @property
+    def rate(self) -> Tensor:
+        """The Poisson rate of the counts that are not structural zeros."""
+        return self.base.rate
 
 
 class InverseSinePosterior(Distribution):
