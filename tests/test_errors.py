@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import make_cfg, run_cli
+from conftest import REPO, make_cfg, run_cli
 from densbench.data import datasets as D
 from densbench.runs.execution import run_job
 from densbench.runs.checks import Incompatible, check_against_data, check_config
@@ -83,7 +83,7 @@ def test_gpu_job_without_gpu_is_skipped(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["loss=foo"], "loss=foo is not an option; choose one of: beta_nll, crps, faithful, glm, kl, mdn, nll"),
+        (["loss=foo"], "loss=foo is not an option; choose one of: " + ", ".join(sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")))),
         (["loss=nlll"], "loss=nlll is not an option (did you mean nll?); choose one of: beta_nll,"),  # a typo: the nearest
         (["trainer.foo=1"], "Key 'foo' is not in struct"),
         (["trainer.batch_size=32"], "Key 'batch_size' is not in struct"),  # a loop key before the loop group
