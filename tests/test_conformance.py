@@ -50,6 +50,8 @@ def _bound_families():
     for name, cls in sorted(families.load_all().items()):
         fam = cls()
         for task in fam.tasks:
+            if task not in CLASSES:  # several targets per row (multivariate): checked in tests/test_mvn.py
+                continue
             try:
                 bound = fam.bind(task, CLASSES[task])
             except ConfigError:
@@ -265,7 +267,7 @@ def test_analytic_and_autograd_train_identically_in_float64(objective, fam, task
 def _supports(family, task):
     """The supports a family has on a task's data (a head like glm binds to a family per task)."""
     try:
-        return [family.bind(task, CLASSES[task]).support]
+        return [family.bind(task, CLASSES[task]).support] if task in CLASSES else []
     except ConfigError:
         return []
 
@@ -285,7 +287,10 @@ def _config_options(group: str) -> list[str]:
 @pytest.mark.parametrize("loss", _config_options("loss"))
 def test_every_loss_head_pair_runs_a_fast_job_or_is_skipped_with_the_reason(tmp_path, loss, head):
     family = instantiate(make_cfg(f"head={head}").head)
-    task, dataset = next((t, DATASET_FOR[t, s]) for t in family.tasks for s in _supports(family, t) if (t, s) in DATASET_FOR)
+    pair = next(((t, DATASET_FOR[t, s]) for t in family.tasks for s in _supports(family, t) if (t, s) in DATASET_FOR), None)
+    if pair is None:
+        pytest.skip(f"head={head} models no task with synthetic data here ({', '.join(family.tasks)}: its own tests)")
+    task, dataset = pair
     args = ["experiment=fast", f"loss={loss}", f"head={head}", f"dataset={dataset}", "logger=none"]
     cfg = make_cfg(*args)
     try:

@@ -347,14 +347,16 @@ class Prepared:
         return self.data.truth(torch.as_tensor(self.data.x[idx], dtype=torch.float64))
 
     @property
-    def target_loc(self) -> float:
-        """Mean subtracted from targets."""
-        return float(self.y_scaler.loc[0])
+    def target_loc(self) -> float | list[float]:
+        """Mean subtracted from targets (one per target column when there are several)."""
+        loc = [float(v) for v in self.y_scaler.loc]
+        return loc[0] if len(loc) == 1 else loc
 
     @property
-    def target_scale(self) -> float:
-        """Scale dividing targets."""
-        return float(self.y_scaler.scale[0])
+    def target_scale(self) -> float | list[float]:
+        """Scale dividing targets (one per target column when there are several)."""
+        scale = [float(v) for v in self.y_scaler.scale]
+        return scale[0] if len(scale) == 1 else scale
 
 
 TARGET_MAPS = {"affine": Standardizer.fit, "scale": Standardizer.fit_scale}  # "none": the identity
@@ -367,9 +369,10 @@ def prepare(data: Data, scale_x: bool = True, target_map: str = "affine", dtype:
     if len(data.train) == 0:
         raise DataError(f"dataset {data.name}: the training split is empty")
     xs = Standardizer.fit(data.x[data.train]) if scale_x else Standardizer.identity(data.n_features)
-    # only continuous targets are mapped; counts and classes keep their meaning
-    fit = TARGET_MAPS.get(target_map) if data.task == "regression" else None
-    ys = fit(data.y[data.train].reshape(-1, 1).astype(np.float64)) if fit else Standardizer.identity(1)
+    # only continuous targets are mapped, multivariate ones per column; counts and classes keep their meaning
+    fit = TARGET_MAPS.get(target_map) if data.task in ("regression", "multivariate") else None
+    columns = data.n_targets
+    ys = fit(data.y[data.train].reshape(-1, columns).astype(np.float64)) if fit else Standardizer.identity(columns)
     splits = {}
     for name in ("train", "val", "test"):
         idx = getattr(data, name)
@@ -377,7 +380,7 @@ def prepare(data: Data, scale_x: bool = True, target_map: str = "affine", dtype:
         if data.task == "multiclass":
             y = torch.as_tensor(data.y[idx], dtype=torch.long)
         else:
-            y = torch.as_tensor(ys(data.y[idx].reshape(-1, 1).astype(np.float64)), dtype=torch.float64)
+            y = torch.as_tensor(ys(data.y[idx].reshape(-1, columns).astype(np.float64)), dtype=torch.float64)
         splits[name] = (x, y)
     return Prepared(data, xs, ys, splits)
 

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from torch import Tensor
     from torch.distributions import Distribution
 
-TASKS = ("regression", "count", "binary", "multiclass")
+# multivariate: several real targets per row, y [N, d] (d >= 2); only heads that model a joint distribution take it
+TASKS = ("regression", "count", "binary", "multiclass", "multivariate")
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Data:
     name: str
     task: str
     x: np.ndarray  # [N, d] float64
-    y: np.ndarray  # [N] float64 (regression, count, binary) or int64 (multiclass)
+    y: np.ndarray  # [N] float64 (regression, count, binary), int64 (multiclass), or [N, d] float64 (multivariate)
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
@@ -41,6 +42,19 @@ class Data:
         """Number of input columns."""
         return self.x.shape[1]
 
+    @property
+    def n_targets(self) -> int:
+        """Number of target columns (1 unless the task is multivariate)."""
+        return 1 if self.y.ndim == 1 else self.y.shape[1]
+
+
+def target_list(setting: object) -> list:
+    """A target setting as a list: null -> [], one name or column -> [it], a list -> its items."""
+    if setting is None or setting == "":
+        return []
+    if isinstance(setting, (str, int)):
+        return [setting]
+    return list(setting)  # a list or an OmegaConf ListConfig
 
 
 def random_splits(n: int, val_fraction: float, test_fraction: float, seed: int):

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from densbench.data import uci
-from densbench.data.splits import TASKS, Data, protocol_rows, random_splits
+from densbench.data.splits import TASKS, Data, protocol_rows, random_splits, target_list
 from densbench.errors import DataError
 
 # openintro/ames: every column without a missing value, less the identifiers Order and PID and the target.
@@ -169,7 +169,28 @@ def csv(cfg) -> Data:
     if not cfg.get("target"):
         raise DataError(f"dataset=csv needs dataset.target=<column>; columns are: {', '.join(frame.columns)}")
     features = list(cfg.features) if cfg.get("features") else None
-    return _from_frame("csv", frame, str(cfg.target), str(cfg.get("task", "regression")), features, cfg, f"dataset.path={path!r}")
+    targets = [str(t) for t in target_list(cfg.target)]
+    if len(targets) > 1:
+        return _multi_target(frame, targets, features, cfg, f"dataset.path={path!r}")
+    return _from_frame("csv", frame, targets[0], str(cfg.get("task", "regression")), features, cfg, f"dataset.path={path!r}")
+
+
+def _multi_target(frame, targets: list[str], features, cfg, source: str) -> Data:
+    """Several real target columns, y [N, d]: the multivariate task (a joint predictive, head=mvn)."""
+    if str(cfg.get("task", "regression")) != "regression":
+        raise DataError(f"{source}: several targets ({', '.join(targets)}) are modelled jointly as real values; "
+                        f"dataset.task={cfg.task} takes one target column")
+    missing = [t for t in targets if t not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: column(s) {', '.join(map(repr, missing))} not found; columns are: {', '.join(frame.columns)}")
+    if features is None:  # every other column; none of the targets is an input
+        features = [c for c in frame.columns if c != "rownames" and c not in targets]
+    if set(features) & set(targets):  # a target among the inputs: a model would read its answer
+        raise DataError(f"{source}: column(s) {', '.join(sorted(set(features) & set(targets)))} are both targets and features")
+    x, _, names = _encode(frame, targets[0], features, source)
+    y = np.stack([_target(frame[t], "regression", source)[0] for t in targets], axis=1)
+    train, val, test = _splits(cfg, len(frame))
+    return Data("csv", "multivariate", x, y, train, val, test, names, ",".join(targets))
 
 
 def _refuse_duplicate_columns(path: str) -> None:
@@ -215,6 +236,8 @@ def uci_table(name: str) -> Callable:
 
 def task_of(cfg) -> str:
     """The task of a table: fixed for the bundled and UCI ones, dataset.task for a CSV file."""
+    if len(target_list(cfg.get("targets" if cfg.name in uci.FOLDERS else "target"))) > 1:
+        return "multivariate"  # several target columns: one joint predictive
     if cfg.name in uci.FOLDERS:
         return "regression"
     return RDATASETS[cfg.name][3] if cfg.name in RDATASETS else str(cfg.get("task", "regression"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densbench.data.splits import Data, protocol_rows
+from densbench.data.splits import Data, protocol_rows, target_list
 from densbench.errors import DataError
 
 ROOT_VARIABLE = "DENSBENCH_UCI_ROOT"
@@ -109,16 +109,20 @@ def load(cfg) -> Data:
     table = _table(folder / "data.txt")
     if np.isnan(table).any():
         raise DataError(f"{folder / 'data.txt'}: {int(np.isnan(table).sum())} NaN values")
-    features, target = _ints(folder / "index_features.txt"), int(_ints(folder / "index_target.txt")[0])
+    features = _ints(folder / "index_features.txt")
+    # dataset.targets: 0-based columns of data.txt, as the index files count them (naval: 16 and 17)
+    targets = [int(t) for t in target_list(cfg.get("targets"))] or [int(_ints(folder / "index_target.txt")[0])]
     columns = table.shape[1]
-    if not 0 <= target < columns or ((features < 0) | (features >= columns)).any():
-        raise DataError(f"{folder}: index_target.txt ({target}) and index_features.txt must name columns 0..{columns - 1} of data.txt")
-    if target in set(features.tolist()):  # the target among the inputs: a model would read its answer
-        raise DataError(f"{folder}: index_target.txt names column {target}, which index_features.txt also lists as a feature")
+    if any(not 0 <= t < columns for t in targets) or ((features < 0) | (features >= columns)).any():
+        raise DataError(f"{folder}: index_target.txt or dataset.targets ({targets}) and index_features.txt must name columns 0..{columns - 1} of data.txt")
+    inputs = set(targets) & set(features.tolist())
+    if inputs:  # a target among the inputs: a model would read its answer
+        raise DataError(f"{folder}: the target names column {min(inputs)}, which index_features.txt also lists as a feature")
     train, test = read_split(folder, int(cfg.split), len(table))
     train, val, test = protocol_rows(train, test, cfg.val_fraction, bool(cfg.get("tuning")))
-    data = Data(cfg.name, "regression", table[:, features], table[:, target].copy(), train, val, test,
-                [f"x{i}" for i in features], f"column {target}", None)
+    y = table[:, targets[0]].copy() if len(targets) == 1 else table[:, targets].copy()
+    data = Data(cfg.name, "regression" if len(targets) == 1 else "multivariate", table[:, features], y, train, val, test,
+                [f"x{i}" for i in features], "column" + ("s " if len(targets) > 1 else " ") + ", ".join(map(str, targets)), None)
     data.notes["source"] = str(folder)
     return data
 

@@ -54,7 +54,7 @@ def draw_figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
     run_dirs = {id(r): p for p, r in results}
     for key, runs in groups.items():
         curves = runs[0].get("curves") or {}
-        if not curves:
+        if not {"pit_hist", "calibration_observed", "reliability_conf"} & set(curves):  # a joint predictive has neither
             continue
         name = "calib_" + _slug(key) + ".png"
         own = run_dirs[id(runs[0])] / str((runs[0].get("artifacts") or {}).get("calibration_figure", ""))

@@ -132,6 +132,7 @@ def check_pair(plan: Plan, grad: str, dataset: str) -> Plan:
     """The loss, the head and the data's task fit together (Incompatible if not)."""
     objective, task, head = plan.objective, plan.task, plan.family
     if task not in head.tasks:
+        _refuse_target_count(head, task, dataset)
         raise Incompatible(f"head={head.name} cannot model dataset={dataset} (task {task}); "
                            f"head={head.name} models: {', '.join(head.tasks)}")
     if objective.needs_truth and plan.truth != objective.needs_truth:
@@ -149,6 +150,16 @@ def check_pair(plan: Plan, grad: str, dataset: str) -> Plan:
             if why:
                 raise Incompatible(f"grad=analytic is not available for loss={objective.name} with head={bound.name}: {why}")
     return plan
+
+
+def _refuse_target_count(head: Family, task: str, dataset: str) -> None:
+    """Incompatible, in words, when the head and the data differ in how many targets a row has."""
+    if task == "multivariate":
+        raise Incompatible(f"head={head.name} models one target; dataset={dataset} has several (task multivariate): "
+                           "use a joint head (head=mvn) or name one target")
+    if "multivariate" in head.tasks:
+        raise Incompatible(f"head={head.name} needs at least two targets; dataset={dataset} has one (task {task}): "
+                           "name several, e.g. dataset.target=[a,b]")
 
 
 def _with_truth(kind: str) -> list[str]:
@@ -221,6 +232,8 @@ def check_against_data(plan: Plan, data: Any, grad: str) -> Family:
             extra = f"; the targets include negative values (min {y.min():g})" if (y < 0).any() else \
                 "; the targets are not integer counts" if (y != y.round()).any() else ""
         raise Incompatible(f"{exc}{extra} (dataset={data.name})") from None
+    if task == "multivariate":  # a joint head's output widths follow the data's number of targets
+        family = family.for_targets(data.n_targets)
     _refuse_pair(plan.objective, family, task)
     if grad == "analytic":
         why = plan.objective.analytic_refusal(family)

@@ -18,7 +18,7 @@ from densbench.data import datasets as data_mod
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE
 from densbench.errors import ConfigError, DataError
 
-CLASSES = {"regression": None, "count": None, "binary": 2, "multiclass": 3}
+CLASSES = {"regression": None, "count": None, "binary": 2, "multiclass": 3, "multivariate": None}
 
 
 def _options(group: str) -> dict[str, Any]:

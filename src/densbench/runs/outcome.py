@@ -110,7 +110,7 @@ def _write_files(spec: JobSpec, j: int, b: Built, out: dict[str, Any], steps: in
         artifacts.update(log.locations(spec.run_dir))
         out["sweep_end"] = log.sweep_hooks()
     figures_started = time.perf_counter()
-    if spec.cfg.figures:
+    if spec.cfg.figures and b.datas[j].task != "multivariate":  # the figures draw one target's predictive
         name = title(spec.result["labels"], str(spec.cfg.recalibrate))
         artifacts.update(write_figures(name, predictor(module, j, b.preps[j]), b.preps[j], module.test_curves[j],
                                        spec.run_dir, log, steps,
@@ -131,8 +131,17 @@ def trivial_scores(data: Any) -> dict[str, float] | None:
     standard deviation (regression and counts; None for classes or an empty split)."""
     if data.task == "multiclass" or not len(data.test) or not len(data.train):
         return None
+    if data.y.ndim == 2:  # several targets: one Gaussian per column, the row's NLL their sum
+        train, test = data.y[data.train].astype("float64"), data.y[data.test].astype("float64")
+        per = [trivial_scores_of(train[:, c], test[:, c], max(float(train[:, c].std()), 1e-12)) for c in range(train.shape[1])]
+        return {"nll": sum(p["nll"] for p in per), "rmse": math.sqrt(sum(p["rmse"] ** 2 for p in per) / len(per))}
     train, test = data.y[data.train].astype("float64").ravel(), data.y[data.test].astype("float64").ravel()
-    mean, sd = float(train.mean()), max(float(train.std()), 1e-12)
+    return trivial_scores_of(train, test, max(float(train.std()), 1e-12))
+
+
+def trivial_scores_of(train: Any, test: Any, sd: float) -> dict[str, float]:
+    """NLL and RMSE on `test` of the Gaussian with `train`'s mean and standard deviation sd (one target column)."""
+    mean = float(train.mean())
     z = (test - mean) / sd
     return {"nll": float((0.5 * z * z).mean() + math.log(sd) + 0.5 * math.log(2 * math.pi)),
             "rmse": float(math.sqrt(((test - mean) ** 2).mean()))}

@@ -27,6 +27,7 @@ from densbench.training.batches import Chunk, EvalBatch, Stack
 from densbench.training.engine import EngineState, Selection, run_chunk
 from densbench.training.job_log import JobLog
 from densbench.evaluation.metrics import COVERAGES, ModelScores, PredictiveMetrics
+from densbench.evaluation.multivariate import JointModelScores, MultivariateMetrics
 from densbench.evaluation.recalibration import Recalibration
 from densbench.training.networks import Head
 from densbench.objectives import Objective
@@ -41,8 +42,8 @@ class Job:
     """What the module needs to know of one job of the stack."""
 
     models: list[int]  # its models' indices in the stack
-    target_loc: float = 0.0  # the target standardisation of its training split
-    target_scale: float = 1.0
+    target_loc: float | list[float] = 0.0  # the target standardisation of its training split (per column: several targets)
+    target_scale: float | list[float] = 1.0
     truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x), where known
     log: JobLog = field(default_factory=JobLog)  # its loggers (none: no logging)
     key: dict[str, str] = field(default_factory=dict)  # what its checkpoints must match
@@ -79,12 +80,15 @@ class DensityModule(pl.LightningModule):
         self.state, self.selection = state, selection
         self.resume_from = resume_from  # a checkpoint to continue from, loaded once optimisers exist
         job_of = stack.job_of
-        # per model [N, 1]: the target standardisation of its job, for validating every model in one pass
+        # per model [N, 1] (or [N, 1, d] with d targets): the target standardisation of its job, for validating
+        # every model in one pass
         self.register_buffer("target_loc", torch.tensor([[jobs[j].target_loc] for j in job_of]), persistent=False)
         self.register_buffer("target_scale", torch.tensor([[jobs[j].target_scale] for j in job_of]), persistent=False)
         self.register_buffer("job_of", torch.tensor(job_of), persistent=False)
-        self.val_scores = ModelScores(task, stack.size)
-        self.test_metrics = nn.ModuleList([PredictiveMetrics(task, full=True, resolution=job.resolution) for job in jobs])
+        joint = task == "multivariate"  # one joint predictive of several targets: scored by evaluation.multivariate
+        self.val_scores = JointModelScores(stack.size) if joint else ModelScores(task, stack.size)
+        self.test_metrics = nn.ModuleList([MultivariateMetrics(self.family.targets) if joint else
+                                           PredictiveMetrics(task, full=True, resolution=job.resolution) for job in jobs])
         # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated), once per set of models
         self.as_trained = scored_as_trained_by(jobs)
         self.uncalibrated_metrics = nn.ModuleDict({str(j): PredictiveMetrics(task, full=True, resolution=job.resolution)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from torch import Tensor
     from torch.distributions import Distribution
 
-TASKS = ("regression", "count", "binary", "multiclass")
+TASKS = ("regression", "count", "binary", "multiclass", "multivariate")  # multivariate: y [N, d], d >= 2 real targets
 TRAITS = {
     "location_scale": "fields `loc` and a positive spread: the predictive is loc + scale x (a fixed-shape variate)",
     "gaussian": "the predictive distribution is Gaussian",
