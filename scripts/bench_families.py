@@ -8,7 +8,7 @@ stopping on validation NLL) and the default optimiser; test NLL and CRPS are ave
 - unit interval: readingskills (accuracy) and gasolineyield (yield) with gaussian and beta;
 - counts with excess zeros: biochemists (articles) with negbin, zip, zinb and the Poisson GLM.
 
-    python scripts/bench_families.py [--seeds 5]
+    python scripts/bench_families.py [--seeds 5] [--steps N]
 
 Writes reports/bench_families.md and reports/bench_families.json.
 """
@@ -73,18 +73,20 @@ def table(dataset: str, scores: dict[str, dict[str, list[float]]]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5, help="random splits per dataset (dataset.seed=0..N-1)")
+    ap.add_argument("--steps", type=int, default=None, help="at most this many steps per run (default: the loop's 3000)")
     args = ap.parse_args(argv)
+    budget = (f"loop.max_steps={args.steps}",) if args.steps else ()
     results, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for dataset, variants in COMPARISONS.items():
-            results[dataset], seconds[dataset] = sweep(dataset, variants, args.seeds, Path(tmp))
+            results[dataset], seconds[dataset] = sweep(dataset, variants, args.seeds, Path(tmp), budget)
     out = {"command": "python scripts/bench_families.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": platform.platform(), "seeds": args.seeds, "scores": results, "seconds": seconds}
     (ROOT / "reports" / "bench_families.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = ["# The new families against the ones already there", "",
              f"`{out['command']}` on {out['machine']}: each dataset's heads on the same {args.seeds} random splits "
-             "(train/validation/test 80/10/10, `dataset.seed=0..`), default loop (at most 3000 steps, early stopping on "
-             "validation NLL) and optimiser; mean ± standard error over the splits; the best of a dataset in bold "
+             f"(train/validation/test 80/10/10, `dataset.seed=0..`), default loop (at most {args.steps or 3000} steps, "
+             "early stopping on validation NLL) and optimiser; mean ± standard error over the splits; the best of a dataset in bold "
              "(lower is better for both).", "",
              "| dataset | head | splits | test NLL | test CRPS |", "|---|---|---|---|---|"]
     for dataset, scores in results.items():

@@ -9,7 +9,8 @@ In order (a step's outputs can be the next one's inputs):
    written into conf/experiment/uci_<dataset>.yaml (reports/uci_search.*);
 2. ``suite``: scripts/uci_suite.py --publish, the whole UCI suite with its report and LaTeX tables (reports/uci);
 3. ``headline``: the README's sweep, ``python -m densbench -m loss=kl,nll,mdn`` (reports/loss=kl,nll,mdn);
-4. the benchmarks: bench_stacked, bench_eval, bench_grads, bench_overhead, bench_numerics, bench_counts (reports/bench_*).
+4. the benchmarks: bench_stacked, bench_eval, bench_grads, bench_overhead, bench_numerics, bench_counts, bench_families
+   (reports/bench_*).
 
 Every step runs with resume=false (nothing reused from an earlier run) in a fresh process; what ran,
 how long each step took, its exit status and the source hash of the code are written to
@@ -42,12 +43,13 @@ STEPS = {
     # regeneration fits in minutes; each report says what it ran
     "bench_stacked": [PY, "scripts/bench_stacked.py", "--rounds", "1", "--pairs", "1"],
     "bench_eval": [PY, "scripts/bench_eval.py", "--threads", "--thread-steps", "60", "--thread-rounds", "1"],  # the README's thread figures
-    "bench_grads": [PY, "scripts/bench_grads.py", "--repeats", "3", "--sizes", "100000"],  # where its goal is judged
+    "bench_grads": [PY, "scripts/bench_grads.py", "--repeats", "2", "--sizes", "100000"],  # where its goal is judged
     # the parallel launcher's sweeps (part 3) only by hand: python scripts/bench_overhead.py --sweeps seeds,losses,long
     "bench_overhead": [PY, "scripts/bench_overhead.py", "--repeats", "2", "--sweep-repeats", "1", "--steps-fraction", "0.2",
                        "--sweeps", "none"],
     "bench_numerics": [PY, "scripts/bench_numerics.py", "--pairs", "1"],
     "bench_counts": [PY, "scripts/bench_counts.py", "--pairs", "1"],  # the default runs, as a user waits for them
+    "bench_families": [PY, "scripts/bench_families.py", "--seeds", "3", "--steps", "1500"],
 }
 
 
