@@ -140,4 +140,5 @@ def test_a_loss_by_head_grid_runs_every_valid_pair_and_skips_the_rest(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "mr" / "report" / "summary.csv")))
     assert sorted((r["loss"], r["head"]) for r in rows) == sorted(k for k, r in status.items() if r["status"] == "ok")
     report = (tmp_path / "mr" / "report" / "report.md").read_text()
-    assert "| skipped | incompatible: loss=faithful trains a `loc` output by squared error; head=gaussian_natural has none |" in report
+    assert "| skipped | incompatible: loss=faithful trains a `loc` output by squared error; head=gaussian_natural has none; " \
+           "heads that fit loss=faithful on regression data: evidential, gaussian, laplace, student_t |" in report
