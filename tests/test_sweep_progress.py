@@ -141,3 +141,18 @@ def test_the_uci_suite_ends_with_one_line_per_dataset():
     assert len(table) == 3
     assert re.match(r"  boston +mdn +2\.450 ± 0\.050 +1 failed, 4 ok$", table[1]), table[1]
     assert re.match(r"  yacht +- +- +1 failed$", table[2]), table[2]
+
+
+def test_a_large_stack_ends_in_one_line_plus_one_per_job_that_is_not_plainly_ok(capsys, tmp_path):
+    from densbench.progress import STACK_LINES, announce_stack
+
+    ok = {"status": "ok", "metrics": {"nll": 1.0}, "timing": {"total_s": 1.0}}
+    ended = [(dict(ok), tmp_path / "sweep" / f"split={i}") for i in range(20)]
+    ended[3] = ({"status": "failed", "error": "Diverged: at step 7"}, tmp_path / "sweep" / "split=3")
+    ended[5] = ({**ok, "flags": ["val_nll_rose: ..."]}, tmp_path / "sweep" / "split=5")
+    announce_stack(ended)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and "failed: Diverged: at step 7" in lines[0] and "flagged (val_nll_rose" in lines[1]
+    assert lines[2] == f"densbench: a stack of 20 jobs ended: 1 failed, 1 flagged, 18 ok  ->  {tmp_path / 'sweep'}"
+    announce_stack(ended[:STACK_LINES])  # a small stack: every job's own line
+    assert len(capsys.readouterr().err.splitlines()) == STACK_LINES

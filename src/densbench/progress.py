@@ -99,6 +99,28 @@ def announce(result: dict[str, Any], run_dir: str | Path, reused: bool = False) 
     say(run_line(result, run_dir, reused))
 
 
+STACK_LINES = 4  # a stack of more jobs ends in one line for all, plus one for each job that is not plainly ok
+
+
+def announce_stack(ended: list[tuple[dict[str, Any], Path]]) -> None:
+    """The closing lines of a stack's jobs: each job's for a small stack; for a large one (the 20 splits of a
+    UCI method), only the jobs that failed or are flagged, and one line for the rest, so a suite does not flood."""
+    if len(ended) <= STACK_LINES:
+        for result, run_dir in ended:
+            announce(result, run_dir)
+        return
+    counts: dict[str, int] = {}
+    for result, run_dir in ended:
+        status = result.get("status", "?")
+        if status != "ok" or result.get("flags"):
+            announce(result, run_dir)
+        key = "flagged" if status == "ok" and result.get("flags") else status
+        counts[key] = counts.get(key, 0) + 1
+    parent = os.path.commonpath([str(Path(d).parent) for _, d in ended])
+    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    say(f"densbench: a stack of {len(ended)} jobs ended: {tally}  ->  {parent}")
+
+
 def sweep_size(task_overrides: list[str], sweeper_params: dict[str, Any] | None) -> int | None:
     """How many jobs a basic-sweeper multirun of these overrides has (None if it cannot be told)."""
     try:

@@ -174,7 +174,7 @@ def _run_stack(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> None:
     if rank0:
         for spec in specs:
             _finish(spec)
-            progress.announce(spec.result, spec.run_dir)
+        progress.announce_stack([(spec.result, spec.run_dir) for spec in specs])
 
 
 def _without_the_refused(specs: list[JobSpec], signals: JobSignals, rank0: bool) -> bool:
