@@ -15,6 +15,9 @@ imported once per worker and the stacks of a stage keep every core busy. Each st
 2. per dataset, a 5-member deep ensemble of the single-model method with the lowest mean validation
    NLL in stage 1 (validation rows are carved from the training split: no test data in the choice).
 
+With --baselines, a third stage runs the non-network baselines (method=ngboost, catboost, gp) on every
+split, the exact GP only on datasets whose training split fits its row limit (conf/method/gp.yaml).
+
 The report, with the suite's wall time and the cost of evaluation against training, is written once at the end.
 """
 
@@ -32,8 +35,10 @@ from pathlib import Path
 
 from densbench.__main__ import sweep
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE, protocol
+from densbench.distributions import families
 from densbench.launching import stack_plan
-from densbench.methods import recipes
+from densbench.config import config_dir
+from densbench.methods import baselines, recipes
 from densbench.report.leaderboard import mean_se
 from densbench.report.sweep import sweep_end, write_report
 from densbench.report.uci import SUITE_FILE, collect, validation_best
@@ -52,6 +57,25 @@ def n_splits(dataset: str, root: str) -> int:
 def jobs(datasets: dict[str, int], variants: list[list[str]]) -> list[list[str]]:
     """Every split of every dataset (name: number of splits) with each variant's overrides: hydra/sweeper=list's jobs."""
     return [[f"experiment=uci_{d}", *v, f"dataset.split={i}"] for d, n in datasets.items() for v in variants for i in range(n)]
+
+
+def baseline_jobs(splits: dict[str, int], root: str) -> list[list[str]]:
+    """The --baselines stage: every baseline on every split of every dataset, the GP where its training split fits its limit."""
+    from omegaconf import OmegaConf
+
+    limit = int(OmegaConf.load(Path(config_dir(), "method", "gp.yaml")).baseline.max_train_rows)
+
+    def fits(d: str) -> bool:  # the published training split, before validation rows are carved from it
+        return len((Path(root) / FOLDERS[d] / "data" / "index_train_0.txt").read_text().split()) <= limit
+
+    return [job for d, n in splits.items() for m in baselines() if m != "gp" or fits(d) for job in jobs({d: n}, [[f"method={m}"]])]
+
+
+def ensemble_able(method: str) -> bool:
+    """Whether a single-model method's networks can be a deep ensemble's members (check_config's rule; MC dropout's
+    candidates are chosen, not mixed)."""
+    recipe = recipes().get(method)
+    return bool(recipe and not recipe.dropout and {"location_scale", "mixture"} & families.get(recipe.head).traits)
 
 
 def suite_total(splits: dict[str, int], variants: list[list[str]]) -> int:
@@ -101,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recalibrated", default="gaussian_nll", help="the single-model methods that are recalibrated")
     ap.add_argument("--workers", default="auto", help="worker processes training stacks (default: one per core)")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every job (e.g. loop.max_epochs=2)")
+    ap.add_argument("--baselines", action="store_true", help="a third stage: the non-network baselines (ngboost, catboost, gp)")
     args = ap.parse_args(argv)
     datasets = args.datasets.split(",")
     unknown = [d for d in datasets if d not in FOLDERS] + [m for m in args.methods.split(",") if m not in SINGLE]
@@ -124,13 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = [[f"method={m}"] for m in args.methods.split(",")]
     if args.recalibrate and args.recalibrated:
         variants += [[f"method={m}", f"recalibrate={r}"] for m in args.recalibrated.split(",") for r in args.recalibrate.split(",")]
-    total = suite_total(splits, variants)  # one count and one ETA over both stages
+    extra_stage = baseline_jobs(splits, args.root) if args.baselines else []
+    total = suite_total(splits, variants) + len(extra_stage)  # one count and one ETA over every stage
     stage1 = jobs(splits, variants)
     run(listed("stage1", stage1, sweep_dir, common + progress(total, 0, epoch)))
     found = collect(scan_results(sweep_dir)[0])
     members: dict[str, str] = {}
     for d in datasets:
-        best = validation_best(found.get(d, {}))
+        best = validation_best({m: runs for m, runs in found.get(d, {}).items() if ensemble_able(m)})
         if best is None:
             print(f"uci_suite: no single-model run of {d} finished; no ensemble for it", file=sys.stderr)
             continue
@@ -139,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                  for job in jobs({d: splits[d]}, [["method=ensemble", f"loss={recipes()[best].loss}", f"head={recipes()[best].head}"]])]
     if ensembles:
         run(listed("stage2", ensembles, sweep_dir, common + progress(total, len(stage1), epoch)))
+    if extra_stage:
+        run(listed("baselines", extra_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
     stack_plan.shutdown()  # the workers' job is done; the report draws its figures on every core
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)

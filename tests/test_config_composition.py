@@ -57,6 +57,10 @@ def test_option_composes_instantiates_and_is_checked(group, option, tmp_path):
     assert get_class(job.model._target_) is not None
     if any("MLFlow" in entry._target_ for entry in entries(job.get("logger"))):
         pytest.importorskip("mlflow")
+    if job.get("baseline"):  # an optional extra (densbench[baselines]): refused before any work without its package
+        from densbench.baselines import PACKAGES
+
+        pytest.importorskip(PACKAGES[str(job.baseline._target_).rsplit(".", 2)[-2]])
     log = job_log.make(job.get("logger"), tmp_path / "run")  # as a job makes its loggers
     assert len(log.loggers) == len(entries(job.get("logger"))) and all(isinstance(lg, pl.loggers.Logger) for lg in log.loggers)
 

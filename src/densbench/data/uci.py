@@ -60,6 +60,20 @@ def _ints(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot be read as a list of row indices ({exc})") from exc
 
 
+def noise_precisions(folder: Path) -> list[float] | None:
+    """The layout's grid of MC dropout's model precision tau (tau_values.txt, original units), where it has one."""
+    path = folder / "tau_values.txt"
+    if not path.is_file():
+        return None
+    try:
+        values = np.atleast_1d(np.loadtxt(path, dtype=np.float64))
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot be read as a list of numbers ({exc})") from exc
+    if not (len(values) and np.all(np.isfinite(values)) and np.all(values > 0)):
+        raise DataError(f"{path}: the precisions tau must be positive numbers, got {values.tolist()}")
+    return [float(v) for v in values]
+
+
 def protocol(folder: Path) -> dict[str, int]:
     """The protocol's numbers for one dataset: splits, hidden units and epochs."""
     return {key: int(_ints(folder / f"n_{key}.txt")[0]) for key in ("splits", "hidden", "epochs")}
@@ -124,6 +138,7 @@ def load(cfg) -> Data:
     data = Data(cfg.name, "regression" if len(targets) == 1 else "multivariate", table[:, features], y, train, val, test,
                 [f"x{i}" for i in features], "column" + ("s " if len(targets) > 1 else " ") + ", ".join(map(str, targets)), None)
     data.notes["source"] = str(folder)
+    data.notes["noise_precisions"] = noise_precisions(folder)
     return data
 
 
@@ -133,7 +148,7 @@ def source_files(cfg, with_split: bool = True) -> list[str]:
         folder = folder_of(cfg)
     except DataError:
         return []
-    names = ["data.txt", "index_features.txt", "index_target.txt"]
+    names = ["data.txt", "index_features.txt", "index_target.txt", "tau_values.txt"]
     if with_split:
         names += [f"index_train_{cfg.split}.txt", f"index_test_{cfg.split}.txt"]
     return [str(folder / name) for name in names if (folder / name).is_file()]

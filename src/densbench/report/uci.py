@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from densbench.methods import method_of, single_method
+from densbench.methods import baselines, method_of, single_method
 from densbench.metric_catalog import columns
 from densbench.report.leaderboard import Cell, Leaderboard, best_of, mean_se, to_markdown
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE
@@ -107,10 +107,16 @@ def _mixture(runs: list[dict]) -> bool:
     return (runs[0].get("labels") or {}).get("head") == "mixture"
 
 
+def validation_nll(run: dict) -> float | None:
+    """A run's validation NLL: of what it tests (the candidate chosen on validation, as MC dropout's), else of its selected epoch."""
+    chosen = run.get("chosen") or {}
+    return chosen["val_nll"] if "val_nll" in chosen else (run.get("train") or {}).get("best_val_nll")
+
+
 def validation_best(methods: dict[str, list[dict]]) -> str | None:
-    """The single-model method with the lowest mean validation NLL (no test data in the choice)."""
-    scores = {m: mean_se([(r.get("train") or {}).get("best_val_nll") for r in runs])[0]
-              for m, runs in methods.items() if m != "ensemble"}
+    """The single-model network method with the lowest mean validation NLL (no test data in the choice)."""
+    scores = {m: mean_se([validation_nll(r) for r in runs])[0]
+              for m, runs in methods.items() if m != "ensemble" and m not in baselines()}
     scores = {m: v for m, v in scores.items() if math.isfinite(v)}
     return min(scores, key=scores.get) if scores else None
 
@@ -195,6 +201,13 @@ def ranked_best(methods: dict[str, list[dict]]) -> str | None:
     return min(finite, key=finite.get) if finite else None
 
 
+def baseline_note(methods: list[str]) -> str:
+    """The sentence that tells the non-network baselines among a table's methods apart ('' when there are none)."""
+    shown = [m for m in methods if m in baselines()]
+    return (f" Not networks: {', '.join(shown)} (non-network baselines run on the same splits, rows and scoring); every "
+            "other densbench method is a neural network." if shown else "")
+
+
 def leaderboard(found, datasets: list[str], methods: list[str]) -> Leaderboard:
     """Test NLL per dataset: densbench's methods (mean ± SE over splits) beside the published figures, best in bold."""
     names = [s.name for s in SOURCES]
@@ -204,7 +217,8 @@ def leaderboard(found, datasets: list[str], methods: list[str]) -> Leaderboard:
         notes="Bold: the best of the row, densbench methods and published figures together; where the targets are "
               "recorded on a grid, the only densbench method that may be bold is the best by NLL@h (the "
               "resolution-aware leaderboard), so none is bold for mass stacked on the grid's values. Published figures "
-              "as printed (Deep Ens., NGBoost and DER: ± is not a standard error); their protocols differ (see the report).")
+              "as printed (Deep Ens., NGBoost and DER: ± is not a standard error); their protocols differ (see the report)."
+              + baseline_note(methods))
     for ds in datasets:
         values = [_nll(found[ds][m]) if m in found[ds] else (float("nan"), None) for m in methods]
         values += [published(NLL, ds, n) for n in names]
@@ -250,9 +264,11 @@ def _leaderboard(found, datasets: list[str], methods: list[str]) -> list[str]:
 
 
 def _goals(found, datasets: list[str], discrete: list[str]) -> list[str]:
+    # a comparison of networks: the non-network baselines stay in the leaderboards
+    found = {ds: {m: runs for m, runs in found[ds].items() if m not in baselines()} for ds in datasets}
     lines = ["### Against MC dropout (2016) and Deep Ensembles", "",
-             "Best densbench method by mean test NLL at the targets' resolution (NLL@h where the targets are recorded "
-             "on a grid, the density NLL elsewhere), and the single-model method a user would pick without test data "
+             "Networks only. Best densbench method by mean test NLL at the targets' resolution (NLL@h where the "
+             "targets are recorded on a grid, the density NLL elsewhere), and the single-model method a user would pick without test data "
              "(lowest mean validation NLL); each is compared by its density NLL, the published figures' measure.", "",
              "| dataset | best method | its NLL | ≤ MCD 2016 | ≤ Deep Ens. | chosen by validation | its NLL | ≤ MCD 2016 | ≤ Deep Ens. |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -323,7 +339,7 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
         if not runs:
             continue
         cells = [pm(*mean_se([(r.get("metrics") or {}).get(k) for r in runs]), 3) for k, _ in METRICS]
-        label = m
+        label = f"{m} (not a network)" if m in baselines() else m
         if m == "ensemble":
             members = single_method(runs[0].get("config") or {}, runs[0]["labels"]) or f"{runs[0]['labels'].get('loss')}/{runs[0]['labels'].get('head')}"
             label = f"ensemble of 5 {members}"
@@ -348,5 +364,7 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
 
 def _protocol(res: dict) -> str:
     c = res.get("config") or {}
+    if c.get("baseline"):  # its own settings: the network's epochs, batch and lr do not apply
+        return ", ".join(f"{k} {v}" for k, v in c["baseline"].items() if k != "_target_")
     t, o = c.get("loop") or {}, c.get("optimizer") or {}
     return f"{t.get('max_epochs')} ep, batch {t.get('batch_size')}, lr {o.get('lr')}"

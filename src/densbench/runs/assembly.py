@@ -18,6 +18,7 @@ from densbench.training import checkpoints
 from densbench.training import job_log
 
 from densbench.evaluation import recalibration
+from densbench.evaluation.candidates import noise_levels
 from densbench.data import datasets as data_mod
 from densbench.objectives.analytic import use_compiled_kernels
 from densbench.training.checkpoints import Checkpoints
@@ -42,10 +43,17 @@ class NotStackable(Exception):
     """Jobs that cannot train as one stack (different data sizes); they run one after the other instead."""
 
 
+def dropout_rates(cfg: DictConfig) -> list[float]:
+    """One dropout rate per model of a job: a list of rates makes candidates (MC dropout's grid), a rate is every member's."""
+    rate = cfg.model.get("dropout", 0.0) or 0.0
+    if OmegaConf.is_list(rate):
+        return [float(r) for r in rate]
+    return [float(rate)] * int(cfg.ensemble.members)
+
+
 def member_seeds(cfg: DictConfig) -> list[int]:
-    """The seeds of a job's models: its own, then one per further ensemble member."""
-    members = int(cfg.ensemble.members)
-    return [int(cfg.seed) + ENSEMBLE_SEED_STEP * m for m in range(members)]
+    """The seeds of a job's models: its own, then one per further ensemble member (or dropout candidate)."""
+    return [int(cfg.seed) + ENSEMBLE_SEED_STEP * m for m in range(len(dropout_rates(cfg)))]
 
 
 @dataclass
@@ -154,7 +162,9 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
         raise NotStackable(f"their splits differ in size ({', '.join(f'{a}/{b} rows, {c} features' for a, b, c in sorted(sizes))})")
 
     stack, shares = _stack_of(specs, seeds)
-    backbone = instantiate(cfg.model, in_features=datas[0].n_features, seeds=stack.seeds)
+    rates = [r for s, shared in zip(specs, shares) if shared is None for r in dropout_rates(s.cfg)]
+    backbone = instantiate(cfg.model, in_features=datas[0].n_features, seeds=stack.seeds,
+                           **({"dropout": rates} if any(rates) else {}))
     head = Head(family, backbone.out_features, stack.seeds, detached=plan.objective.detached_fields(family))
     _job_buffers(head, stack, families)
 
@@ -174,8 +184,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     selection = Selection(stack.size, loop.early_stopping_patience if has_val else None)
 
     logs = [job_log.make(cfg.get("logger"), s.run_dir, state.opt_steps if resume_from is not None else None) for s in specs]
-    jobs = [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.recalibrate)),
-                d.resolution) for models, p, d, lg, s in zip(stack.jobs, preps, datas, logs, specs)]
+    jobs = _jobs(specs, stack, preps, datas, logs, family, has_val)
     module = DensityModule(backbone, head, plan.objective, instantiate(cfg.optimizer), cfg.grad, datas[0].task, stack, jobs,
                            state, selection, samples_per_step=batch or n_train, resume_from=resume_from)
     # set for every job: the kernels are process-wide and a sweep runs many jobs in one process
@@ -186,13 +195,23 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     dm = DensityData(preps, stack, batch, state, per_call, [int(s.cfg.seed) for s in specs],
                      truth_targets=plan.objective.needs_truth == "gaussian",
                      class_targets=bool(getattr(family, "class_targets", False)),
-                     calibrate=[job.recalibration.active for job in jobs])
+                     calibrate=[job.recalibration.active or job.choose or bool(job.noise_grid) for job in jobs])
 
     throughput = Throughput(stack.size)
     callbacks = _callbacks(specs, throughput, selection, loop, clock)
     trainer = trainer_for(cfg.trainer, specs[0].run_dir, max_epochs=state.periods_left, callbacks=callbacks, validate=has_val)
     trained_by = [s.weights_from if i is None else (specs[i].weights_from or specs[i].run_dir) for s, i in zip(specs, shares)]
     return Built(datas, preps, module, dm, trainer, selection, throughput, logs, per_call, batch, has_val, loop, shares, trained_by)
+
+
+def _jobs(specs: list[JobSpec], stack: Stack, preps: list[Any], datas: list[Any], logs: list[JobLog], family: Any,
+          has_val: bool) -> list[Job]:
+    """What the module needs of each job: its models, target scaling, truth, loggers, and what it fits on validation."""
+    return [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.recalibrate)),
+                d.resolution, choose=OmegaConf.is_list(s.cfg.model.get("dropout")) and has_val,
+                noise_grid=noise_levels(d.notes.get("noise_precisions"), float(p.target_scale))
+                if has_val and "noise" in family.buffers() else None)
+            for models, p, d, lg, s in zip(stack.jobs, preps, datas, logs, specs)]
 
 
 def _job_buffers(head: Head, stack: Stack, families: list[Any]) -> None:

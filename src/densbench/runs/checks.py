@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from densbench.baselines import require
 from densbench.errors import ConfigError, natural, one_of, positive
 from densbench.training.loop import Loop
 from densbench.distributions.families import Family
@@ -73,6 +74,8 @@ class Plan:
 def check_config(cfg: DictConfig) -> Plan:
     """Everything that can be checked without loading data or torch; returns the plan of the run."""
     from densbench.data import datasets as data
+    if cfg.get("baseline"):  # a missing optional package is refused before anything else
+        require(str(cfg.baseline.get("_target_")))
     one_of("grad", cfg.grad, GRADS)
     natural("seed", cfg.get("seed"))
     if "seed" in cfg.dataset:
@@ -87,6 +90,7 @@ def check_config(cfg: DictConfig) -> Plan:
 
     members = cfg.ensemble.members
     positive("ensemble.members", members, integer=True)
+    _check_dropout(cfg.model, members)
 
     objective: Objective = instantiate_checked(cfg.loss)
     head: Family = instantiate_checked(cfg.head)
@@ -95,10 +99,24 @@ def check_config(cfg: DictConfig) -> Plan:
     plan = Plan(objective, head, kind.task, kind.truth, loop)
     check_pair(plan, str(cfg.grad), cfg.dataset.name)
     check_recalibration(cfg, plan.task)
+    if cfg.get("baseline"):
+        _check_baseline(cfg, plan.task)
     if members > 1 and not ({"location_scale", "mixture"} & plan.bound_family().traits):
         raise Incompatible(f"ensemble.members={members} scores the members' mixture, which needs a location-scale or "
                            f"mixture head; head={head.name} is neither")
     return plan
+
+
+def _check_dropout(model: DictConfig, members: int) -> None:
+    """model.dropout: a rate in [0, 1), or a list of them (candidates chosen on validation, not an ensemble's members)."""
+    rate = model.get("dropout", 0.0)
+    rates = list(rate) if OmegaConf.is_list(rate) else [rate]
+    if not rates or any(not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1) for r in rates):
+        raise ConfigError(f"model.dropout={rate} must be a rate in [0, 1) or a non-empty list of them")
+    if OmegaConf.is_list(rate) and members > 1:
+        raise ConfigError(f"model.dropout={list(rate)} trains one candidate per rate and tests the one chosen on "
+                          f"validation; it cannot be combined with ensemble.members={members}")
+    natural("model.mc_samples", model.get("mc_samples", 0))
 
 
 def heads_that_fit(objective: Objective, task: str) -> list[str]:
@@ -126,6 +144,17 @@ def _refuse_pair(objective: Objective, family: Family, task: str) -> None:
     if why:
         fit = heads_that_fit(objective, task)
         raise Incompatible(why + (f"; heads that fit loss={objective.name} on {task} data: {', '.join(fit)}" if fit else ""))
+
+
+def _check_baseline(cfg: DictConfig, task: str) -> None:
+    """A baseline job: one model of one real target, nothing post-hoc (its predictive is scored as fitted)."""
+    if int(cfg.ensemble.members) != 1:
+        raise ConfigError(f"ensemble.members={cfg.ensemble.members}: a baseline (method={cfg.baseline._target_}) is one model; "
+                          "use ensemble.members=1")
+    if str(cfg.recalibrate) != "none":
+        raise ConfigError(f"recalibrate={cfg.recalibrate}: the baselines are scored as fitted; use recalibrate=none")
+    if task != "regression":
+        raise Incompatible(f"the baselines (ngboost, catboost, gp) fit one real target; dataset {cfg.dataset.name} is a {task} task")
 
 
 def check_pair(plan: Plan, grad: str, dataset: str) -> Plan:

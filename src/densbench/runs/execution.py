@@ -28,6 +28,7 @@ from densbench.training import checkpoints
 
 from densbench.runs import resume
 from densbench.runs.assembly import JobSpec, NotStackable, build, refusal
+from densbench.runs.baseline_job import baseline_outcome, is_baseline
 from densbench.runs.checks import Incompatible
 from densbench.runs.devices import Skipped
 from densbench.training.engine import as_param_dtype
@@ -44,6 +45,10 @@ TRACEBACK_FILE = "traceback.txt"
 def train_and_test(specs: list[JobSpec], signals: JobSignals) -> list[dict[str, Any]]:
     """Train one stack and test every job; returns each job's metrics, curves and run facts for result.json."""
     clock = JobClock()
+    if any(is_baseline(s) for s in specs):  # not a network: fitted and scored alone (densbench.runs.baseline_job)
+        if len(specs) > 1:
+            raise NotStackable("baselines (method=ngboost, catboost, gp) run one job at a time")
+        return [baseline_outcome(specs[0], signals, clock)]
     signals.enter("loading data")
     b = build(specs, clock=clock)
     module, dm, trainer, selection, state = b.module, b.datamodule, b.trainer, b.selection, b.module.state

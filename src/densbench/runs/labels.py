@@ -7,13 +7,20 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from densbench.methods import baseline_of
 from densbench.runs.checks import Plan, check_config
 from densbench.runs.devices import world_size
+
+# the predictive a baseline run is scored by (its `head` label): a Normal, or a uniform mixture of Normals
+BASELINE_PREDICTIVE = {"catboost": "normal_mixture"}
 
 
 def labels(cfg: DictConfig, plan: Plan | None = None) -> dict[str, Any]:
     """The axes a report groups by: dataset, objective, predictive family, gradient path, devices."""
-    if plan is not None:
+    baseline = baseline_of(cfg)
+    if baseline is not None:  # not a network: no loss or head of densbench's; named by its method and predictive
+        loss, head = baseline, BASELINE_PREDICTIVE.get(baseline, "normal")
+    elif plan is not None:
         loss, head = plan.objective.label, plan.bound_family().label
     else:
         # the jobs of a sweep share their loss and head: checked once per distinct pair, not per job

@@ -61,12 +61,28 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
         out["recalibration"] = {"method": recalibration.name, "fitted_on": f"validation split ({len(data.val)} rows)",
                                 "changes_density": recalibration.changes_density, **recalibration.fitted()}
     if len(models) > 1:
-        out["metrics_members"] = module.member_results[j]
         out["train"]["members"] = history
+    if module.jobs[j].ensemble:
+        out["metrics_members"] = module.member_results[j]
+    if module.choices[j] is not None:
+        out["chosen"] = chosen_record(module, j)
     if b.trainer.is_global_zero:
         _write_files(spec, j, b, out, steps, signals, clock)
     out["trivial"] = trivial_scores(data)
     out["flags"] = flags(b.loop, out)
+    return out
+
+
+def chosen_record(module: Any, j: int) -> dict[str, Any]:
+    """What a job chose on its validation rows: the candidate's dropout rate, the noise level (as MC dropout's tau)."""
+    choice, job = module.choices[j], module.jobs[j]
+    out: dict[str, Any] = {"on": "validation rows", "val_nll": choice.val_nll}
+    rates = getattr(module.backbone, "dropout_rates", None)
+    if rates is not None:
+        out["dropout"] = float(rates[job.models[choice.index]])
+    if choice.noise is not None:
+        out["noise_std"] = choice.noise
+        out["noise_precision"] = 1.0 / choice.noise ** 2
     return out
 
 
@@ -152,11 +168,11 @@ def predictor(module: Any, job: int, prep: Any) -> Callable[[Any], Any]:
 
     @torch.no_grad()
     def predict(x_orig):
-        models = torch.tensor(module.jobs[job].models, device=module.device)
+        models = module.tested_models(job)
         dtype = next(module.parameters()).dtype
         x = torch.as_tensor(prep.x_scaler(x_orig), dtype=dtype, device=module.device)
         module.eval()
-        pred, _ = module.predictive(job, module(x.expand(len(models), *x.shape), models))
+        pred, _ = module.predictive(job, module.evaluation_passes(x.expand(len(models), *x.shape), models))
         return pred
 
     return predict

@@ -20,7 +20,7 @@ from torch.distributions import Distribution
 
 from densbench.training import checkpoints
 
-from densbench.evaluation import ensemble
+from densbench.evaluation import candidates, ensemble
 from densbench.distributions.families import Family
 from densbench.training.flat_params import FlatParameters
 from densbench.training.batches import Chunk, EvalBatch, Stack
@@ -29,6 +29,7 @@ from densbench.training.job_log import JobLog
 from densbench.evaluation.metrics import COVERAGES, ModelScores, PredictiveMetrics
 from densbench.evaluation.multivariate import JointModelScores, MultivariateMetrics
 from densbench.evaluation.recalibration import Recalibration
+from densbench.training.dropout import stochastic_passes
 from densbench.training.networks import Head
 from densbench.objectives import Objective
 
@@ -49,6 +50,13 @@ class Job:
     key: dict[str, str] = field(default_factory=dict)  # what its checkpoints must match
     recalibration: Recalibration = field(default_factory=Recalibration)  # fitted on its validation split before its test
     resolution: float | None = None  # its targets' recording grid (the interval NLL's width), where set
+    choose: bool = False  # its models are candidates: the one with the best validation NLL is tested (MC dropout's rates)
+    noise_grid: list[float] | None = None  # noise levels (original units) chosen on validation, for a family with a `noise` buffer
+
+    @property
+    def ensemble(self) -> bool:
+        """Whether its models are an ensemble's members (scored as their mixture), not candidates."""
+        return len(self.models) > 1 and not self.choose
 
 
 class DensityModule(pl.LightningModule):
@@ -95,7 +103,7 @@ class DensityModule(pl.LightningModule):
                                                    for j, job in enumerate(jobs) if job.recalibration.active and j not in self.as_trained})
         # an ensemble's members are also scored alone (result.json reports their mean), once per set of models
         self.member_metrics = nn.ModuleDict({f"{j}_{i}": PredictiveMetrics(task, full=True, intervals=False, resolution=job.resolution)
-                                             for j, job in enumerate(jobs) if len(job.models) > 1 and j not in self.as_trained
+                                             for j, job in enumerate(jobs) if job.ensemble and j not in self.as_trained
                                              for i in range(len(job.models))})
         self.diverged: dict[int, str] = {}  # model -> message
         self.test_results: list[dict[str, float]] = [{} for _ in jobs]
@@ -104,22 +112,56 @@ class DensityModule(pl.LightningModule):
         self.uncalibrated_curves: list[dict[str, list[float]]] = [{} for _ in jobs]
         self.test_curves: list[dict[str, list[float]]] = [{} for _ in jobs]
         self.test_samples = 0
+        self.mc_samples = int(getattr(backbone, "mc_samples", 0))  # MC dropout: evaluation averages this many passes
+        self.choices: list[candidates.Choice | None] = [None for _ in jobs]
 
     # ------------------------------------------------------------------ parts
-    def forward(self, x: Tensor, models: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, models: Tensor | None = None, passes: Tensor | None = None) -> dict[str, Tensor]:
         """Named raw head outputs [N, B, width] for standardised inputs [N, B, d] (or a subset of models)."""
-        return self.head(self.backbone(x, models), models)
+        if passes is None:
+            return self.head(self.backbone(x, models), models)
+        return self.head(self.backbone(x, models, passes), models)
+
+    def evaluation_passes(self, x: Tensor, models: Tensor | None = None) -> list[dict[str, Tensor]]:
+        """Raw outputs of every evaluation pass: one, or MC dropout's stochastic passes (each with its own masks)."""
+        return stochastic_passes(self, x, models, self.mc_samples) if self.mc_samples else [self(x, models)]
+
+    def pass_mixture(self, passes: list[dict[str, Tensor]], loc: Tensor | float, scale: Tensor | float) -> Distribution:
+        """The predictive over evaluation passes: the one pass's distribution, or the uniform mixture of MC dropout's."""
+        dists = [self.family.distribution(raw, loc, scale) for raw in passes]
+        return dists[0] if len(dists) == 1 else ensemble.uniform_mixture(dists)
 
     def loss(self, raw: dict[str, Tensor], y: Tensor, extra: tuple[Tensor, ...]) -> Tensor:
         """The objective's reduced training loss of every model, [N]."""
         return self.objective.loss(self.family, raw, y, extra, self.grad)
 
-    def predictive(self, job: int, raw: dict[str, Tensor]) -> tuple[Distribution, list[Distribution]]:
-        """A job's predictive distribution in original units (the uniform mixture of an ensemble's members) and its members'."""
+    def tested_models(self, job: int) -> Tensor:
+        """The models a job's predictive is made of: its ensemble's members, or the candidate chosen on validation."""
+        j, chosen = self.jobs[job], self.choices[job]
+        return torch.tensor(j.models if chosen is None or not j.choose else [j.models[chosen.index]], device=self.device)
+
+    def predictive(self, job: int, passes: list[dict[str, Tensor]]) -> tuple[Distribution, list[Distribution]]:
+        """A job's predictive distribution in original units from its tested models' passes (the uniform mixture
+        of an ensemble's members, or the chosen candidate at its chosen noise level) and its members'."""
         j = self.jobs[job]
-        members = [self.family.distribution({k: v[i] for k, v in raw.items()}, j.target_loc, j.target_scale)
-                   for i in range(len(j.models))]
+        if self.choices[job] is not None:
+            return (pred := self.candidate(job, passes, 0, self.choices[job].noise)), [pred]
+        members = [self.candidate(job, passes, i) for i in range(len(j.models))]
         return (members[0] if len(members) == 1 else ensemble.uniform_mixture(members)), members
+
+    def candidate(self, job: int, passes: list[dict[str, Tensor]], i: int, noise: float | None = None) -> Distribution:
+        """Model i of a job (over its evaluation passes), with its noise level set to `noise` (original units) if given."""
+        j = self.jobs[job]
+        picked = candidates.with_noise([{k: v[i] for k, v in raw.items()} for raw in passes], noise, float(j.target_scale))
+        return self.pass_mixture(picked, j.target_loc, j.target_scale)
+
+    def choose(self, job: int, x: Tensor, y: Tensor) -> None:
+        """Pick a job's candidate model and noise level on its validation rows x, y (candidates.choose)."""
+        j = self.jobs[job]
+        models = torch.tensor(j.models, device=self.device)
+        passes = self.evaluation_passes(x.expand(len(models), *x.shape), models)
+        count = len(j.models) if j.choose else 1
+        self.choices[job] = candidates.choose(lambda i, noise: self.candidate(job, passes, i, noise), count, j.noise_grid, y)
 
     def configure_optimizers(self):
         # one device in full precision (the plain loop): every parameter a view of one buffer, which
@@ -262,8 +304,8 @@ class DensityModule(pl.LightningModule):
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         # every model on its own job's validation split, in one stacked pass
-        raw = self(batch.x[self.job_of])
-        dist = self.family.distribution(raw, self.target_loc, self.target_scale)
+        # the mean network (dropout off) chooses the epoch: MC dropout's passes are for the final choice and the test
+        dist = self.family.distribution(self(batch.x[self.job_of]), self.target_loc, self.target_scale)
         self.val_scores.update(dist, batch.y[self.job_of])
 
     def on_validation_epoch_end(self) -> None:
@@ -288,13 +330,19 @@ class DensityModule(pl.LightningModule):
         j = batch.job
         if self._failed(j):
             return
-        models = torch.tensor(self.jobs[j].models, device=self.device)
-        raw = self(batch.x.expand(len(models), *batch.x.shape), models)
-        pred, members = self.predictive(j, raw)
         recalibration = self.jobs[j].recalibration
         if batch.split == "val":  # the job's validation split, handed over before its test split
-            recalibration.fit(pred, batch.y)
+            if self.jobs[j].choose or self.jobs[j].noise_grid:
+                self.choose(j, batch.x, batch.y)
+            if recalibration.active:
+                models = self.tested_models(j)
+                recalibration.fit(self.predictive(j, self.evaluation_passes(batch.x.expand(len(models), *batch.x.shape), models))[0],
+                                  batch.y)
             return
+        models = self.tested_models(j)  # only the chosen candidate's passes: the others are not tested
+        passes = self.evaluation_passes(batch.x.expand(len(models), *batch.x.shape), models)
+        raw = passes[0]
+        pred, members = self.predictive(j, passes)
         truth = self.jobs[j].truth(batch.x_orig) if self.jobs[j].truth is not None else None
         self.test_metrics[j].update(recalibration.apply(pred), batch.y, truth, batch.u, recalibration.intervals(pred, COVERAGES))
         if recalibration.active and j not in self.as_trained:
@@ -319,7 +367,7 @@ class DensityModule(pl.LightningModule):
                 self.uncalibrated_results[j] = {k: float(v) for k, v in before.compute().items()}
                 self.uncalibrated_curves[j] = before.curves()
                 before.reset()
-            if len(job.models) > 1 and j not in self.as_trained:  # the mean of the members' own metrics
+            if job.ensemble and j not in self.as_trained:  # the mean of the members' own metrics
                 own = [self.member_metrics[f"{j}_{i}"].compute() for i in range(len(job.models))]
                 self.member_results[j] = {k: float(sum(o[k] for o in own) / len(own)) for k in own[0]}
             self.log_job(j, {f"test/{k}": v for k, v in self.test_results[j].items()}, final=True)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from densbench.distributions.families import Family
+from densbench.training.dropout import keep_mask
 
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 
@@ -52,9 +53,16 @@ class StackedLinear(nn.Module):
 
 
 class MLP(nn.Module):
-    """N fully connected networks with one activation; `hidden=[]` gives the identity (a linear model)."""
+    """N fully connected networks with one activation; `hidden=[]` gives the identity (a linear model).
 
-    def __init__(self, in_features: int, hidden: list[int] = (64, 64), activation: str = "relu", seeds: list[int] = (0,)):
+    ``dropout`` (a rate, or one per model of the stack) drops units of every layer's input and of the
+    features the head reads, as MC dropout does (Gal & Ghahramani 2016), with masks that depend only on
+    the model (densbench.training.dropout); ``mc_samples``: how many stochastic passes evaluation averages
+    over (0: evaluation runs the mean network, dropout off).
+    """
+
+    def __init__(self, in_features: int, hidden: list[int] = (64, 64), activation: str = "relu", seeds: list[int] = (0,),
+                 dropout: float | list[float] = 0.0, mc_samples: int = 0):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
@@ -68,13 +76,37 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.out_features = width
         self.n_models = len(seeds)
+        rates = [float(dropout)] * len(seeds) if isinstance(dropout, (int, float)) else [float(r) for r in dropout]
+        if len(rates) != len(seeds) or any(not 0.0 <= r < 1.0 for r in rates):
+            raise ValueError(f"model.dropout must be a rate in [0, 1) (or one per model), got {dropout}")
+        self.mc_samples = int(mc_samples) if any(rates) else 0
+        if any(rates):  # only then: a network without dropout keeps exactly the tensors it always had
+            self.dropout_rates = rates  # settings, not state: a float buffer would be cast with the weights' precision
+            self.register_buffer("dropout_seeds", torch.tensor([int(s) for s in seeds], dtype=torch.int64))
+            # training passes so far, per model: selection and checkpoints keep every tensor row by row
+            self.register_buffer("dropout_calls", torch.zeros(len(seeds), dtype=torch.int64))
 
-    def forward(self, x: Tensor, models: Tensor | None = None) -> Tensor:
-        """Inputs [N, B, d] -> features [N, h, B] (output-major)."""
+    def forward(self, x: Tensor, models: Tensor | None = None, passes: Tensor | None = None) -> Tensor:
+        """Inputs [N, B, d] -> features [N, h, B] (output-major); `passes`: the MC-dropout pass of each slice."""
         x = x.transpose(-1, -2)
-        for layer in self.layers:
-            x = self.act(layer(x, models))
-        return x
+        drop = self._dropper(models, passes, x) if hasattr(self, "dropout_seeds") else None
+        for i, layer in enumerate(self.layers):
+            x = self.act(layer(x if drop is None else x * drop(i, x.shape[-2]), models))
+        return x if drop is None else x * drop(len(self.layers), x.shape[-2])
+
+    def _dropper(self, models: Tensor | None, passes: Tensor | None, x: Tensor):
+        """mask(layer, units) for this forward pass, or None when it runs the mean network."""
+        if not self.training and passes is None:
+            return None
+        seeds, calls = self.dropout_seeds, self.dropout_calls
+        rates = torch.tensor(self.dropout_rates, dtype=torch.float64, device=x.device)
+        if models is not None:
+            seeds, rates, calls = seeds[models], rates[models], calls[models]
+        if self.training:
+            passes = calls.clone()
+            self.dropout_calls += 1
+        rows, dtype = x.shape[-1], x.dtype
+        return lambda layer, units: keep_mask(seeds, rates, passes, layer, units, rows, dtype)
 
 
 class Head(nn.Module):

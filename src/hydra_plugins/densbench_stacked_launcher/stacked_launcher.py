@@ -216,10 +216,14 @@ class StackedLauncher(Launcher):
             yield indices
 
     def _stacks(self, jobs: Sequence[Any], indices: Any) -> List[List[int]]:
-        """The jobs at indices grouped into stacks: equal configs with the replication keys left out."""
+        """The jobs at indices grouped into stacks: equal configs with the replication keys left out.
+
+        A baseline job (method=ngboost, catboost, gp: a `baseline` node) is not a network: a stack of its own."""
         groups: Dict[str, List[int]] = {}
         for k in indices:
             key = json.dumps(_without(jobs[k].task, self.replicate), sort_keys=True, default=str)
+            if jobs[k].task.get("baseline"):
+                key = f"baseline job {k}"
             groups.setdefault(key, []).append(k)
         return list(groups.values())
 

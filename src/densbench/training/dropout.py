@@ -1,0 +1,88 @@
+"""Dropout masks that depend only on what they drop: the model's seed, the pass, the layer, the unit and the row.
+
+A stack trains N models in one batched product, so masks drawn from one generator would depend on
+which models share the stack (and a model would train differently alone than in a stack of 80). Each
+mask bit here is a counter-based hash of (model seed, pass, layer, unit, row) instead: integer
+arithmetic, exact on every machine, the same for a model in any stack. Training passes count the
+optimisation steps (0, 1, ...); the T evaluation passes of MC dropout use their own keys (-1, ..., -T),
+so evaluation never repeats a training mask.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_MASK64 = (1 << 64) - 1
+# splitmix64's constants (Steele et al. 2014) as signed 64-bit integers: torch has no uint64 arithmetic
+_GOLDEN, _MIX1, _MIX2 = ((c + (1 << 63)) % (1 << 64) - (1 << 63) for c in
+                         (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+PASS_ELEMENTS = 1 << 22  # activations one batched forward of MC dropout's passes may hold (16 MiB in float32)
+_FMIX1, _FMIX2 = 0x85EBCA6B - (1 << 32), 0xC2B2AE35 - (1 << 32)  # murmur3's finaliser constants as int32
+_BITS = 24  # a unit is kept when 24 hash bits, read as an integer, reach rate * 2^24
+
+
+def _shift(z: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic: mask the sign's copies away)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(z: Tensor) -> Tensor:
+    """splitmix64's finaliser on int64, wrapping as unsigned arithmetic would."""
+    z = z + _GOLDEN
+    z = (z ^ _shift(z, 30)) * _MIX1
+    z = (z ^ _shift(z, 27)) * _MIX2
+    return z ^ _shift(z, 31)
+
+
+def keep_mask(seeds: Tensor, rates: Tensor, passes: Tensor, layer: int, units: int, rows: int, dtype: torch.dtype) -> Tensor:
+    """Inverted-dropout multipliers [N, units, rows]: 0 for a dropped unit, 1 / (1 - rate) for a kept one.
+
+    seeds, rates, passes: one per model ([N]); a model with rate 0 keeps every unit (multiplier 1).
+    """
+    n = seeds.shape[0]
+    # one well-mixed key per (model, pass, layer) in 64 bits; per element, the key xor the element's index
+    # through murmur3's 32-bit finaliser, whose top 24 bits decide: 32-bit lanes, because the masks are
+    # most of a dropout network's training time
+    head = _mix(_mix(seeds.to(torch.int64) * 1_000_003 + layer) ^ passes.to(torch.int64))
+    z = (((head & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000).to(torch.int32).view(n, 1, 1) ^ _index(units, rows, seeds.device)
+    z = (z ^ _shift32(z, 16)) * _FMIX1
+    z = (z ^ _shift32(z, 13)) * _FMIX2
+    z = z ^ _shift32(z, 16)
+    # z >> 8 (arithmetic) is the top 24 bits read as a signed number, in [-2^23, 2^23)
+    threshold = torch.round(rates.to(torch.float64) * (1 << _BITS)).to(torch.int32).view(n, 1, 1) - (1 << (_BITS - 1))
+    scale = (1.0 / (1.0 - rates.to(torch.float64))).to(dtype).view(n, 1, 1)
+    return torch.where((z >> (32 - _BITS)) >= threshold, scale, torch.zeros((), dtype=dtype, device=z.device))
+
+
+def _shift32(z: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int32."""
+    return (z >> bits) & ((1 << (32 - bits)) - 1)
+
+
+@lru_cache(maxsize=8)
+def _index(units: int, rows: int, device: torch.device) -> Tensor:
+    """Each element's index in a [units, rows] layer input, [1, units, rows] int32 (shared: it is never written to)."""
+    return torch.arange(units * rows, dtype=torch.int32, device=device).view(1, units, rows)
+
+
+def stochastic_passes(module: Any, x: Tensor, models: Tensor | None, samples: int) -> list[dict[str, Tensor]]:
+    """Raw outputs of MC dropout's evaluation passes -1, ..., -samples, for inputs [N, B, d]: one dict per pass.
+
+    Several passes go through one batched forward (models repeated, each slice with its pass's masks),
+    as many as fit in PASS_ELEMENTS activations.
+    """
+    n, rows = x.shape[0], x.shape[1]
+    models = torch.arange(n, device=x.device) if models is None else models
+    width = max([x.shape[-1], *(layer.weight.shape[1] for layer in module.backbone.layers)])
+    group = max(1, PASS_ELEMENTS // (n * rows * width))
+    out = []
+    for first in range(0, samples, group):
+        g = min(group, samples - first)
+        keys = -1 - torch.arange(first, first + g, device=x.device).repeat_interleave(n)  # pass-major slices
+        raw = module(x.repeat(g, 1, 1), models.repeat(g), keys)
+        out += [{k: v[t * n:(t + 1) * n] for k, v in raw.items()} for t in range(g)]
+    return out

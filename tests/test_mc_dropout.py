@@ -1,0 +1,139 @@
+"""MC dropout (method=mc_dropout): masks that depend only on the model, the predictive as Gal & Ghahramani
+score it, the dropout rate and model precision chosen on validation rows, and refusals of what cannot work."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import make_cfg
+from densbench.errors import ConfigError
+from densbench.evaluation import candidates
+from densbench.evaluation.ensemble import uniform_mixture
+from densbench.methods import method_of
+from densbench.runs.checks import check_config
+from densbench.runs.execution import JobSpec, run_group, run_job
+from densbench.training.dropout import keep_mask
+from densbench.training.networks import MLP
+from test_stacked import F64, _close, _numbers
+from test_uci import UCI_ROOT, needs_layout
+
+
+def test_masks_drop_the_rate_and_rescale_the_kept_units():
+    seeds, passes = torch.tensor([3, 4]), torch.tensor([0, 0])
+    mask = keep_mask(seeds, torch.tensor([0.3, 0.0], dtype=torch.float64), passes, layer=0, units=400, rows=500, dtype=torch.float64)
+    dropped = (mask[0] == 0).double().mean().item()
+    assert abs(dropped - 0.3) < 0.005  # 200,000 draws: 4.5 standard errors
+    assert set(mask[0].unique().tolist()) == {0.0, 1 / 0.7}
+    assert bool((mask[1] == 1).all())  # rate 0: every unit kept, unscaled
+
+
+def test_a_mask_depends_on_the_model_pass_and_layer_not_on_the_stack():
+    rates = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
+    together = keep_mask(torch.tensor([11, 12, 13]), rates, torch.tensor([5, 5, 5]), 1, 30, 40, torch.float32)
+    alone = keep_mask(torch.tensor([12]), rates[:1], torch.tensor([5]), 1, 30, 40, torch.float32)
+    assert torch.equal(together[1], alone[0])
+    assert not torch.equal(together[0], together[1])  # another seed
+    assert not torch.equal(alone[0], keep_mask(torch.tensor([12]), rates[:1], torch.tensor([6]), 1, 30, 40, torch.float32)[0])
+    assert not torch.equal(alone[0], keep_mask(torch.tensor([12]), rates[:1], torch.tensor([5]), 2, 30, 40, torch.float32)[0])
+    # the same bits whatever the dtype of the activations
+    assert torch.equal(alone[0] > 0, keep_mask(torch.tensor([12]), rates[:1], torch.tensor([5]), 1, 30, 40, torch.float64)[0] > 0)
+
+
+def test_a_network_without_dropout_has_the_tensors_it_always_had():
+    net = MLP(3, [8], seeds=[0, 1])
+    assert set(net.state_dict()) == {"layers.0.weight", "layers.0.bias"} and net.mc_samples == 0
+    with_dropout = MLP(3, [8], seeds=[0, 1], dropout=0.1, mc_samples=5)
+    assert torch.equal(with_dropout.layers[0].weight, net.layers[0].weight)  # dropout changes no initial weight
+    x = torch.randn(2, 6, 3)
+    with_dropout.eval()
+    assert torch.equal(with_dropout(x), net(x))  # evaluation without passes: the mean network
+
+
+def test_the_pass_mixture_is_gal_and_ghahramanis_predictive():
+    # log p(y) = logsumexp_t(-tau/2 (y - yhat_t)^2) - log T - 1/2 log 2 pi + 1/2 log tau (their experiment code)
+    gen = torch.Generator().manual_seed(0)
+    yhat, y, tau = torch.randn(50, 7, generator=gen, dtype=torch.float64), torch.randn(7, generator=gen, dtype=torch.float64), 2.5
+    sigma = torch.full((7,), 1 / math.sqrt(tau), dtype=torch.float64)
+    mixture = uniform_mixture([torch.distributions.Normal(yhat[t], sigma) for t in range(50)])
+    want = (torch.logsumexp(-0.5 * tau * (y - yhat) ** 2, 0) - math.log(50) - 0.5 * math.log(2 * math.pi) + 0.5 * math.log(tau))
+    torch.testing.assert_close(mixture.log_prob(y), want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_choice_is_the_lowest_validation_nll_of_every_candidate_and_noise_level():
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(200, generator=gen, dtype=torch.float64) * 0.7 + 0.2
+    locs = [torch.zeros(200, dtype=torch.float64), torch.full((200,), 0.2, dtype=torch.float64)]
+    grid = [0.3, 0.7, 1.5]
+
+    def candidate(i, noise):
+        return torch.distributions.Normal(locs[i], torch.full_like(locs[i], noise))
+
+    got = candidates.choose(candidate, 2, grid, y)
+    brute = {(i, s): float(-candidate(i, s).log_prob(y).mean()) for i in range(2) for s in grid}
+    assert (got.index, got.noise) == min(brute, key=brute.get) == (1, 0.7)
+    assert got.val_nll == pytest.approx(brute[(1, 0.7)], rel=1e-12)
+    assert candidates.noise_levels([4.0, 0.25], 3.0) == [0.5, 2.0]
+    default = candidates.noise_levels(None, 3.0)
+    assert default[0] == pytest.approx(0.03) and default[-1] == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["model.dropout=1.0"], "model.dropout=1.0 must be a rate in [0, 1)"),
+    (["model.dropout=[0.1,-0.2]"], "must be a rate in [0, 1) or a non-empty list"),
+    (["model.dropout=[0.1,0.2]", "ensemble.members=3"], "cannot be combined with ensemble.members=3"),
+    (["model.mc_samples=-1"], "model.mc_samples=-1 must be an integer >= 0"),
+])
+def test_bad_dropout_settings_are_refused_before_training(bad, message):
+    with pytest.raises(ConfigError) as err:
+        check_config(make_cfg("experiment=fast", *bad))
+    assert message in str(err.value)
+
+
+def test_mc_dropout_runs_are_named_apart_from_the_methods_with_their_loss_and_head():
+    def cfg(*overrides):
+        return OmegaConf.to_container(make_cfg(*overrides), resolve=True)
+
+    assert method_of(cfg("method=mc_dropout"), {"head": "homoscedastic"}) == "mc_dropout"
+    assert method_of(cfg("method=mc_dropout_het"), {"head": "gaussian"}) == "mc_dropout_het"
+    assert method_of(cfg("method=gaussian_nll"), {"head": "gaussian"}) == "gaussian_nll"
+
+
+DROPOUT = ["experiment=fast", "loop.max_steps=60", "loop.eval_every=20", "loop.batch_size=32", "model.dropout=0.2",
+           "model.mc_samples=6", *F64]
+
+
+def test_dropout_stacks_train_exactly_as_alone(tmp_path):
+    cfgs = [make_cfg(*DROPOUT, f"seed={s}") for s in (0, 1)]
+    stacked = run_group([JobSpec(c, tmp_path / f"s{i}", launcher="stacked") for i, c in enumerate(cfgs)])
+    alone = [run_job(c, tmp_path / f"a{i}") for i, c in enumerate(cfgs)]
+    for s, a in zip(stacked, alone):
+        assert s["status"] == a["status"] == "ok", (s.get("error"), a.get("error"))
+        _close(_numbers(s), _numbers(a))
+    assert stacked[0]["metrics"]["nll"] != stacked[1]["metrics"]["nll"]
+
+
+def test_dropout_changes_training_and_mc_passes_change_the_predictive(tmp_path):
+    plain = run_job(make_cfg(*DROPOUT, "model.dropout=0.0"), tmp_path / "plain")
+    mean_net = run_job(make_cfg(*DROPOUT, "model.mc_samples=0"), tmp_path / "mean")
+    mc = run_job(make_cfg(*DROPOUT), tmp_path / "mc")
+    assert plain["train"]["best_val_nll"] != mc["train"]["best_val_nll"]
+    assert mean_net["train"]["best_val_nll"] == mc["train"]["best_val_nll"]  # the mean network chooses the epoch
+    assert mean_net["metrics"]["nll"] != mc["metrics"]["nll"]
+
+
+@needs_layout
+def test_mc_dropout_on_a_uci_split_chooses_its_rate_and_precision_on_validation(tmp_path):
+    common = ["experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "dataset.split=0", "loop.max_epochs=3",
+              "model.mc_samples=10", "logger=none"]
+    res = run_job(make_cfg(*common, "method=mc_dropout"), tmp_path / "mcd")
+    ref = run_job(make_cfg(*common, "method=gaussian_nll"), tmp_path / "nll")
+    assert res["status"] == ref["status"] == "ok", res.get("error")
+    assert res["metrics"].keys() == ref["metrics"].keys()
+    chosen = res["chosen"]
+    taus = np.loadtxt(UCI_ROOT / "yacht" / "data" / "tau_values.txt").tolist()
+    assert chosen["dropout"] in (0.005, 0.01, 0.05, 0.1)
+    assert min(abs(chosen["noise_precision"] - t) for t in taus) < 1e-9
+    assert "metrics_members" not in res and len(res["train"]["members"]) == 4
