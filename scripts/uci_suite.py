@@ -1,4 +1,4 @@
-"""The whole UCI regression suite in one command: nine datasets, seven methods, every published split.
+"""The whole UCI regression suite in one command: nine datasets, every method of conf/method, every published split.
 
     python scripts/uci_suite.py                        # -> multirun/uci_suite, report in multirun/uci_suite/report
     python scripts/uci_suite.py --publish              # the report into reports/uci (the committed one)
@@ -9,13 +9,14 @@ The suite is two multirun commands, run in this process on one pool of worker pr
 imported once per worker and the stacks of a stage keep every core busy. Each stage lists its jobs
 (hydra/sweeper=list: every dataset with its own number of published splits):
 
-1. the six single-model methods on every split (the splits of a dataset and method train as one
-   stack), and gaussian_nll recalibrated (recalibrate=scale,isotonic,conformal, fitted on the
+1. the single-model methods on every split (the splits of a dataset and method train as one stack;
+   mc_dropout_het, as costly as mc_dropout again, only when --methods names it), and gaussian_nll recalibrated (recalibrate=scale,isotonic,conformal, fitted on the
    validation rows), whose jobs share the models of gaussian_nll in its stack: nothing trains twice;
 2. per dataset, a 5-member deep ensemble of the single-model method with the lowest mean validation
    NLL in stage 1 (validation rows are carved from the training split: no test data in the choice).
 
-With --baselines, a third stage runs the non-network baselines (method=ngboost, catboost, gp) on every
+With --gap, a stage runs gap splits (one per input, the middle third of its range tested) for a few
+methods. With --baselines, a third stage runs the non-network baselines (method=ngboost, catboost, gp) on every
 split, the exact GP only on datasets whose training split fits its row limit (conf/method/gp.yaml).
 
 The report, with the suite's wall time and the cost of evaluation against training, is written once at the end.
@@ -47,6 +48,7 @@ from densbench.results import scan_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = [m for m, r in recipes().items() if r.members == 1]
+DEFAULT = [m for m in SINGLE if m != "mc_dropout_het"]
 
 
 def n_splits(dataset: str, root: str) -> int:
@@ -76,6 +78,17 @@ def ensemble_able(method: str) -> bool:
     candidates are chosen, not mixed)."""
     recipe = recipes().get(method)
     return bool(recipe and not recipe.dropout and {"location_scale", "mixture"} & families.get(recipe.head).traits)
+
+
+GAP_METHODS = "gaussian_nll,mc_dropout,evidential,ensemble"  # a point estimate's spread and three kinds of epistemic one
+GAP_DATASETS = "boston,concrete,energy,kin8nm,naval,power,wine,yacht"  # protein's 9 gap splits of 45,730 rows: by choice
+
+
+def gap_jobs(datasets: list[str], methods: list[str], root: str) -> list[list[str]]:
+    """The --gap stage: each method on every gap split (one per input) of each dataset (ensemble: of gaussian_nll)."""
+    inputs = {d: len((Path(root) / FOLDERS[d] / "data" / "index_features.txt").read_text().split()) for d in datasets}
+    return [[f"experiment=uci_{d}", f"method={m}", "dataset.protocol=gap", f"dataset.split={i}"]
+            for d in datasets for m in methods for i in range(inputs[d])]
 
 
 def suite_total(splits: dict[str, int], variants: list[list[str]]) -> int:
@@ -116,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=str(ROOT.parent / "shared" / "uci"), help="the standard UCI layout")
     ap.add_argument("--datasets", default=",".join(FOLDERS))
-    ap.add_argument("--methods", default=",".join(SINGLE), help="single-model methods of stage 1")
+    ap.add_argument("--methods", default=",".join(DEFAULT), help="single-model methods of stage 1")
     ap.add_argument("--sweep-dir", default="multirun/uci_suite")
     ap.add_argument("--out", default=None, help="report folder (default: <sweep dir>/report; --publish: reports/uci)")
     ap.add_argument("--publish", action="store_true", help="write the report into reports/uci, the committed one")
@@ -126,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="auto", help="worker processes training stacks (default: one per core)")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every job (e.g. loop.max_epochs=2)")
     ap.add_argument("--baselines", action="store_true", help="a third stage: the non-network baselines (ngboost, catboost, gp)")
+    ap.add_argument("--gap", action="store_true", help="a further stage: gap splits (Foong et al. 2019) for --gap-methods")
+    ap.add_argument("--gap-methods", default=GAP_METHODS)
+    ap.add_argument("--gap-datasets", default=GAP_DATASETS)
     args = ap.parse_args(argv)
     datasets = args.datasets.split(",")
     unknown = [d for d in datasets if d not in FOLDERS] + [m for m in args.methods.split(",") if m not in SINGLE]
@@ -150,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.recalibrate and args.recalibrated:
         variants += [[f"method={m}", f"recalibrate={r}"] for m in args.recalibrated.split(",") for r in args.recalibrate.split(",")]
     extra_stage = baseline_jobs(splits, args.root) if args.baselines else []
-    total = suite_total(splits, variants) + len(extra_stage)  # one count and one ETA over every stage
+    gap_stage = gap_jobs([d for d in args.gap_datasets.split(",") if d in datasets], args.gap_methods.split(","),
+                         args.root) if args.gap else []
+    total = suite_total(splits, variants) + len(extra_stage) + len(gap_stage)  # one count and one ETA over every stage
     stage1 = jobs(splits, variants)
     run(listed("stage1", stage1, sweep_dir, common + progress(total, 0, epoch)))
     found = collect(scan_results(sweep_dir)[0])
@@ -165,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                  for job in jobs({d: splits[d]}, [["method=ensemble", f"loss={recipes()[best].loss}", f"head={recipes()[best].head}"]])]
     if ensembles:
         run(listed("stage2", ensembles, sweep_dir, common + progress(total, len(stage1), epoch)))
+    if gap_stage:
+        run(listed("gap", gap_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
     if extra_stage:
-        run(listed("baselines", extra_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
+        done = len(stage1) + len(ensembles) + len(gap_stage)
+        run(listed("baselines", extra_stage, sweep_dir, common + progress(total, done, epoch)))
     stack_plan.shutdown()  # the workers' job is done; the report draws its figures on every core
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)

@@ -137,3 +137,17 @@ def test_mc_dropout_on_a_uci_split_chooses_its_rate_and_precision_on_validation(
     assert chosen["dropout"] in (0.005, 0.01, 0.05, 0.1)
     assert min(abs(chosen["noise_precision"] - t) for t in taus) < 1e-9
     assert "metrics_members" not in res and len(res["train"]["members"]) == 4
+
+
+def test_quantiles_of_a_mixture_of_many_passes_invert_its_cdf():
+    # MC dropout's predictive has 100 components: its quantile grid is thinned, its quantiles must stay exact
+    from densbench.distributions import ops
+
+    gen = torch.Generator().manual_seed(4)
+    loc = torch.randn(30, 120, generator=gen, dtype=torch.float64) * 0.3
+    scale = torch.full_like(loc, 0.2)
+    mixture = uniform_mixture([torch.distributions.Normal(loc[:, t], scale[:, t]) for t in range(120)])
+    levels = torch.tensor([1e-6, 0.025, 0.5, 0.9, 0.999999], dtype=torch.float64)
+    q = ops.quantile(mixture, levels)  # [5, 30]
+    cdf = torch.distributions.Normal(loc, scale).cdf(q.unsqueeze(-1)).mean(-1)
+    torch.testing.assert_close(cdf, levels.view(5, 1).expand(5, 30), rtol=1e-7, atol=1e-12)

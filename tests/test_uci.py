@@ -107,3 +107,20 @@ def test_a_method_runs_on_a_uci_dataset_from_the_layout(tmp_path):
     assert res["status"] == "ok" and res["config"]["loss"]["beta"] == 0.5 and res["config"]["dataset"]["name"] == "yacht"
     # provenance names the layout's files, so editing them invalidates a resumed result
     assert any(path.endswith("yacht/data/index_test_0.txt") for path in res["provenance"]["data_source"])
+
+
+@needs_layout
+def test_gap_splits_test_the_middle_third_of_one_inputs_range():
+    cfg = make_cfg("experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=1")
+    d = load(cfg.dataset)
+    column = d.x[:, 1]
+    train = np.concatenate([d.train, d.val])
+    assert len(d.test) == len(d.x) - 2 * (len(d.x) // 3) and not set(d.test) & set(train)
+    assert set(d.test) | set(train) == set(range(len(d.x)))
+    # every training value of that input lies at or outside the test rows' range
+    lo, hi = column[d.test].min(), column[d.test].max()
+    assert ((column[train] <= lo) | (column[train] >= hi)).all()
+    # the same split on every load (ties keep row order)
+    assert np.array_equal(load(cfg.dataset).test, d.test)
+    with pytest.raises(DataError, match="must be in 0..5 for the gap splits of yacht"):
+        load(make_cfg("experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=6").dataset)

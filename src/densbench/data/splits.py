@@ -83,6 +83,15 @@ def protocol_rows(train: np.ndarray, test: np.ndarray, val_fraction: float, tuni
     return (*carve_validation(train, val_fraction), test)
 
 
+def gap_split(x: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gap split `dimension` (Foong et al. 2019): rows sorted by that input, the middle third tested, the outer
+    two thirds trained on; ties keep row order, so the split is the same on every machine."""
+    order = np.argsort(x[:, dimension], kind="stable")
+    third = len(order) // 3
+    test = order[third:len(order) - third]
+    return np.sort(np.concatenate([order[:third], order[len(order) - third:]])), np.sort(test)
+
+
 RESOLUTIONS = tuple(10.0 ** k for k in range(3, -7, -1))  # the recording grids a target is tested against, coarsest first
 
 

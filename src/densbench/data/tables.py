@@ -125,6 +125,9 @@ def _target(col, task: str, source: str) -> tuple[np.ndarray, int | None]:
 
 
 def _splits(cfg, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if cfg.get("protocol") == "gap":
+        raise DataError(f"dataset.protocol=gap (one split per input, Foong et al. 2019) reads the UCI layout: set "
+                        f"dataset.root=<folder> for dataset={cfg.name}")
     if cfg.get("protocol", "random") == "uci":
         train, test = uci_split(n, int(cfg.split))
         return protocol_rows(train, test, cfg.val_fraction, bool(cfg.get("tuning")))

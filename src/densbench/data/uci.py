@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densbench.data.splits import Data, protocol_rows, target_list
+from densbench.data.splits import Data, gap_split, protocol_rows, target_list
 from densbench.errors import DataError
 
 ROOT_VARIABLE = "DENSBENCH_UCI_ROOT"
@@ -132,7 +132,13 @@ def load(cfg) -> Data:
     inputs = set(targets) & set(features.tolist())
     if inputs:  # a target among the inputs: a model would read its answer
         raise DataError(f"{folder}: the target names column {min(inputs)}, which index_features.txt also lists as a feature")
-    train, test = read_split(folder, int(cfg.split), len(table))
+    if cfg.get("protocol") == "gap":  # one split per input: tested in the middle third of its range
+        if not 0 <= int(cfg.split) < len(features):
+            raise DataError(f"dataset.split must be in 0..{len(features) - 1} for the gap splits of {folder.parent.name} "
+                            f"(one per input), got {cfg.split}")
+        train, test = gap_split(table[:, features], int(cfg.split))
+    else:
+        train, test = read_split(folder, int(cfg.split), len(table))
     train, val, test = protocol_rows(train, test, cfg.val_fraction, bool(cfg.get("tuning")))
     y = table[:, targets[0]].copy() if len(targets) == 1 else table[:, targets].copy()
     data = Data(cfg.name, "regression" if len(targets) == 1 else "multivariate", table[:, features], y, train, val, test,

@@ -36,7 +36,7 @@ from densbench.distributions.roots import solve_quantiles
 # the levels at which every component places grid nodes: geometric tails down to 1e-12, even steps between
 _TAIL = [1e-12, 1e-9, 1e-7, 1e-5, 1e-4, 1e-3, 5e-3, 0.02, 0.05]
 NODE_LEVELS = sorted(set(_TAIL + [i / 10 for i in range(1, 10)] + [1 - t for t in _TAIL]))
-GRID_NODES = 135  # nodes per row for many components (five components keep all NODE_LEVELS)
+GRID_NODES = 135  # nodes per row for many components (five components keep all NODE_LEVELS; beyond 54, thinned to it)
 CHUNK_ELEMENTS = 250_000  # entries x components evaluated at once: small enough to stay in the CPU's cache
 CRPS_CHECK = 1e-6  # CRPS error estimate, relative to the components' interquartile span, above which nodes are halved
 CRPS_HALVINGS = 4
@@ -69,8 +69,13 @@ class Components:
             nodes = self.icdf(levels.expand(self.n, -1))  # [n, L, K]
             coarse = (torch.arange(keep, device=nodes.device) % 2 == 0).view(1, -1, 1).expand_as(nodes)
             x, order = nodes.flatten(1).sort(1)
+            coarse = coarse.flatten(1).gather(1, order)
+            if x.shape[1] > 2 * GRID_NODES:  # many components (MC dropout's passes): every k-th node, the extremes kept
+                picked = torch.linspace(0, x.shape[1] - 1, GRID_NODES, device=x.device).round().long()
+                x = x[:, picked]
+                coarse = (torch.arange(GRID_NODES, device=x.device) % 2 == 0).expand_as(x)
             F, f = self.cdf_pdf(x)
-            self._grid = (x, F, f, coarse.flatten(1).gather(1, order))
+            self._grid = (x, F, f, coarse)
         return self._grid
 
 

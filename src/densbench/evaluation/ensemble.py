@@ -10,8 +10,10 @@ MixtureSameFamily, whose operations densbench.distributions.mixtures registers t
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal
 
 from densbench.distributions.classes import NormalMixture
@@ -35,3 +37,9 @@ def uniform_mixture(members: list[Distribution]) -> Distribution:
     weights = Categorical(logits=torch.zeros(*first.batch_shape, len(members), dtype=params["loc"].dtype, device=params["loc"].device),
                           validate_args=False)
     return MixtureSameFamily(weights, component, validate_args=False)
+
+
+def over_passes(family: Any, passes: list[dict[str, Tensor]], loc: Tensor | float, scale: Tensor | float) -> Distribution:
+    """A model's predictive over its evaluation passes: the one pass's distribution, or the uniform mixture of MC dropout's."""
+    dists = [family.distribution(raw, loc, scale) for raw in passes]
+    return dists[0] if len(dists) == 1 else uniform_mixture(dists)

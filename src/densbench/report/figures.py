@@ -75,12 +75,22 @@ def draw_figures(groups, rows, out_dir: Path, results) -> dict[str, list[str]]:
             _copy(p / fig_name, out_dir / f"{target}{suffix}.png")
             out["Predictive distributions"].append(f"{target}{suffix}.png")
     written = {name for names in out.values() for name in names}
+    written |= _uci_figures(results, out_dir)
     out["Predictive distributions"] = sorted(set(out["Predictive distributions"]))[:24]
     _remove_stale(out_dir, written)
     return out
 
 
-FIGURE_PREFIXES = ("compare_", "calib_", "pred_")  # the report's own figures: a folder rewritten holds only this pass's
+def _uci_figures(results, out_dir: Path) -> set[str]:
+    """The UCI section's own figures (the critical-difference diagram), by name; none without UCI-protocol runs."""
+    from densbench.report import uci, uci_ranking
+
+    found = uci.collect(results)
+    datasets = [d for d in uci.DATASETS if d in found]
+    return {uci_ranking.FIGURE} if datasets and uci_ranking.draw_cd(found, datasets, out_dir / uci_ranking.FIGURE) else set()
+
+
+FIGURE_PREFIXES = ("compare_", "calib_", "pred_", "rank_")  # the report's own figures: a folder rewritten holds only this pass's
 
 
 def _remove_stale(out_dir: Path, written: set[str]) -> None:

@@ -58,3 +58,23 @@ def published(table: dict[str, list[str]], dataset: str, source: str) -> tuple[f
     text = table[dataset][[s.name for s in SOURCES].index(source)]
     mean, _, pm = text.partition("±")
     return float(mean), (float(pm) if pm else None)
+
+
+class Record(NamedTuple):
+    """The best published figure for a dataset under an HL&A-style protocol (REFERENCE.md section 2b)."""
+
+    nll: str  # as printed, e.g. "2.35±.06"
+    holder: str
+
+
+RECORDS = {
+    "boston": Record("2.35±.06", "deep evidential regression (Amini et al. 2020)"),
+    "concrete": Record("2.83±.11", "Wasserstein gradient boosting (Matsubara 2024)"),
+    "energy": Record("0.53±.08", "Wasserstein gradient boosting (Matsubara 2024)"),
+    "kin8nm": Record("-1.24±.01", "deep evidential regression (Amini et al. 2020)"),
+    "naval": Record("-6.29±.04", "deterministic variational inference (Wu et al. 2019)"),
+    "power": Record("2.60±.04", "Wasserstein gradient boosting (Matsubara 2024)"),
+    "protein": Record("2.63±.00", "deep evidential regression (Amini et al. 2020)"),
+    "wine": Record("0.89±.05", "deep evidential regression (Amini et al. 2020)"),
+    "yacht": Record("0.16±.24", "Wasserstein gradient boosting (Matsubara 2024)"),
+}

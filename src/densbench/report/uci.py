@@ -36,13 +36,14 @@ MCD_4000 = "test_ll_100_xepochs_1_hidden_layers.txt"
 METRICS = columns("nll", "nll_binned", "rmse", "crps", "mace")
 
 
-def collect(results: list[tuple[Path, dict]], recalibrate: str = "none") -> dict[str, dict[str, list[dict]]]:
-    """Ok UCI-protocol runs of the nine datasets with this recalibration, by dataset and method (tuning runs left out)."""
+def collect(results: list[tuple[Path, dict]], recalibrate: str = "none", protocol: str = "uci") -> dict[str, dict[str, list[dict]]]:
+    """Ok runs of the nine datasets under a protocol (uci: the published splits; gap: one split per input) with this
+    recalibration, by dataset and method (tuning runs left out)."""
     out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for _, r in results:
         cfg, lab = r.get("config") or {}, r.get("labels") or {}
         d = cfg.get("dataset") or {}
-        if r.get("status") != "ok" or lab.get("dataset") not in FOLDERS or d.get("protocol") != "uci" or d.get("tuning"):
+        if r.get("status") != "ok" or lab.get("dataset") not in FOLDERS or d.get("protocol") != protocol or d.get("tuning"):
             continue
         if cfg.get("recalibrate", "none") != recalibrate:
             continue
@@ -72,10 +73,10 @@ def mcd_4000(dataset: str, runs: list[dict]) -> np.ndarray | None:
     return -np.atleast_1d(np.loadtxt(path, dtype=np.float64))
 
 
-def paired(runs: list[dict], reference: np.ndarray) -> dict[str, Any] | None:
-    """densbench NLL minus the reference NLL, split by split: mean ± se, splits won, splits paired."""
-    by_split = {int(r["labels"]["split"]): r["metrics"]["nll"] for r in runs if r["labels"].get("split") is not None}
-    common = sorted(s for s in by_split if s < len(reference) and by_split[s] is not None)
+def paired(runs: list[dict], reference: np.ndarray, key: str = "nll") -> dict[str, Any] | None:
+    """densbench NLL (or another metric) minus the reference, split by split: mean ± se, splits won, splits paired."""
+    by_split = {int(r["labels"]["split"]): r["metrics"].get(key) for r in runs if r["labels"].get("split") is not None}
+    common = sorted(s for s in by_split if s < len(reference) and by_split[s] is not None and np.isfinite(reference[s]))
     if len(common) < 2:
         return None
     diff = np.array([by_split[s] - reference[s] for s in common])
@@ -138,6 +139,15 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
     atoms = {ds: target_atoms([r for runs in found[ds].values() for r in runs]) for ds in datasets}
     discrete = [ds for ds in datasets if atoms[ds] and atoms[ds]["on_atoms"] >= ATOM_SHARE]
     lines += _goals(found, datasets, discrete)
+    # they build on this module's helpers
+    from densbench.report.uci_records import records_section, reproduction_section
+    from densbench.report.uci_ranking import paired_section, ranking_section
+
+    lines += records_section(found, datasets) + ranking_section(found, datasets) + paired_section(found, datasets)
+    lines += reproduction_section(found, datasets)
+    from densbench.report.uci_gap import gap_section
+
+    lines += gap_section(found, collect(results, protocol="gap"))
     lines += _atoms_table(atoms, datasets, discrete)
     lines += ["### Published protocols", "", "| source | protocol | ± |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.protocol} | {'standard error' if s.se else 'as printed (not a standard error)'} |" for s in SOURCES]

@@ -222,10 +222,12 @@ def _check_dataset(d: DictConfig) -> None:
         raise ConfigError(f"dataset.n_val={d.n_val!r} must be a non-negative integer")
     positive("dataset.max_train", d.get("max_train"), integer=True, allow_null=True)
     positive("dataset.max_eval", d.get("max_eval"), integer=True, allow_null=True)
-    if d.get("protocol") not in (None, "uci", "random"):
-        one_of("dataset.protocol", d.protocol, ("uci", "random"))
+    if d.get("protocol") not in (None, "uci", "random", "gap"):
+        one_of("dataset.protocol", d.protocol, ("uci", "random", "gap"))
     if d.get("protocol") == "uci" and not (isinstance(d.split, int) and 0 <= d.split < 20):
         raise ConfigError(f"dataset.split={d.split!r} must be an integer in 0..19 for the UCI protocol")
+    if d.get("protocol") == "gap":
+        natural("dataset.split", d.split)  # an input's index: gap split i tests the middle third of input i's range
     if d.get("tuning") and not d.get("val_fraction"):
         raise ConfigError("dataset.tuning=true needs dataset.val_fraction > 0: the stand-in test set and the "
                           "validation set are carved from the training split with that fraction")

@@ -126,11 +126,6 @@ class DensityModule(pl.LightningModule):
         """Raw outputs of every evaluation pass: one, or MC dropout's stochastic passes (each with its own masks)."""
         return stochastic_passes(self, x, models, self.mc_samples) if self.mc_samples else [self(x, models)]
 
-    def pass_mixture(self, passes: list[dict[str, Tensor]], loc: Tensor | float, scale: Tensor | float) -> Distribution:
-        """The predictive over evaluation passes: the one pass's distribution, or the uniform mixture of MC dropout's."""
-        dists = [self.family.distribution(raw, loc, scale) for raw in passes]
-        return dists[0] if len(dists) == 1 else ensemble.uniform_mixture(dists)
-
     def loss(self, raw: dict[str, Tensor], y: Tensor, extra: tuple[Tensor, ...]) -> Tensor:
         """The objective's reduced training loss of every model, [N]."""
         return self.objective.loss(self.family, raw, y, extra, self.grad)
@@ -153,7 +148,7 @@ class DensityModule(pl.LightningModule):
         """Model i of a job (over its evaluation passes), with its noise level set to `noise` (original units) if given."""
         j = self.jobs[job]
         picked = candidates.with_noise([{k: v[i] for k, v in raw.items()} for raw in passes], noise, float(j.target_scale))
-        return self.pass_mixture(picked, j.target_loc, j.target_scale)
+        return ensemble.over_passes(self.family, picked, j.target_loc, j.target_scale)
 
     def choose(self, job: int, x: Tensor, y: Tensor) -> None:
         """Pick a job's candidate model and noise level on its validation rows x, y (candidates.choose)."""
