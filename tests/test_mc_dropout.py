@@ -80,6 +80,14 @@ def test_the_choice_is_the_lowest_validation_nll_of_every_candidate_and_noise_le
     assert default[0] == pytest.approx(0.03) and default[-1] == pytest.approx(6.0)
 
 
+def test_choices_on_validation_rows_are_refused_without_them():
+    from densbench.runs.checks import Incompatible
+
+    with pytest.raises(Incompatible, match=r"model.dropout=\[0.005, 0.01, 0.05, 0.1\] \(one candidate per rate\) and "
+                                           r"head=homoscedastic's noise are chosen on the validation rows, which dataset=boston"):
+        check_config(make_cfg("dataset=boston", "method=mc_dropout"))
+
+
 @pytest.mark.parametrize("bad, message", [
     (["model.dropout=1.0"], "model.dropout=1.0 must be a rate in [0, 1)"),
     (["model.dropout=[0.1,-0.2]"], "must be a rate in [0, 1) or a non-empty list"),
@@ -151,3 +159,48 @@ def test_quantiles_of_a_mixture_of_many_passes_invert_its_cdf():
     q = ops.quantile(mixture, levels)  # [5, 30]
     cdf = torch.distributions.Normal(loc, scale).cdf(q.unsqueeze(-1)).mean(-1)
     torch.testing.assert_close(cdf, levels.view(5, 1).expand(5, 30), rtol=1e-7, atol=1e-12)
+
+
+@needs_layout
+def test_the_suite_lists_mc_dropout_but_never_ensembles_it_and_runs_gap_splits_per_input():
+    import sys
+
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "scripts"))
+    import uci_suite
+
+    assert "mc_dropout" in uci_suite.DEFAULT and "evidential" in uci_suite.DEFAULT
+    assert "mc_dropout_het" in uci_suite.SINGLE and "mc_dropout_het" not in uci_suite.DEFAULT
+    assert not uci_suite.ensemble_able("mc_dropout") and uci_suite.ensemble_able("student_t")
+    jobs = uci_suite.gap_jobs(["yacht"], ["gaussian_nll", "ensemble"], str(UCI_ROOT))
+    inputs = len((UCI_ROOT / "yacht" / "data" / "index_features.txt").read_text().split())
+    assert jobs == [["experiment=uci_yacht", f"method={m}", "dataset.protocol=gap", f"dataset.split={i}"]
+                    for m in ("gaussian_nll", "ensemble") for i in range(inputs)]
+
+
+def test_a_validation_choice_ranks_mc_dropout_by_the_nll_of_what_it_tests():
+    from densbench.report.uci import validation_best, validation_nll
+
+    mcd = {"train": {"best_val_nll": 9.0}, "chosen": {"val_nll": 1.0}}
+    plain = {"train": {"best_val_nll": 2.0}}
+    assert validation_nll(mcd) == 1.0 and validation_nll(plain) == 2.0
+    assert validation_best({"mc_dropout": [mcd], "gaussian_nll": [plain]}) == "mc_dropout"
+
+
+def test_masks_are_the_same_bits_whatever_kernels_the_cpu_dispatches_to():
+    # integer arithmetic that wraps: the vectorised (avx2) and the scalar (default) kernels must agree bit for bit
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, torch; from densbench.training.dropout import keep_mask; "
+            "m = keep_mask(torch.arange(7) * 977, torch.linspace(0, 0.5, 7, dtype=torch.float64), torch.arange(7) - 3, "
+            "2, 61, 133, torch.float64); print(hashlib.sha256(m.numpy().tobytes()).hexdigest())")
+    digests = set()
+    for capability in ("default", "avx2"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        digests.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    here = keep_mask(torch.arange(7) * 977, torch.linspace(0, 0.5, 7, dtype=torch.float64), torch.arange(7) - 3, 2, 61, 133,
+                     torch.float64)
+    assert digests == {hashlib.sha256(here.numpy().tobytes()).hexdigest() + "\n"}

@@ -120,7 +120,9 @@ def test_gap_splits_test_the_middle_third_of_one_inputs_range():
     # every training value of that input lies at or outside the test rows' range
     lo, hi = column[d.test].min(), column[d.test].max()
     assert ((column[train] <= lo) | (column[train] >= hi)).all()
-    # the same split on every load (ties keep row order)
-    assert np.array_equal(load(cfg.dataset).test, d.test)
+    # the same split on every load (ties keep row order); validation rows drawn from the whole training part
+    again = load(cfg.dataset)
+    assert np.array_equal(again.test, d.test) and np.array_equal(again.val, d.val)
+    assert d.val.min() < len(d.x) // 2 < d.val.max()  # not the last rows of a table ordered by some column
     with pytest.raises(DataError, match="must be in 0..5 for the gap splits of yacht"):
         load(make_cfg("experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=6").dataset)

@@ -38,6 +38,8 @@ def test_ranks_and_the_critical_difference_are_demsars():
     text = "\n".join(uci_ranking.ranking_section(found, DATASETS))
     assert f"**{result.cd:.2f}** ranks" in text and "| e |" not in text
     assert uci_ranking.ranking(found, DATASETS[:4]) is None  # too few datasets to rank
+    two = {ds: {m: found[ds][m] for m in "ab"} for ds in DATASETS}
+    assert uci_ranking.ranking(two, DATASETS) is None and uci_ranking.ranking_section(two, DATASETS) == []
 
 
 def test_the_ranking_uses_the_resolution_aware_nll_where_a_resolution_is_set():

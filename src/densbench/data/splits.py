@@ -85,11 +85,13 @@ def protocol_rows(train: np.ndarray, test: np.ndarray, val_fraction: float, tuni
 
 def gap_split(x: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray]:
     """Gap split `dimension` (Foong et al. 2019): rows sorted by that input, the middle third tested, the outer
-    two thirds trained on; ties keep row order, so the split is the same on every machine."""
+    two thirds trained on; ties keep row order, so the split is the same on every machine. The training rows come
+    shuffled (legacy RandomState(dimension), stable across numpy versions), as a published split's do: validation
+    rows are carved from their end, and a table ordered by some column would otherwise give them one corner of it."""
     order = np.argsort(x[:, dimension], kind="stable")
     third = len(order) // 3
-    test = order[third:len(order) - third]
-    return np.sort(np.concatenate([order[:third], order[len(order) - third:]])), np.sort(test)
+    train = np.sort(np.concatenate([order[:third], order[len(order) - third:]]))
+    return train[np.random.RandomState(dimension).permutation(len(train))], np.sort(order[third:len(order) - third])
 
 
 RESOLUTIONS = tuple(10.0 ** k for k in range(3, -7, -1))  # the recording grids a target is tested against, coarsest first

@@ -34,9 +34,9 @@ def score_table(found: dict, datasets: list[str]) -> tuple[list[str], list[list[
 
 def ranking(found: dict, datasets: list[str]):
     """autorank's result for the score table (lower is better; Friedman and Nemenyi), or None with fewer than
-    two methods or five datasets."""
+    three methods (autorank compares two by Wilcoxon's test, without a critical difference) or five datasets."""
     methods, rows = score_table(found, datasets)
-    if len(methods) < 2 or len(rows) < 5:
+    if len(methods) < 3 or len(rows) < 5:
         return None
     import pandas as pd
     from autorank import autorank

@@ -22,7 +22,7 @@ from densbench.evaluation.candidates import noise_levels
 from densbench.data import datasets as data_mod
 from densbench.objectives.analytic import use_compiled_kernels
 from densbench.training.checkpoints import Checkpoints
-from densbench.runs.checks import check_against_data, check_config, check_recalibration
+from densbench.runs.checks import check_against_data, check_config, check_recalibration, check_validation_choices
 from densbench.runs.devices import check_device, threads, world_size
 from densbench.training.batches import DensityData, Stack
 from densbench.training.engine import EngineState, Selection, param_dtype
@@ -111,6 +111,7 @@ def _checked_job(cfg: DictConfig, plan: Any) -> tuple[Any, Any, Any]:
     d = data_mod.load(cfg.dataset)
     family = check_against_data(plan, d, str(cfg.grad))
     check_recalibration(cfg, d.task, len(d.val))
+    check_validation_choices(cfg, plan.family, len(d.val))
     dtype = "float64" if param_dtype(str(cfg.trainer.precision)) == torch.float64 else "float32"
     prep = data_mod.prepare(d, target_map=family.target_map, dtype=dtype)
     return d, family.fit_targets(prep.splits["train"][1].numpy()), prep
@@ -210,7 +211,7 @@ def _jobs(specs: list[JobSpec], stack: Stack, preps: list[Any], datas: list[Any]
     return [Job(models, p.target_loc, p.target_scale, d.truth, lg, s.key, recalibration.make(str(s.cfg.recalibrate)),
                 d.resolution, choose=OmegaConf.is_list(s.cfg.model.get("dropout")) and has_val,
                 noise_grid=noise_levels(d.notes.get("noise_precisions"), float(p.target_scale))
-                if has_val and "noise" in family.buffers() else None)
+                if has_val and "noise" in family.chosen_on_validation else None)
             for models, p, d, lg, s in zip(stack.jobs, preps, datas, logs, specs)]
 
 

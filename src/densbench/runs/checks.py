@@ -99,6 +99,7 @@ def check_config(cfg: DictConfig) -> Plan:
     plan = Plan(objective, head, kind.task, kind.truth, loop)
     check_pair(plan, str(cfg.grad), cfg.dataset.name)
     check_recalibration(cfg, plan.task)
+    check_validation_choices(cfg, head)
     if cfg.get("baseline"):
         _check_baseline(cfg, plan.task)
     if members > 1 and not ({"location_scale", "mixture"} & plan.bound_family().traits):
@@ -249,6 +250,20 @@ def check_recalibration(cfg: DictConfig, task: str, n_val: int | None = None) ->
     if n_val is not None and n_val < recalibration.MIN_POINTS:
         raise Incompatible(f"recalibrate={name} is fitted on the validation split, which has {n_val} rows for "
                            f"dataset={d.name}; it needs at least {recalibration.MIN_POINTS} (raise dataset.val_fraction or n_val)")
+
+
+def check_validation_choices(cfg: DictConfig, head: Family, n_val: int | None = None) -> None:
+    """Candidates (model.dropout as a list) and a noise level (head=homoscedastic) are chosen on the validation
+    rows: refuse a run that has none, instead of testing an arbitrary candidate or noise."""
+    d = cfg.dataset
+    if n_val is None and (d.get("val_fraction") == 0 or d.get("n_val") == 0):
+        n_val = 0
+    what = [f"model.dropout={list(cfg.model.dropout)} (one candidate per rate)"] if OmegaConf.is_list(cfg.model.get("dropout")) else []
+    what += [f"head={head.name}'s {', '.join(head.chosen_on_validation)}"] if head.chosen_on_validation else []
+    if what and n_val == 0:
+        raise Incompatible(f"{' and '.join(what)} {'are' if len(what) > 1 else 'is'} chosen on the validation rows, which "
+                           f"dataset={d.name} does not have: "
+                           "set dataset.val_fraction > 0 (the UCI experiments set 0.1)")
 
 
 def check_against_data(plan: Plan, data: Any, grad: str) -> Family:

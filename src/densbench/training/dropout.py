@@ -3,7 +3,8 @@
 A stack trains N models in one batched product, so masks drawn from one generator would depend on
 which models share the stack (and a model would train differently alone than in a stack of 80). Each
 mask bit here is a counter-based hash of (model seed, pass, layer, unit, row) instead: integer
-arithmetic, exact on every machine, the same for a model in any stack. Training passes count the
+arithmetic, exact on every machine, the same for a model in any stack (rows are keyed by their place in
+the process's batch, so under DDP the masks depend on the world size as the batches do). Training passes count the
 optimisation steps (0, 1, ...); the T evaluation passes of MC dropout use their own keys (-1, ..., -T),
 so evaluation never repeats a training mask.
 """

@@ -19,6 +19,8 @@ and provides
   targets are mapped back through y = loc + scale * z);
 - optionally ``fit_targets(z)``: the family with data-dependent settings fitted to a job's training targets
   (a histogram's edges), which reach the head as ``buffers()``, one job's per model of a stack;
+- optionally ``chosen_on_validation``: buffers that evaluation sets from a grid on the validation rows
+  (the homoscedastic Gaussian's noise level, MC dropout's tau), so a run without validation rows is refused;
 - optionally analytic kernels for the objectives (``nll_kernel`` and friends, see
   densbench.objectives.base for their contract), and closed forms of its distribution's operations,
   registered with densbench.distributions.ops next to the family.
@@ -92,6 +94,7 @@ class Family:
     distribution_type: ClassVar[str] = ""  # dotted name of the Distribution class distribution() returns
     has_floor: ClassVar[bool] = False  # some output passes through a positivity floor that can be hit
     support: ClassVar[str] = "real"  # a key of SUPPORTS
+    chosen_on_validation: ClassVar[tuple[str, ...]] = ()  # buffers evaluation sets from a grid on the validation rows
 
     # ---- the targets it models ------------------------------------------------------------------
     @property

@@ -27,6 +27,7 @@ class Homoscedastic(Family):
     tasks = ("regression",)
     traits = frozenset({"gaussian"})
     distribution_type = "torch.distributions.Normal"
+    chosen_on_validation = ("noise",)
 
     def __init__(self, noise: float = 1.0) -> None:
         positive("head.noise", noise)
