@@ -43,10 +43,8 @@ def choose(candidate: Callable[[int, float | None], Distribution], count: int, n
     return best
 
 
-def with_noise(passes: list[dict[str, Tensor]], noise: float | None, target_scale: float) -> list[dict[str, Tensor]]:
-    """Raw outputs with the `noise` buffer set to a level given in original units (None: as they are)."""
-    if noise is None:
-        return passes
+def with_noise(passes: list[dict[str, Tensor]], noise: float, target_scale: float) -> list[dict[str, Tensor]]:
+    """Raw outputs with the `noise` buffer set to a level given in original units."""
     level = torch.tensor(noise / target_scale, dtype=passes[0]["noise"].dtype, device=passes[0]["noise"].device)
     return [{**raw, "noise": level.expand_as(raw["noise"])} for raw in passes]
 

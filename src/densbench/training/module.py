@@ -147,7 +147,9 @@ class DensityModule(pl.LightningModule):
     def candidate(self, job: int, passes: list[dict[str, Tensor]], i: int, noise: float | None = None) -> Distribution:
         """Model i of a job (over its evaluation passes), with its noise level set to `noise` (original units) if given."""
         j = self.jobs[job]
-        picked = candidates.with_noise([{k: v[i] for k, v in raw.items()} for raw in passes], noise, float(j.target_scale))
+        picked = [{k: v[i] for k, v in raw.items()} for raw in passes]
+        if noise is not None:  # (a multivariate job's scale is a list: no family of it has a noise level)
+            picked = candidates.with_noise(picked, noise, float(j.target_scale))
         return ensemble.over_passes(self.family, picked, j.target_loc, j.target_scale)
 
     def choose(self, job: int, x: Tensor, y: Tensor) -> None:
