@@ -152,7 +152,7 @@ def families(tmp: Path) -> list[dict]:
     for name, recipe in recipes().items():
         if recipe.members != 1:
             continue
-        for members in (1, 5):
+        for members in (1,) if recipe.dropout else (1, 5):  # MC dropout's models are candidates, not members
             cfg = compose_config([f"experiment=uci_{FAMILY_DATASET}", f"method={name}", "dataset.split=0", f"ensemble.members={members}",
                                   "logger=none", "resume=false"])
             res = run_job(cfg, tmp / f"family-{name}-{members}")
