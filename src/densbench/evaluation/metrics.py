@@ -271,15 +271,16 @@ class ModelScores(Metric):
         for name in ("n", "nll", "err"):
             self.add_state(name, torch.zeros(models, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, dist: Distribution, y: Tensor) -> None:
-        """Accumulate one stacked batch."""
-        self.n += y.shape[-1]
-        self.nll += -target_log_prob(dist, y, self.task).double().sum(-1)
+    def update(self, dist: Distribution, y: Tensor, rows: int | None = None) -> None:
+        """Accumulate one stacked batch (its first `rows` rows: the rest are padding)."""
+        real = slice(None, rows)
+        self.n += y[..., real].shape[-1]
+        self.nll += -target_log_prob(dist, y, self.task)[..., real].double().sum(-1)
         if self.classification:
             pred = (dist.probs > 0.5).to(y.dtype) if isinstance(dist, Bernoulli) else dist.probs.argmax(-1)
-            self.err += (pred == y).double().sum(-1)
+            self.err += (pred == y)[..., real].double().sum(-1)
         else:
-            self.err += ((dist.mean - y).double() ** 2).sum(-1)
+            self.err += ((dist.mean - y).double() ** 2)[..., real].sum(-1)
 
     def compute(self) -> dict[str, Tensor]:
         """Per model: nll and rmse (or accuracy)."""

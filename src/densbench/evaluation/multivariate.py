@@ -144,12 +144,12 @@ class JointModelScores(Metric):
         for name in ("n", "nll", "err"):
             self.add_state(name, torch.zeros(models, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, dist: Distribution, y: Tensor) -> None:
-        """Accumulate one stacked batch."""
-        y = y.to(dist.loc.dtype)
-        self.n += y.shape[-2]
-        self.nll += -dist.log_prob(y).double().sum(-1)
-        self.err += (dist.mean - y).double().pow(2).mean(-1).sum(-1)
+    def update(self, dist: Distribution, y: Tensor, rows: int | None = None) -> None:
+        """Accumulate one stacked batch (its first `rows` rows: the rest are padding)."""
+        y, real = y.to(dist.loc.dtype), slice(None, rows)
+        self.n += y[..., real, :].shape[-2]
+        self.nll += -dist.log_prob(y)[..., real].double().sum(-1)
+        self.err += (dist.mean - y)[..., real, :].double().pow(2).mean(-1).sum(-1)
 
     def compute(self) -> dict[str, Tensor]:
         """Per model: nll and rmse."""

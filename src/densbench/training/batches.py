@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from densbench.training.engine import EngineState, param_dtype
-from densbench.training.loop import steps_per_pass
 
 
 @dataclass(frozen=True)
@@ -45,27 +44,56 @@ class TrainSource:
         self.x, self.y, self.extra = x, y, extra  # [J, n, ...]: one slice per job
         self.stack, self.batch_size, self.rank, self.world = stack, batch_size, rank, world
         self.job_of = torch.tensor(stack.job_of, device=x.device)
-        self._perm: tuple[int, Tensor] | None = None
         self._full: tuple[Tensor, Tensor, tuple[Tensor, ...]] | None = None
-        # one data pass's rows of every model in its own order, gathered once per pass: a step's
-        # minibatch is then a slice (a view), not a gather of its own
-        self._pass: tuple[int, Tensor, Tensor, tuple[Tensor, ...]] | None = None
+        # per data pass: every model's row order, and its rows gathered in that order once per pass, so
+        # that a step's minibatch is a slice (a view), not a gather of its own; at most two passes live
+        self._passes: dict[int, tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]] = {}
 
     @property
     def n(self) -> int:
         """Training samples per job (all ranks)."""
         return self.x.shape[1]
 
+    def _segments(self, step: int) -> list[tuple[int, int, int]]:
+        """The (pass, start, stop) pieces of the row stream that the minibatch at `step` covers.
+
+        Minibatches are consecutive slices of one endless stream: each model's training rows in a fresh
+        random order per pass, pass after pass. Every minibatch therefore holds exactly batch_size rows;
+        the last one of a pass is completed by the first rows of the next pass instead of being short.
+        A short batch would make a model's numbers depend on its stack: ATen computes the last elements
+        of a contiguous tensor that fill no whole vector register with scalar code, whose sigmoid,
+        softplus, pow and logaddexp round differently from the vector code, and which elements those
+        are depends on how many models share the tensor. With every batch the same multiple of 32 rows,
+        each model's rows fill whole registers in a stack of any size (tests/test_stack_exact.py).
+        """
+        b, n = self.batch_size, self.n
+        start, stop = step * b, (step + 1) * b
+        out = []
+        while start < stop:
+            data_pass, at = divmod(start, n)
+            take = min(stop - start, n - at)
+            out.append((data_pass, at, at + take))
+            start += take
+        return out
+
+    def _pass(self, data_pass: int) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+        """(row order [N, n], x, y, extra in that order) of one data pass, built once."""
+        if data_pass not in self._passes:
+            perms = [torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass))
+                     for seed in self.stack.seeds]
+            perm, jobs = torch.stack(perms).to(self.x.device), self.job_of.unsqueeze(-1)
+            # a rank of several reads its own share of each batch by index: no gathered copies
+            gathered = ((self.x[jobs, perm], self.y[jobs, perm], tuple(e[jobs, perm] for e in self.extra))
+                        if self.world == 1 else (None, None, ()))
+            self._passes = {k: v for k, v in self._passes.items() if k >= data_pass - 1}
+            self._passes[data_pass] = (perm, *gathered)
+        return self._passes[data_pass]
+
     def rows(self, step: int) -> Tensor | None:
         """Row indices [N, b] of every model's share of the minibatch at `step` (None: all rows)."""
         if self.batch_size is None:
             return None
-        data_pass, j = divmod(step, steps_per_pass(self.n, self.batch_size))
-        if self._perm is None or self._perm[0] != data_pass:
-            perms = [torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass))
-                     for seed in self.stack.seeds]
-            self._perm = (data_pass, torch.stack(perms).to(self.x.device))
-        rows = self._perm[1][:, j * self.batch_size : (j + 1) * self.batch_size]
+        rows = torch.cat([self._pass(p)[0][:, lo:hi] for p, lo, hi in self._segments(step)], dim=1)
         return rows if self.world == 1 else rows[:, self.rank :: self.world]
 
     def full(self) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
@@ -84,14 +112,32 @@ class TrainSource:
         if self.world > 1:
             rows, jobs = self.rows(step), self.job_of.unsqueeze(-1)
             return self.x[jobs, rows], self.y[jobs, rows], tuple(e[jobs, rows] for e in self.extra)
-        data_pass, j = divmod(step, steps_per_pass(self.n, self.batch_size))
-        if self._pass is None or self._pass[0] != data_pass:
-            self.rows(step)  # the pass's permutations
-            perm, jobs = self._perm[1], self.job_of.unsqueeze(-1)
-            self._pass = (data_pass, self.x[jobs, perm], self.y[jobs, perm], tuple(e[jobs, perm] for e in self.extra))
-        part = slice(j * self.batch_size, (j + 1) * self.batch_size)
-        _, x, y, extra = self._pass
-        return x[:, part], y[:, part], tuple(e[:, part] for e in extra)
+        pieces = [(self._pass(p), slice(lo, hi)) for p, lo, hi in self._segments(step)]
+        if len(pieces) == 1:
+            (_, x, y, extra), part = pieces[0]
+            return x[:, part], y[:, part], tuple(e[:, part] for e in extra)
+
+        def joined(k: int) -> Tensor:
+            return torch.cat([stream[k][:, part] for stream, part in pieces], dim=1)
+
+        extras = tuple(torch.cat([stream[3][i][:, part] for stream, part in pieces], dim=1) for i in range(len(self.extra)))
+        return joined(1), joined(2), extras
+
+
+# Rows a model's share of a stacked tensor comes in whole multiples of. ATen computes the elements of a
+# contiguous tensor in vector registers (two of 8 float32 per loop iteration under AVX2) and the few left
+# over with scalar code, whose sigmoid, softplus, pow and logaddexp round differently; which elements
+# are left over depends on how many models share the tensor unless every model's rows fill whole
+# registers. 32 rows do so for every family's fields in either precision (tests/test_stack_exact.py).
+ROW_BLOCK = 32
+
+
+def block_padded(t: Tensor) -> Tensor:
+    """t [N, n, ...] with its rows repeated cyclically up to a multiple of ROW_BLOCK along axis 1 (real rows first)."""
+    n = t.shape[1]
+    if n == 0 or n % ROW_BLOCK == 0:
+        return t
+    return t[:, torch.arange(n + (-n % ROW_BLOCK), device=t.device) % n]
 
 
 class Chunk:
@@ -133,10 +179,12 @@ class ChunkStream:
 class EvalBatch:
     """One job's split (or this rank's shard of it) for evaluation; a plain class for the reason above."""
 
-    __slots__ = ("job", "x", "y", "x_orig", "u", "split")
+    __slots__ = ("job", "rows", "split", "u", "x", "x_orig", "y")
 
-    def __init__(self, job: int | None, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor, split: str = "test"):
-        self.job = job  # index of the job (run directory); None: every job's split, stacked
+    def __init__(self, job: int | None, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor, split: str = "test",
+                 rows: int | None = None):
+        self.job = job
+        self.rows = rows  # the real rows, first along the row axis (None: all); the rest repeat them as padding  # index of the job (run directory); None: every job's split, stacked
         self.split = split  # "val" in the test loop: the rows a job's recalibration is fitted on
         self.x = x  # standardised inputs, in the model's dtype
         self.y = y  # targets in original units, float64 (class indices for class targets)
@@ -198,8 +246,11 @@ class DensityData(pl.LightningDataModule):
                 for b in ([val[j] if world == 1 else self._eval_batch(j, "val", 0, 1)] if self.calibrate[j] else [])
                 + [self._eval_batch(j, "test", rank, world)]]
         # validation of every model at once: the jobs' splits are stacked (a stack's jobs have equal sizes)
-        self.eval = {"test": test, "val": [EvalBatch(None, torch.stack([b.x for b in val]), torch.stack([b.y for b in val]),
-                                                      torch.empty(0), torch.empty(0), "val")]}
+        # padded to whole row blocks, so that a model's validation scores do not depend on its stack (below)
+        n_val = val[0].x.shape[0]
+        self.eval = {"test": test, "val": [EvalBatch(None, block_padded(torch.stack([b.x for b in val])),
+                                                      block_padded(torch.stack([b.y for b in val])),
+                                                      torch.empty(0), torch.empty(0), "val", rows=n_val)]}
 
     def _put(self, t: Tensor) -> Tensor:
         return t.to(self.device, dtype=self.dtype if t.is_floating_point() else t.dtype)

@@ -303,7 +303,7 @@ class DensityModule(pl.LightningModule):
         # every model on its own job's validation split, in one stacked pass
         # the mean network (dropout off) chooses the epoch: MC dropout's passes are for the final choice and the test
         dist = self.family.distribution(self(batch.x[self.job_of]), self.target_loc, self.target_scale)
-        self.val_scores.update(dist, batch.y[self.job_of])
+        self.val_scores.update(dist, batch.y[self.job_of], batch.rows)
 
     def on_validation_epoch_end(self) -> None:
         # [N] per score (torchmetrics hands a one-element result back as a 0-dim tensor)
