@@ -85,10 +85,17 @@ GAP_METHODS = "gaussian_nll,mc_dropout,evidential,ensemble"  # a point estimate'
 GAP_DATASETS = "boston,concrete,energy,kin8nm,power,wine,yacht"
 
 
-def gap_jobs(datasets: list[str], methods: list[str], root: str) -> list[list[str]]:
-    """The --gap stage: each method on every gap split (one per input) of each dataset (ensemble: of gaussian_nll)."""
+def ensemble_overrides(member: str) -> list[str]:
+    """A deep ensemble of `member`'s networks: method=ensemble with that method's loss and head."""
+    return ["method=ensemble", f"loss={recipes()[member].loss}", f"head={recipes()[member].head}"]
+
+
+def gap_jobs(datasets: list[str], methods: list[str], root: str, members: dict[str, str]) -> list[list[str]]:
+    """The --gap stage: each method on every gap split (one per input) of each dataset; an ensemble's members are
+    those of the dataset's ensemble on the published splits (`members`), so that its two columns compare alike."""
     inputs = {d: len((Path(root) / FOLDERS[d] / "data" / "index_features.txt").read_text().split()) for d in datasets}
-    return [[f"experiment=uci_{d}", f"method={m}", "dataset.protocol=gap", f"dataset.split={i}"]
+    return [[f"experiment=uci_{d}", *(ensemble_overrides(members[d]) if m == "ensemble" and d in members else [f"method={m}"]),
+             "dataset.protocol=gap", f"dataset.split={i}"]
             for d in datasets for m in methods for i in range(inputs[d])]
 
 
@@ -169,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         variants += [[f"method={m}", f"recalibrate={r}"] for m in args.recalibrated.split(",") for r in args.recalibrate.split(",")]
     chosen = {d: n for d, n in splits.items() if d in args.baseline_datasets.split(",")}
     extra_stage = baseline_jobs(chosen, args.root) if args.baselines else []
-    gap_stage = gap_jobs([d for d in args.gap_datasets.split(",") if d in datasets], args.gap_methods.split(","),
-                         args.root) if args.gap else []
-    total = suite_total(splits, variants) + len(extra_stage) + len(gap_stage)  # one count and one ETA over every stage
+    gap_datasets = [d for d in args.gap_datasets.split(",") if d in datasets] if args.gap else []
+    gap_size = len(gap_jobs(gap_datasets, args.gap_methods.split(","), args.root, {}))
+    total = suite_total(splits, variants) + len(extra_stage) + gap_size  # one count and one ETA over every stage
     stage1 = jobs(splits, variants)
     run(listed("stage1", stage1, sweep_dir, common + progress(total, 0, epoch)))
     found = collect(scan_results(sweep_dir)[0])
@@ -182,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"uci_suite: no single-model run of {d} finished; no ensemble for it", file=sys.stderr)
             continue
         members[d] = best
-    ensembles = [job for d, best in members.items()
-                 for job in jobs({d: splits[d]}, [["method=ensemble", f"loss={recipes()[best].loss}", f"head={recipes()[best].head}"]])]
+    ensembles = [job for d, best in members.items() for job in jobs({d: splits[d]}, [ensemble_overrides(best)])]
     if ensembles:
         run(listed("stage2", ensembles, sweep_dir, common + progress(total, len(stage1), epoch)))
+    gap_stage = gap_jobs(gap_datasets, args.gap_methods.split(","), args.root, members)
     if gap_stage:
         run(listed("gap", gap_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
     if extra_stage:

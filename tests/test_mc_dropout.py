@@ -172,10 +172,14 @@ def test_the_suite_lists_mc_dropout_but_never_ensembles_it_and_runs_gap_splits_p
     assert "mc_dropout" in uci_suite.DEFAULT and "evidential" in uci_suite.DEFAULT
     assert "mc_dropout_het" in uci_suite.SINGLE and "mc_dropout_het" not in uci_suite.DEFAULT
     assert not uci_suite.ensemble_able("mc_dropout") and uci_suite.ensemble_able("student_t")
-    jobs = uci_suite.gap_jobs(["yacht"], ["gaussian_nll", "ensemble"], str(UCI_ROOT))
+    jobs = uci_suite.gap_jobs(["yacht"], ["gaussian_nll", "ensemble"], str(UCI_ROOT), {})
     inputs = len((UCI_ROOT / "yacht" / "data" / "index_features.txt").read_text().split())
     assert jobs == [["experiment=uci_yacht", f"method={m}", "dataset.protocol=gap", f"dataset.split={i}"]
                     for m in ("gaussian_nll", "ensemble") for i in range(inputs)]
+    # the gap ensemble has the members of the dataset's ensemble on the published splits
+    chosen = uci_suite.gap_jobs(["yacht"], ["ensemble"], str(UCI_ROOT), {"yacht": "student_t"})
+    assert chosen[0] == ["experiment=uci_yacht", "method=ensemble", "loss=nll", "head=student_t", "dataset.protocol=gap",
+                         "dataset.split=0"]
 
 
 def test_a_validation_choice_ranks_mc_dropout_by_the_nll_of_what_it_tests():

@@ -29,11 +29,16 @@ class Recipe(NamedTuple):
 
 
 @lru_cache(maxsize=1)
+def _method_nodes() -> dict[str, dict[str, Any]]:
+    """Every conf/method/*.yaml as a plain dict, by name (read once)."""
+    return {path.stem: OmegaConf.to_container(OmegaConf.load(path)) for path in sorted(Path(config_dir(), "method").glob("*.yaml"))}
+
+
+@lru_cache(maxsize=1)
 def recipes() -> dict[str, Recipe]:
     """Every method of conf/method by name (read as YAML: a recipe is only group overrides and plain keys)."""
     out = {}
-    for path in sorted(Path(config_dir(), "method").glob("*.yaml")):
-        node = OmegaConf.to_container(OmegaConf.load(path))
+    for name, node in _method_nodes().items():
         if node.get("baseline"):
             continue
         picked = {}
@@ -42,7 +47,7 @@ def recipes() -> dict[str, Recipe]:
                 picked[key.removeprefix("override").strip().lstrip("/")] = value
         loss = picked.get("loss", "nll")
         members = int((node.get("ensemble") or {}).get("members", 1))
-        out[path.stem] = Recipe(loss, picked.get("head", "gaussian"), members, _objective(loss),
+        out[name] = Recipe(loss, picked.get("head", "gaussian"), members, _objective(loss),
                                 _uses_dropout((node.get("model") or {}).get("dropout")))
     return out
 
@@ -60,12 +65,7 @@ def _objective(loss: str) -> str:
 @lru_cache(maxsize=1)
 def baselines() -> dict[str, str]:
     """The non-network methods of conf/method (those with a `baseline` node): name -> the class it instantiates."""
-    out = {}
-    for path in sorted(Path(config_dir(), "method").glob("*.yaml")):
-        node = OmegaConf.to_container(OmegaConf.load(path))
-        if node.get("baseline"):
-            out[path.stem] = str(node["baseline"]["_target_"])
-    return out
+    return {name: str(node["baseline"]["_target_"]) for name, node in _method_nodes().items() if node.get("baseline")}
 
 
 def baseline_of(config: dict[str, Any]) -> str | None:

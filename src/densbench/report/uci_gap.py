@@ -22,6 +22,7 @@ def gap_section(standard: dict, gap: dict) -> list[str]:
             "One split per input (Foong et al. 2019): rows sorted by that input, the middle third tested and the outer "
             "two thirds trained on (validation carved from them as usual). A predictive that knows what it has not "
             "seen widens there: its coverage stays near 90% while its NLL grows; an overconfident one loses coverage. "
-            "Mean ± standard error over the gap splits, and over the published splits for comparison.", "",
+            "Mean ± standard error over the gap splits, and over the published splits for comparison; an ensemble has "
+            "the same members (loss and head) in both columns.", "",
             "| dataset | method | gap splits | NLL (gap) | NLL (published splits) | cover@90 (gap) | cover@90 (published) |",
             "|---|---|---|---|---|---|---|", *rows, ""]

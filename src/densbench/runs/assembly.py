@@ -30,7 +30,8 @@ from densbench.training.throughput import Throughput
 from densbench.errors import ConfigError, DataError
 from densbench.training.job_log import JobLog
 from densbench.training.loop import Loop
-from densbench.training.module import DensityModule, Job
+from densbench.training.module import DensityModule
+from densbench.training.jobs import Job
 from densbench.training.networks import Head
 from densbench.training.progress_bar import Progress
 from densbench.runs.resume import training_key
@@ -196,7 +197,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     dm = DensityData(preps, stack, batch, state, per_call, [int(s.cfg.seed) for s in specs],
                      truth_targets=plan.objective.needs_truth == "gaussian",
                      class_targets=bool(getattr(family, "class_targets", False)),
-                     calibrate=[job.recalibration.active or job.choose or bool(job.noise_grid) for job in jobs])
+                     calibrate=[job.recalibration.active or job.chooses for job in jobs])
 
     throughput = Throughput(stack.size)
     callbacks = _callbacks(specs, throughput, selection, loop, clock)

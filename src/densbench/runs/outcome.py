@@ -172,7 +172,7 @@ def predictor(module: Any, job: int, prep: Any) -> Callable[[Any], Any]:
         dtype = next(module.parameters()).dtype
         x = torch.as_tensor(prep.x_scaler(x_orig), dtype=dtype, device=module.device)
         module.eval()
-        pred, _ = module.predictive(job, module.evaluation_passes(x.expand(len(models), *x.shape), models))
+        pred, _ = module.predictive(job, module.passes_on(x, models))
         return pred
 
     return predict

@@ -9,7 +9,6 @@ of its members), its own data scaling, truth and logger; the module routes every
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
 from typing import Callable
 
 import lightning.pytorch as pl
@@ -25,10 +24,9 @@ from densbench.distributions.families import Family
 from densbench.training.flat_params import FlatParameters
 from densbench.training.batches import Chunk, EvalBatch, Stack
 from densbench.training.engine import EngineState, Selection, run_chunk
-from densbench.training.job_log import JobLog
+from densbench.training.jobs import Job
 from densbench.evaluation.metrics import COVERAGES, ModelScores, PredictiveMetrics
 from densbench.evaluation.multivariate import JointModelScores, MultivariateMetrics
-from densbench.evaluation.recalibration import Recalibration
 from densbench.training.dropout import stochastic_passes
 from densbench.training.networks import Head
 from densbench.objectives import Objective
@@ -36,27 +34,6 @@ from densbench.objectives import Objective
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss or parameter."""
-
-
-@dataclass
-class Job:
-    """What the module needs to know of one job of the stack."""
-
-    models: list[int]  # its models' indices in the stack
-    target_loc: float | list[float] = 0.0  # the target standardisation of its training split (per column: several targets)
-    target_scale: float | list[float] = 1.0
-    truth: Callable[[Tensor], Distribution] | None = None  # x (original units) -> p(y | x), where known
-    log: JobLog = field(default_factory=JobLog)  # its loggers (none: no logging)
-    key: dict[str, str] = field(default_factory=dict)  # what its checkpoints must match
-    recalibration: Recalibration = field(default_factory=Recalibration)  # fitted on its validation split before its test
-    resolution: float | None = None  # its targets' recording grid (the interval NLL's width), where set
-    choose: bool = False  # its models are candidates: the one with the best validation NLL is tested (MC dropout's rates)
-    noise_grid: list[float] | None = None  # noise levels (original units) chosen on validation, for a family with a `noise` buffer
-
-    @property
-    def ensemble(self) -> bool:
-        """Whether its models are an ensemble's members (scored as their mixture), not candidates."""
-        return len(self.models) > 1 and not self.choose
 
 
 class DensityModule(pl.LightningModule):
@@ -126,6 +103,10 @@ class DensityModule(pl.LightningModule):
         """Raw outputs of every evaluation pass: one, or MC dropout's stochastic passes (each with its own masks)."""
         return stochastic_passes(self, x, models, self.mc_samples) if self.mc_samples else [self(x, models)]
 
+    def passes_on(self, x: Tensor, models: Tensor) -> list[dict[str, Tensor]]:
+        """Every evaluation pass of `models` on one job's rows x [B, d]."""
+        return self.evaluation_passes(x.expand(len(models), *x.shape), models)
+
     def loss(self, raw: dict[str, Tensor], y: Tensor, extra: tuple[Tensor, ...]) -> Tensor:
         """The objective's reduced training loss of every model, [N]."""
         return self.objective.loss(self.family, raw, y, extra, self.grad)
@@ -156,7 +137,7 @@ class DensityModule(pl.LightningModule):
         """Pick a job's candidate model and noise level on its validation rows x, y (candidates.choose)."""
         j = self.jobs[job]
         models = torch.tensor(j.models, device=self.device)
-        passes = self.evaluation_passes(x.expand(len(models), *x.shape), models)
+        passes = self.passes_on(x, models)
         count = len(j.models) if j.choose else 1
         self.choices[job] = candidates.choose(lambda i, noise: self.candidate(job, passes, i, noise), count, j.noise_grid, y)
 
@@ -329,15 +310,14 @@ class DensityModule(pl.LightningModule):
             return
         recalibration = self.jobs[j].recalibration
         if batch.split == "val":  # the job's validation split, handed over before its test split
-            if self.jobs[j].choose or self.jobs[j].noise_grid:
+            if self.jobs[j].chooses:
                 self.choose(j, batch.x, batch.y)
             if recalibration.active:
                 models = self.tested_models(j)
-                recalibration.fit(self.predictive(j, self.evaluation_passes(batch.x.expand(len(models), *batch.x.shape), models))[0],
-                                  batch.y)
+                recalibration.fit(self.predictive(j, self.passes_on(batch.x, models))[0], batch.y)
             return
         models = self.tested_models(j)  # only the chosen candidate's passes: the others are not tested
-        passes = self.evaluation_passes(batch.x.expand(len(models), *batch.x.shape), models)
+        passes = self.passes_on(batch.x, models)
         raw = passes[0]
         pred, members = self.predictive(j, passes)
         truth = self.jobs[j].truth(batch.x_orig) if self.jobs[j].truth is not None else None
