@@ -234,6 +234,13 @@ def _check_dataset(d: DictConfig) -> None:
                           "validation set are carved from the training split with that fraction")
 
 
+def known_validation_rows(dataset: DictConfig, n_val: int | None) -> int | None:
+    """The validation rows as far as known: the loaded count, else 0 where the config rules any out, else None."""
+    if n_val is None and (dataset.get("val_fraction") == 0 or dataset.get("n_val") == 0):
+        return 0
+    return n_val
+
+
 def check_recalibration(cfg: DictConfig, task: str, n_val: int | None = None) -> None:
     """recalibrate= names a method that applies: a regression task with enough validation rows to fit it on."""
     from densbench.evaluation import recalibration
@@ -245,8 +252,7 @@ def check_recalibration(cfg: DictConfig, task: str, n_val: int | None = None) ->
         raise Incompatible(f"recalibrate={name} recalibrates continuous predictive distributions; dataset={cfg.dataset.name} "
                            f"is a {task} task (recalibrate=none there)")
     d = cfg.dataset
-    if n_val is None and (d.get("val_fraction") == 0 or d.get("n_val") == 0):
-        n_val = 0
+    n_val = known_validation_rows(d, n_val)
     if n_val is not None and n_val < recalibration.MIN_POINTS:
         raise Incompatible(f"recalibrate={name} is fitted on the validation split, which has {n_val} rows for "
                            f"dataset={d.name}; it needs at least {recalibration.MIN_POINTS} (raise dataset.val_fraction or n_val)")
@@ -256,8 +262,7 @@ def check_validation_choices(cfg: DictConfig, head: Family, n_val: int | None = 
     """Candidates (model.dropout as a list) and a noise level (head=homoscedastic) are chosen on the validation
     rows: refuse a run that has none, instead of testing an arbitrary candidate or noise."""
     d = cfg.dataset
-    if n_val is None and (d.get("val_fraction") == 0 or d.get("n_val") == 0):
-        n_val = 0
+    n_val = known_validation_rows(d, n_val)
     what = [f"model.dropout={list(cfg.model.dropout)} (one candidate per rate)"] if OmegaConf.is_list(cfg.model.get("dropout")) else []
     what += [f"head={head.name}'s {', '.join(head.chosen_on_validation)}"] if head.chosen_on_validation else []
     if what and n_val == 0:
