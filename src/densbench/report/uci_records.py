@@ -33,7 +33,7 @@ def reproduction_section(found: dict, datasets: list[str]) -> list[str]:
         return []
     return ["### MC dropout rerun against its published figures (Gal & Ghahramani 2016)", "",
             "densbench's `mc_dropout` (dropout rate and τ chosen per split on validation rows from the layout's grids, "
-            f"{'T = ' + ' or '.join(sorted(passes)) if passes else 'T'} passes) against the published MCD 2016 test NLL; agreement: the difference within two combined "
+            f"{'T = ' + ' or '.join(sorted(passes, key=int)) if passes else 'T'} passes) against the published MCD 2016 test NLL; agreement: the difference within two combined "
             "standard errors. Differences from their protocol: the epoch is chosen on 10% of the training rows (they "
             "train the fixed 40 epochs on all of them after the grid search), and the optimiser settings are the ones "
             "every densbench method uses.", "",

@@ -183,8 +183,8 @@ class EvalBatch:
 
     def __init__(self, job: int | None, x: Tensor, y: Tensor, x_orig: Tensor, u: Tensor, split: str = "test",
                  rows: int | None = None):
-        self.job = job
-        self.rows = rows  # the real rows, first along the row axis (None: all); the rest repeat them as padding  # index of the job (run directory); None: every job's split, stacked
+        self.job = job  # index of the job (run directory); None: every job's split, stacked
+        self.rows = rows  # the real rows, first along the row axis (None: all); the rest repeat them as padding
         self.split = split  # "val" in the test loop: the rows a job's recalibration is fitted on
         self.x = x  # standardised inputs, in the model's dtype
         self.y = y  # targets in original units, float64 (class indices for class targets)

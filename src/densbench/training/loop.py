@@ -15,7 +15,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def steps_per_pass(n_train: int, batch_size: int | None) -> int:
-    """Optimisation steps per pass over the training data (1 for full batch)."""
+    """Optimisation steps per epoch: one pass over the training data in whole minibatches (1 for full batch).
+
+    Every minibatch holds batch_size rows (densbench.training.batches), so an epoch of ceil(n / b) steps
+    trains on the n rows once plus the first rows of the next pass that complete its last batch."""
     return 1 if batch_size is None else math.ceil(n_train / batch_size)
 
 
