@@ -78,3 +78,35 @@ def test_no_method_is_bold_on_a_gridded_dataset_for_its_density_nll_alone():
     assert not cells["mdn"].best  # the lowest density NLL, but not for predictive skill
     binned = uci.binned_leaderboard(found, ["wine"], ["gaussian_nll", "mdn"])
     assert binned.rows[0][0] == "wine (1)" and dict(zip(binned.columns, binned.rows[0][1]))["gaussian_nll"].best
+
+
+def _spike_and_honest(y):
+    """Two predictives of integer targets y: mass stacked on the grid value (and the rest far off), and an honest
+    Normal around it. The first wins by density NLL, the second at the targets' resolution h = 1."""
+    spike = NormalMixture(torch.zeros(*y.shape, 2, dtype=torch.float64), torch.stack([y, y + 5], -1),
+                          torch.tensor([1e-3, 1.0], dtype=torch.float64).expand(*y.shape, 2))
+    return spike, torch.distributions.Normal(y, torch.full_like(y, 0.3))
+
+
+def test_validation_scores_rank_at_the_resolution_per_model_of_a_stack():
+    from densbench.evaluation.metrics import ModelScores
+
+    y = torch.arange(6, dtype=torch.float64)
+    for alone, stacked in zip(_spike_and_honest(y), _spike_and_honest(torch.stack([y, y]))):
+        scores = ModelScores("regression", 2, [1.0, None])  # model 0's job is recorded to whole numbers, model 1's not
+        scores.update(stacked, torch.stack([y, y]))
+        nll = scores.compute()["nll"]
+        torch.testing.assert_close(nll[0], ops.interval_nll(alone, y, 1.0).mean())
+        torch.testing.assert_close(nll[1], -alone.log_prob(y).double().mean())
+    density = [float(-d.log_prob(y).mean()) for d in _spike_and_honest(y)]
+    binned = [float(ops.interval_nll(d, y, 1.0).mean()) for d in _spike_and_honest(y)]
+    assert density[0] < density[1] and binned[1] < binned[0]
+
+
+def test_a_candidate_is_chosen_at_the_targets_resolution():
+    from densbench.evaluation import candidates
+
+    y = torch.arange(6, dtype=torch.float64)
+    options = _spike_and_honest(y)
+    assert candidates.choose(lambda i, noise: options[i], 2, None, y).index == 0  # the density NLL prefers the spike
+    assert candidates.choose(lambda i, noise: options[i], 2, None, y, resolution=1.0).index == 1

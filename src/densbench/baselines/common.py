@@ -22,7 +22,7 @@ from densbench.baselines import require
 from densbench.data import datasets as data_mod
 from densbench.errors import ConfigError
 from densbench.evaluation.ensemble import uniform_mixture
-from densbench.evaluation.metrics import PredictiveMetrics
+from densbench.evaluation.metrics import PredictiveMetrics, validation_nll
 from densbench.timing import JobClock
 
 
@@ -140,8 +140,9 @@ def run(baseline: Baseline, dataset: Any, seed: int, threads: Callable[[int], in
     val_nll = None
     if rows.has_val:
         val_started = time.perf_counter()
-        val = score(predictive(*baseline.moments(rows.x_val), loc, scale), prep.data.y[prep.data.val], None, full=False)[0]
-        val_nll = val["nll"]
+        y_val = torch.as_tensor(np.asarray(prep.data.y[prep.data.val], dtype=np.float64).reshape(-1))
+        dist = predictive(*baseline.moments(rows.x_val), loc, scale)
+        val_nll = float(validation_nll(dist, y_val, "regression", prep.data.resolution).double().mean())
         clock.add("validation", time.perf_counter() - val_started)
     clock.add("fit", time.perf_counter() - started)
     stage("testing")

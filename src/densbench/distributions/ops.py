@@ -222,7 +222,7 @@ def target_log_prob(dist: Distribution, y: Tensor, task: str) -> Tensor:
 RELIABLE_MASS = 1e-10  # below this an interval's mass from two CDF values near 1 has lost its digits to rounding
 
 
-def interval_nll(dist: Distribution, y: Tensor, h: float) -> Tensor:
+def interval_nll(dist: Distribution, y: Tensor, h: float | Tensor) -> Tensor:
     """-log[(F(y + h/2) - F(y - h/2)) / h]: the NLL per unit width of the interval of width h around y, which a
     target recorded to resolution h really tells (>= log h, where a density's NLL is unbounded below).
 
@@ -230,10 +230,12 @@ def interval_nll(dist: Distribution, y: Tensor, h: float) -> Tensor:
     for a predictive smooth at scale h, the only way a mass that small arises), capped at that small mass.
     """
     y = y.double()
+    # h: one width, or one per entry broadcasting against y (a stack's models, each its own job's)
+    log_h = math.log(h) if isinstance(h, (int, float)) else torch.log(torch.as_tensor(h, dtype=torch.float64, device=y.device))
     mass = (cdf(dist, y + h / 2) - cdf(dist, y - h / 2)).double()
-    smooth = torch.clamp(dist.log_prob(y.to(dist.mean.dtype)).double() + math.log(h), max=math.log(RELIABLE_MASS))
+    smooth = torch.clamp(dist.log_prob(y.to(dist.mean.dtype)).double() + log_h, max=math.log(RELIABLE_MASS))
     log_mass = torch.where(mass > RELIABLE_MASS, torch.log(mass.clamp_min(RELIABLE_MASS)), smooth)
-    return math.log(h) - log_mass
+    return log_h - log_mass
 
 
 def pit(dist: Distribution, y: Tensor, u: Tensor | None = None, counts: bool = False) -> Tensor:

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from densbench.evaluation.metrics import validation_nll
+
 
 class Choice(NamedTuple):
     """The winning candidate (its index among the job's models), its noise level (original units) and validation NLL."""
@@ -27,15 +29,16 @@ class Choice(NamedTuple):
 
 
 def choose(candidate: Callable[[int, float | None], Distribution], count: int, noise_grid: list[float] | None,
-           y: Tensor) -> Choice:
-    """The candidate and noise level with the lowest mean validation NLL; ties go to the earlier (smaller) setting.
+           y: Tensor, resolution: float | None = None) -> Choice:
+    """The candidate and noise level with the lowest mean validation NLL (at the targets' resolution where they
+    have one: metrics.validation_nll); ties go to the earlier (smaller) setting.
 
     ``candidate(i, noise)``: candidate i's predictive with that noise level (None: as it is).
     """
     best = Choice(0, None, math.inf)
     for i in range(count):
         for noise in noise_grid or [None]:
-            nll = float(-candidate(i, noise).log_prob(y).double().mean())
+            nll = float(validation_nll(candidate(i, noise), y, "regression", resolution).double().mean())
             if nll < best.val_nll:  # a NaN never wins
                 best = Choice(i, noise, nll)
     if not math.isfinite(best.val_nll):

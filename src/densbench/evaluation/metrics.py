@@ -255,27 +255,51 @@ def _area_between(x: Tensor, d: Tensor) -> Tensor:
 
 
 
+def validation_nll(dist: Distribution, y: Tensor, task: str, resolution: float | Tensor | None) -> Tensor:
+    """Per-row NLL every validation choice ranks by (the epoch, a candidate, an ensemble's members): the NLL at
+    the targets' resolution h where they have one (interval_nll: no mass stacked on a grid's values wins a
+    choice), the density's elsewhere. `resolution` may hold one h per model, broadcasting against y [N, n]."""
+    if resolution is None:
+        return -target_log_prob(dist, y, task)
+    return interval_nll(dist, y, resolution)
+
+
 class ModelScores(Metric):
     """Validation scores of every model of a stack, [N] each: NLL and RMSE (accuracy for classes).
 
     ``update(dist, y)`` takes a predictive distribution with batch shape [N, n] (each model on its
     own job's validation split) and targets [N, n] in original units. Sums, so DDP reduces exactly.
+    The NLL is at each model's targets' resolution where its job has one (validation_nll).
     """
 
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self, task: str, models: int, **kwargs):
+    def __init__(self, task: str, models: int, resolutions: list[float | None] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.task, self.classification = task, task in ("binary", "multiclass")
+        resolutions = resolutions or [None] * models
+        # [N, 1] widths (1 where a model has none: its rows take the density NLL)
+        self.binned = [h is not None for h in resolutions]
+        self.widths = torch.tensor([[h or 1.0] for h in resolutions], dtype=torch.float64)
         for name in ("n", "nll", "err"):
             self.add_state(name, torch.zeros(models, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _nll(self, dist: Distribution, y: Tensor) -> Tensor:
+        """Per model and row, [N, n]: NLL@h for the models whose jobs have a resolution, the density NLL for the others."""
+        if not any(self.binned):
+            return validation_nll(dist, y, self.task, None)
+        binned = validation_nll(dist, y, self.task, self.widths.to(y.device))
+        if all(self.binned):
+            return binned
+        density = validation_nll(dist, y, self.task, None).double()
+        return torch.where(torch.tensor(self.binned, device=y.device).unsqueeze(-1), binned, density)
 
     def update(self, dist: Distribution, y: Tensor, rows: int | None = None) -> None:
         """Accumulate one stacked batch (its first `rows` rows: the rest are padding)."""
         real = slice(None, rows)
         self.n += y[..., real].shape[-1]
-        self.nll += -target_log_prob(dist, y, self.task)[..., real].double().sum(-1)
+        self.nll += self._nll(dist, y)[..., real].double().sum(-1)
         if self.classification:
             pred = (dist.probs > 0.5).to(y.dtype) if isinstance(dist, Bernoulli) else dist.probs.argmax(-1)
             self.err += (pred == y)[..., real].double().sum(-1)

@@ -115,7 +115,7 @@ def validation_nll(run: dict) -> float | None:
 
 
 def validation_best(methods: dict[str, list[dict]]) -> str | None:
-    """The single-model network method with the lowest mean validation NLL (no test data in the choice)."""
+    """The single-model network method with the lowest mean validation NLL (NLL@h where set; no test data in the choice)."""
     scores = {m: mean_se([validation_nll(r) for r in runs])[0]
               for m, runs in methods.items() if m != "ensemble" and m not in baselines()}
     scores = {m: v for m, v in scores.items() if math.isfinite(v)}
@@ -279,7 +279,7 @@ def _goals(found, datasets: list[str], discrete: list[str]) -> list[str]:
     lines = ["### Against MC dropout (2016) and Deep Ensembles", "",
              "Networks only. Best densbench method by mean test NLL at the targets' resolution (NLL@h where the "
              "targets are recorded on a grid, the density NLL elsewhere), and the single-model method a user would pick without test data "
-             "(lowest mean validation NLL); each is compared by its density NLL, the published figures' measure.", "",
+             "(lowest mean validation NLL, at the targets' resolution where they have one, as every validation choice is); each is compared by its density NLL, the published figures' measure.", "",
              "| dataset | best method | its NLL | ≤ MCD 2016 | ≤ Deep Ens. | chosen by validation | its NLL | ≤ MCD 2016 | ≤ Deep Ens. |",
              "|---|---|---|---|---|---|---|---|---|"]
     tallies = {}

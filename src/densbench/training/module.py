@@ -71,7 +71,8 @@ class DensityModule(pl.LightningModule):
         self.register_buffer("target_scale", torch.tensor([[jobs[j].target_scale] for j in job_of]), persistent=False)
         self.register_buffer("job_of", torch.tensor(job_of), persistent=False)
         joint = task == "multivariate"  # one joint predictive of several targets: scored by evaluation.multivariate
-        self.val_scores = JointModelScores(stack.size) if joint else ModelScores(task, stack.size)
+        self.val_scores = JointModelScores(stack.size) if joint else ModelScores(task, stack.size,
+                                                                                  [jobs[j].resolution for j in job_of])
         self.test_metrics = nn.ModuleList([MultivariateMetrics(self.family.targets) if joint else
                                            PredictiveMetrics(task, full=True, resolution=job.resolution) for job in jobs])
         # a recalibrated job is also scored as trained (result.json's metrics_uncalibrated), once per set of models
@@ -139,7 +140,8 @@ class DensityModule(pl.LightningModule):
         models = torch.tensor(j.models, device=self.device)
         passes = self.passes_on(x, models)
         count = len(j.models) if j.choose else 1
-        self.choices[job] = candidates.choose(lambda i, noise: self.candidate(job, passes, i, noise), count, j.noise_grid, y)
+        self.choices[job] = candidates.choose(lambda i, noise: self.candidate(job, passes, i, noise), count, j.noise_grid, y,
+                                              j.resolution)
 
     def configure_optimizers(self):
         # one device in full precision (the plain loop): every parameter a view of one buffer, which
