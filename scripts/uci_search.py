@@ -55,14 +55,17 @@ def sweep_command(datasets: list[str], splits: list[int], lrs: list[float], batc
 
 
 def scores(sweep_dir: Path) -> dict[str, dict[tuple[float, int], list[float]]]:
-    """Stand-in test NLL per dataset and (lr, batch size), one value per split."""
+    """Stand-in test NLL (NLL@h where the targets have a resolution) per dataset and (lr, batch size), one value per split."""
     out: dict[str, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(sweep_dir.glob("*/result.json")):
         res = read_result(path.parent)
         cfg = res["config"]
         if not cfg["dataset"].get("tuning"):
             raise SystemExit(f"{path}: not a tuning run; refusing to score it")
-        nll = (res.get("metrics") or {}).get("nll") if res.get("status") == "ok" else None
+        metrics = res.get("metrics") or {}
+        # at the targets' resolution where they have one, as every validation choice is (metrics.validation_nll)
+        nll = (metrics.get("nll_binned") if metrics.get("nll_binned") is not None else metrics.get("nll")) \
+            if res.get("status") == "ok" else None
         out[cfg["dataset"]["name"]][(float(cfg["optimizer"]["lr"]), int(cfg["loop"]["batch_size"]))].append(
             nll if nll is not None and math.isfinite(nll) else math.inf)
     return out
@@ -91,7 +94,7 @@ def report(found: dict, chosen: dict, splits: list[int], seconds: float, command
              "Base method: mean-variance Gaussian NLL, the UCI protocol's width and epochs. Every run is in "
              "tuning mode (`dataset.tuning=true`): the published test rows of a split are never read; 10% of the "
              "training rows stand in as a test set and 10% of the rest choose the epoch. Score: mean stand-in "
-             f"NLL over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and the suite uses it "
+             f"NLL, at the targets' resolution where they have one (NLL@h), over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and the suite uses it "
              "for every method on that dataset (conf/experiment/uci_<dataset>.yaml).", "",
              f"Command ({seconds:.0f} s wall): `{' '.join(command[1:])}`", ""]
     for ds in sorted(found):

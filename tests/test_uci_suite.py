@@ -78,6 +78,17 @@ def test_the_search_scores_mean_held_out_nll_and_refuses_runs_that_saw_test_rows
         uci_search.scores(tmp_path)
 
 
+def test_the_search_scores_at_the_targets_resolution_where_they_have_one(tmp_path):
+    # a setting that stacks mass on the grid wins by density NLL only; the search ranks by NLL@h
+    for i, (lr, nll, binned) in enumerate([(0.01, -2.0, 1.10), (0.003, 0.95, 0.97)]):
+        res = _result("wine", lr, 32, nll)
+        res["metrics"]["nll_binned"] = binned
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(res))
+    found = uci_search.scores(tmp_path)
+    assert found["wine"][(0.01, 32)] == [1.10] and uci_search.choose(found["wine"]) == (0.003, 32)
+
+
 def test_the_search_writes_its_choice_into_the_experiment_config(tmp_path):
     conf = tmp_path / "experiment"
     shutil.copytree(REPO / "conf" / "experiment", conf)
