@@ -37,7 +37,7 @@ PY = sys.executable
 STEPS = {
     "search": [PY, "scripts/uci_search.py", "--write"],
     # with the gap splits, and the baselines on the three smallest datasets: on this machine NGBoost at its paper's
-    # settings takes about 190 s a split on naval's 9.6k rows and the exact GP about 105 s a split on wine's 1.3k;
+    # settings takes about 190 s a split on naval's 9.6k rows and the exact GP about 30 s a split on wine's 1.3k;
     # the other six by hand (--baseline-datasets)
     "suite": [PY, "scripts/uci_suite.py", "--publish", "--gap", "--baselines", "--baseline-datasets", "boston,energy,yacht"],
     # quoted: an override's value may not hold an unquoted '='
