@@ -1,18 +1,22 @@
-"""Choose the UCI suite's optimiser settings on validation data carved from the training splits only.
+"""Choose the UCI suite's optimiser settings and epoch budget on validation data carved from the training splits only.
 
 For every dataset of the UCI suite this trains the suite's base method (mean-variance Gaussian NLL)
-on a grid of learning rates and batch sizes, on the first splits, in tuning mode
+on a grid of learning rates, batch sizes and epoch budgets, on the first splits, in tuning mode
 (`dataset.tuning=true`): the published split's test rows are never read; a stand-in test set is
 carved from the training rows (as large as the validation set), the validation set that chooses the
-epoch from the rest. A setting is scored by its mean stand-in NLL over the splits; the best one per
-dataset is what the suite uses for every method on that dataset (the experiment configs hold it).
+epoch within the budget from the rest (early stopping). A setting is scored by its mean stand-in NLL
+over the splits; the best one per dataset is what the suite uses for every method on that dataset
+(the experiment configs hold it).
+
+The budgets are the protocol's epochs (n_epochs.txt) times each of --epoch-factors, on the datasets
+of --long-datasets (the small ones, where ten times the protocol costs about what the protocol costs
+on kin8nm); the others keep the protocol's epochs.
 
     python scripts/uci_search.py                 # the search; reports/uci_search.{md,json}
     python scripts/uci_search.py --write         # ... and write the chosen settings into conf/experiment
     python scripts/uci_search.py --datasets yacht,boston --splits 0 --lrs 0.01 --batches 32  # a slice
 
-The protocol's width and epochs are not searched (n_hidden.txt, n_epochs.txt); weight decay stays
-at the protocol's 1e-3.
+The protocol's width is not searched (n_hidden.txt); weight decay stays at the protocol's 1e-3.
 """
 
 from __future__ import annotations
@@ -30,21 +34,23 @@ from pathlib import Path
 
 from densbench.report.leaderboard import mean_se
 from densbench.results import read_result
-from densbench.data.uci import FOLDERS, ROOT_VARIABLE
+from densbench.data.uci import FOLDERS, ROOT_VARIABLE, protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = list(FOLDERS)
 MARK = "# chosen by scripts/uci_search.py"
+LONG = "boston,concrete,energy,wine,yacht"  # at most 1,600 rows each
+Setting = tuple[float, int, int]  # learning rate, batch size, epoch budget
 
 
-def sweep_command(datasets: list[str], splits: list[int], lrs: list[float], batches: list[int],
-                  sweep_dir: Path) -> list[str]:
+def sweep_command(grids: dict[str, list[Setting]], splits: list[int], sweep_dir: Path) -> list[str]:
     """The one multirun that trains every grid point of every dataset (stacked over splits).
 
     The grid points are listed (hydra/sweeper=list, written beside the runs as grid.json), so the
     stacked launcher composes them while its workers train the ones already composed."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    grid = [[f"experiment=uci_{d}", f"optimizer.lr={lr}", f"loop.batch_size={b}"] for d in datasets for lr in lrs for b in batches]
+    grid = [[f"experiment=uci_{d}", f"optimizer.lr={lr}", f"loop.batch_size={b}", f"loop.max_epochs={e}"]
+            for d, points in grids.items() for lr, b, e in points]
     (sweep_dir / "grid.json").write_text(json.dumps(grid, indent=0) + "\n")
     return [sys.executable, "-m", "densbench", "-m", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={sweep_dir / 'grid.json'}",
             "method=gaussian_nll",
@@ -54,9 +60,20 @@ def sweep_command(datasets: list[str], splits: list[int], lrs: list[float], batc
             f"hydra.sweep.dir={sweep_dir}"]
 
 
-def scores(sweep_dir: Path) -> dict[str, dict[tuple[float, int], list[float]]]:
-    """Stand-in test NLL (NLL@h where the targets have a resolution) per dataset and (lr, batch size), one value per split."""
-    out: dict[str, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+def grid_of(datasets: list[str], lrs: list[float], batches: list[int], factors: list[int], long: set[str],
+            root: Path) -> dict[str, list[Setting]]:
+    """Every dataset's grid: lr x batch x epoch budget (the protocol's epochs times each factor on the long datasets)."""
+    grids = {}
+    for d in datasets:
+        epochs = protocol(root / FOLDERS[d] / "data")["epochs"]
+        budgets = sorted({epochs * f for f in factors}) if d in long else [epochs]
+        grids[d] = [(lr, b, e) for lr in lrs for b in batches for e in budgets]
+    return grids
+
+
+def scores(sweep_dir: Path) -> dict[str, dict[Setting, list[float]]]:
+    """Stand-in test NLL (NLL@h where the targets have a resolution) per dataset and setting, one value per split."""
+    out: dict[str, dict[Setting, list[float]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(sweep_dir.glob("*/result.json")):
         res = read_result(path.parent)
         cfg = res["config"]
@@ -66,21 +83,22 @@ def scores(sweep_dir: Path) -> dict[str, dict[tuple[float, int], list[float]]]:
         # at the targets' resolution where they have one, as every validation choice is (metrics.validation_nll)
         nll = (metrics.get("nll_binned") if metrics.get("nll_binned") is not None else metrics.get("nll")) \
             if res.get("status") == "ok" else None
-        out[cfg["dataset"]["name"]][(float(cfg["optimizer"]["lr"]), int(cfg["loop"]["batch_size"]))].append(
+        setting = (float(cfg["optimizer"]["lr"]), int(cfg["loop"]["batch_size"]), int(cfg["loop"]["max_epochs"]))
+        out[cfg["dataset"]["name"]][setting].append(
             nll if nll is not None and math.isfinite(nll) else math.inf)
     return out
 
 
-def choose(grid: dict[tuple[float, int], list[float]]) -> tuple[float, int]:
-    """The setting with the lowest mean stand-in NLL (a diverged split counts as infinite)."""
-    return min(grid, key=lambda k: (sum(grid[k]) / len(grid[k]), k))
+def choose(grid: dict[Setting, list[float]]) -> Setting:
+    """The setting with the lowest mean stand-in NLL (a diverged split counts as infinite; a tie goes to the fewer epochs)."""
+    return min(grid, key=lambda k: (sum(grid[k]) / len(grid[k]), k[2], k))
 
 
-def write_choice(dataset: str, lr: float, batch: int, conf: Path = ROOT / "conf" / "experiment") -> Path:
+def write_choice(dataset: str, setting: Setting, conf: Path = ROOT / "conf" / "experiment") -> Path:
     """Put the chosen settings into experiment/uci_<dataset>.yaml (the values on its marked lines)."""
     path = conf / f"uci_{dataset}.yaml"
     text = path.read_text()
-    for key, value in (("lr", lr), ("batch_size", batch)):
+    for key, value in zip(("lr", "batch_size", "max_epochs"), setting):
         text, n = re.subn(rf"^(  {key}: )\S+(\s+{re.escape(MARK)})$", rf"\g<1>{value}\g<2>", text, flags=re.M)
         if n != 1:
             raise SystemExit(f"{path}: expected one line '  {key}: ...  {MARK}', found {n}")
@@ -91,21 +109,22 @@ def write_choice(dataset: str, lr: float, batch: int, conf: Path = ROOT / "conf"
 def report(found: dict, chosen: dict, splits: list[int], seconds: float, command: list[str]) -> str:
     """The search as Markdown: every grid point's stand-in NLL per dataset, the chosen one in bold."""
     lines = ["# UCI optimiser search", "",
-             "Base method: mean-variance Gaussian NLL, the UCI protocol's width and epochs. Every run is in "
+             "Base method: mean-variance Gaussian NLL, the UCI protocol's width. Every run is in "
              "tuning mode (`dataset.tuning=true`): the published test rows of a split are never read; 10% of the "
-             "training rows stand in as a test set and 10% of the rest choose the epoch. Score: mean stand-in "
+             "training rows stand in as a test set and 10% of the rest choose the epoch within the budget "
+             "(the protocol's epochs, or ten times them on the five smallest datasets). Score: mean stand-in "
              f"NLL, at the targets' resolution where they have one (NLL@h), over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and the suite uses it "
              "for every method on that dataset (conf/experiment/uci_<dataset>.yaml).", "",
              f"Command ({seconds:.0f} s wall): `{' '.join(command[1:])}`", ""]
     for ds in sorted(found):
-        lines += [f"## {ds}", "", "| lr | batch | stand-in NLL |", "|---|---|---|"]
-        for (lr, batch), vals in sorted(found[ds].items()):
+        lines += [f"## {ds}", "", "| lr | batch | epochs | stand-in NLL |", "|---|---|---|---|"]
+        for (lr, batch, epochs), vals in sorted(found[ds].items()):
             m, se = mean_se(vals) if all(map(math.isfinite, vals)) else (sum(vals) / len(vals), None)  # a diverged one shows
             se = float("nan") if se is None else se
             cell = f"{m:.4f} ± {se:.4f}"
-            if (lr, batch) == chosen[ds]:
+            if (lr, batch, epochs) == chosen[ds]:
                 cell = f"**{cell}**"
-            lines.append(f"| {lr:g} | {batch} | {cell} |")
+            lines.append(f"| {lr:g} | {batch} | {epochs} | {cell} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -116,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default="0,1,2")
     ap.add_argument("--lrs", default="0.001,0.003,0.01,0.03")
     ap.add_argument("--batches", default="32,128")
+    ap.add_argument("--epoch-factors", default="1,10", help="epoch budgets tried on the long datasets, in protocol epochs")
+    ap.add_argument("--long-datasets", default=LONG, help="datasets whose epoch budget is searched")
     ap.add_argument("--root", default=str(ROOT.parent / "shared" / "uci"))
     ap.add_argument("--sweep-dir", default="multirun/uci_search")
     ap.add_argument("--out", default="reports")
@@ -128,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     splits = [int(s) for s in args.splits.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
+    factors = [int(f) for f in args.epoch_factors.split(",")]
     sweep_dir = Path(args.sweep_dir)
-    command = sweep_command(datasets, splits, lrs, batches, sweep_dir)
+    grids = grid_of(datasets, lrs, batches, factors, set(args.long_datasets.split(",")), Path(args.root))
+    command = sweep_command(grids, splits, sweep_dir)
     started = time.perf_counter()
     # the data folder through the environment: dataset.root cannot be set before a swept experiment picks the dataset
     proc = subprocess.run(command, env={**os.environ, ROOT_VARIABLE: args.root})
@@ -145,11 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "uci_search.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command) + "\n")
     (out / "uci_search.json").write_text(json.dumps(
         {"splits": splits, "seconds": seconds, "command": command[1:],
-         "chosen": {d: {"lr": lr, "batch_size": b} for d, (lr, b) in chosen.items()},
-         "scores": {d: {f"lr={lr:g},batch={b}": v for (lr, b), v in found[d].items()} for d in datasets}},
+         "chosen": {d: {"lr": lr, "batch_size": b, "max_epochs": e} for d, (lr, b, e) in chosen.items()},
+         "scores": {d: {f"lr={lr:g},batch={b},epochs={e}": v for (lr, b, e), v in found[d].items()} for d in datasets}},
         indent=2) + "\n")
-    for ds, (lr, batch) in chosen.items():
-        print(f"uci_search: {ds}: lr {lr:g}, batch {batch}" + (f" -> {write_choice(ds, lr, batch)}" if args.write else ""))
+    for ds, setting in chosen.items():
+        lr, batch, epochs = setting
+        print(f"uci_search: {ds}: lr {lr:g}, batch {batch}, epochs {epochs}" + (f" -> {write_choice(ds, setting)}" if args.write else ""))
     return 0 if proc.returncode == 0 else 1
 
 

@@ -58,9 +58,10 @@ def test_tuning_without_a_validation_fraction_is_refused():
         check_config(make_cfg("dataset=boston", "dataset.tuning=true"))
 
 
-def _result(dataset, lr, batch, nll, tuning=True, split=0):
+def _result(dataset, lr, batch, nll, tuning=True, split=0, epochs=40):
     return {"status": "ok", "labels": {"dataset": dataset, "split": split}, "metrics": {"nll": nll},
-            "config": {"dataset": {"name": dataset, "tuning": tuning}, "optimizer": {"lr": lr}, "loop": {"batch_size": batch}}}
+            "config": {"dataset": {"name": dataset, "tuning": tuning}, "optimizer": {"lr": lr},
+                       "loop": {"batch_size": batch, "max_epochs": epochs}}}
 
 
 def test_the_search_scores_mean_held_out_nll_and_refuses_runs_that_saw_test_rows(tmp_path):
@@ -70,8 +71,8 @@ def test_the_search_scores_mean_held_out_nll_and_refuses_runs_that_saw_test_rows
         (tmp_path / f"r{i}").mkdir()
         (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(_result(ds, lr, b, nll if math.isfinite(nll) else None)))
     found = uci_search.scores(tmp_path)
-    assert sorted(found["boston"][(0.01, 32)]) == [2.5, 2.7]
-    assert uci_search.choose(found["boston"]) == (0.003, 32)  # 2.575 < 2.6; a diverged split rules 0.03 out
+    assert sorted(found["boston"][(0.01, 32, 40)]) == [2.5, 2.7]
+    assert uci_search.choose(found["boston"]) == (0.003, 32, 40)  # 2.575 < 2.6; a diverged split rules 0.03 out
     (tmp_path / "r9").mkdir()
     (tmp_path / "r9" / "result.json").write_text(json.dumps(_result("boston", 0.1, 8, 0.1, tuning=False)))
     with pytest.raises(SystemExit, match="not a tuning run"):
@@ -86,20 +87,35 @@ def test_the_search_scores_at_the_targets_resolution_where_they_have_one(tmp_pat
         (tmp_path / f"r{i}").mkdir()
         (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(res))
     found = uci_search.scores(tmp_path)
-    assert found["wine"][(0.01, 32)] == [1.10] and uci_search.choose(found["wine"]) == (0.003, 32)
+    assert found["wine"][(0.01, 32, 40)] == [1.10] and uci_search.choose(found["wine"]) == (0.003, 32, 40)
+
+
+@needs_layout
+def test_the_search_tries_longer_budgets_on_the_long_datasets_only_and_breaks_ties_by_fewer_epochs(tmp_path):
+    grids = uci_search.grid_of(["yacht", "protein"], [0.01], [32], [1, 10], {"yacht"}, UCI_ROOT)
+    assert grids == {"yacht": [(0.01, 32, 40), (0.01, 32, 400)], "protein": [(0.01, 32, 20)]}  # n_epochs.txt: 40, 20
+    # a budget whose validation chose an epoch within the shorter one gives the same runs: the shorter wins the tie
+    for i, (epochs, nll) in enumerate([(400, 0.5), (40, 0.5), (400, 0.7), (40, 0.7)]):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(_result("yacht", 0.01, 32, nll, epochs=epochs)))
+    assert uci_search.choose(uci_search.scores(tmp_path)["yacht"]) == (0.01, 32, 40)
+    (tmp_path / "r9").mkdir()
+    (tmp_path / "r9" / "result.json").write_text(json.dumps(_result("yacht", 0.01, 32, 0.1, epochs=400)))
+    assert uci_search.choose(uci_search.scores(tmp_path)["yacht"]) == (0.01, 32, 400)
 
 
 def test_the_search_writes_its_choice_into_the_experiment_config(tmp_path):
     conf = tmp_path / "experiment"
     shutil.copytree(REPO / "conf" / "experiment", conf)
-    uci_search.write_choice("protein", 0.003, 128, conf)
+    uci_search.write_choice("protein", (0.003, 128, 200), conf)
     text = (conf / "uci_protein.yaml").read_text()
     assert re.search(r"^  lr: 0.003\s+# chosen by scripts/uci_search.py$", text, re.M)
     assert re.search(r"^  batch_size: 128\s+# chosen by scripts/uci_search.py$", text, re.M)
-    assert "max_epochs: 20" in text  # the rest of the file untouched
+    assert re.search(r"^  max_epochs: 200\s+# chosen by scripts/uci_search.py$", text, re.M)
+    assert "hidden: [100]" in text  # the rest of the file untouched
     (conf / "uci_yacht.yaml").write_text("loop:\n  batch_size: 32\n")
     with pytest.raises(SystemExit, match="expected one line"):
-        uci_search.write_choice("yacht", 0.01, 32, conf)
+        uci_search.write_choice("yacht", (0.01, 32, 40), conf)
 
 
 @pytest.mark.parametrize("name", sorted(recipes()))

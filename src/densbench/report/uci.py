@@ -151,11 +151,11 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
     lines += _atoms_table(atoms, datasets, discrete)
     lines += ["### Published protocols", "", "| source | protocol | ± |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.protocol} | {'standard error' if s.se else 'as printed (not a standard error)'} |" for s in SOURCES]
-    lines += ["", "densbench (all methods): the published splits and the protocol's width and epochs "
-              "(n_hidden.txt, n_epochs.txt); inputs and targets standardised on the training rows; 10% of each training "
-              "split held out to choose the epoch by validation NLL; optimiser settings per dataset from "
-              "`scripts/uci_search.py` (validation data carved from training splits 0-2, never test data); ± is a "
-              "standard error over splits.", ""]
+    lines += ["", "densbench (all methods): the published splits and the protocol's width (n_hidden.txt); inputs and "
+              "targets standardised on the training rows; 10% of each training split held out to choose the epoch by "
+              "validation NLL; optimiser settings and the epoch budget per dataset (the protocol's n_epochs.txt, or ten "
+              "times it on the five smallest datasets where the search finds that better) from `scripts/uci_search.py` "
+              "(validation data carved from training splits 0-2, never test data); ± is a standard error over splits.", ""]
     lines += recalibration_section({name: collect(results, name) for name in RECALIBRATIONS}, datasets)
     for ds in datasets:
         lines += _dataset_table(ds, found[ds], methods)

@@ -35,8 +35,8 @@ def reproduction_section(found: dict, datasets: list[str]) -> list[str]:
             "densbench's `mc_dropout` (dropout rate and τ chosen per split on validation rows from the layout's grids, "
             f"{'T = ' + ' or '.join(sorted(passes, key=int)) if passes else 'T'} passes) against the published MCD 2016 test NLL; agreement: the difference within two combined "
             "standard errors. Differences from their protocol: the epoch is chosen on 10% of the training rows (they "
-            "train the fixed 40 epochs on all of them after the grid search), and the optimiser settings are the ones "
-            "every densbench method uses.", "",
+            "train the fixed 40 epochs on all of them after the grid search), and the optimiser settings and epoch "
+            "budget are the ones every densbench method uses on the dataset (conf/experiment).", "",
             "| dataset | densbench NLL | MCD 2016 NLL | difference | 2 SE | agrees | densbench RMSE | MCD 2016 RMSE |",
             "|---|---|---|---|---|---|---|---|", *rows, "",
             f"Agreement on {agree} of {len(rows)} datasets.", ""]
