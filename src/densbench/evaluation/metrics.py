@@ -279,9 +279,10 @@ class ModelScores(Metric):
         super().__init__(**kwargs)
         self.task, self.classification = task, task in ("binary", "multiclass")
         resolutions = resolutions or [None] * models
-        # [N, 1] widths (1 where a model has none: its rows take the density NLL)
+        # [N, 1] widths (1 where a model has none: its rows take the density NLL), buffers so they move with the metric
         self.binned = [h is not None for h in resolutions]
-        self.widths = torch.tensor([[h or 1.0] for h in resolutions], dtype=torch.float64)
+        self.register_buffer("widths", torch.tensor([[h or 1.0] for h in resolutions], dtype=torch.float64), persistent=False)
+        self.register_buffer("binned_rows", torch.tensor(self.binned).unsqueeze(-1), persistent=False)
         for name in ("n", "nll", "err"):
             self.add_state(name, torch.zeros(models, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -289,11 +290,11 @@ class ModelScores(Metric):
         """Per model and row, [N, n]: NLL@h for the models whose jobs have a resolution, the density NLL for the others."""
         if not any(self.binned):
             return validation_nll(dist, y, self.task, None)
-        binned = validation_nll(dist, y, self.task, self.widths.to(y.device))
+        binned = validation_nll(dist, y, self.task, self.widths)
         if all(self.binned):
             return binned
         density = validation_nll(dist, y, self.task, None).double()
-        return torch.where(torch.tensor(self.binned, device=y.device).unsqueeze(-1), binned, density)
+        return torch.where(self.binned_rows, binned, density)
 
     def update(self, dist: Distribution, y: Tensor, rows: int | None = None) -> None:
         """Accumulate one stacked batch (its first `rows` rows: the rest are padding)."""

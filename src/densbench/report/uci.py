@@ -202,10 +202,15 @@ def resolution(runs: list[dict]) -> float | None:
                  if (r.get("train") or {}).get("target_resolution")), None)
 
 
+def ranking_key(methods: dict[str, list[dict]]) -> str:
+    """The metric a dataset's methods are ranked by: NLL@h where its targets have a resolution h, else the density NLL
+    (on a recorded grid a density's NLL can fall without bound by mass on the grid's values, an interval's cannot)."""
+    return "nll_binned" if resolution([r for runs in methods.values() for r in runs]) else "nll"
+
+
 def ranked_best(methods: dict[str, list[dict]]) -> str | None:
-    """The best method by mean test NLL at the targets' resolution (NLL@h) where it is set, else by density NLL:
-    on a recorded grid a density's NLL can fall without bound by mass on the grid's values, an interval's cannot."""
-    key = "nll_binned" if resolution([r for runs in methods.values() for r in runs]) else "nll"
+    """The best method by mean test NLL at the targets' resolution where it is set, else by density NLL (ranking_key)."""
+    key = ranking_key(methods)
     scores = {m: _nll(runs, key)[0] for m, runs in methods.items()}
     finite = {m: v for m, v in scores.items() if math.isfinite(v)}
     return min(finite, key=finite.get) if finite else None
@@ -261,8 +266,8 @@ def binned_leaderboard(found, datasets: list[str], methods: list[str]) -> Leader
         notes="h: the coarsest power of ten every training target is a whole multiple of (none: the density NLL). "
               "Equal to the density NLL for predictives smooth at scale h; published figures are density NLLs only.")
     for ds in datasets:
-        h = resolution([r for runs in found[ds].values() for r in runs])
-        values = [_nll(found[ds][m], "nll_binned" if h else "nll") if m in found[ds] else (float("nan"), None) for m in methods]
+        h, key = resolution([r for runs in found[ds].values() for r in runs]), ranking_key(found[ds])
+        values = [_nll(found[ds][m], key) if m in found[ds] else (float("nan"), None) for m in methods]
         best = best_of([m for m, _ in values], board.digits)
         board.rows.append((f"{ds} ({h:g})" if h else f"{ds} (none)", [Cell(m, pm, b) for (m, pm), b in zip(values, best)]))
     return board

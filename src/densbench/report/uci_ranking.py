@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from densbench.methods import baselines
-from densbench.report.uci import _nll, paired, ranked_best, resolution
+from densbench.report.uci import _nll, paired, ranked_best, ranking_key
 
 FIGURE = "rank_cd.png"
 
@@ -26,7 +26,7 @@ def score_table(found: dict, datasets: list[str]) -> tuple[list[str], list[list[
     methods = sorted(set.intersection(*(set(found[ds]) for ds in datasets))) if datasets else []
     rows = []
     for ds in datasets:
-        key = "nll_binned" if resolution([r for runs in found[ds].values() for r in runs]) else "nll"
+        key = ranking_key(found[ds])
         rows.append([_nll(found[ds][m], key)[0] for m in methods])
     finite = [j for j in range(len(methods)) if all(row[j] == row[j] for row in rows)]
     return [methods[j] for j in finite], [[row[j] for j in finite] for row in rows]
@@ -95,7 +95,7 @@ def paired_section(found: dict, datasets: list[str]) -> list[str]:
     methods = sorted({m for ds in datasets for m in found[ds]}, key=lambda m: (m in baselines(), m == "ensemble", m))
     header, cells = [], {m: [] for m in methods}
     for ds in datasets:
-        key = "nll_binned" if resolution([r for runs in found[ds].values() for r in runs]) else "nll"
+        key = ranking_key(found[ds])
         best = ranked_best({m: r for m, r in found[ds].items() if m not in baselines()})
         header.append(f"{ds} (vs {best})")
         reference = per_split(found[ds][best], key) if best else np.array([])

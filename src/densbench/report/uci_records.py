@@ -8,7 +8,7 @@ import math
 
 from densbench.methods import baselines
 from densbench.report.published import NLL, RECORDS, RMSE, published
-from densbench.report.uci import _nll, ranked_best, resolution
+from densbench.report.uci import _nll, ranked_best, ranking_key
 from densbench.report.uci_recalibration import pm
 
 MCD = "mc_dropout"
@@ -56,7 +56,7 @@ def records_section(found: dict, datasets: list[str]) -> list[str]:
     for ds in datasets:
         networks = {m: r for m, r in found[ds].items() if m not in baselines()}
         others = {m: r for m, r in found[ds].items() if m in baselines()}
-        key = "nll_binned" if resolution([r for runs in found[ds].values() for r in runs]) else "nll"
+        key = ranking_key(found[ds])
         best, rival = ranked_best(networks), ranked_best(others)
         record = RECORDS[ds]
         row = [ds, f"{record.nll} ({record.holder})"]
