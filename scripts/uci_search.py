@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = list(FOLDERS)
 MARK = "# chosen by scripts/uci_search.py"
 LONG = "boston,concrete,energy,wine,yacht"  # at most 1,600 rows each
+EPOCH_FACTORS = (1, 10)
 Setting = tuple[float, int, int]  # learning rate, batch size, epoch budget
 
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default="0,1,2")
     ap.add_argument("--lrs", default="0.001,0.003,0.01,0.03")
     ap.add_argument("--batches", default="32,128")
-    ap.add_argument("--epoch-factors", default="1,10", help="epoch budgets tried on the long datasets, in protocol epochs")
+    ap.add_argument("--epoch-factors", default=",".join(map(str, EPOCH_FACTORS)), help="epoch budgets tried on the long datasets, in protocol epochs")
     ap.add_argument("--long-datasets", default=LONG, help="datasets whose epoch budget is searched")
     ap.add_argument("--root", default=str(ROOT.parent / "shared" / "uci"))
     ap.add_argument("--sweep-dir", default="multirun/uci_search")
