@@ -61,7 +61,7 @@ def test_student_t_quantiles_on_a_level_axis_equal_every_entrys_own(dtype):
     got = ops.icdf(StudentT(df, loc, scale), levels).double()
     p, nu = torch.broadcast_tensors(levels.double(), df.double())
     ref = loc.double() + scale.double() * torch.from_numpy(special.stdtrit(nu.numpy(), p.numpy()))
-    # float64: the level axis reads t quantiles from a table in 1/nu checked to 1e-12 (relative, absolute
+    # float64: exact, or (a batch of thousands) from a table in 1/nu checked to 1e-12 (relative, absolute
     # below 1); float32: loc + scale t rounds near 0
     torch.testing.assert_close(got, ref, rtol=1e-12 if dtype == torch.float64 else 2e-6,
                                atol=1e-12 if dtype == torch.float64 else 1e-6)
@@ -73,13 +73,23 @@ def test_tabulated_student_t_quantiles_match_scipy_for_every_df_and_level():
     from densbench.distributions.special import student_t_icdf_levels
 
     levels = torch.arange(1, 101, dtype=torch.float64) / 200
-    nu = torch.cat([2 + 300 * torch.rand(2000, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
+    nu = torch.cat([2 + 300 * torch.rand(4200, generator=torch.Generator().manual_seed(1), dtype=torch.float64),  # a table's batch
                     torch.tensor([2.0, 2.5, 1.99, 1.0, 0.3, 1e9, math.inf], dtype=torch.float64)])
     got = student_t_icdf_levels(levels, nu)
     ref = torch.from_numpy(special.stdtrit(nu.numpy()[None, :], levels.numpy()[:, None]))
     ref[:, nu == math.inf] = torch.from_numpy(special.ndtri(levels.numpy()))[:, None]
     assert got.shape == (100, len(nu))
     assert ((got - ref).abs() / ref.abs().clamp(min=1)).max() <= 1e-12
+
+
+def test_a_small_batch_of_student_t_quantiles_is_exact_and_makes_no_table(monkeypatch):
+    # below _T_TABLE_MIN_ROWS making a table costs more than it saves: stdtrit itself, bit for bit
+    from densbench.distributions import special as dspecial
+    monkeypatch.setattr(dspecial, "_T_TABLES", {})
+    levels = torch.arange(1, 101, dtype=torch.float64) / 200
+    nu = 2 + 300 * torch.rand(500, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = torch.from_numpy(special.stdtrit(nu.numpy()[None, :], levels.numpy()[:, None]))
+    assert torch.equal(dspecial.student_t_icdf_levels(levels, nu), ref) and dspecial._T_TABLES == {}
 
 
 def test_student_t_quantiles_are_exact_when_no_table_reaches_the_tolerance(monkeypatch):
@@ -90,6 +100,7 @@ def test_student_t_quantiles_are_exact_when_no_table_reaches_the_tolerance(monke
     levels = torch.tensor([1e-6, 0.3, 0.999999], dtype=torch.float64)
     nu = torch.tensor([2.0, 3.7, 40.0, math.inf], dtype=torch.float64)
     assert dspecial._t_table(levels.numpy()) is None
+    nu = nu.repeat(dspecial._T_TABLE_MIN_ROWS // 4 + 1)  # a batch that would use a table if one were kept
     ref = torch.from_numpy(special.stdtrit(nu.numpy()[None, :], levels.numpy()[:, None]))
-    ref[:, -1] = torch.from_numpy(special.ndtri(levels.numpy()))
+    ref[:, nu == math.inf] = torch.from_numpy(special.ndtri(levels.numpy()))[:, None]
     assert torch.equal(dspecial.student_t_icdf_levels(levels, nu), ref)

@@ -100,6 +100,10 @@ _T_TABLE_U_MAX = 0.5  # nu >= 2; smaller df (heavier tails) are computed exactly
 # is made; stdtrit itself is good to about 4e-13
 _T_TABLE_RTOL = 1e-12
 _T_TABLE_MAX_NODES = 8192
+# rows below which every quantile is computed exactly: the table costs 2 x 1025 exact rows to make, so it pays
+# only for larger batches (by the batch alone, never by whether a table is cached: a job's figures must not
+# depend on what its process evaluated before)
+_T_TABLE_MIN_ROWS = 4096
 _T_TABLES: dict[bytes, tuple[Any, Any] | None] = {}
 
 
@@ -156,8 +160,8 @@ def student_t_icdf_levels(levels: Tensor, nu: Tensor) -> Tensor:
     with np.errstate(divide="ignore"):
         u = np.where(np.isfinite(n) & (n > 0), 1 / n, np.nan)
     inside = (u >= 0) & (u <= _T_TABLE_U_MAX)
-    table = _t_table(lv) if inside.any() else None
-    if table is None:  # no table for these levels: every quantile exactly
+    table = _t_table(lv) if inside.sum() >= _T_TABLE_MIN_ROWS else None
+    if table is None:  # a small batch, or no table for these levels: every quantile exactly
         inside[:] = False
     out = np.empty((len(n), len(lv)))
     if inside.any():
