@@ -4,7 +4,7 @@
    batch 32, Adam) with N = 1, 5, 20, 100 models in one stack (an N-member ensemble on split 0, so
    every stack runs the same number of steps), in this process, sizes alternating between rounds.
    Throughput is densbench's own figure: training chunks only, the first evaluation period left out.
-2. Whole processes: `python -m densbench -m experiment=uci_boston 'dataset.split=range(20)'` with
+2. Whole processes: `python -m densbench -m experiment=uci_boston 'dataset.split=range(20)' loop.max_epochs=40` with
    `launcher=basic` against `launcher=stacked`, timed as alternating pairs (start-up, evaluation,
    checkpoints and the report included), with the mean test NLL of both.
 3. A 5-member deep ensemble on each of the 20 Boston splits (100 networks) with `launcher=stacked`.
@@ -33,7 +33,9 @@ from densbench.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1, 5, 20, 100)
-SWEEP = ["-m", "experiment=uci_boston", "dataset.split=range(20)", "resume=false"]
+# the published protocol's 40 epochs, whatever budget the search gives boston: figures comparable across releases
+EPOCHS = "loop.max_epochs=40"
+SWEEP = ["-m", "experiment=uci_boston", "dataset.split=range(20)", EPOCHS, "resume=false"]
 GOALS = {"per_model_20": 12.0, "per_model_100": 20.0, "sweep": 4.0, "ensemble_s": 30.0}
 
 
@@ -41,7 +43,7 @@ def stack_throughput(models: int, tmp: Path) -> dict[str, float]:
     """Train one stack of `models` protocol nets for 40 epochs; densbench's throughput figures."""
     from densbench.runs.execution import run_job
 
-    cfg = compose_config(["experiment=uci_boston", "dataset.split=0", f"ensemble.members={models}", "logger=none",
+    cfg = compose_config(["experiment=uci_boston", "dataset.split=0", EPOCHS, f"ensemble.members={models}", "logger=none",
                    "figures=false", "loop.early_stopping_patience=null"])
     res = run_job(cfg, tmp / f"n{models}-{time.monotonic_ns()}")
     if res["status"] != "ok":
@@ -199,7 +201,7 @@ def render(meta: dict, part1: dict, part23: dict) -> str:
             "",
             "## The 20-split Boston sweep, whole processes",
             "",
-            "`python -m densbench -m experiment=uci_boston 'dataset.split=range(20)' resume=false launcher=basic|stacked`: "
+            "`python -m densbench -m experiment=uci_boston 'dataset.split=range(20)' loop.max_epochs=40 resume=false launcher=basic|stacked`: "
             "20 trainings of up to 40 epochs with per-epoch validation, best/last checkpoints per job, test metrics, "
             "TensorBoard events and the sweep report; interpreter start-up and imports included. "
             f"Speed-up: median over {len(s['times_s']['basic'])} back-to-back pairs of basic / stacked.",
@@ -225,7 +227,7 @@ def render(meta: dict, part1: dict, part23: dict) -> str:
             "",
             "## A 5-member deep ensemble on every split",
             "",
-            "`python -m densbench -m experiment=uci_boston 'dataset.split=range(20)' ensemble.members=5 launcher=stacked "
+            "`python -m densbench -m experiment=uci_boston 'dataset.split=range(20)' loop.max_epochs=40 ensemble.members=5 launcher=stacked "
             "resume=false`: 100 networks in one stack, each split's ensemble scored as the uniform mixture of its members.",
             "",
             "| wall (s) | goal | jobs ok | mean test NLL (mixture) | mean of members' test NLL | mean test RMSE |",
