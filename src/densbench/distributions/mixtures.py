@@ -74,7 +74,7 @@ class Components:
                 picked = torch.linspace(0, x.shape[1] - 1, GRID_NODES, device=x.device).round().long()
                 x = x[:, picked]
                 coarse = (torch.arange(GRID_NODES, device=x.device) % 2 == 0).expand_as(x)
-            F, f = self.cdf_pdf(x)
+            F, f = _by_rows(self, x)
             self._grid = (x, F, f, coarse)
         return self._grid
 
@@ -91,8 +91,10 @@ class GaussianComponents(Components):
 
     def cdf_pdf(self, x: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, c, a, b = (self.packed if rows is None else self.packed.index_select(0, rows)).unsqueeze(1).unbind(2)
-        t = (mu - x.unsqueeze(-1)) * c
-        return (a * torch.erfc(t)).sum(-1), (b * torch.exp(-(t * t))).sum(-1)
+        # in place where a temporary allows: the same operations in the same order (the same bits), a third
+        # fewer passes over [r, L, K] and its allocations, which cost more than erfc and exp themselves
+        t = (mu - x.unsqueeze(-1)).mul_(c)
+        return torch.erfc(t).mul_(a).sum(-1), t.square_().neg_().exp_().mul_(b).sum(-1)
 
     def icdf(self, p: Tensor, rows: Tensor | None = None) -> Tensor:
         loc, inv = (self.loc, self.inv) if rows is None else (self.loc.index_select(0, rows), self.inv.index_select(0, rows))
@@ -118,6 +120,18 @@ class TorchComponents(Components):
 
     def icdf(self, p: Tensor, rows: Tensor | None = None) -> Tensor:
         return ops.icdf(self._at(rows), p.unsqueeze(-1).expand(*p.shape, self.k))
+
+
+def _by_rows(c: Components, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The mixture's CDF and density at x [n, G], a block of rows at a time (CHUNK_ELEMENTS entries x components)."""
+    rows = max(1, CHUNK_ELEMENTS // (x.shape[1] * c.k))
+    if rows >= c.n:
+        return c.cdf_pdf(x)
+    F, f = torch.empty_like(x), torch.empty_like(x)
+    for r in range(0, c.n, rows):
+        part = torch.arange(r, min(r + rows, c.n), device=x.device)
+        F[part], f[part] = c.cdf_pdf(x[part], part)
+    return F, f
 
 
 def _subgrid(keep: Tensor, *ts: Tensor) -> list[Tensor]:
