@@ -37,7 +37,7 @@ PY = sys.executable
 STEPS = {
     "search": [PY, "scripts/uci_search.py", "--write"],
     # with the gap splits, and the baselines on the five smallest datasets (the GP where its row limit allows: not
-    # wine): on this machine NGBoost at its paper's settings takes about 8 s a split on concrete and wine and
+    # wine): on this machine NGBoost at its paper's settings takes about 9 s a split on concrete, 5 s on wine and
     # about 190 s on naval's 9.6k rows; the other four by hand (--baseline-datasets)
     "suite": [PY, "scripts/uci_suite.py", "--publish", "--gap", "--baselines", "--baseline-datasets",
               "boston,concrete,energy,wine,yacht"],

@@ -4,7 +4,7 @@ For every dataset of the UCI suite this trains the suite's base method (mean-var
 on a grid of learning rates, batch sizes and epoch budgets, on the first splits, in tuning mode
 (`dataset.tuning=true`): the published split's test rows are never read; a stand-in test set is
 carved from the training rows (as large as the validation set), the validation set that chooses the
-epoch within the budget from the rest (early stopping). A setting is scored by its mean stand-in NLL
+best epoch within the budget from the rest. A setting is scored by its mean stand-in NLL
 over the splits; the best one per dataset is what the suite uses for every method on that dataset
 (the experiment configs hold it).
 
@@ -107,13 +107,16 @@ def write_choice(dataset: str, setting: Setting, conf: Path = ROOT / "conf" / "e
     return path
 
 
-def report(found: dict, chosen: dict, splits: list[int], seconds: float, command: list[str]) -> str:
+def report(found: dict, chosen: dict, splits: list[int], seconds: float, command: list[str],
+           factors: list[int], long: set[str]) -> str:
     """The search as Markdown: every grid point's stand-in NLL per dataset, the chosen one in bold."""
+    longer = " or ".join(f"{f} times" for f in factors if f != 1)
+    budgets = f"the protocol's epochs, or {longer} them on {', '.join(sorted(long))}" if longer and long else "the protocol's epochs"
     lines = ["# UCI optimiser search", "",
              "Base method: mean-variance Gaussian NLL, the UCI protocol's width. Every run is in "
              "tuning mode (`dataset.tuning=true`): the published test rows of a split are never read; 10% of the "
              "training rows stand in as a test set and 10% of the rest choose the epoch within the budget "
-             "(the protocol's epochs, or ten times them on the five smallest datasets). Score: mean stand-in "
+             f"({budgets}). Score: mean stand-in "
              f"NLL, at the targets' resolution where they have one (NLL@h), over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and the suite uses it "
              "for every method on that dataset (conf/experiment/uci_<dataset>.yaml).", "",
              f"Command ({seconds:.0f} s wall): `{' '.join(command[1:])}`", ""]
@@ -166,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {ds: choose(found[ds]) for ds in datasets}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "uci_search.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command) + "\n")
+    long = set(args.long_datasets.split(","))
+    (out / "uci_search.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command, factors,
+                                              long & set(datasets)) + "\n")
     (out / "uci_search.json").write_text(json.dumps(
         {"splits": splits, "seconds": seconds, "command": command[1:],
          "chosen": {d: {"lr": lr, "batch_size": b, "max_epochs": e} for d, (lr, b, e) in chosen.items()},

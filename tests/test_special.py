@@ -100,7 +100,8 @@ def test_student_t_quantiles_are_exact_when_no_table_reaches_the_tolerance(monke
     levels = torch.tensor([1e-6, 0.3, 0.999999], dtype=torch.float64)
     nu = torch.tensor([2.0, 3.7, 40.0, math.inf], dtype=torch.float64)
     assert dspecial._t_table(levels.numpy()) is None
-    nu = nu.repeat(dspecial._T_TABLE_MIN_ROWS // 4 + 1)  # a batch that would use a table if one were kept
+    # a batch that would use a table if one were kept: its three finite df >= 2 fill _T_TABLE_MIN_ROWS rows
+    nu = nu.repeat(-(-dspecial._T_TABLE_MIN_ROWS // 3))
     ref = torch.from_numpy(special.stdtrit(nu.numpy()[None, :], levels.numpy()[:, None]))
     ref[:, nu == math.inf] = torch.from_numpy(special.ndtri(levels.numpy()))[:, None]
     assert torch.equal(dspecial.student_t_icdf_levels(levels, nu), ref)

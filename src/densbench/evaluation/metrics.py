@@ -279,9 +279,10 @@ class ModelScores(Metric):
         super().__init__(**kwargs)
         self.task, self.classification = task, task in ("binary", "multiclass")
         resolutions = resolutions or [None] * models
-        # [N, 1] widths (1 where a model has none: its rows take the density NLL), buffers so they move with the metric
+        # [N, 1] widths (1 where a model has none: its rows take the density NLL); not a buffer, which a
+        # half-precision trainer would cast (h = 0.001 is 0.0010004 in float16); the mask is one
         self.binned = [h is not None for h in resolutions]
-        self.register_buffer("widths", torch.tensor([[h or 1.0] for h in resolutions], dtype=torch.float64), persistent=False)
+        self.widths = torch.tensor([[h or 1.0] for h in resolutions], dtype=torch.float64)
         self.register_buffer("binned_rows", torch.tensor(self.binned).unsqueeze(-1), persistent=False)
         for name in ("n", "nll", "err"):
             self.add_state(name, torch.zeros(models, dtype=torch.float64), dist_reduce_fx="sum")
@@ -290,7 +291,7 @@ class ModelScores(Metric):
         """Per model and row, [N, n]: NLL@h for the models whose jobs have a resolution, the density NLL for the others."""
         if not any(self.binned):
             return validation_nll(dist, y, self.task, None)
-        binned = validation_nll(dist, y, self.task, self.widths)
+        binned = validation_nll(dist, y, self.task, self.widths.to(y.device))
         if all(self.binned):
             return binned
         density = validation_nll(dist, y, self.task, None).double()
