@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     factors = [int(f) for f in args.epoch_factors.split(",")]
     sweep_dir = Path(args.sweep_dir)
-    grids = grid_of(datasets, lrs, batches, factors, set(args.long_datasets.split(",")), Path(args.root))
+    long = set(args.long_datasets.split(",")) & set(datasets)
+    grids = grid_of(datasets, lrs, batches, factors, long, Path(args.root))
     command = sweep_command(grids, splits, sweep_dir)
     started = time.perf_counter()
     # the data folder through the environment: dataset.root cannot be set before a swept experiment picks the dataset
@@ -169,9 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {ds: choose(found[ds]) for ds in datasets}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    long = set(args.long_datasets.split(","))
     (out / "uci_search.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command, factors,
-                                              long & set(datasets)) + "\n")
+                                              long) + "\n")
     (out / "uci_search.json").write_text(json.dumps(
         {"splits": splits, "seconds": seconds, "command": command[1:],
          "chosen": {d: {"lr": lr, "batch_size": b, "max_epochs": e} for d, (lr, b, e) in chosen.items()},
