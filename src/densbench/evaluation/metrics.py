@@ -41,7 +41,19 @@ def _q_index(p: Tensor) -> Tensor:
     return torch.round(p * 200).long() - 1
 
 
-class PredictiveMetrics(Metric):
+class SummedMetric(Metric):
+    """A torchmetrics Metric whose states are sums (DDP reduces them exactly), hashed by identity."""
+
+    full_state_update = False
+    higher_is_better = False
+    # torchmetrics hashes a metric by its id and every state; each nn.Module traversal (train(), eval(),
+    # parameters(): Lightning makes several per validation) puts every submodule in a set, and a
+    # stack's hundreds of metric objects then cost a quarter of a UCI stack's training. The id alone
+    # is as unique.
+    __hash__ = object.__hash__
+
+
+class PredictiveMetrics(SummedMetric):
     """NLL, accuracy, CRPS, PIT, calibration, sharpness, intervals and truth gaps of one split.
 
     ``update(dist, y, truth=None, u=None, intervals=None)`` takes the predictive distribution (batch
@@ -52,9 +64,6 @@ class PredictiveMetrics(Metric):
     quantiles at 199 levels (interval and check scores, coverages and widths), which cost a quantile
     search per row and level for a mixture (an ensemble's members are scored without them).
     """
-
-    full_state_update = False
-    higher_is_better = False
 
     def __init__(self, task: str, full: bool = True, intervals: bool = True, resolution: float | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -264,16 +273,13 @@ def validation_nll(dist: Distribution, y: Tensor, task: str, resolution: float |
     return interval_nll(dist, y, resolution)
 
 
-class ModelScores(Metric):
+class ModelScores(SummedMetric):
     """Validation scores of every model of a stack, [N] each: NLL and RMSE (accuracy for classes).
 
     ``update(dist, y)`` takes a predictive distribution with batch shape [N, n] (each model on its
     own job's validation split) and targets [N, n] in original units. Sums, so DDP reduces exactly.
     The NLL is at each model's targets' resolution where its job has one (validation_nll).
     """
-
-    full_state_update = False
-    higher_is_better = False
 
     def __init__(self, task: str, models: int, resolutions: list[float | None] | None = None, **kwargs):
         super().__init__(**kwargs)

@@ -25,10 +25,10 @@ import torch
 from scipy import special, stats
 from torch import Tensor
 from torch.distributions import Distribution, MultivariateNormal, Normal
-from torchmetrics import Metric
 
 import densbench.distributions.families.gaussian  # noqa: F401  (registers the Normal's closed-form CRPS)
 from densbench.distributions.ops import crps
+from densbench.evaluation.metrics import SummedMetric
 
 ENERGY_SAMPLES = 4000  # one fixed draw for every row and model: Monte Carlo error about 1% of a row's score
 ENERGY_ROWS = 256  # rows scored at once (memory: rows x samples x d doubles, twice)
@@ -78,16 +78,13 @@ def mahalanobis2(dist: MultivariateNormal, y: Tensor) -> Tensor:
     return z.squeeze(-1).pow(2).sum(-1)
 
 
-class MultivariateMetrics(Metric):
+class MultivariateMetrics(SummedMetric):
     """Joint and per-target scores of one split's joint predictive (see the module docstring).
 
     ``update(dist, y, truth=None, u=None, intervals=None)`` takes a MultivariateNormal with batch [n]
     and targets [n, d] in original units; the extra arguments of PredictiveMetrics are accepted and
     unused (no truth is known for multi-target data, and no recalibration applies to it).
     """
-
-    full_state_update = False
-    higher_is_better = False
 
     def __init__(self, targets: int, **kwargs):
         super().__init__(**kwargs)
@@ -130,14 +127,11 @@ class MultivariateMetrics(Metric):
         return {}
 
 
-class JointModelScores(Metric):
+class JointModelScores(SummedMetric):
     """Validation scores of every model of a stack, [N] each: joint NLL and RMSE over every target entry.
 
     ``update(dist, y)``: a joint predictive with batch [N, n] and targets [N, n, d] in original units.
     """
-
-    full_state_update = False
-    higher_is_better = False
 
     def __init__(self, models: int, **kwargs):
         super().__init__(**kwargs)

@@ -28,7 +28,7 @@ from densbench.training.batches import DensityData, Stack
 from densbench.training.engine import EngineState, Selection, param_dtype
 from densbench.training.throughput import Throughput
 from densbench.errors import ConfigError, DataError
-from densbench.training.job_log import JobLog
+from densbench.training.job_log import CurveFlush, JobLog
 from densbench.training.loop import Loop
 from densbench.training.module import DensityModule
 from densbench.training.jobs import Job
@@ -139,7 +139,8 @@ def _callbacks(specs: list[JobSpec], throughput: Throughput, selection: Selectio
                clock: JobClock | None) -> list[pl.Callback]:
     """The stack's Lightning callbacks: throughput, checkpoints, timing, progress, and the user's own (config `callbacks`)."""
     callbacks: list[pl.Callback] = [throughput, Checkpoints([s.run_dir / "checkpoints" for s in specs], selection,
-                                                            float(loop.checkpoint_every_s))]
+                                                            float(loop.checkpoint_every_s)),
+                                    CurveFlush(float(loop.checkpoint_every_s))]
     if clock is not None:
         callbacks.append(Timing(clock))
     callbacks.append(Progress(specs[0].run_dir.name if len(specs) == 1 else f"{len(specs)} jobs"))

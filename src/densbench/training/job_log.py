@@ -13,6 +13,7 @@ import csv
 import fcntl
 import importlib.util
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,8 +21,10 @@ from typing import Any, Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from omegaconf import DictConfig
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard.summary import hparams
 
 from densbench.atomic import dump_yaml, write_text
@@ -47,6 +50,7 @@ class LoggerKind:
     prepare: Callable[[DictConfig, Path], None] = field(default=lambda entry, save_dir: None)  # before each one is made
     hparams: Callable[[Logger, dict[str, Any]], None] = field(default=lambda logger, params: logger.log_hyperparams(params))
     tag: Callable[[str, bool], str] = field(default=lambda name, final: name)  # a scalar's name here (final: one value per run)
+    scalars: Callable[[Logger, dict[str, float], int], None] = field(default=lambda logger, values, step: logger.log_metrics(values, step=step))
     # after a sweep, "module:function" given the sweep and its runs' log directories; a name, not a
     # function: result.json records it, and the sweep's end calls it without importing the loggers
     sweep_end: str | None = None
@@ -81,6 +85,13 @@ def _tensorboard_hparams(logger: Logger, params: dict[str, Any]) -> None:
     writer = logger.experiment.file_writer
     writer.add_summary(start)
     writer.add_summary(end)  # written with the rest when the job's logger closes: a flush waits for the writer thread
+
+
+def _tensorboard_scalars(logger: Logger, values: dict[str, float], step: int) -> None:
+    # one event holding every value of the call, where Lightning writes one per scalar: the writer
+    # thread opens the event file again for each event, and a stack's jobs log each validation
+    logger.experiment.file_writer.add_summary(Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()]),
+                                              global_step=step)
 
 
 def _tensorboard_tag(name: str, final: bool) -> str:
@@ -171,7 +182,7 @@ def _csv_reopen(logger: Logger, step: int) -> None:
 
 # events a killed run wrote after its last checkpoint are hidden, not shown twice
 register(TensorBoardLogger, LoggerKind("tensorboard", resume=lambda step, where, name: {"purge_step": step + 1}, figure=_tensorboard_figure,
-                                       hparams=_tensorboard_hparams, tag=_tensorboard_tag, sweep_end="densbench.report.tb_experiment:declare"))
+                                       hparams=_tensorboard_hparams, tag=_tensorboard_tag, scalars=_tensorboard_scalars, sweep_end="densbench.report.tb_experiment:declare"))
 register(CSVLogger, LoggerKind("csv", reopen=_csv_reopen))
 register(MLFlowLogger, LoggerKind("mlflow", requires="mlflow", shared=True, run_name=True, figure=_mlflow_figure,
                                   log_dir=lambda logger: None, store=_mlflow_store, resume=_mlflow_resume, prepare=_prepare_mlflow))
@@ -183,15 +194,34 @@ class JobLog:
     def __init__(self, loggers: list[Logger] | None = None, stores: list[Path] | None = None) -> None:
         self.loggers = list(loggers or [])
         self.stores = list(stores or [None] * len(self.loggers))  # the folder each was given, where known
+        # curve points not yet handed to the loggers (flush): a stack's jobs each log every validation,
+        # and a logger's writes one call at a time (TensorBoard's thread wakes and reopens its file for
+        # each) cost a UCI stack twice its training; written in bursts, next to nothing
+        self.pending: list[tuple[dict[str, float], int, bool]] = []
 
     def __bool__(self) -> bool:
         return bool(self.loggers)
 
-    def metrics(self, values: dict[str, float], step: int, final: bool = False) -> None:
-        """Scalars at an optimisation step, to every logger (final: the run's end values, not a curve's point)."""
-        for logger in self.loggers:
-            tag = kind_of(type(logger)).tag
-            logger.log_metrics({tag(k, final): v for k, v in values.items()}, step=step)
+    def metrics(self, values: dict[str, Any], step: int, final: bool = False) -> None:
+        """Scalars at an optimisation step (final: the run's end values, written at once; else a curve's point, held until flush)."""
+        if self.loggers:
+            self.pending.append(({k: float(v) for k, v in values.items()}, step, final))
+        if final:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the held scalars to every logger, in the order they came, those of one step together."""
+        held, self.pending = self.pending, []
+        merged: list[tuple[dict[str, float], int, bool]] = []
+        for values, step, final in held:  # a period's training and validation values: one event, not two
+            if merged and merged[-1][1:] == (step, final):
+                merged[-1][0].update(values)
+            else:
+                merged.append((dict(values), step, final))
+        for values, step, final in merged:
+            for logger in self.loggers:
+                kind = kind_of(type(logger))
+                kind.scalars(logger, {kind.tag(k, final): v for k, v in values.items()}, step)
 
     def hyperparams(self, params: dict[str, Any]) -> None:
         """The run's hyperparameters, in each logger's own record of them (the final metrics are its test/ scalars)."""
@@ -222,8 +252,32 @@ class JobLog:
 
     def finalize(self, status: str = "success") -> None:
         """Flush and close every logger."""
+        self.flush()
         for logger in self.loggers:
             logger.finalize(status)
+
+
+class CurveFlush(pl.Callback):
+    """Writes the curve points a stack's jobs hold (JobLog.metrics) after a validation at most every
+    `every_s` seconds (a live TensorBoard follows training), at the end of training and when it fails."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s, self._written = float(every_s), time.monotonic()
+
+    def _flush(self, pl_module: Any) -> None:
+        for job in pl_module.jobs:
+            job.log.flush()
+        self._written = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if time.monotonic() - self._written >= self.every_s:
+            self._flush(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._flush(pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        self._flush(pl_module)
 
 
 def entries(node: DictConfig | None) -> list[DictConfig]:

@@ -181,12 +181,12 @@ class DensityModule(pl.LightningModule):
     def log_job(self, job: int, values: dict[str, Tensor | float], final: bool = False) -> None:
         """Write scalars to a job's loggers at the current optimisation step (global rank zero only; final: end values).
 
-        Straight to the logger: self.log costs milliseconds per key, which adds up over hundreds of
-        evaluations, and it knows nothing of the jobs of a stack.
+        Through the job's own loggers (JobLog), not self.log: that costs milliseconds per key, which adds up
+        over hundreds of evaluations, and it knows nothing of the jobs of a stack.
         """
         log = self.jobs[job].log
         if log and self.trainer.is_global_zero:
-            log.metrics({k: float(v) for k, v in values.items()}, step=self.state.opt_steps, final=final)
+            log.metrics(values, step=self.state.opt_steps, final=final)
 
     def log_models(self, prefix: str, values: dict[str, Tensor]) -> None:
         """Per-model values [N] to each job's logger: the value of a single model, or an ensemble's mean and members."""
@@ -195,6 +195,8 @@ class DensityModule(pl.LightningModule):
         # one transfer for the stack, then plain numbers per job (a stack of 80 jobs logs every period)
         lists = {name: v.detach().double().cpu().tolist() for name, v in values.items()}
         for j, job in enumerate(self.jobs):
+            if j in self.as_trained:  # its models are another job's (only post-hoc keys differ): so are the curves
+                continue
             out = {}
             for name, v in lists.items():
                 picked = [v[m] for m in job.models]
