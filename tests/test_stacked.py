@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_cfg, run_cli
+from conftest import assert_same, make_cfg, run_cli
 from densbench.distributions.classes import NormalMixture
 from densbench.evaluation.ensemble import uniform_mixture
 from densbench.results import EXECUTION_METRICS
@@ -28,21 +28,9 @@ def _numbers(res):
             {k: res["train"][k] for k in ("opt_steps", "best_val_nll", "last_val_nll", "stopped_early")})
 
 
-def _close(got, want, path="") -> None:
-    # bit for bit: MKL's strict reproducibility branch (densbench.numerics) computes each product of a
-    # batched call as a single one, and the padded flat parameter buffer rounds every element alike
-    if isinstance(want, dict):
-        assert got.keys() == want.keys(), path
-        for k in want:
-            _close(got[k], want[k], f"{path}.{k}")
-    elif isinstance(want, (list, tuple)):
-        assert len(got) == len(want), path
-        for i, (g, w) in enumerate(zip(got, want)):
-            _close(g, w, f"{path}[{i}]")
-    elif isinstance(want, float):
-        assert got == want or (got != got and want != want), path
-    else:
-        assert got == want, path
+# bit for bit where MKL's strict reproducibility branch holds (densbench.numerics: each product of a batched
+# call computed as a single one) and the padded flat parameter buffer rounds every element alike
+_close = assert_same
 
 
 def _stacked_vs_alone(tmp_path, variants, *common):

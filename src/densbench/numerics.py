@@ -19,7 +19,10 @@ imported:
   removed (a lower limit would take MKL off that branch).
 
 MKL documents its AVX2 branch for Intel CPUs; on other vendors' CPUs it falls back to its own
-dispatch, and figures may differ there. A process that imported torch before densbench cannot be
+dispatch, and figures differ there. Measured on an AMD EPYC (AVX2): every MKL_CBWR branch gave the
+same figures, unlike on Intel, and a model's float64 products differed in the last bit between a
+stack and alone; none of three committed per-run figures from an Intel Xeon reproduced.
+``describe()`` records the CPU's vendor and whether MKL's strict branch applies (``mkl_strict``). A process that imported torch before densbench cannot be
 pinned any more; ``describe()`` says so and provenance records it.
 """
 
@@ -46,6 +49,22 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (GenuineIntel, AuthenticAMD...; empty where /proc/cpuinfo cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def mkl_strict() -> bool:
+    """Whether MKL's strict reproducibility branch holds here: kernels pinned, on an Intel CPU (the only vendor MKL honours it on)."""
+    return pin().get("mode") == "portable" and cpu_vendor() == "GenuineIntel"
 
 
 def plan(env: dict[str, str], machine: str, flags: set[str], torch_loaded: bool) -> tuple[dict[str, Any], dict[str, str | None]]:
@@ -81,6 +100,8 @@ def describe() -> dict[str, Any]:
     """The numerics this process computes with, for provenance: mode, ATen's capability, MKL's branch."""
     out = dict(pin())
     out["mkl_cbwr"] = os.environ.get("MKL_CBWR")
+    out["cpu_vendor"] = cpu_vendor() or None
+    out["mkl_strict"] = mkl_strict()
     torch = sys.modules.get("torch")
     if torch is not None:
         out["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
