@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import make_cfg
+from conftest import assert_same, make_cfg
 from densbench.errors import ConfigError
 from densbench.evaluation import candidates
 from densbench.evaluation.ensemble import uniform_mixture
@@ -17,7 +17,7 @@ from densbench.runs.checks import check_config
 from densbench.runs.execution import JobSpec, run_group, run_job
 from densbench.training.dropout import keep_mask
 from densbench.training.networks import MLP
-from test_stacked import F64, _close, _numbers
+from test_stacked import F64, _numbers
 from test_uci import UCI_ROOT, needs_layout
 
 
@@ -119,7 +119,7 @@ def test_dropout_stacks_train_exactly_as_alone(tmp_path):
     alone = [run_job(c, tmp_path / f"a{i}") for i, c in enumerate(cfgs)]
     for s, a in zip(stacked, alone):
         assert s["status"] == a["status"] == "ok", (s.get("error"), a.get("error"))
-        _close(_numbers(s), _numbers(a))
+        assert_same(_numbers(s), _numbers(a))
     assert stacked[0]["metrics"]["nll"] != stacked[1]["metrics"]["nll"]
 
 

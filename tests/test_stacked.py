@@ -28,19 +28,16 @@ def _numbers(res):
             {k: res["train"][k] for k in ("opt_steps", "best_val_nll", "last_val_nll", "stopped_early")})
 
 
-# bit for bit where MKL's strict reproducibility branch holds (densbench.numerics: each product of a batched
-# call computed as a single one) and the padded flat parameter buffer rounds every element alike
-_close = assert_same
-
-
 def _stacked_vs_alone(tmp_path, variants, *common):
+    # bit for bit where MKL's strict reproducibility branch holds (densbench.numerics: each product of a
+    # batched call computed as a single one) and the padded flat parameter buffer rounds every element alike
     cfgs = [make_cfg(*common, *v) for v in variants]
     stacked = run_group([JobSpec(cfg, tmp_path / f"stack{i}", launcher="stacked") for i, cfg in enumerate(cfgs)])
     alone = [run_job(cfg, tmp_path / f"alone{i}") for i, cfg in enumerate(cfgs)]
     for s, a in zip(stacked, alone):
         assert s["status"] == a["status"] == "ok", (s.get("error"), a.get("error"))
         assert s["train"]["stack"]["models"] == len(variants) and a["train"]["stack"]["models"] == 1
-        _close(_numbers(s), _numbers(a))
+        assert_same(_numbers(s), _numbers(a))
     return stacked, alone
 
 
@@ -84,7 +81,7 @@ def test_a_diverging_model_fails_its_job_alone(tmp_path):
     assert res[1]["error_kind"] == "diverged" and "non-finite loss at optimisation step 14" in res[1]["error"]
     # its neighbours trained on as if alone
     for i in (0, 2):
-        _close(_numbers(res[i]), _numbers(run_job(make_cfg(*LOOP, f"seed={i}"), tmp_path / f"alone{i}")))
+        assert_same(_numbers(res[i]), _numbers(run_job(make_cfg(*LOOP, f"seed={i}"), tmp_path / f"alone{i}")))
 
 
 def test_jobs_with_different_data_sizes_run_one_after_the_other(tmp_path, capsys):
@@ -117,7 +114,7 @@ def test_an_interrupted_stack_resumes_exactly_stacked_or_alone(tmp_path, monkeyp
     again = [run_group([JobSpec(cfgs[0], dirs[0])])[0], run_job(cfgs[1], dirs[1])]
     for a, r in zip(again, ref):
         assert a["status"] == "ok" and a["resumed_from_step"] == 34
-        _close(_numbers(a), _numbers(r))
+        assert_same(_numbers(a), _numbers(r))
 
 
 def test_an_ensemble_is_scored_as_the_mixture_of_its_members(tmp_path):
@@ -130,7 +127,7 @@ def test_an_ensemble_is_scored_as_the_mixture_of_its_members(tmp_path):
     # member m is the plain job with seed + 7919 m, selected on its own validation curve
     alone = [run_job(make_cfg("experiment=fast", f"seed={7919 * i}", *F64), tmp_path / f"m{i}") for i in range(3)]
     for member, one in zip(res["train"]["members"], alone):
-        _close(member["val_nll"], one["curves"]["train_val_nll"])
+        assert_same(member["val_nll"], one["curves"]["train_val_nll"])
     for name in ("nll", "crps", "rmse"):
         assert mm[name] == pytest.approx(sum(a["metrics"][name] for a in alone) / 3, rel=1e-9)
 
@@ -179,7 +176,7 @@ def test_the_stacked_launcher_trains_a_sweep_as_one_stack(tmp_path):
         assert s[name]["train"]["stack"]["models"] == 3
         assert (run / ".hydra" / "config.yaml").exists() and (run / "predictive.png").exists()
         assert list((run / "tb").glob("events.out.tfevents.*"))
-        _close(_numbers(s[name]), _numbers(b[name]))
+        assert_same(_numbers(s[name]), _numbers(b[name]))
         # the launcher derives the configs of a stack's later jobs from its first: Hydra's record of every
         # job must be what composing it afresh gives (the basic launcher composes each job)
         assert _record(tmp_path / "stacked" / name) == _record(tmp_path / "basic" / name)
@@ -222,7 +219,7 @@ def test_a_job_refused_on_its_own_leaves_its_stack_mates_as_they_would_be_alone(
     stacked = run_group([JobSpec(cfg, tmp_path / f"stack{i}", launcher="stacked") for i, cfg in enumerate(cfgs)])
     assert [r["status"] for r in stacked] == ["ok", "skipped", "skipped"]
     assert "recalibrate=isotonic" in stacked[1]["error"] and "recalibrate=scale" in stacked[2]["error"]
-    _close(_numbers(stacked[0]), _numbers(run_job(cfgs[0], tmp_path / "alone")))
+    assert_same(_numbers(stacked[0]), _numbers(run_job(cfgs[0], tmp_path / "alone")))
 
 
 @pytest.mark.skipif(not (Path(TESTS).parents[1] / "shared" / "uci" / "yacht" / "data" / "data.txt").is_file(),
@@ -240,7 +237,7 @@ def test_one_splits_bad_index_file_fails_only_its_own_job(tmp_path):
     assert [r["status"] for r in stacked] == ["ok", "failed", "ok"]
     assert "index_*_1.txt differ from the protocol's regeneration" in stacked[1]["error"]
     assert stacked[0]["train"]["stack"]["models"] == 2
-    _close(_numbers(stacked[2]), _numbers(run_job(cfgs[2], tmp_path / "alone")))
+    assert_same(_numbers(stacked[2]), _numbers(run_job(cfgs[2], tmp_path / "alone")))
 
 
 def test_a_listed_sweep_keeps_the_prefixes_of_the_command_lines_overrides(tmp_path):
