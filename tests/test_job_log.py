@@ -59,3 +59,18 @@ def test_a_metric_keeps_its_hash_as_its_state_changes():
     scores.reset()
     assert hash(scores) == before and scores in members
     assert hash(PredictiveMetrics("regression")) != hash(PredictiveMetrics("regression"))
+
+
+def test_throttle_is_due_once_its_interval_has_passed_since_the_last_mark(monkeypatch):
+    from densbench import timing
+
+    now = [1000.0]
+    monkeypatch.setattr(timing.time, "monotonic", lambda: now[0])
+    throttle = timing.Throttle(10.0)
+    now[0] += 9.99
+    assert not throttle.due()
+    now[0] += 0.01
+    assert throttle.due()
+    throttle.mark()
+    assert not throttle.due()  # counted again from the mark
+    assert timing.Throttle(0.0).due()  # every_s=0: every time

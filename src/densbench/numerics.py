@@ -22,12 +22,14 @@ MKL documents its AVX2 branch for Intel CPUs; on other vendors' CPUs it falls ba
 dispatch, and figures differ there. Measured on an AMD EPYC (AVX2): every MKL_CBWR branch gave the
 same figures, unlike on Intel, and a model's float64 products differed in the last bit between a
 stack and alone; none of three committed per-run figures from an Intel Xeon reproduced.
-``describe()`` records the CPU's vendor and whether MKL's strict branch applies (``mkl_strict``). A process that imported torch before densbench cannot be
-pinned any more; ``describe()`` says so and provenance records it.
+``describe()`` records the CPU's vendor and whether MKL's strict branch applies (``mkl_strict``).
+A process that imported torch before densbench cannot be pinned any more; ``describe()`` says so
+and provenance records it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -40,26 +42,26 @@ MKL_BRANCH = "AVX2,STRICT"
 _state: dict[str, Any] = {}
 
 
-def cpu_flags() -> set[str]:
-    """The instruction-set flags of this CPU (Linux /proc/cpuinfo; empty where it cannot be read)."""
+@functools.cache
+def _cpuinfo(field: str) -> str:
+    """The value of the first `field` line of /proc/cpuinfo (empty where it cannot be read: not Linux, no such field)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor string (GenuineIntel, AuthenticAMD...; empty where /proc/cpuinfo cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this CPU (empty where /proc/cpuinfo cannot be read)."""
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (GenuineIntel, AuthenticAMD...; empty where /proc/cpuinfo cannot be read)."""
+    return _cpuinfo("vendor_id")
 
 
 def mkl_strict() -> bool:

@@ -28,6 +28,22 @@ def _process_start() -> float:
 
 
 PROCESS_START = _process_start()
+
+
+class Throttle:
+    """Something done at most once every `every_s` seconds: due() since the last mark() (or since creation)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = float(every_s)
+        self.mark()
+
+    def mark(self) -> None:
+        """It was just done."""
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether `every_s` seconds have passed since it was last done."""
+        return time.monotonic() - self._last >= self.every_s
 _first_job = True
 
 

@@ -9,7 +9,6 @@ be read back (empty, truncated, another version) is reported in one line and ign
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from densbench.atomic import replacing
 from densbench.results import KEY_FIELDS
 from densbench.signals import Interrupted
+from densbench.timing import Throttle
 
 LAST = "last.ckpt"  # the latest consistent state: after every evaluation period and at an interruption
 BEST = "best.ckpt"  # the selected weights of a finished run, for users
@@ -133,8 +133,7 @@ class Checkpoints(pl.Callback):
         self.selection = selection
         # a stack of 20 jobs validated every epoch would otherwise spend half its training time
         # writing checkpoints; an orderly interrupt writes one anyway, only a kill loses up to this much
-        self.every_s = float(every_s)
-        self._written, self._step = time.monotonic(), -1
+        self._throttle, self._step = Throttle(every_s), -1
 
     def save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         """Write the current training state of every job (rank zero); a job that shares its models with an
@@ -147,11 +146,12 @@ class Checkpoints(pl.Callback):
                     save_atomic({"format": FORMAT, "key": state["key"], "same_as": str(written[models])}, directory / LAST)
                 else:
                     written[models] = save_atomic(state, directory / LAST)
-        self._written, self._step = time.monotonic(), pl_module.state.opt_steps
+        self._throttle.mark()
+        self._step = pl_module.state.opt_steps
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         # runs after the period's validation and model selection
-        if time.monotonic() - self._written >= self.every_s:
+        if self._throttle.due():
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:

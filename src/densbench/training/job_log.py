@@ -13,7 +13,6 @@ import csv
 import fcntl
 import importlib.util
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +28,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from densbench.atomic import dump_yaml, write_text
 from densbench.errors import ConfigError
+from densbench.timing import Throttle
 
 
 @dataclass(frozen=True)
@@ -262,15 +262,15 @@ class CurveFlush(pl.Callback):
     `every_s` seconds (a live TensorBoard follows training), at the end of training and when it fails."""
 
     def __init__(self, every_s: float) -> None:
-        self.every_s, self._written = float(every_s), time.monotonic()
+        self._throttle = Throttle(every_s)
 
     def _flush(self, pl_module: Any) -> None:
         for job in pl_module.jobs:
             job.log.flush()
-        self._written = time.monotonic()
+        self._throttle.mark()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if time.monotonic() - self._written >= self.every_s:
+        if self._throttle.due():
             self._flush(pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
