@@ -61,8 +61,9 @@ def jobs(datasets: dict[str, int], variants: list[list[str]]) -> list[list[str]]
     return [[f"experiment=uci_{d}", *v, f"dataset.split={i}"] for d, n in datasets.items() for v in variants for i in range(n)]
 
 
-def baseline_jobs(splits: dict[str, int], root: str) -> list[list[str]]:
-    """The --baselines stage: every baseline on every split of every dataset, the GP where its training split fits its limit."""
+def baseline_jobs(splits: dict[str, int], root: str, only: dict[str, list[str]] | None = None) -> list[list[str]]:
+    """The --baselines stage: every baseline on every split of every dataset, the GP where its training split fits its
+    limit, and a baseline named in `only` (method: datasets) on those datasets alone."""
     from omegaconf import OmegaConf
 
     limit = int(OmegaConf.load(Path(config_dir(), "method", "gp.yaml")).baseline.max_train_rows)
@@ -70,7 +71,23 @@ def baseline_jobs(splits: dict[str, int], root: str) -> list[list[str]]:
     def fits(d: str) -> bool:  # the published training split, before validation rows are carved from it
         return len((Path(root) / FOLDERS[d] / "data" / "index_train_0.txt").read_text().split()) <= limit
 
-    return [job for d, n in splits.items() for m in baselines() if m != "gp" or fits(d) for job in jobs({d: n}, [[f"method={m}"]])]
+    def runs(m: str, d: str) -> bool:
+        return (m != "gp" or fits(d)) and d in (only or {}).get(m, [d])
+
+    return [job for d, n in splits.items() for m in baselines() if runs(m, d) for job in jobs({d: n}, [[f"method={m}"]])]
+
+
+def restrictions(items: list[str]) -> dict[str, list[str]]:
+    """--baseline-only's METHOD=DATASETS items as {method: [datasets]}; an unknown method or dataset is an error."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        method, _, names = item.partition("=")
+        unknown = [x for x in [method] if x not in baselines()] + [d for d in names.split(",") if d not in FOLDERS]
+        if not names or unknown:
+            raise SystemExit(f"uci_suite: --baseline-only {item!r}: want METHOD=DATASETS with METHOD one of "
+                             f"{', '.join(baselines())} and datasets among {', '.join(FOLDERS)}")
+        out[method] = names.split(",")
+    return out
 
 
 def ensemble_able(method: str) -> bool:
@@ -148,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every job (e.g. loop.max_epochs=2)")
     ap.add_argument("--baselines", action="store_true", help="a third stage: the non-network baselines (ngboost, catboost, gp)")
     ap.add_argument("--baseline-datasets", default=",".join(FOLDERS), help="the datasets of the --baselines stage")
+    ap.add_argument("--baseline-only", nargs="*", default=[], metavar="METHOD=DATASETS",
+                    help="run that baseline on these datasets only (e.g. ngboost=boston,yacht: its cost grows with the rows)")
     ap.add_argument("--gap", action="store_true", help="a further stage: gap splits (Foong et al. 2019) for --gap-methods")
     ap.add_argument("--gap-methods", default=GAP_METHODS)
     ap.add_argument("--gap-datasets", default=GAP_DATASETS)
@@ -175,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.recalibrate and args.recalibrated:
         variants += [[f"method={m}", f"recalibrate={r}"] for m in args.recalibrated.split(",") for r in args.recalibrate.split(",")]
     chosen = {d: n for d, n in splits.items() if d in args.baseline_datasets.split(",")}
-    extra_stage = baseline_jobs(chosen, args.root) if args.baselines else []
+    extra_stage = baseline_jobs(chosen, args.root, restrictions(args.baseline_only)) if args.baselines else []
     gap_datasets = [d for d in args.gap_datasets.split(",") if d in datasets] if args.gap else []
     gap_size = len(gap_jobs(gap_datasets, args.gap_methods.split(","), args.root, {}))
     total = suite_total(splits, variants) + len(extra_stage) + gap_size  # one count and one ETA over every stage

@@ -201,6 +201,11 @@ def test_uci_suite_baselines_stage_lists_every_split_and_the_gp_where_it_fits():
     methods = [(j[0], j[1], j[2]) for j in listed]
     assert methods == [("experiment=uci_yacht", f"method={m}", f"dataset.split={s}") for m in baselines() for s in (0, 1)] \
         + [("experiment=uci_kin8nm", f"method={m}", "dataset.split=0") for m in baselines() if m != "gp"]
+    only = uci_suite.baseline_jobs({"yacht": 1, "kin8nm": 1}, str(UCI_ROOT), uci_suite.restrictions(["ngboost=yacht"]))
+    assert [(j[0], j[1]) for j in only] == [("experiment=uci_yacht", f"method={m}") for m in baselines()] \
+        + [("experiment=uci_kin8nm", "method=catboost")]
+    with pytest.raises(SystemExit, match="--baseline-only 'ngboost=atlantis'"):
+        uci_suite.restrictions(["ngboost=atlantis"])
     assert not any(m in uci_suite.SINGLE for m in baselines())
 
 
