@@ -15,7 +15,7 @@ from densbench.evaluation.ensemble import uniform_mixture
 from densbench.methods import method_of
 from densbench.runs.checks import check_config
 from densbench.runs.execution import JobSpec, run_group, run_job
-from densbench.training.dropout import keep_mask
+from densbench.training.dropout import Masks, keep_mask
 from densbench.training.networks import MLP
 from test_stacked import F64, _numbers
 from test_uci import UCI_ROOT, needs_layout
@@ -28,6 +28,36 @@ def test_masks_drop_the_rate_and_rescale_the_kept_units():
     assert abs(dropped - 0.3) < 0.005  # 200,000 draws: 4.5 standard errors
     assert set(mask[0].unique().tolist()) == {0.0, 1 / 0.7}
     assert bool((mask[1] == 1).all())  # rate 0: every unit kept, unscaled
+
+
+def _reference_keep(seed: int, rate: float, pass_: int, layer: int, index: int) -> bool:
+    """One mask bit in Python integers: splitmix64's finaliser twice for the key, murmur3's fmix32 per element."""
+    m64, m32 = (1 << 64) - 1, (1 << 32) - 1
+
+    def mix(z):
+        z = (z + 0x9E3779B97F4A7C15) & m64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+        return z ^ (z >> 31)
+
+    z = ((mix(mix((seed * 1_000_003 + layer) & m64) ^ (pass_ & m64)) & m32) ^ index)
+    z = ((z ^ (z >> 16)) * 0x85EBCA6B) & m32
+    z = ((z ^ (z >> 13)) * 0xC2B2AE35) & m32
+    z ^= z >> 16
+    # the top 24 bits read as a signed number, plus 2^23 (uniform on [0, 2^24)), against rate * 2^24
+    return ((z >> 8) ^ (1 << 23)) >= round(rate * (1 << 24))
+
+
+def test_mask_bits_are_the_hash_computed_in_python_integers():
+    seeds, rates, passes = torch.tensor([5, -77, 2**40 + 3]), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), torch.tensor([0, -3, 12345])
+    masks = Masks(seeds, rates, passes, layers=3, rows=7, dtype=torch.float32)
+    for layer, units in ((0, 4), (2, 6)):
+        mask = masks(layer, units)
+        assert torch.equal(mask, keep_mask(seeds, rates, passes, layer, units, 7, torch.float32))
+        for m in range(3):
+            want = [_reference_keep(int(seeds[m]), float(rates[m]), int(passes[m]), layer, i) for i in range(units * 7)]
+            assert (mask[m].reshape(-1) > 0).tolist() == want
+            assert mask[m].max().item() == pytest.approx(1 / (1 - float(rates[m])))
 
 
 def test_a_mask_depends_on_the_model_pass_and_layer_not_on_the_stack():
@@ -198,7 +228,7 @@ def test_masks_are_the_same_bits_whatever_kernels_the_cpu_dispatches_to():
     import subprocess
     import sys
 
-    code = ("import hashlib, torch; from densbench.training.dropout import keep_mask; "
+    code = ("import hashlib, torch; from densbench.training.dropout import Masks, keep_mask; "
             "m = keep_mask(torch.arange(7) * 977, torch.linspace(0, 0.5, 7, dtype=torch.float64), torch.arange(7) - 3, "
             "2, 61, 133, torch.float64); print(hashlib.sha256(m.numpy().tobytes()).hexdigest())")
     digests = set()

@@ -39,29 +39,51 @@ def _mix(z: Tensor) -> Tensor:
     return z ^ _shift(z, 31)
 
 
+class Masks:
+    """The dropout masks of one forward pass, one call per layer: mask(layer, units) -> [N, units, rows].
+
+    What depends only on the models (each layer's key, the thresholds, the scales) is computed once per
+    pass, for every layer at once: those tensors hold a few numbers each, and each of their operations
+    costs as much as one over a whole layer's mask.
+    """
+
+    def __init__(self, seeds: Tensor, rates: Tensor, passes: Tensor, layers: int, rows: int, dtype: torch.dtype) -> None:
+        n = seeds.shape[0]
+        layer = torch.arange(layers, dtype=torch.int64, device=seeds.device).view(-1, 1)
+        # one well-mixed key per (layer, model, pass) in 64 bits, of which the low 32 key the layer's elements
+        head = _mix(_mix(seeds.to(torch.int64) * 1_000_003 + layer) ^ passes.to(torch.int64))
+        self.keys = (((head & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000).to(torch.int32).view(layers, n, 1, 1)
+        self.threshold = torch.round(rates.to(torch.float64) * (1 << _BITS)).to(torch.int32).view(n, 1, 1) - (1 << (_BITS - 1))
+        self.scale = (1.0 / (1.0 - rates.to(torch.float64))).to(dtype).view(n, 1, 1)
+        self.zero = torch.zeros((), dtype=dtype, device=seeds.device)
+        self.rows = rows
+
+    def __call__(self, layer: int, units: int) -> Tensor:
+        """Inverted-dropout multipliers [N, units, rows] of layer `layer`'s input: 0 dropped, 1 / (1 - rate) kept."""
+        # per element, the layer's key xor the element's index through murmur3's 32-bit finaliser, whose top
+        # 24 bits decide: 32-bit lanes, and in place, because the masks are most of a dropout network's training time
+        z = self.keys[layer] ^ _index(units, self.rows, self.keys.device)
+        for bits, multiplier in ((16, _FMIX1), (13, _FMIX2), (16, None)):
+            z ^= _shift32(z, bits)
+            if multiplier is not None:
+                z *= multiplier
+        z >>= 32 - _BITS  # arithmetic: the top 24 bits read as a signed number, in [-2^23, 2^23)
+        return torch.where(z >= self.threshold, self.scale, self.zero)
+
+
 def keep_mask(seeds: Tensor, rates: Tensor, passes: Tensor, layer: int, units: int, rows: int, dtype: torch.dtype) -> Tensor:
     """Inverted-dropout multipliers [N, units, rows]: 0 for a dropped unit, 1 / (1 - rate) for a kept one.
 
     seeds, rates, passes: one per model ([N]); a model with rate 0 keeps every unit (multiplier 1).
     """
-    n = seeds.shape[0]
-    # one well-mixed key per (model, pass, layer) in 64 bits; per element, the key xor the element's index
-    # through murmur3's 32-bit finaliser, whose top 24 bits decide: 32-bit lanes, because the masks are
-    # most of a dropout network's training time
-    head = _mix(_mix(seeds.to(torch.int64) * 1_000_003 + layer) ^ passes.to(torch.int64))
-    z = (((head & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000).to(torch.int32).view(n, 1, 1) ^ _index(units, rows, seeds.device)
-    z = (z ^ _shift32(z, 16)) * _FMIX1
-    z = (z ^ _shift32(z, 13)) * _FMIX2
-    z = z ^ _shift32(z, 16)
-    # z >> 8 (arithmetic) is the top 24 bits read as a signed number, in [-2^23, 2^23)
-    threshold = torch.round(rates.to(torch.float64) * (1 << _BITS)).to(torch.int32).view(n, 1, 1) - (1 << (_BITS - 1))
-    scale = (1.0 / (1.0 - rates.to(torch.float64))).to(dtype).view(n, 1, 1)
-    return torch.where((z >> (32 - _BITS)) >= threshold, scale, torch.zeros((), dtype=dtype, device=z.device))
+    return Masks(seeds, rates, passes, layer + 1, rows, dtype)(layer, units)
 
 
 def _shift32(z: Tensor, bits: int) -> Tensor:
-    """Logical right shift of int32."""
-    return (z >> bits) & ((1 << (32 - bits)) - 1)
+    """Logical right shift of int32 (a new tensor)."""
+    out = z >> bits
+    out &= (1 << (32 - bits)) - 1
+    return out
 
 
 @lru_cache(maxsize=8)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from densbench.distributions.families import Family
-from densbench.training.dropout import keep_mask
+from densbench.training.dropout import Masks
 
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 
@@ -105,8 +105,7 @@ class MLP(nn.Module):
         if self.training:
             passes = calls.clone()
             self.dropout_calls += 1
-        rows, dtype = x.shape[-1], x.dtype
-        return lambda layer, units: keep_mask(seeds, rates, passes, layer, units, rows, dtype)
+        return Masks(seeds, rates, passes, len(self.layers) + 1, x.shape[-1], x.dtype)
 
 
 class Head(nn.Module):
