@@ -194,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.recalibrate and args.recalibrated:
         variants += [[f"method={m}", f"recalibrate={r}"] for m in args.recalibrated.split(",") for r in args.recalibrate.split(",")]
     chosen = {d: n for d, n in splits.items() if d in args.baseline_datasets.split(",")}
-    extra_stage = baseline_jobs(chosen, args.root, restrictions(args.baseline_only)) if args.baselines else []
+    only = restrictions(args.baseline_only)
+    if only and not args.baselines:
+        ap.error("--baseline-only restricts the baselines stage: add --baselines")
+    dropped = sorted({d for names in only.values() for d in names} - set(chosen))
+    if dropped:
+        ap.error(f"--baseline-only names {', '.join(dropped)}, not among --baseline-datasets ({', '.join(chosen)})")
+    extra_stage = baseline_jobs(chosen, args.root, only) if args.baselines else []
     gap_datasets = [d for d in args.gap_datasets.split(",") if d in datasets] if args.gap else []
     gap_size = len(gap_jobs(gap_datasets, args.gap_methods.split(","), args.root, {}))
     total = suite_total(splits, variants) + len(extra_stage) + gap_size  # one count and one ETA over every stage

@@ -204,8 +204,11 @@ def test_uci_suite_baselines_stage_lists_every_split_and_the_gp_where_it_fits():
     only = uci_suite.baseline_jobs({"yacht": 1, "kin8nm": 1}, str(UCI_ROOT), uci_suite.restrictions(["ngboost=yacht"]))
     assert [(j[0], j[1]) for j in only] == [("experiment=uci_yacht", f"method={m}") for m in baselines()] \
         + [("experiment=uci_kin8nm", "method=catboost")]
-    with pytest.raises(SystemExit, match="--baseline-only 'ngboost=atlantis'"):
-        uci_suite.restrictions(["ngboost=atlantis"])
+    for bad in ("ngboost=atlantis", "xgboost=yacht", "ngboost="):
+        with pytest.raises(SystemExit, match=f"--baseline-only '{bad}'"):
+            uci_suite.restrictions([bad])
+    with pytest.raises(SystemExit):  # without the stage it restricts: argparse's one-line error, before any work
+        uci_suite.main(["--root", str(UCI_ROOT), "--datasets", "yacht", "--baseline-only", "ngboost=yacht"])
     assert not any(m in uci_suite.SINGLE for m in baselines())
 
 
