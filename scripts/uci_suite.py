@@ -79,13 +79,12 @@ def baseline_jobs(splits: dict[str, int], root: str, only: dict[str, list[str]] 
 
 def restrictions(items: list[str]) -> dict[str, list[str]]:
     """--baseline-only's METHOD=DATASETS items as {method: [datasets]}; an unknown method or dataset is an error."""
-    out: dict[str, list[str]] = {}
+    known, out = baselines(), {}
     for item in items:
         method, _, names = item.partition("=")
-        unknown = [x for x in [method] if x not in baselines()] + [d for d in names.split(",") if d not in FOLDERS]
-        if not names or unknown:
+        if method not in known or not names or any(d not in FOLDERS for d in names.split(",")):
             raise SystemExit(f"uci_suite: --baseline-only {item!r}: want METHOD=DATASETS with METHOD one of "
-                             f"{', '.join(baselines())} and datasets among {', '.join(FOLDERS)}")
+                             f"{', '.join(known)} and datasets among {', '.join(FOLDERS)}")
         out[method] = names.split(",")
     return out
 

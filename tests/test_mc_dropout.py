@@ -53,7 +53,6 @@ def test_mask_bits_are_the_hash_computed_in_python_integers():
     masks = Masks(seeds, rates, passes, layers=3, rows=7, dtype=torch.float32)
     for layer, units in ((0, 4), (2, 6)):
         mask = masks(layer, units)
-        assert torch.equal(mask, keep_mask(seeds, rates, passes, layer, units, 7, torch.float32))
         for m in range(3):
             want = [_reference_keep(int(seeds[m]), float(rates[m]), int(passes[m]), layer, i) for i in range(units * 7)]
             assert (mask[m].reshape(-1) > 0).tolist() == want
@@ -228,7 +227,7 @@ def test_masks_are_the_same_bits_whatever_kernels_the_cpu_dispatches_to():
     import subprocess
     import sys
 
-    code = ("import hashlib, torch; from densbench.training.dropout import Masks, keep_mask; "
+    code = ("import hashlib, torch; from densbench.training.dropout import keep_mask; "
             "m = keep_mask(torch.arange(7) * 977, torch.linspace(0, 0.5, 7, dtype=torch.float64), torch.arange(7) - 3, "
             "2, 61, 133, torch.float64); print(hashlib.sha256(m.numpy().tobytes()).hexdigest())")
     digests = set()
