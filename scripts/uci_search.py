@@ -6,7 +6,9 @@ on a grid of learning rates, batch sizes and epoch budgets, on the first splits,
 carved from the training rows (as large as the validation set), the validation set that chooses the
 best epoch within the budget from the rest. A setting is scored by its mean stand-in NLL
 over the splits; the best one per dataset is what the suite uses for every method on that dataset
-(the experiment configs hold it).
+(the experiment configs hold it). With --method, the same search tunes another method on its own: the
+chosen settings go to conf/settings/<method>/<dataset>.yaml, which that method then trains with in place
+of the shared ones (its record: reports/uci_search_<method>.md).
 
 The budgets are the protocol's epochs (n_epochs.txt) times each of --epoch-factors, on the datasets
 of --long-datasets (the small ones, where ten times the protocol costs about what the protocol costs
@@ -15,6 +17,7 @@ on kin8nm); the others keep the protocol's epochs.
     python scripts/uci_search.py                 # the search; reports/uci_search.{md,json}
     python scripts/uci_search.py --write         # ... and write the chosen settings into conf/experiment
     python scripts/uci_search.py --datasets yacht,boston --splits 0 --lrs 0.01 --batches 32  # a slice
+    python scripts/uci_search.py --method student_t --write   # student_t's own settings (conf/settings)
 
 The protocol's width is not searched (n_hidden.txt); weight decay stays at the protocol's 1e-3.
 """
@@ -39,12 +42,13 @@ from densbench.data.uci import FOLDERS, ROOT_VARIABLE, protocol
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = list(FOLDERS)
 MARK = "# chosen by scripts/uci_search.py"
+BASE = "gaussian_nll"  # the method whose settings every method shares (conf/experiment)
 LONG = "boston,concrete,energy,wine,yacht"  # at most 1,600 rows each
 EPOCH_FACTORS = (1, 10)
 Setting = tuple[float, int, int]  # learning rate, batch size, epoch budget
 
 
-def sweep_command(grids: dict[str, list[Setting]], splits: list[int], sweep_dir: Path) -> list[str]:
+def sweep_command(grids: dict[str, list[Setting]], splits: list[int], sweep_dir: Path, method: str = BASE) -> list[str]:
     """The one multirun that trains every grid point of every dataset (stacked over splits).
 
     The grid points are listed (hydra/sweeper=list, written beside the runs as grid.json), so the
@@ -54,9 +58,10 @@ def sweep_command(grids: dict[str, list[Setting]], splits: list[int], sweep_dir:
             for d, points in grids.items() for lr, b, e in points]
     (sweep_dir / "grid.json").write_text(json.dumps(grid, indent=0) + "\n")
     return [sys.executable, "-m", "densbench", "-m", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={sweep_dir / 'grid.json'}",
-            "method=gaussian_nll",
+            f"method={method}",
             "++dataset.tuning=true",  # ++: the master config, before a listed experiment picks the dataset, lacks the key
-            "dataset.split=" + ",".join(map(str, splits)),
+            # several splits are a sweep (stacked); one is an override of the master config, so ++ as above
+            ("dataset.split=" if len(splits) > 1 else "++dataset.split=") + ",".join(map(str, splits)),
             "launcher=stacked", "hydra.launcher.workers=auto", "resume=false", "report.enabled=false", "logger=none",
             f"hydra.sweep.dir={sweep_dir}"]
 
@@ -107,18 +112,31 @@ def write_choice(dataset: str, setting: Setting, conf: Path = ROOT / "conf" / "e
     return path
 
 
+def write_settings(method: str, dataset: str, setting: Setting, record: str, conf: Path = ROOT / "conf" / "settings") -> Path:
+    """Write one method's chosen settings on one dataset to settings/<method>/<dataset>.yaml (Hydra's settings group)."""
+    lr, batch, epochs = setting
+    path = conf / method / f"{dataset}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# @package _global_\n# {method} on {dataset}: {MARK[2:]} --method {method} ({record}); the rest\n"
+                    f"# of its training is the dataset's (conf/experiment/uci_{dataset}.yaml)\n"
+                    f"optimizer:\n  lr: {lr}\nloop:\n  batch_size: {batch}\n  max_epochs: {epochs}\n")
+    return path
+
+
 def report(found: dict, chosen: dict, splits: list[int], seconds: float, command: list[str],
-           factors: list[int], long: set[str]) -> str:
+           factors: list[int], long: set[str], method: str = BASE) -> str:
     """The search as Markdown: every grid point's stand-in NLL per dataset, the chosen one in bold."""
     longer = " or ".join(f"{f} times" for f in factors if f != 1)
     budgets = f"the protocol's epochs, or {longer} them on {', '.join(sorted(long))}" if longer and long else "the protocol's epochs"
-    lines = ["# UCI optimiser search", "",
-             "Base method: mean-variance Gaussian NLL, the UCI protocol's width. Every run is in "
+    tuned = "Base method: mean-variance Gaussian NLL" if method == BASE else f"Method: {method}"
+    lines = ["# UCI optimiser search" + ("" if method == BASE else f": {method}"), "",
+             f"{tuned}, the UCI protocol's width. Every run is in "
              "tuning mode (`dataset.tuning=true`): the published test rows of a split are never read; 10% of the "
              "training rows stand in as a test set and 10% of the rest choose the epoch within the budget "
              f"({budgets}). Score: mean stand-in "
-             f"NLL, at the targets' resolution where they have one (NLL@h), over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and the suite uses it "
-             "for every method on that dataset (conf/experiment/uci_<dataset>.yaml).", "",
+             f"NLL, at the targets' resolution where they have one (NLL@h), over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and "
+             + ("the suite uses it for every method on that dataset (conf/experiment/uci_<dataset>.yaml)." if method == BASE
+                else f"{method} trains with it on that dataset (conf/settings/{method}/<dataset>.yaml)."), "",
              f"Command ({seconds:.0f} s wall): `{' '.join(command[1:])}`", ""]
     for ds in sorted(found):
         lines += [f"## {ds}", "", "| lr | batch | epochs | stand-in NLL |", "|---|---|---|---|"]
@@ -144,12 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default=str(ROOT.parent / "shared" / "uci"))
     ap.add_argument("--sweep-dir", default="multirun/uci_search")
     ap.add_argument("--out", default="reports")
-    ap.add_argument("--write", action="store_true", help="write the chosen settings into conf/experiment")
+    ap.add_argument("--method", default=BASE, help=f"the method to tune (default {BASE}, whose settings every method shares)")
+    ap.add_argument("--write", action="store_true", help="write the chosen settings into conf/experiment (conf/settings/<method> with --method)")
     args = ap.parse_args(argv)
     datasets = args.datasets.split(",")
     unknown = [d for d in datasets if d not in FOLDERS]
     if unknown:
         ap.error(f"unknown dataset(s) {', '.join(unknown)}; the UCI suite has {', '.join(DATASETS)}")
+    methods = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+    if args.method not in methods:
+        ap.error(f"unknown method {args.method!r}; conf/method has {', '.join(methods)}")
     splits = [int(s) for s in args.splits.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -157,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = Path(args.sweep_dir)
     long = set(args.long_datasets.split(",")) & set(datasets)
     grids = grid_of(datasets, lrs, batches, factors, long, Path(args.root))
-    command = sweep_command(grids, splits, sweep_dir)
+    command = sweep_command(grids, splits, sweep_dir, args.method)
     started = time.perf_counter()
     # the data folder through the environment: dataset.root cannot be set before a swept experiment picks the dataset
     proc = subprocess.run(command, env={**os.environ, ROOT_VARIABLE: args.root})
@@ -170,16 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {ds: choose(found[ds]) for ds in datasets}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "uci_search.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command, factors,
-                                              long) + "\n")
-    (out / "uci_search.json").write_text(json.dumps(
-        {"splits": splits, "seconds": seconds, "command": command[1:],
+    stem = "uci_search" if args.method == BASE else f"uci_search_{args.method}"
+    (out / f"{stem}.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command, factors,
+                                           long, args.method) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(
+        {"method": args.method, "splits": splits, "seconds": seconds, "command": command[1:],
          "chosen": {d: {"lr": lr, "batch_size": b, "max_epochs": e} for d, (lr, b, e) in chosen.items()},
          "scores": {d: {f"lr={lr:g},batch={b},epochs={e}": v for (lr, b, e), v in found[d].items()} for d in datasets}},
         indent=2) + "\n")
     for ds, setting in chosen.items():
         lr, batch, epochs = setting
-        print(f"uci_search: {ds}: lr {lr:g}, batch {batch}, epochs {epochs}" + (f" -> {write_choice(ds, setting)}" if args.write else ""))
+        if not args.write:
+            written = ""
+        elif args.method == BASE:
+            written = f" -> {write_choice(ds, setting)}"
+        else:
+            written = f" -> {write_settings(args.method, ds, setting, f'reports/{stem}.md')}"
+        print(f"uci_search: {args.method} on {ds}: lr {lr:g}, batch {batch}, epochs {epochs}{written}")
     return 0 if proc.returncode == 0 else 1
 
 

@@ -4,6 +4,7 @@ as what they are by methods and reports, and listed by scripts/uci_suite.py --ba
 
 import json
 import math
+import pickle
 import sys
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def test_light_normal_is_ngboosts_normal_without_scipy_per_instance():
     assert fits[0].best_val_loss_itr == fits[1].best_val_loss_itr and fits[0].scalings == fits[1].scalings
     np.testing.assert_allclose(fits[0].pred_dist(x).params["scale"], fits[1].pred_dist(x).params["scale"], rtol=1e-12)
     np.testing.assert_allclose(fits[0].predict(x), fits[1].predict(x), rtol=1e-12)  # the mean, through scipy's
+    again = pickle.loads(pickle.dumps(fits[0]))  # a fitted model saves and loads like ngboost's own
+    np.testing.assert_array_equal(again.predict(x), fits[0].predict(x))
 
 
 @needs_layout

@@ -237,3 +237,17 @@ def test_masks_are_the_same_bits_whatever_kernels_the_cpu_dispatches_to():
     here = keep_mask(torch.arange(7) * 977, torch.linspace(0, 0.5, 7, dtype=torch.float64), torch.arange(7) - 3, 2, 61, 133,
                      torch.float64)
     assert digests == {hashlib.sha256(here.numpy().tobytes()).hexdigest() + "\n"}
+
+
+def test_a_methods_own_settings_replace_the_datasets_only_where_it_has_a_file():
+    def budget(*overrides):
+        cfg = make_cfg(*overrides)
+        return cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.loop.batch_size, cfg.loop.max_epochs
+
+    shared = budget("experiment=uci_concrete", "method=gaussian_nll")
+    assert shared == (0.03, 1e-3, 32, 40)  # conf/experiment/uci_concrete.yaml, for every method without its own file
+    assert budget("experiment=uci_concrete", "method=mc_dropout") == (1e-3, 0.0, 32, 400)  # conf/settings/mc_dropout
+    assert budget("experiment=uci_concrete", "method=mc_dropout", "~settings") == shared
+    assert budget("experiment=uci_concrete", "method=mc_dropout", "loop.max_epochs=7")[3] == 7  # the command line wins
+    kin8nm = budget("experiment=uci_kin8nm", "method=gaussian_nll")
+    assert budget("experiment=uci_kin8nm", "method=mc_dropout") == kin8nm  # no file for kin8nm

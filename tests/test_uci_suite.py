@@ -11,12 +11,14 @@ import sys
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import REPO, make_cfg
 from densbench.report import uci as uci_report
 from densbench.data.datasets import load
 from densbench.errors import ConfigError
 from densbench.methods import method_of, recipes
+from densbench.results import read_result
 from densbench.runs.labels import labels
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -205,3 +207,30 @@ def test_discrete_targets_are_recognised_from_the_data_the_runs_read():
     assert (wine["rows"], wine["distinct"], wine["on_atoms"]) == (1599, 6, 1.0)  # quality scores 3..8
     assert yacht["on_atoms"] < uci_report.ATOM_SHARE
     assert uci_report.target_atoms([{"provenance": {"data_source": "synthetic hetero_sine"}}]) is None
+
+
+@pytest.mark.slow
+@needs_layout
+def test_the_search_tunes_one_method_on_its_own_and_writes_its_settings_file(tmp_path, monkeypatch):
+    written, original = {}, uci_search.write_settings
+    monkeypatch.setattr(uci_search, "write_settings",  # into a scratch conf/settings, not the repository's
+                        lambda method, ds, setting, record: written.setdefault(
+                            (method, ds), original(method, ds, setting, record, tmp_path / "settings")))
+    status = uci_search.main(["--method", "student_t", "--datasets", "yacht", "--splits", "0", "--lrs", "0.01,0.03",
+                              "--batches", "32", "--epoch-factors", "1", "--root", str(UCI_ROOT), "--write",
+                              "--sweep-dir", str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
+    assert status == 0
+    record = json.loads((tmp_path / "out" / "uci_search_student_t.json").read_text())
+    runs = [read_result(p.parent) for p in (tmp_path / "sweep").glob("*/result.json")]
+    assert {r["labels"]["head"] for r in runs} == {"student_t"} and len(runs) == 2  # the method's own runs
+    best = min(runs, key=lambda r: r["metrics"].get("nll_binned") or r["metrics"]["nll"])["config"]
+    assert record["method"] == "student_t" and record["chosen"]["yacht"]["lr"] == best["optimizer"]["lr"]
+    path = written[("student_t", "yacht")]
+    assert path == tmp_path / "settings" / "student_t" / "yacht.yaml"
+    assert path.read_text().startswith("# @package _global_\n") and "reports/uci_search_student_t.md" in path.read_text()
+    loaded = OmegaConf.load(path)
+    assert (loaded.optimizer.lr, loaded.loop.batch_size, loaded.loop.max_epochs) == (best["optimizer"]["lr"], 32, 40)
+    assert "# UCI optimiser search: student_t" in (tmp_path / "out" / "uci_search_student_t.md").read_text()
+    with pytest.raises(SystemExit):  # an unknown method is refused before any run
+        uci_search.main(["--method", "no_such", "--datasets", "yacht", "--sweep-dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -44,6 +44,8 @@ class Throttle:
     def due(self) -> bool:
         """Whether `every_s` seconds have passed since it was last done."""
         return time.monotonic() - self._last >= self.every_s
+
+
 _first_job = True
 
 

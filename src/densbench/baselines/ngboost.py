@@ -7,42 +7,14 @@ the trees up to its best validation iteration.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from densbench.baselines.common import Baseline, Fit, Rows
-from densbench.distributions.ops import HALF_LOG_2PI
 
 
-@functools.cache
 def light_normal() -> type:
-    """ngboost's Normal, the same model and natural gradient, without a frozen scipy distribution per instance."""
-    from ngboost.distns import Normal
-    from ngboost.distns.distn import RegressionDistn
-    from ngboost.distns.normal import NormalCRPScore, NormalLogScore
-    from ngboost.scores import LogScore
-
-    # ngboost builds a Normal for every line-search trial and every validation check; freezing scipy's norm in
-    # each (it rebuilds the distribution's docstrings and signatures) was over a third of a fit's time.
-    class LightNormalLogScore(NormalLogScore, LogScore):  # LogScore last: ngboost maps scores by their last base
-        def score(self, Y: np.ndarray) -> np.ndarray:
-            return 0.5 * ((Y - self.loc) / self.scale) ** 2 + self.log_scale + HALF_LOG_2PI
-
-    class LightNormal(Normal):
-        scores = [LightNormalLogScore, NormalCRPScore]
-
-        def __init__(self, params: np.ndarray) -> None:
-            RegressionDistn.__init__(self, params)
-            self.loc, self.log_scale = params[0], params[1]
-            self.scale = np.exp(params[1])
-            self.var = self.scale**2
-
-        @functools.cached_property
-        def dist(self):  # scipy's norm, for the few callers that ask for it (pred_dist(...).logpdf)
-            from scipy.stats import norm
-
-            return norm(loc=self.loc, scale=self.scale)
+    """ngboost's Normal without a frozen scipy distribution per instance (densbench.baselines.ngboost_normal)."""
+    from densbench.baselines.ngboost_normal import LightNormal
 
     return LightNormal
 
