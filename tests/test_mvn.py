@@ -112,13 +112,13 @@ def test_the_joint_90_percent_ellipsoid_covers_90_percent_of_draws_from_the_pred
     torch.manual_seed(0)
     fam = MultivariateGaussian(targets=3)
     with torch.no_grad():
-        dist = fam.distribution({k: v[0] for k, v in _raw(fam, n=20000, seed=5).items()})
+        dist = fam.distribution({k: v[0] for k, v in _raw(fam, n=5000, seed=5).items()})
         y = dist.sample()
         metric = mv.MultivariateMetrics(3)
         metric.update(dist, y)
         out = metric.compute()
-    # binomial standard error sqrt(0.09 / 20000) = 0.0021
-    assert abs(float(out["coverage90_ellipsoid"]) - 0.9) < 0.01
+    # binomial standard error sqrt(0.09 / 5000) = 0.0042: three of them (the energy score's draws make more rows slow)
+    assert abs(float(out["coverage90_ellipsoid"]) - 0.9) < 0.0127
     torch.testing.assert_close(out["nll_marginal_sum"], sum(out[f"nll_target{i}"] for i in range(3)))
 
 
