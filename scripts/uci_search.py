@@ -35,6 +35,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from densbench.methods import recipes
 from densbench.report.leaderboard import mean_se
 from densbench.results import read_result
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE, protocol
@@ -169,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in datasets if d not in FOLDERS]
     if unknown:
         ap.error(f"unknown dataset(s) {', '.join(unknown)}; the UCI suite has {', '.join(DATASETS)}")
-    methods = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+    methods = recipes()  # the network methods of conf/method
     if args.method not in methods:
-        ap.error(f"unknown method {args.method!r}; conf/method has {', '.join(methods)}")
+        ap.error(f"--method {args.method!r} is not a network method of conf/method (a baseline has no optimiser to "
+                 f"tune); they are {', '.join(sorted(methods))}")
     splits = [int(s) for s in args.splits.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     batches = [int(b) for b in args.batches.split(",")]

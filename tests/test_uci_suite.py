@@ -231,6 +231,7 @@ def test_the_search_tunes_one_method_on_its_own_and_writes_its_settings_file(tmp
     loaded = OmegaConf.load(path)
     assert (loaded.optimizer.lr, loaded.loop.batch_size, loaded.loop.max_epochs) == (best["optimizer"]["lr"], 32, 40)
     assert "# UCI optimiser search: student_t" in (tmp_path / "out" / "uci_search_student_t.md").read_text()
-    with pytest.raises(SystemExit):  # an unknown method is refused before any run
-        uci_search.main(["--method", "no_such", "--datasets", "yacht", "--sweep-dir", str(tmp_path / "x")])
-    assert not (tmp_path / "x").exists()
+    for refused in ("no_such", "ngboost"):  # an unknown method, or a baseline (no optimiser), is refused before any run
+        with pytest.raises(SystemExit):
+            uci_search.main(["--method", refused, "--datasets", "yacht", "--sweep-dir", str(tmp_path / refused)])
+        assert not (tmp_path / refused).exists()
