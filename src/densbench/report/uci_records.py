@@ -36,8 +36,9 @@ def reproduction_section(found: dict, datasets: list[str]) -> list[str]:
             f"{'T = ' + ' or '.join(sorted(passes, key=int)) if passes else 'T'} passes) against the published MCD 2016 test NLL; agreement: the difference within two combined "
             "standard errors. Differences from their protocol: the epoch is chosen on 10% of the training rows (they "
             "train their whole budget on all of them after the grid search). The budget column is Adam's learning rate, "
-            "the weight decay, the batch and the epochs: their published code's (1e-3, none, 32, 400) where "
-            "conf/settings/mc_dropout has the dataset, else the one every densbench method uses on it (conf/experiment).", "",
+            "the weight decay, the batch and the epochs as the runs' configs record them: their published code's "
+            "(conf/settings/mc_dropout/gal2016.yaml) where conf/settings/mc_dropout has a file for the dataset, else the "
+            "one every densbench method uses on it (conf/experiment).", "",
             "| dataset | budget | densbench NLL | MCD 2016 NLL | difference | 2 SE | agrees | densbench RMSE | MCD 2016 RMSE |",
             "|---|---|---|---|---|---|---|---|---|", *rows, "",
             f"Agreement on {agree} of {len(rows)} datasets.", ""]
