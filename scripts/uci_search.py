@@ -137,7 +137,10 @@ def report(found: dict, chosen: dict, splits: list[int], seconds: float, command
              f"({budgets}). Score: mean stand-in "
              f"NLL, at the targets' resolution where they have one (NLL@h), over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and "
              + ("the suite uses it for every method on that dataset (conf/experiment/uci_<dataset>.yaml)." if method == BASE
-                else f"{method} trains with it on that dataset (conf/settings/{method}/<dataset>.yaml)."), "",
+                else f"{method} trains with it on that dataset (conf/settings/{method}/<dataset>.yaml).")
+             + " The rows held out from these splits are test rows of other published splits, so settings shared by "
+             "all 20 splits are not blind to every split's test rows (per-split choices are: the epoch, MC dropout's "
+             "rate and τ, the ensemble's members).", "",
              f"Command ({seconds:.0f} s wall): `{' '.join(command[1:])}`", ""]
     for ds in sorted(found):
         lines += [f"## {ds}", "", "| lr | batch | epochs | stand-in NLL |", "|---|---|---|---|"]

@@ -42,7 +42,8 @@ from densbench.config import config_dir
 from densbench.methods import baselines, recipes
 from densbench.report.leaderboard import mean_se
 from densbench.report.sweep import sweep_end, write_report
-from densbench.report.uci import SUITE_FILE, collect, validation_best
+from densbench.report.uci import SUITE_FILE, collect
+from densbench.report.validation_choice import validation_choices
 from densbench.report.uci_recalibration import pm
 from densbench.results import scan_results
 
@@ -106,13 +107,31 @@ def ensemble_overrides(member: str) -> list[str]:
     return ["method=ensemble", f"loss={recipes()[member].loss}", f"head={recipes()[member].head}"]
 
 
-def gap_jobs(datasets: list[str], methods: list[str], root: str, members: dict[str, str]) -> list[list[str]]:
-    """The --gap stage: each method on every gap split (one per input) of each dataset; an ensemble's members are
-    those of the dataset's ensemble on the published splits (`members`), so that its two columns compare alike."""
-    inputs = {d: len((Path(root) / FOLDERS[d] / "data" / "index_features.txt").read_text().split()) for d in datasets}
-    return [[f"experiment=uci_{d}", *(ensemble_overrides(members[d]) if m == "ensemble" and d in members else [f"method={m}"]),
-             "dataset.protocol=gap", f"dataset.split={i}"]
-            for d in datasets for m in methods for i in range(inputs[d])]
+def gap_jobs(datasets: list[str], methods: list[str], root: str) -> list[list[str]]:
+    """The --gap stage's single-model jobs: each method on every gap split (one per input) of each dataset (an
+    ensemble among `methods` trains in stage 2, with the members its split's validation rows choose)."""
+    return [[f"experiment=uci_{d}", f"method={m}", "dataset.protocol=gap", f"dataset.split={i}"]
+            for d in datasets for m in methods if m != "ensemble" for i in range(gap_splits(d, root))]
+
+
+def gap_splits(dataset: str, root: str) -> int:
+    """A dataset's number of gap splits: one per input."""
+    return len((Path(root) / FOLDERS[dataset] / "data" / "index_features.txt").read_text().split())
+
+
+def ensemble_jobs(found: dict[str, dict[str, list[dict]]], datasets: list[str], gap: bool = False) -> tuple[list[list[str]], dict]:
+    """Stage 2: per split, a 5-member deep ensemble of the single-model method with the lowest NLL on that split's own
+    validation rows (no other split's rows, some of them this split's test rows); the jobs and {dataset: {split: method}}."""
+    out, members = [], {}
+    for d in datasets:
+        choices = validation_choices({m: runs for m, runs in found.get(d, {}).items() if ensemble_able(m)})
+        if not choices:
+            print(f"uci_suite: no single-model {'gap ' if gap else ''}run of {d} finished; no ensemble for it", file=sys.stderr)
+            continue
+        members[d] = {i: m for i, (m, _) in sorted(choices.items())}
+        out += [[f"experiment=uci_{d}", *ensemble_overrides(m), *(["dataset.protocol=gap"] if gap else []), f"dataset.split={i}"]
+                for i, m in members[d].items()]
+    return out, members
 
 
 def suite_total(splits: dict[str, int], variants: list[list[str]]) -> int:
@@ -201,27 +220,22 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--baseline-only names {', '.join(dropped)}, not among --baseline-datasets ({', '.join(chosen)})")
     extra_stage = baseline_jobs(chosen, args.root, only) if args.baselines else []
     gap_datasets = [d for d in args.gap_datasets.split(",") if d in datasets] if args.gap else []
-    gap_size = len(gap_jobs(gap_datasets, args.gap_methods.split(","), args.root, {}))
-    total = suite_total(splits, variants) + len(extra_stage) + gap_size  # one count and one ETA over every stage
-    stage1 = jobs(splits, variants)
+    gap_methods = args.gap_methods.split(",")
+    gap_singles = gap_jobs(gap_datasets, gap_methods, args.root)
+    gap_ensembles = sum(gap_splits(d, args.root) for d in gap_datasets) if "ensemble" in gap_methods else 0
+    total = suite_total(splits, variants) + len(gap_singles) + gap_ensembles + len(extra_stage)  # one count and ETA
+    stage1 = jobs(splits, variants) + gap_singles  # the gap splits' single models need nothing of the published ones
     run(listed("stage1", stage1, sweep_dir, common + progress(total, 0, epoch)))
-    found = collect(scan_results(sweep_dir)[0])
-    members: dict[str, str] = {}
-    for d in datasets:
-        best = validation_best({m: runs for m, runs in found.get(d, {}).items() if ensemble_able(m)})
-        if best is None:
-            print(f"uci_suite: no single-model run of {d} finished; no ensemble for it", file=sys.stderr)
-            continue
-        members[d] = best
-    ensembles = [job for d, best in members.items() for job in jobs({d: splits[d]}, [ensemble_overrides(best)])]
+    results = scan_results(sweep_dir)[0]
+    ensembles, members = ensemble_jobs(collect(results), datasets)
+    if gap_ensembles:
+        more, gap_members = ensemble_jobs(collect(results, protocol="gap"), gap_datasets, gap=True)
+        ensembles += more
+        members.update({f"{d} (gap)": chosen for d, chosen in gap_members.items()})
     if ensembles:
         run(listed("stage2", ensembles, sweep_dir, common + progress(total, len(stage1), epoch)))
-    gap_stage = gap_jobs(gap_datasets, args.gap_methods.split(","), args.root, members)
-    if gap_stage:
-        run(listed("gap", gap_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
     if extra_stage:
-        done = len(stage1) + len(ensembles) + len(gap_stage)
-        run(listed("baselines", extra_stage, sweep_dir, common + progress(total, done, epoch)))
+        run(listed("baselines", extra_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
     stack_plan.shutdown()  # the workers' job is done; the report draws its figures on every core
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)

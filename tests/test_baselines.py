@@ -218,12 +218,13 @@ def test_uci_suite_baselines_stage_lists_every_split_and_the_gp_where_it_fits():
 
 def test_the_uci_report_tells_the_baselines_from_the_networks():
     from densbench.report import uci as uci_report
+    from densbench.report.validation_choice import validation_choices
 
     def run(method, val_nll):
-        return {"train": {"best_val_nll": val_nll}, "metrics": {"nll": val_nll}}
+        return {"labels": {"split": 0}, "train": {"best_val_nll": val_nll}, "metrics": {"nll": val_nll}}
 
     found = {"yacht": {"ngboost": [run("ngboost", -3.0)], "gaussian_nll": [run("gaussian_nll", 1.0)]}}
-    assert uci_report.validation_best(found["yacht"]) == "gaussian_nll"  # stage 2 ensembles networks only
+    assert validation_choices(found["yacht"])[0][0] == "gaussian_nll"  # stage 2 ensembles networks only
     board = uci_report.leaderboard(found, ["yacht"], ["gaussian_nll", "ngboost"])
     assert "Not networks: ngboost" in board.notes
     assert "Not networks" not in uci_report.leaderboard(found, ["yacht"], ["gaussian_nll"]).notes

@@ -201,23 +201,46 @@ def test_the_suite_lists_mc_dropout_but_never_ensembles_it_and_runs_gap_splits_p
     assert "mc_dropout" in uci_suite.DEFAULT and "evidential" in uci_suite.DEFAULT
     assert "mc_dropout_het" in uci_suite.SINGLE and "mc_dropout_het" not in uci_suite.DEFAULT
     assert not uci_suite.ensemble_able("mc_dropout") and uci_suite.ensemble_able("student_t")
-    jobs = uci_suite.gap_jobs(["yacht"], ["gaussian_nll", "ensemble"], str(UCI_ROOT), {})
+    jobs = uci_suite.gap_jobs(["yacht"], ["gaussian_nll", "ensemble"], str(UCI_ROOT))
     inputs = len((UCI_ROOT / "yacht" / "data" / "index_features.txt").read_text().split())
-    assert jobs == [["experiment=uci_yacht", f"method={m}", "dataset.protocol=gap", f"dataset.split={i}"]
-                    for m in ("gaussian_nll", "ensemble") for i in range(inputs)]
-    # the gap ensemble has the members of the dataset's ensemble on the published splits
-    chosen = uci_suite.gap_jobs(["yacht"], ["ensemble"], str(UCI_ROOT), {"yacht": "student_t"})
-    assert chosen[0] == ["experiment=uci_yacht", "method=ensemble", "loss=nll", "head=student_t", "dataset.protocol=gap",
-                         "dataset.split=0"]
+    assert uci_suite.gap_splits("yacht", str(UCI_ROOT)) == inputs
+    # the single models only: the ensembles train in stage 2, on members their gap split's validation rows choose
+    assert jobs == [["experiment=uci_yacht", "method=gaussian_nll", "dataset.protocol=gap", f"dataset.split={i}"]
+                    for i in range(inputs)]
+
+    def run(split, val_nll):
+        return {"labels": {"split": split}, "train": {"best_val_nll": val_nll}}
+
+    found = {"yacht": {"gaussian_nll": [run(0, 1.0), run(1, 2.0)], "student_t": [run(0, 1.5), run(1, 0.5)],
+                       "mc_dropout": [run(0, 0.1), run(1, 0.1)]}}  # not ensemble-able: never members
+    chosen, members = uci_suite.ensemble_jobs(found, ["yacht"], gap=True)
+    assert members == {"yacht": {0: "gaussian_nll", 1: "student_t"}}
+    assert chosen == [["experiment=uci_yacht", "method=ensemble", "loss=nll", "head=gaussian", "dataset.protocol=gap",
+                       "dataset.split=0"],
+                      ["experiment=uci_yacht", "method=ensemble", "loss=nll", "head=student_t", "dataset.protocol=gap",
+                       "dataset.split=1"]]
 
 
 def test_a_validation_choice_ranks_mc_dropout_by_the_nll_of_what_it_tests():
-    from densbench.report.uci import validation_best, validation_nll
+    from densbench.report.validation_choice import chosen_counts, validation_choices, validation_nll
 
-    mcd = {"train": {"best_val_nll": 9.0}, "chosen": {"val_nll": 1.0}}
-    plain = {"train": {"best_val_nll": 2.0}}
+    mcd = {"labels": {"split": 0}, "train": {"best_val_nll": 9.0}, "chosen": {"val_nll": 1.0}}
+    plain = {"labels": {"split": 0}, "train": {"best_val_nll": 2.0}}
     assert validation_nll(mcd) == 1.0 and validation_nll(plain) == 2.0
-    assert validation_best({"mc_dropout": [mcd], "gaussian_nll": [plain]}) == "mc_dropout"
+    assert validation_choices({"mc_dropout": [mcd], "gaussian_nll": [plain]}) == {0: ("mc_dropout", mcd)}
+    # an ensemble by its mixture's validation NLL, never by its members' mean (train.best_val_nll); only when asked
+    members = [{"val_nll": [3.0]}, {"val_nll": [4.0]}]
+    ens = {"labels": {"split": 0}, "train": {"best_val_nll": 3.5, "members": members}, "validation": {"nll": 0.5}}
+    old = {"labels": {"split": 0}, "train": {"best_val_nll": 0.1, "members": members}}  # before the mixture's was kept
+    assert validation_nll(ens) == 0.5 and validation_nll(old) is None
+    assert validation_choices({"ensemble": [ens], "mc_dropout": [mcd]})[0][0] == "mc_dropout"
+    assert validation_choices({"ensemble": [ens], "mc_dropout": [mcd]}, ensembles=True)[0][0] == "ensemble"
+    assert validation_choices({"ensemble": [old], "mc_dropout": [mcd]}, ensembles=True)[0][0] == "mc_dropout"
+    # split by split: each split's own validation rows choose, whatever the other splits' means say
+    a = [{"labels": {"split": i}, "train": {"best_val_nll": v}} for i, v in enumerate([1.0, 9.0, 1.0])]
+    b = [{"labels": {"split": i}, "train": {"best_val_nll": v}} for i, v in enumerate([2.0, 2.0, 2.0])]
+    picks = validation_choices({"a": a, "b": b})
+    assert {i: m for i, (m, _) in picks.items()} == {0: "a", 1: "b", 2: "a"} and chosen_counts(picks) == "a 2, b 1"
 
 
 def test_masks_are_the_same_bits_whatever_kernels_the_cpu_dispatches_to():

@@ -12,7 +12,7 @@ import torch
 from torch.distributions import Laplace, Normal, StudentT
 
 from densbench.data import datasets as data_mod
-from densbench.distributions import ops
+from densbench.distributions import ops, spread
 from densbench.distributions.dispatch import Unavailable
 from densbench.evaluation import recalibration
 from densbench.runs.checks import Incompatible, check_config
@@ -48,7 +48,7 @@ def test_scale_factor_gaussian_closed_form_and_search_agree():
     assert fitted.fitted()["how"] == "closed form"
     assert fitted.factor == pytest.approx(float(z2.sqrt()), rel=1e-12)
     assert fitted.factor == pytest.approx(2.0, rel=0.05)  # the predictive sigma is half the truth
-    assert ops._search_factor(dist, y) == pytest.approx(fitted.factor, rel=1e-6)
+    assert spread._search_factor(dist, y) == pytest.approx(fitted.factor, rel=1e-6)
     # the closed form is the minimum: the NLL of the rescaled predictive rises either side
     nll = lambda s: float(-Normal(dist.loc, s * dist.scale).log_prob(y).mean())  # noqa: E731
     assert nll(fitted.factor) < min(nll(fitted.factor * 0.99), nll(fitted.factor * 1.01))

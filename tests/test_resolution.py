@@ -49,6 +49,43 @@ def test_the_interval_nll_is_the_normal_mass_per_width_and_tends_to_the_density_
     assert math.isfinite(float(far)) and abs(float(far) - (40.5 + 0.5 * math.log(2 * math.pi))) < 1e-3
 
 
+def _tail_nll(sf, y: np.ndarray, h: float) -> np.ndarray:
+    """-log[(S(y - h/2) - S(y + h/2)) / h] from a survival function that keeps its digits in the upper tail."""
+    return -np.log((sf(y - h / 2) - sf(y + h / 2)) / h)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_target_far_in_a_tail_scores_its_interval_mass_not_the_density_in_its_place(dtype):
+    # a width near the scale (wine: h = 1, sd 0.6): the density at y is no stand-in for the interval's mass
+    loc, scale, h = 5.0, 0.6, 1.0
+    y = np.array([9.5, 10.0, 12.0, 7.0])
+    params = [torch.tensor(v, dtype=dtype) for v in (loc, scale)]
+    tail = _tail_nll(lambda x: stats.norm.sf(x, float(params[0]), float(params[1])), y, h)
+    yt = torch.tensor(y, dtype=torch.float64)
+    np.testing.assert_allclose(ops.interval_nll(torch.distributions.Normal(*params), yt, h).numpy(), tail, rtol=1e-9)
+    # the same Normal as a two-component mixture (an ensemble's, MC dropout's), and mirrored into the lower tail
+    mix = NormalMixture(torch.zeros(1, 2, dtype=dtype), params[0].expand(1, 2), params[1].expand(1, 2))
+    np.testing.assert_allclose(ops.interval_nll(mix, yt.unsqueeze(-1), h).squeeze(-1).numpy(), tail, rtol=1e-9)
+    mirrored = ops.interval_nll(torch.distributions.Normal(*params), 2 * float(params[0]) - yt, h)
+    np.testing.assert_allclose(mirrored.numpy(), tail, rtol=1e-9)
+    # a family without a closed form (Student-t: CDF values, then a log-density rule where they cannot resolve it)
+    df = torch.tensor(30.0, dtype=dtype)
+    far = np.array([9.5, 30.0, 60.0])
+    t_tail = _tail_nll(lambda x: stats.t.sf(x, float(df), float(params[0]), float(params[1])), far, h)
+    got = ops.interval_nll(torch.distributions.StudentT(df, *params), torch.tensor(far, dtype=torch.float64), h)
+    np.testing.assert_allclose(got.numpy(), t_tail, rtol=1e-9)
+
+
+def test_a_count_far_in_a_continuous_predictives_upper_tail_keeps_its_probability():
+    # Laplace(2, 0.5) on counts: log P(y - 1/2 < Y <= y + 1/2) = log(1/2) - (y - 1/2 - 2) / 0.5 + log(1 - e^-2) above 2
+    d = torch.distributions.Laplace(torch.tensor([2.0]), torch.tensor([0.5]))
+    y = torch.tensor([12.0, 20.0, 30.0, 80.0], dtype=torch.float64)
+    exact = math.log(0.5) - (y - 2.5) / 0.5 + math.log(1 - math.exp(-2))
+    torch.testing.assert_close(ops.binned_log_prob(d, y), exact, rtol=1e-9, atol=0)
+    # the bin of 0 holds everything below 1/2
+    assert float(ops.binned_log_prob(d, torch.tensor([0.0], dtype=torch.float64))) == pytest.approx(math.log(0.5 * math.exp(-3)))
+
+
 def test_mass_stacked_on_the_grid_lowers_the_density_nll_without_bound_but_not_the_interval_nll():
     y = torch.tensor([3.0, 5.0, 6.0, 5.0], dtype=torch.float64)
     values = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0], dtype=torch.float64)

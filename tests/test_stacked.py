@@ -130,6 +130,13 @@ def test_an_ensemble_is_scored_as_the_mixture_of_its_members(tmp_path):
         assert_same(member["val_nll"], one["curves"]["train_val_nll"])
     for name in ("nll", "crps", "rmse"):
         assert mm[name] == pytest.approx(sum(a["metrics"][name] for a in alone) / 3, rel=1e-9)
+    # its validation NLL is its mixture's on the validation rows, below the members' mean at the same epochs (Jensen)
+    # and below the best member's by at most log 3 (the mixture's density is at least a third of each member's)
+    bests = [min(h["val_nll"]) for h in res["train"]["members"]]
+    assert res["train"]["best_val_nll"] == pytest.approx(sum(bests) / 3, rel=1e-12)
+    mixture = res["validation"]["nll"]
+    assert mixture < sum(bests) / 3 and mixture <= min(bests) + math.log(3)
+    assert "validation" not in alone[0]
 
 
 def test_uniform_mixture_keeps_every_component_and_weight():

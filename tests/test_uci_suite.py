@@ -170,14 +170,21 @@ def test_the_suite_command_on_a_slice_writes_the_report_with_published_rows(tmp_
     assert suite["jobs"] == 60 + 60 and suite["wall_s"] > 0  # 3 methods and 3 recalibrations of gaussian_nll, 20 splits
     results = [json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")]
     assert all(r["status"] == "ok" and r["launcher"] == "stacked" for r in results)
-    # the ensemble's members are the single-model method with the lower mean validation NLL
-    val = {m: np.mean([r["train"]["best_val_nll"] for r in results
-                       if r["config"]["ensemble"]["members"] == 1 and method_of(r["config"], r["labels"]) == m])
-           for m in ("gaussian_nll", "student_t")}
-    assert suite["ensemble_members"] == {"yacht": min(val, key=val.get)}
+    # on each split, the ensemble's members are the single-model method with the lower NLL on that split's
+    # own validation rows, and the ensemble run there trains that method's networks
+    val = {(method_of(r["config"], r["labels"]), r["labels"]["split"]): r["train"]["best_val_nll"] for r in results
+           if r["config"]["ensemble"]["members"] == 1 and r["config"]["recalibrate"] == "none"}
+    expected = {str(i): min(("gaussian_nll", "student_t"), key=lambda m: val[(m, i)]) for i in range(20)}
+    assert suite["ensemble_members"] == {"yacht": expected}
+    ensembles = {r["labels"]["split"]: r for r in results if r["config"]["ensemble"]["members"] == 5}
+    assert all(ensembles[i]["labels"]["head"] == recipes()[expected[str(i)]].head for i in range(20))
+    assert all(r["validation"]["nll"] < r["train"]["best_val_nll"] for r in ensembles.values())  # Jensen
     rows = list(csv.DictReader(open(out / "summary.csv")))
-    assert {r["dataset"] for r in rows} == {"yacht"} and all(r["runs"] == "20" for r in rows)
-    assert sorted(r["method"] for r in rows if r["recalibrate"] == "none") == ["ensemble", "gaussian_nll", "student_t"]
+    # a row per configuration: the ensemble's 20 splits are split among its member methods' rows
+    single = [r for r in rows if r["method"] != "ensemble"]
+    assert {r["dataset"] for r in rows} == {"yacht"} and all(r["runs"] == "20" for r in single)
+    assert sum(int(r["runs"]) for r in rows if r["method"] == "ensemble") == 20
+    assert sorted(r["method"] for r in single if r["recalibrate"] == "none") == ["gaussian_nll", "student_t"]
     assert sorted((r["method"], r["recalibrate"]) for r in rows if r["recalibrate"] != "none") == [
         ("gaussian_nll", "conformal"), ("gaussian_nll", "isotonic"), ("gaussian_nll", "scale")]
     recalibrated = [r for r in results if r["config"]["recalibrate"] != "none"]

@@ -1,6 +1,7 @@
 """Operations on predictive distributions, dispatched on the distribution's type, with generic fallbacks.
 
-Each operation (``cdf``, ``icdf``, ``crps``, ``binned_log_prob``, ``quadrature``, ``rescale``) keeps a
+Each operation (``cdf``, ``icdf``, ``crps``, ``log_interval_mass``, ``binned_log_prob``, ``quadrature``, and
+``rescale`` of densbench.distributions.spread) keeps a
 registry from distribution types to closed forms, filled the way ``torch.distributions.register_kl``
 is: next to the type, by the family module that produces it (``@ops.crps.register(...)``). Types
 can be named by their dotted path ("torch.distributions.Laplace") so that family modules register
@@ -8,7 +9,8 @@ without importing torch; names are resolved on first use. Dispatch follows the c
 
 Where no closed form is registered, a generic method takes over, so a missing formula degrades a
 metric's cost or accuracy instead of failing the run: quantiles by a safeguarded Newton-bisection
-solver on the CDF, CRPS by the quantile integral, binned probabilities from CDF differences, KL by
+solver on the CDF, CRPS by the quantile integral, interval masses from CDF differences (a log-density
+rule far in a tail), KL by
 quadrature of the truth, and for discrete distributions sums of the pmf. Every such use is recorded
 (``recording_fallbacks``) so result.json can say which metrics used one.
 """
@@ -191,11 +193,46 @@ def differentiable_quantile(dist: Distribution, levels: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
+RELIABLE_MASS = 1e-10  # below this an interval's mass from two CDF values near 1 has lost its digits to rounding
+TAIL_NODES = 16  # Gauss-Legendre nodes of the log-space rule for an interval far in a tail
+
+
+def _interval_generic(dist: Distribution, lo: Tensor, hi: Tensor) -> Tensor:
+    """log P(lo < Y <= hi) from two CDF values; where they cannot resolve it (far in a tail), the log-density
+    integrated over the interval by a Gauss-Legendre rule in log space, which keeps its digits there."""
+    mass = (cdf(dist, hi) - cdf(dist, lo)).double()
+    resolved = mass > RELIABLE_MASS
+    if bool(resolved.all()):
+        return torch.log(mass)
+    note("log_interval_mass", "log-density quadrature in a tail", dist)
+    return torch.where(resolved, torch.log(mass.clamp_min(RELIABLE_MASS)), _log_quadrature(dist, lo, hi))
+
+
+def _log_quadrature(dist: Distribution, lo: Tensor, hi: Tensor) -> Tensor:
+    """log of the integral of the density over (lo, hi], by TAIL_NODES-point Gauss-Legendre on log f (a point
+    outside the support counts as no mass)."""
+    import numpy as np
+
+    nodes, weights = np.polynomial.legendre.leggauss(TAIL_NODES)
+    lo, hi = torch.broadcast_tensors(lo.double(), hi.double())
+    t = torch.as_tensor(nodes, dtype=torch.float64, device=lo.device).view(-1, *([1] * lo.dim()))
+    x = (lo + hi) / 2 + t * (hi - lo) / 2  # [Q, *shape]
+    log_f = dist.log_prob(x).double().nan_to_num(-math.inf, posinf=math.inf, neginf=-math.inf)
+    log_w = torch.log(torch.as_tensor(weights, dtype=torch.float64, device=lo.device)).view_as(t)
+    return torch.logsumexp(log_f + log_w, 0) + torch.log((hi - lo) / 2)
+
+
+log_interval_mass = Operation("log_interval_mass", _interval_generic)
+log_interval_mass.__doc__ = """log P(lo < Y <= hi) for a continuous predictive, accurate far in either tail (closed
+forms registered where a family has one: Normal and its mixtures through log_ndtr)."""
+
+
 def _binned_generic(dist: Distribution, y: Tensor) -> Tensor:
     note("binned_log_prob", "cdf differences", dist)
-    upper = cdf(dist, y + 0.5).double()
-    lower = torch.where(y <= 0, torch.zeros_like(upper), cdf(dist, y - 0.5).double())
-    return torch.log((upper - lower).clamp_min(0))
+    y = y.double()
+    # everything below 1/2 goes to 0: that bin's mass is F(1/2), which has no upper tail to lose digits in
+    zero = torch.log(cdf(dist, torch.full_like(y, 0.5)).double())
+    return torch.where(y <= 0, zero, log_interval_mass(dist, y - 0.5, y + 0.5))
 
 
 binned_log_prob = Operation("binned_log_prob", _binned_generic)
@@ -219,23 +256,14 @@ def target_log_prob(dist: Distribution, y: Tensor, task: str) -> Tensor:
     return dist.log_prob(y)
 
 
-RELIABLE_MASS = 1e-10  # below this an interval's mass from two CDF values near 1 has lost its digits to rounding
-
-
 def interval_nll(dist: Distribution, y: Tensor, h: float | Tensor) -> Tensor:
     """-log[(F(y + h/2) - F(y - h/2)) / h]: the NLL per unit width of the interval of width h around y, which a
-    target recorded to resolution h really tells (>= log h, where a density's NLL is unbounded below).
-
-    Where the mass is too small for two CDF values to resolve, the density at y stands for it (the two agree
-    for a predictive smooth at scale h, the only way a mass that small arises), capped at that small mass.
-    """
+    target recorded to resolution h really tells (>= log h, where a density's NLL is unbounded below); the
+    mass in log space (log_interval_mass), so a target far in a tail scores its true, large NLL."""
     y = y.double()
     # h: one width, or one per entry broadcasting against y (a stack's models, each its own job's)
     log_h = math.log(h) if isinstance(h, (int, float)) else torch.log(torch.as_tensor(h, dtype=torch.float64, device=y.device))
-    mass = (cdf(dist, y + h / 2) - cdf(dist, y - h / 2)).double()
-    smooth = torch.clamp(dist.log_prob(y.to(dist.mean.dtype)).double() + log_h, max=math.log(RELIABLE_MASS))
-    log_mass = torch.where(mass > RELIABLE_MASS, torch.log(mass.clamp_min(RELIABLE_MASS)), smooth)
-    return log_h - log_mass
+    return log_h - log_interval_mass(dist, y - h / 2, y + h / 2)
 
 
 def pit(dist: Distribution, y: Tensor, u: Tensor | None = None, counts: bool = False) -> Tensor:
@@ -320,66 +348,8 @@ def kl_to_truth(truth: Distribution, pred: Distribution) -> Tensor:
     return torch.where(w > 0, w * log_ratio, torch.zeros_like(w)).sum(0)
 
 
-# ------------------------------------------------------------------------------------------------
-# Spread: location-scale parameters, and the spread multiplied by a factor (post-hoc recalibration)
-# ------------------------------------------------------------------------------------------------
-
-
-def location_scale(dist: Distribution) -> tuple[Tensor, Tensor] | None:
-    """(loc, scale) of a location-scale distribution on the real line (Normal, Laplace, Student-t), else None.
-
-    Read from the parametrisation: a real-support distribution whose arguments include loc and scale
-    (a mixture's batch-shaped loc would be its components', so mixtures are excluded).
-    """
-    args = getattr(dist, "arg_constraints", {})
-    if isinstance(dist, D.MixtureSameFamily) or "loc" not in args or "scale" not in args:
-        return None
-    if dist.support is not D.constraints.real:
-        return None
-    return dist.loc, dist.scale
-
-
-def _rescale_generic(dist: Distribution, factor: float) -> Distribution:
-    if location_scale(dist) is None:
-        raise Unavailable(f"no rescale for {type(dist).__name__}: it is neither location-scale nor a registered mixture")
-    params = {name: getattr(dist, name) for name in dist.arg_constraints}
-    params["scale"] = params["scale"] * factor
-    return type(dist)(**params, validate_args=False)
-
-
-rescale = Operation("rescale", _rescale_generic)
-rescale.__doc__ = """The same distribution with its spread multiplied by `factor`: sigma -> factor * sigma for
-location-scale families, every component's for mixtures (weights and locations unchanged)."""
-
-
-def _nll(dist: Distribution, y: Tensor, factor: float) -> float:
-    return float(-rescale(dist, factor).log_prob(y).double().mean())
-
-
-def _search_factor(dist: Distribution, y: Tensor) -> float:
-    """The spread factor with the lowest NLL: a grid over log s in [-5, 5], then golden sections around its best."""
-    grid = [-5 + 0.1 * i for i in range(101)]
-    values = [_nll(dist, y, math.exp(t)) for t in grid]
-    best = min(range(len(grid)), key=lambda i: (not math.isfinite(values[i]), values[i]))
-    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    g = (math.sqrt(5) - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = _nll(dist, y, math.exp(a)), _nll(dist, y, math.exp(b))
-    for _ in range(40):  # the bracket shrinks to 0.2 * 0.618^40, far below float resolution
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = _nll(dist, y, math.exp(a))
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = _nll(dist, y, math.exp(b))
-    return math.exp((lo + hi) / 2)
-
-
-spread_factor = Operation("spread_factor", _search_factor)
-spread_factor.__doc__ = "The factor s on the predictive spread that minimises the mean NLL of targets y."
-
+# the spread operations (recalibration's) live in their own module; families register on them as ops.rescale
+from densbench.distributions.spread import location_scale, rescale, spread_factor  # noqa: E402, F401
 
 # ------------------------------------------------------------------------------------------------
 # Shared closed-form pieces

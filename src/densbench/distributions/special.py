@@ -59,10 +59,15 @@ def needs_grad(*tensors: Tensor) -> bool:
 
 
 def scipy_apply(fn: Any, *args: Tensor) -> Tensor:
-    """A SciPy ufunc on tensors (broadcast, in float64 on the CPU), returned in the first tensor's dtype and device."""
+    """A SciPy ufunc on tensors (broadcast, in float64 on the CPU), returned on the first tensor's device in the
+    widest floating dtype among them (float32 parameters at float64 points keep the float64 result's digits)."""
     args = torch.broadcast_tensors(*(torch.as_tensor(a) for a in args))
     out = fn(*(a.detach().to("cpu", torch.float64).numpy() for a in args))
-    return torch.from_numpy(out).to(device=args[0].device, dtype=args[0].dtype if args[0].is_floating_point() else torch.float64)
+    floats = [a.dtype for a in args if a.is_floating_point()]
+    dtype = torch.float64 if not floats else floats[0]
+    for other in floats[1:]:
+        dtype = torch.promote_types(dtype, other)
+    return torch.from_numpy(out).to(device=args[0].device, dtype=dtype)
 
 
 def betainc(a: Tensor, b: Tensor, x: Tensor, max_iter: int = 500) -> Tensor:

@@ -15,7 +15,9 @@ class Source(NamedTuple):
 
 SOURCES = (
     Source("PBP", "HL&A 2015: 40 epochs (protein 20), no model selection, the published splits", True),
-    Source("MCD 2016", "Gal & Ghahramani 2016: 40 epochs (protein 20), dropout and τ by validation, the published splits", True),
+    Source("MCD 2016", "Gal & Ghahramani 2016: their published code trains 400 epochs (10x the 40 of HL&A's "
+                       "protocol), Adam, batch 32; τ and the dropout rate by Bayesian optimisation (the paper's account); "
+                       "the published splits", True),
     Source("MCD 2018", "MC-dropout repository rerun: 4000 epochs, batch 128, dropout and τ by grid search on an "
                        "inner 80/20 split, the published splits", True),
     Source("Deep Ens.", "Lakshminarayanan et al. 2017: 5 nets with adversarial training, 40 epochs (protein 20), "

@@ -66,6 +66,9 @@ def job_outcome(spec: JobSpec, j: int, b: Built, signals: JobSignals, clock: Job
         out["metrics_members"] = module.member_results[j]
     if module.choices[j] is not None:
         out["chosen"] = chosen_record(module, j)
+    if module.mixture_val_nll[j] is not None:
+        out["validation"] = {"nll": module.mixture_val_nll[j], "of": "the members' uniform mixture, each at its selected epoch",
+                             "on": "validation rows"}
     if b.trainer.is_global_zero:
         _write_files(spec, j, b, out, steps, signals, clock)
     out["trivial"] = trivial_scores(data)

@@ -36,3 +36,9 @@ class Job:
     def ensemble(self) -> bool:
         """Whether its models are an ensemble's members (scored as their mixture), not candidates."""
         return len(self.models) > 1 and not self.choose
+
+    @property
+    def sees_validation(self) -> bool:
+        """Whether its validation rows come before its test rows in the test loop: to fit its recalibration, to
+        choose a candidate, or to score an ensemble's mixture where no single model's selection has."""
+        return self.recalibration.active or self.chooses or self.ensemble

@@ -25,7 +25,7 @@ from densbench.training.flat_params import FlatParameters
 from densbench.training.batches import Chunk, EvalBatch, Stack
 from densbench.training.engine import EngineState, Selection, run_chunk
 from densbench.training.jobs import Job
-from densbench.evaluation.metrics import COVERAGES, ModelScores, PredictiveMetrics
+from densbench.evaluation.metrics import COVERAGES, ModelScores, PredictiveMetrics, validation_nll
 from densbench.evaluation.multivariate import JointModelScores, MultivariateMetrics
 from densbench.training.dropout import stochastic_passes
 from densbench.training.networks import Head
@@ -92,6 +92,7 @@ class DensityModule(pl.LightningModule):
         self.test_samples = 0
         self.mc_samples = int(getattr(backbone, "mc_samples", 0))  # MC dropout: evaluation averages this many passes
         self.choices: list[candidates.Choice | None] = [None for _ in jobs]
+        self.mixture_val_nll: list[float | None] = [None for _ in jobs]  # an ensemble's, as tested (score_mixture)
 
     # ------------------------------------------------------------------ parts
     def forward(self, x: Tensor, models: Tensor | None = None, passes: Tensor | None = None) -> dict[str, Tensor]:
@@ -142,6 +143,13 @@ class DensityModule(pl.LightningModule):
         count = len(j.models) if j.choose else 1
         self.choices[job] = candidates.choose(lambda i, noise: self.candidate(job, passes, i, noise), count, j.noise_grid, y,
                                               j.resolution)
+
+    def score_mixture(self, job: int, x: Tensor, y: Tensor) -> None:
+        """An ensemble's validation NLL as it is tested, on its validation rows x, y: its members' uniform mixture,
+        each at its selected epoch (NLL@h where set), which validation choices among methods compare."""
+        pred, _ = self.predictive(job, self.passes_on(x, self.tested_models(job)))
+        nll = validation_nll(pred, y, self.task, self.jobs[job].resolution)
+        self.mixture_val_nll[job] = float(nll.double().mean())
 
     def configure_optimizers(self):
         # one device in full precision (the plain loop): every parameter a view of one buffer, which
@@ -316,6 +324,8 @@ class DensityModule(pl.LightningModule):
         if batch.split == "val":  # the job's validation split, handed over before its test split
             if self.jobs[j].chooses:
                 self.choose(j, batch.x, batch.y)
+            elif self.jobs[j].ensemble:
+                self.score_mixture(j, batch.x, batch.y)
             if recalibration.active:
                 models = self.tested_models(j)
                 recalibration.fit(self.predictive(j, self.passes_on(batch.x, models))[0], batch.y)

@@ -133,12 +133,18 @@ def crps_normal(d: Any, y: Tensor) -> Tensor:
     return d.scale * (z * (2 * std_normal_cdf(z) - 1) + 2 * std_normal_pdf(z) - INV_SQRT_PI)
 
 
+@ops.log_interval_mass.register("torch.distributions.Normal")
+def _normal_interval(d: Any, lo: Tensor, hi: Tensor) -> Tensor:
+    from densbench.distributions.classes import log_normal_mass
+
+    return log_normal_mass(d.loc, d.scale, lo, hi)
+
+
 @ops.binned_log_prob.register("torch.distributions.Normal")
 def _normal_binned(d: Any, y: Tensor) -> Tensor:
-    from densbench.distributions.classes import log_normal_mass, unit_bin
+    from densbench.distributions.classes import unit_bin
 
-    lo, hi = unit_bin(y)
-    return log_normal_mass(d.loc, d.scale, lo, hi)
+    return _normal_interval(d, *unit_bin(y))
 
 
 @ops.quadrature.register("torch.distributions.Normal")

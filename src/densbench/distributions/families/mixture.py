@@ -149,13 +149,19 @@ def crps_mixture(d: NormalMixture, y: Tensor) -> Tensor:
     return first - 0.5 * second
 
 
-@ops.binned_log_prob.register(PREDICTIVE)
-def _mixture_binned(d: NormalMixture, y: Tensor) -> Tensor:
-    from densbench.distributions.classes import log_normal_mass, unit_bin
+@ops.log_interval_mass.register(PREDICTIVE)
+def _mixture_interval(d: NormalMixture, lo: Tensor, hi: Tensor) -> Tensor:
+    from densbench.distributions.classes import log_normal_mass
 
-    lo, hi = unit_bin(y)
     log_w = torch.log_softmax(d.mixture_distribution.logits.double(), -1)
     return torch.logsumexp(log_w + log_normal_mass(d.loc, d.scale, lo.unsqueeze(-1), hi.unsqueeze(-1)), -1)
+
+
+@ops.binned_log_prob.register(PREDICTIVE)
+def _mixture_binned(d: NormalMixture, y: Tensor) -> Tensor:
+    from densbench.distributions.classes import unit_bin
+
+    return _mixture_interval(d, *unit_bin(y))
 
 
 @ops.quadrature.register(PREDICTIVE)
