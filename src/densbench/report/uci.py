@@ -271,7 +271,7 @@ def _goals(found, datasets: list[str], discrete: list[str]) -> list[str]:
     lines = ["### Against MC dropout (2016) and Deep Ensembles", "",
              "Networks only. Best densbench method by mean test NLL at the targets' resolution (NLL@h where the "
              "targets are recorded on a grid, the density NLL elsewhere), and the method a user would pick without test data "
-             "on each split, the lowest NLL on that split's own validation rows, at the targets' resolution where they "
+             "(on each split, the lowest NLL on that split's own validation rows, at the targets' resolution where they "
              "have one, as every validation choice is; the mean test NLL of the splits' choices): among the single-model "
              "methods, and among every network method, the deep ensemble included (scored on the validation rows as it "
              "is tested: its members' mixture). Each is compared by its density NLL, the published figures' measure; "
