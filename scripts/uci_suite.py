@@ -12,12 +12,14 @@ imported once per worker and the stacks of a stage keep every core busy. Each st
 1. the single-model methods on every split (the splits of a dataset and method train as one stack;
    mc_dropout_het, as costly as mc_dropout again, only when --methods names it), and gaussian_nll recalibrated (recalibrate=scale,isotonic,conformal, fitted on the
    validation rows), whose jobs share the models of gaussian_nll in its stack: nothing trains twice;
-2. per dataset, a 5-member deep ensemble of the single-model method with the lowest mean validation
-   NLL in stage 1 (validation rows are carved from the training split: no test data in the choice).
+2. per split, a 5-member deep ensemble of the single-model method with the lowest NLL on that split's own
+   validation rows in stage 1 (carved from its training rows: no test data in the choice; the splits'
+   validation rows pooled would hold other splits' test rows, so the choice is never pooled).
 
-With --gap, a stage runs gap splits (one per input, the middle third of its range tested) for a few
-methods. With --baselines, a third stage runs the non-network baselines (method=ngboost, catboost, gp) on every
-split, the exact GP only on datasets whose training split fits its row limit (conf/method/gp.yaml).
+With --gap, gap splits (one per input, the middle third of its range tested) join for a few methods: their
+single models in stage 1, their ensembles (members chosen per gap split likewise) in stage 2. With
+--baselines, a third stage runs the non-network baselines (method=ngboost, catboost, gp) on every split,
+the exact GP only on datasets whose training split fits its row limit (conf/method/gp.yaml).
 
 The report, with the suite's wall time and the cost of evaluation against training, is written once at the end.
 """
