@@ -274,3 +274,19 @@ def test_a_methods_own_settings_replace_the_datasets_only_where_it_has_a_file():
     assert budget("experiment=uci_concrete", "method=mc_dropout", "loop.max_epochs=7")[3] == 7  # the command line wins
     kin8nm = budget("experiment=uci_kin8nm", "method=gaussian_nll")
     assert budget("experiment=uci_kin8nm", "method=mc_dropout") == kin8nm  # no file for kin8nm
+
+
+def test_the_gap_section_counts_an_ensembles_members_on_gap_and_published_splits():
+    from densbench.methods import recipes
+    from densbench.report.uci_gap import gap_section
+
+    def ensemble_run(member, split, nll):
+        r = recipes()[member]
+        return {"config": {"loss": {"_target_": r.objective}, "model": {}, "ensemble": {"members": 5}},
+                "labels": {"split": split, "head": r.head, "loss": "nll"}, "metrics": {"nll": nll, "coverage90": 0.9}}
+
+    gap = {"yacht": {"ensemble": [ensemble_run("gaussian_nll", 0, 1.0), ensemble_run("evidential", 1, 2.0),
+                                  ensemble_run("gaussian_nll", 2, 3.0)]}}
+    published = {"yacht": {"ensemble": [ensemble_run("student_t", i, 0.1) for i in range(3)] + [ensemble_run("gaussian_nll", 3, 0.2)]}}
+    row = next(line for line in gap_section(published, gap) if line.startswith("| yacht | ensemble"))
+    assert row.startswith("| yacht | ensemble (gaussian_nll 2 / 1, student_t 0 / 3, evidential 1 / 0) | 3 | 2.00 ± 0.58 | 0.12 ± 0.03 |")

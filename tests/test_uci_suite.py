@@ -3,6 +3,7 @@ published figures and paired comparison, and the suite command on a slice of the
 
 import csv
 import json
+from collections import Counter
 import math
 import re
 import shutil
@@ -179,6 +180,11 @@ def test_the_suite_command_on_a_slice_writes_the_report_with_published_rows(tmp_
     ensembles = {r["labels"]["split"]: r for r in results if r["config"]["ensemble"]["members"] == 5}
     assert all(ensembles[i]["labels"]["head"] == recipes()[expected[str(i)]].head for i in range(20))
     assert all(r["validation"]["nll"] < r["train"]["best_val_nll"] for r in ensembles.values())  # Jensen
+    # the report's row of the ensemble names its members with their counts of splits
+    counts = sorted(Counter(expected.values()).items(), key=lambda kv: (-kv[1], kv[0]))
+    label = f"ensemble of 5 {counts[0][0]}" if len(counts) == 1 else \
+        "ensemble of 5 (" + ", ".join(f"{m} {n}" for m, n in counts) + ")"
+    assert f"| densbench {label} | 20 |" in (out / "report.md").read_text()
     rows = list(csv.DictReader(open(out / "summary.csv")))
     # a row per configuration: the ensemble's 20 splits are split among its member methods' rows
     single = [r for r in rows if r["method"] != "ensemble"]

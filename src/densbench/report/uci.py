@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -350,9 +350,10 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
             continue
         cells = [pm(*mean_se([(r.get("metrics") or {}).get(k) for r in runs]), 3) for k, _ in METRICS]
         label = f"{m} (not a network)" if m in baselines() else m
-        if m == "ensemble":
-            members = single_method(runs[0].get("config") or {}, runs[0]["labels"]) or f"{runs[0]['labels'].get('loss')}/{runs[0]['labels'].get('head')}"
-            label = f"ensemble of 5 {members}"
+        if m == "ensemble":  # its members' method, chosen split by split
+            members = ensemble_members(runs)
+            label = f"ensemble of 5 {next(iter(members))}" if len(members) == 1 else \
+                "ensemble of 5 (" + ", ".join(f"{k} {n}" for k, n in members.items()) + ")"
         lines.append(f"| densbench {label} | {len(runs)} | " + " | ".join(cells) + f" | {_protocol(runs[0])} |")
     reference = mcd_4000(ds, [r for runs in methods_runs.values() for r in runs])
     lines.append("")
@@ -370,6 +371,13 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
     if n_splits < len(reference):
         lines += [f"(densbench ran {n_splits} of the {len(reference)} splits.)", ""]
     return lines
+
+
+def ensemble_members(runs: list[dict]) -> dict[str, int]:
+    """The member methods of ensemble runs with their counts of runs (splits), most frequent first."""
+    counts = Counter(single_method(r.get("config") or {}, r.get("labels") or {})
+                     or f"{(r.get('labels') or {}).get('loss')}/{(r.get('labels') or {}).get('head')}" for r in runs)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _protocol(res: dict) -> str:

@@ -3,10 +3,7 @@ the test rows lie between the training rows' ranges of one input (dataset.protoc
 
 from __future__ import annotations
 
-from collections import Counter
-
-from densbench.methods import single_method
-from densbench.report.uci import _nll
+from densbench.report.uci import _nll, ensemble_members
 from densbench.report.uci_recalibration import pm
 
 
@@ -34,8 +31,6 @@ def gap_section(standard: dict, gap: dict) -> list[str]:
 
 def members(gap: list[dict], published: list[dict]) -> str:
     """An ensemble's member methods, each with its count of gap splits / published splits: ' (gaussian_nll 8 / 11)'."""
-    def count(runs: list[dict]) -> Counter:
-        return Counter(single_method(r.get("config") or {}, r.get("labels") or {}) for r in runs)
-
-    g, p = count(gap), count(published)
-    return " (" + ", ".join(f"{m} {g[m]} / {p[m]}" for m in sorted(set(g) | set(p), key=lambda m: (-g[m] - p[m], str(m)))) + ")"
+    g, p = ensemble_members(gap), ensemble_members(published)
+    names = sorted(set(g) | set(p), key=lambda m: (-g.get(m, 0) - p.get(m, 0), m))
+    return " (" + ", ".join(f"{m} {g.get(m, 0)} / {p.get(m, 0)}" for m in names) + ")"
