@@ -31,12 +31,18 @@ def validation_choices(methods: dict[str, list[dict]], ensembles: bool = False) 
         if (m == "ensemble" and not ensembles) or m in baselines():
             continue
         for r in runs:
-            split, v = (r.get("labels") or {}).get("split"), validation_nll(r)
+            split, v = split_of(r), validation_nll(r)
             if split is None or v is None or not math.isfinite(v):
                 continue
             if split not in out or v < validation_nll(out[split][1]):
                 out[split] = (m, r)
     return out
+
+
+def split_of(run: dict) -> int | None:
+    """The split a run tested: its label (the published splits), else its config's dataset.split (a gap split)."""
+    split = (run.get("labels") or {}).get("split")
+    return split if split is not None else ((run.get("config") or {}).get("dataset") or {}).get("split")
 
 
 def chosen_counts(choices: dict[int, tuple[str, dict]]) -> str:
