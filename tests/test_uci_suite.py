@@ -3,12 +3,12 @@ published figures and paired comparison, and the suite command on a slice of the
 
 import csv
 import json
-from collections import Counter
 import math
 import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
