@@ -89,3 +89,32 @@ def test_every_method_is_paired_split_by_split_with_the_best_network():
     assert "| method | boston (vs a) |" in text  # the best network, not the (better) baseline
     assert f"| b | {diff.mean():+.3f} ± {diff.std(ddof=1) / 2:.3f} (1/4) |" in text
     assert "| a | best |" in text and "| ngboost | -0.950 ±" in text and "(4/4) |" in text
+
+
+def test_on_discrete_targets_a_method_with_a_mixture_head_on_any_split_is_left_out():
+    # wine-like: an ensemble whose members are a mixture on split 1 only, and an mdn, both "beating" the record
+    # by density NLL; the honest comparison is among the other networks
+    found = {"wine": {"ensemble": _runs([0.95, 0.50]), "mdn": _runs([0.40, 0.40]), "student_t": _runs([0.93, 0.95])}}
+    for r, head in zip(found["wine"]["ensemble"], ("gaussian", "mixture")):
+        r["labels"]["head"] = head
+    for r in found["wine"]["mdn"]:
+        r["labels"]["head"] = "mixture"
+    honest = "\n".join(uci_records.records_section(found, ["wine"], discrete=["wine"]))
+    assert "| wine (discrete) |" in honest and "| student_t | 0.940 | 0.940 | no |" in honest
+    assert "record on 0 of 1 datasets" in honest
+    counted = "\n".join(uci_records.records_section(found, ["wine"]))
+    assert "| mdn | 0.400 |" in counted and "record on 1 of 1 datasets" in counted
+
+
+def test_the_comparison_with_mc_dropout_leaves_mixtures_out_on_discrete_targets():
+    from densbench.report.uci import _goals
+
+    found = {"wine": {"mdn": _runs([0.40, 0.40]), "student_t": _runs([0.99, 0.97])}}
+    for m, runs in found["wine"].items():
+        for r in runs:
+            r["labels"]["head"] = "mixture" if m == "mdn" else "student_t"
+            r["train"]["best_val_nll"] = 0.5 if m == "mdn" else 0.9  # validation would pick the mdn on every split
+    text = "\n".join(_goals(found, ["wine"], ["wine"]))
+    assert "| wine (discrete) | student_t | 0.980 | no | no | student_t 2 | 0.980 | no | no |" in text
+    assert "Best method at least as good as MC dropout (2016) on 0 of 1" in text
+    assert "Counting mixture heads on wine too: best method 1 and 1 of 1; validation-chosen single model 1 and 1" in text

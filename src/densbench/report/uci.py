@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from densbench.report.leaderboard import Cell, Leaderboard, best_of, mean_se, to
 from densbench.data.uci import FOLDERS, ROOT_VARIABLE
 from densbench.report.published import NLL, RMSE, SOURCES, published
 from densbench.report.uci_recalibration import RECALIBRATIONS, pm, recalibration_section
-from densbench.report.validation_choice import chosen_counts, validation_choices
+from densbench.report.validation_choice import chosen_counts, tally, tally_text, validation_choices
 
 
 DATASETS = tuple(FOLDERS)
@@ -105,8 +105,13 @@ def target_atoms(runs: list[dict]) -> dict[str, float] | None:
     return None
 
 
-def _mixture(runs: list[dict]) -> bool:
-    return (runs[0].get("labels") or {}).get("head") == "mixture"
+def without_spikes(methods: dict[str, list[dict]], discrete: bool) -> dict[str, list[dict]]:
+    """A dataset's methods, less those with a mixture head on any split where its targets are discrete: there a
+    mixture can stack narrow components on the values and its density NLL has no floor (an ensemble counts as a
+    mixture where its members are one on some split)."""
+    if not discrete:
+        return methods
+    return {m: runs for m, runs in methods.items() if not any((r.get("labels") or {}).get("head") == "mixture" for r in runs)}
 
 
 def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
@@ -130,7 +135,7 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
     from densbench.report.uci_records import records_section, reproduction_section
     from densbench.report.uci_ranking import paired_section, ranking_section
 
-    lines += records_section(found, datasets) + ranking_section(found, datasets) + paired_section(found, datasets)
+    lines += records_section(found, datasets, discrete) + ranking_section(found, datasets) + paired_section(found, datasets)
     lines += reproduction_section(found, datasets)
     from densbench.report.uci_gap import gap_section
 
@@ -275,32 +280,31 @@ def _goals(found, datasets: list[str], discrete: list[str]) -> list[str]:
              "have one, as every validation choice is; the mean test NLL of the splits' choices): among the single-model "
              "methods, and among every network method, the deep ensemble included (scored on the validation rows as it "
              "is tested: its members' mixture). Each is compared by its density NLL, the published figures' measure; "
-             "a choice is listed with the number of splits it won.", "",
+             "where the targets are discrete (marked; see Target resolution) mixture heads are left out, as a mixture's "
+             "density NLL there has no floor. A choice is listed with the number of splits it won.", "",
              "| dataset | best method | its NLL | ≤ MCD 2016 | ≤ Deep Ens. | single model chosen by validation | their NLL "
              "| ≤ MCD 2016 | ≤ Deep Ens. | any network chosen by validation | their NLL | ≤ MCD 2016 | ≤ Deep Ens. |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     tallies = {}
-    for without_spikes in (False, True):
-        tally = tallies[without_spikes] = defaultdict(int)
+    for spikes in (False, True):
+        tally = tallies[spikes] = defaultdict(int)
         for ds in datasets:
-            # on a discrete target a mixture can stack narrow components on the values: its density NLL has no floor
-            methods = {m: runs for m, runs in found[ds].items() if not (without_spikes and ds in discrete and _mixture(runs))}
-            nlls = {m: _nll(runs)[0] for m, runs in methods.items()}
-            best = ranked_best(methods)
-            picks = {"chosen": validation_choices(methods), "any": validation_choices(methods, ensembles=True)}
+            methods = without_spikes(found[ds], ds in discrete and not spikes)
+            picks = {"best": ranked_best(methods), "chosen": validation_choices(methods),
+                     "any": validation_choices(methods, ensembles=True)}
             mcd, de = published(NLL, ds, "MCD 2016")[0], published(NLL, ds, "Deep Ens.")[0]
-            row = [ds]
-            for tag in ("best", "chosen", "any"):
-                m = best if tag == "best" else chosen_counts(picks[tag])
-                if not m:
+            row = [f"{ds} (discrete)" if ds in discrete else ds]
+            for tag, pick in picks.items():
+                if not pick:
                     row += ["-"] * 4
                     continue
-                v = nlls[m] if tag == "best" else _nll([r for _, r in picks[tag].values()])[0]
+                name, runs = (pick, methods[pick]) if tag == "best" else (chosen_counts(pick), [r for _, r in pick.values()])
+                v = _nll(runs)[0]
                 beats = (round(v, 2) <= mcd, round(v, 2) <= de)
                 tally[(tag, "mcd")] += beats[0]
                 tally[(tag, "de")] += beats[1]
-                row += [m, f"{v:.3f}", "yes" if beats[0] else "no", "yes" if beats[1] else "no"]
-            if not without_spikes:
+                row += [name, f"{v:.3f}", "yes" if beats[0] else "no", "yes" if beats[1] else "no"]
+            if not spikes:
                 lines.append("| " + " | ".join(row) + " |")
     n = len(datasets)
     t = tallies[False]
@@ -310,10 +314,9 @@ def _goals(found, datasets: list[str], discrete: list[str]) -> list[str]:
               f"included) on {t[('any', 'mcd')]} and {t[('any', 'de')]} of {n} (means compared at the published two decimals)."]
     if discrete:
         t = tallies[True]
-        lines.append(f"Leaving out mixture heads (mdn and ensembles of it) on {', '.join(discrete)}, whose targets are "
-                     f"discrete (below): best method {t[('best', 'mcd')]} and {t[('best', 'de')]} of {n}; "
-                     f"validation-chosen single model {t[('chosen', 'mcd')]} and {t[('chosen', 'de')]} of {n}, "
-                     f"validation-chosen network {t[('any', 'mcd')]} and {t[('any', 'de')]} of {n}.")
+        lines.append(f"Counting mixture heads on {', '.join(discrete)} too: best method {t[('best', 'mcd')]} and "
+                     f"{t[('best', 'de')]} of {n}; validation-chosen single model {t[('chosen', 'mcd')]} and "
+                     f"{t[('chosen', 'de')]} of {n}, validation-chosen network {t[('any', 'mcd')]} and {t[('any', 'de')]} of {n}.")
     lines.append("")
     return lines
 
@@ -353,7 +356,7 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
         if m == "ensemble":  # its members' method, chosen split by split
             members = ensemble_members(runs)
             label = f"ensemble of 5 {next(iter(members))}" if len(members) == 1 else \
-                "ensemble of 5 (" + ", ".join(f"{k} {n}" for k, n in members.items()) + ")"
+                f"ensemble of 5 ({tally_text(members)})"
         lines.append(f"| densbench {label} | {len(runs)} | " + " | ".join(cells) + f" | {_protocol(runs[0])} |")
     reference = mcd_4000(ds, [r for runs in methods_runs.values() for r in runs])
     lines.append("")
@@ -375,9 +378,8 @@ def _dataset_table(ds: str, methods_runs: dict[str, list[dict]], methods: list[s
 
 def ensemble_members(runs: list[dict]) -> dict[str, int]:
     """The member methods of ensemble runs with their counts of runs (splits), most frequent first."""
-    counts = Counter(single_method(r.get("config") or {}, r.get("labels") or {})
-                     or f"{(r.get('labels') or {}).get('loss')}/{(r.get('labels') or {}).get('head')}" for r in runs)
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return tally(single_method(r.get("config") or {}, r.get("labels") or {})
+                 or f"{(r.get('labels') or {}).get('loss')}/{(r.get('labels') or {}).get('head')}" for r in runs)
 
 
 def _protocol(res: dict) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 
 from densbench.methods import baselines
 
@@ -45,7 +46,16 @@ def split_of(run: dict) -> int | None:
     return split if split is not None else ((run.get("config") or {}).get("dataset") or {}).get("split")
 
 
+def tally(names: Iterable[str]) -> dict[str, int]:
+    """How often each name occurs, most often first (ties by name)."""
+    return dict(sorted(Counter(names).items(), key=lambda mn: (-mn[1], mn[0])))
+
+
+def tally_text(counts: dict[str, int]) -> str:
+    """A tally as text: 'mdn 14, student_t 6'."""
+    return ", ".join(f"{m} {n}" for m, n in counts.items())
+
+
 def chosen_counts(choices: dict[int, tuple[str, dict]]) -> str:
     """How often each method was chosen over the splits, most often first: 'mdn 14, student_t 6'."""
-    counts = Counter(m for m, _ in choices.values())
-    return ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda mn: (-mn[1], mn[0])))
+    return tally_text(tally(m for m, _ in choices.values()))
