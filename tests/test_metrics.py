@@ -282,3 +282,17 @@ def test_a_distribution_without_a_cdf_loses_those_metrics_not_the_run():
         assert math.isnan(out[name]), name
     for part in ("crps", "pit", "intervals"):
         assert m.fallbacks[part].startswith("unavailable: no cdf for _NoCdf"), m.fallbacks
+    assert not any(v == "not finite" for v in m.fallbacks.values())  # said once, as unavailable
+
+
+def test_a_metric_that_comes_out_infinite_is_named_in_the_fallbacks():
+    # a Student-t with df <= 1 has no mean: its CRPS (E|X - y| - E|X - X'| / 2) is infinite, a true value
+    # that result.json can only write as null, so the fallbacks say it
+    g = _gen(10)
+    y = torch.randn(40, generator=g, dtype=F64)
+    m = PredictiveMetrics("regression", intervals=False)
+    m.update(torch.distributions.StudentT(torch.full((40,), 0.8, dtype=F64), torch.zeros(40, dtype=F64),
+                                          torch.ones(40, dtype=F64)), y)
+    out = m.compute()
+    assert not torch.isfinite(out["crps"]) and m.fallbacks["crps"] == "not finite"
+    assert torch.isfinite(out["nll"]) and "nll" not in m.fallbacks

@@ -216,10 +216,13 @@ class PredictiveMetrics(SummedMetric):
         if self.task != "multiclass":
             out["pit_ks"] = self._pit_uniformity()
         nan = torch.full((), float("nan"), dtype=torch.float64)
-        for part in self.missing:
-            for name in MISSING_METRICS[part]:
-                if name in out:
-                    out[name] = nan
+        missing = {name for part in self.missing for name in MISSING_METRICS[part]}
+        for name in missing & out.keys():
+            out[name] = nan
+        # a formula that fails without raising (NaN, or an infinite score) is said so beside the value, which
+        # result.json writes as null: averaged over the other splits, a silent null would pass unnoticed
+        self.fallbacks.update({name: "not finite" for name, v in out.items()
+                               if name not in missing and not bool(torch.isfinite(v))})
         return out
 
     def _ece(self) -> Tensor:
