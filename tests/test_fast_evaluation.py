@@ -181,3 +181,15 @@ def test_a_student_t_ensembles_crps_is_the_integral_of_its_squared_cdf_gap_in_ei
         # the rule refines until its error estimate is below 1e-6 of the components' spread (CRPS_CHECK, here
         # about 1): an estimate, so a few times that
         assert float(got[i]) == pytest.approx(below + above, abs=1e-5 if dtype == torch.float32 else 5e-6)
+
+
+def test_float32_mixture_quantiles_at_the_outer_levels_are_finite():
+    # 50 identical MC dropout passes (a row whose dropped units did not matter), in float32: the grid's
+    # outermost nodes at levels 1e-12 and 1 - 1e-12 were -inf and inf (2p - 1 rounds to -1 and 1), and the
+    # quantile at 0.005 came from the cell [-inf, x]: NaN, and with it the interval score
+    loc, scale = 0.905439019203186, 0.08164966106414795  # as the run had them (float32)
+    d = NormalMixture(torch.zeros(2, 50), torch.full((2, 50), loc), torch.full((2, 50), scale))
+    p = torch.tensor([0.005, 0.5, 0.995]).view(-1, 1)
+    got = ops.quantile(d, p)
+    want = torch.tensor(loc + scale * ndtri(np.array([0.005, 0.5, 0.995])), dtype=torch.float32).view(-1, 1)
+    assert torch.isfinite(got).all() and torch.allclose(got, want.expand_as(got), rtol=2e-6)

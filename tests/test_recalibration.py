@@ -114,6 +114,22 @@ def test_recalibrated_distribution_is_consistent():
     assert torch.allclose(torch.trapezoid(g.log_prob(grid).exp(), grid, dim=0), torch.ones(7, dtype=torch.float64), atol=1e-4)
 
 
+def test_a_validation_point_far_in_a_float32_tail_leaves_the_recalibrated_moments_finite():
+    # concrete split 3: one validation target 5.3 sigma out, where a float32 Gaussian's F(y) is 1 - 6e-8;
+    # R^-1 mapped the top levels above that knot to levels that float32 rounds to 1 (infinite quantiles),
+    # so the recalibrated mean, RMSE, sharpness and CRPS were NaN
+    base = Normal(torch.zeros(3), torch.ones(3))
+    y_val = torch.cat([torch.linspace(-1.5, 1.5, 60), torch.tensor([5.3])])
+    iso = recalibration.make("isotonic")
+    iso.fit(Normal(torch.zeros(61), torch.ones(61)), y_val)
+    assert float(iso.knots_p[-2]) == 1 - 2**-24  # the float32 CDF's last value below 1
+    g = iso.apply(base)
+    top = float(Normal(0.0, 1.0).icdf(torch.tensor(1 - 2**-24, dtype=torch.float64)))
+    assert torch.isfinite(g.mean).all() and torch.isfinite(g.variance).all()
+    assert torch.isfinite(ops.crps(g, torch.zeros(3))).all()
+    assert float(ops.quantile(g, torch.tensor([0.999], dtype=torch.float64)).max()) == pytest.approx(top, rel=1e-6)
+
+
 def test_isotonic_knots_are_the_empirical_cdf_with_ties_merged():
     # n = 4: every k = 2nd point of the empirical CDF; the tie at 0.5 is one point at count 3
     p, r = recalibration.isotonic_knots(torch.tensor([0.5, 0.2, 0.5, 0.9], dtype=torch.float64))

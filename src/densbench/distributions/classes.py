@@ -128,7 +128,12 @@ class Recalibrated(Distribution):
         # every entry asked the same levels (the metrics' level axis): R^-1 once per level, not per entry
         levels = ops.shared_levels(value)
         u, _ = piecewise_linear((value if levels is None else levels).double(), self.knots_r, self.knots_p)
-        return ops.icdf(self.base, u.expand_as(value).to(self.base.mean.dtype)).double()
+        # a validation PIT value within an ulp of 1 in the base's dtype (a float32 Gaussian's F(y) beyond 5.3
+        # sigma) makes a knot there, and R^-1 maps the top levels above it: rounded to 1 they were infinite
+        # quantiles and an infinite mean. The base's levels nearest 0 and 1 stand for what it cannot resolve
+        fi = torch.finfo(self.base.mean.dtype)
+        u = u.clamp(fi.tiny, 1 - fi.eps / 2).expand_as(value).to(self.base.mean.dtype)
+        return ops.icdf(self.base, u).double()
 
     def quantile_grid(self) -> Tensor:
         """Quantiles at the CRPS's ops.CRPS_LEVELS midpoints, [L, *batch], computed once for mean, variance and CRPS."""
