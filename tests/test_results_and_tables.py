@@ -13,7 +13,7 @@ import pytest
 
 from conftest import run_cli
 from densbench import results
-from densbench.report.leaderboard import Cell, Leaderboard, best_of, tex_escape, to_latex, to_markdown
+from densbench.report.leaderboard import Cell, Leaderboard, best_of, mean_se, tex_escape, to_latex, to_markdown
 from densbench.report.sweep import main as report_main
 
 
@@ -107,6 +107,16 @@ def check_latex(tex: str, columns: int) -> None:
     for line in tex.splitlines():
         text = re.sub(r"\$[^$]*\$", "", line)  # outside math mode
         assert not re.search(r"(?<!\\)[_%#&]", text.replace(" & ", " ")), line
+
+
+def test_a_mean_over_runs_is_no_figure_when_a_run_lacks_the_value():
+    # a Student-t ensemble's CRPS was null on the splits whose members were Student-t, and the table showed the
+    # mean of the other splits as the ensemble's
+    assert mean_se([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, math.sqrt(7 / 3 / 3)))
+    for gap in (None, math.nan, math.inf):
+        m, se = mean_se([1.0, gap, 4.0])
+        assert math.isnan(m) and se is None
+    assert mean_se([3.0]) == (3.0, None)
 
 
 def test_latex_table_content_and_syntax():

@@ -95,9 +95,10 @@ def to_latex(board: Leaderboard) -> str:
 
 
 def mean_se(values: list[float | None]) -> tuple[float, float | None]:
-    """Mean and standard error of the finite values (nan and None without any; no error from one value)."""
+    """Mean and standard error over every value; nan (no figure) where any is missing or not finite, as a mean
+    of the others would pass for all of them; no error from one value."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
+    if not vals or len(vals) < len(values):
         return float("nan"), None
     m = sum(vals) / len(vals)
     if len(vals) < 2:
