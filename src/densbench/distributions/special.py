@@ -10,6 +10,7 @@ whether a gradient is asked for. Torch-free at import.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from densbench.lazy import torch
@@ -64,9 +65,7 @@ def scipy_apply(fn: Any, *args: Tensor) -> Tensor:
     args = torch.broadcast_tensors(*(torch.as_tensor(a) for a in args))
     out = fn(*(a.detach().to("cpu", torch.float64).numpy() for a in args))
     floats = [a.dtype for a in args if a.is_floating_point()]
-    dtype = torch.float64 if not floats else floats[0]
-    for other in floats[1:]:
-        dtype = torch.promote_types(dtype, other)
+    dtype = functools.reduce(torch.promote_types, floats) if floats else torch.float64
     return torch.from_numpy(out).to(device=args[0].device, dtype=dtype)
 
 

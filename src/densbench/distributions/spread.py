@@ -16,8 +16,6 @@ if TYPE_CHECKING:
     from torch.distributions import Distribution
 
 
-
-
 def location_scale(dist: Distribution) -> tuple[Tensor, Tensor] | None:
     """(loc, scale) of a location-scale distribution on the real line (Normal, Laplace, Student-t), else None.
 

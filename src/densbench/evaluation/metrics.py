@@ -266,7 +266,6 @@ def _area_between(x: Tensor, d: Tensor) -> Tensor:
     return torch.where(cross, hour, trap).sum()
 
 
-
 def validation_nll(dist: Distribution, y: Tensor, task: str, resolution: float | Tensor | None) -> Tensor:
     """Per-row NLL every validation choice ranks by (the epoch, a candidate, an ensemble's members): the NLL at
     the targets' resolution h where they have one (interval_nll: no mass stacked on a grid's values wins a

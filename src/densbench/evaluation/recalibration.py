@@ -85,8 +85,6 @@ register(Recalibration)
 # ------------------------------------------------------------------------------------------------
 
 
-
-
 @register
 class Scale(Recalibration):
     """sigma -> s sigma with s minimising the validation NLL."""
