@@ -198,7 +198,7 @@ def build(specs: list[JobSpec], keep_step_losses: bool = False, clock: JobClock 
     dm = DensityData(preps, stack, batch, state, per_call, [int(s.cfg.seed) for s in specs],
                      truth_targets=plan.objective.needs_truth == "gaussian",
                      class_targets=bool(getattr(family, "class_targets", False)),
-                     calibrate=[job.sees_validation for job in jobs])
+                     sees_validation=[job.sees_validation for job in jobs])
 
     throughput = Throughput(stack.size)
     callbacks = _callbacks(specs, throughput, selection, loop, clock)

@@ -210,13 +210,15 @@ class DensityData(pl.LightningDataModule):
 
     def __init__(self, preps: list[Any], stack: Stack, batch_size: int | None, state: EngineState, steps_per_call: int,
                  seeds: list[int], truth_targets: bool = False, class_targets: bool = False,
-                 calibrate: list[bool] | None = None):
+                 sees_validation: list[bool] | None = None):
         super().__init__()
         self.preps, self.stack, self.seeds = preps, stack, seeds
         self.batch_size, self.state, self.steps_per_call = batch_size, state, steps_per_call
         self.truth_targets = truth_targets  # train on the true Gaussian's mean and variance (loss=kl)
         self.class_targets = class_targets  # targets as class indices (categorical heads)
-        self.calibrate = calibrate or [False] * len(preps)  # jobs whose recalibration sees their validation split first
+        # jobs whose test loop sees their validation split first (a recalibration's fit, a validation choice, an
+        # ensemble's mixture scored on it)
+        self.sees_validation = sees_validation or [False] * len(preps)
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         self.source: TrainSource | None = None
@@ -243,7 +245,7 @@ class DensityData(pl.LightningDataModule):
         # rank fits the same map) before its test batch is scored
         val = [self._eval_batch(j, "val", rank, world) for j in range(len(self.preps))]
         test = [b for j in range(len(self.preps))
-                for b in ([val[j] if world == 1 else self._eval_batch(j, "val", 0, 1)] if self.calibrate[j] else [])
+                for b in ([val[j] if world == 1 else self._eval_batch(j, "val", 0, 1)] if self.sees_validation[j] else [])
                 + [self._eval_batch(j, "test", rank, world)]]
         # validation of every model at once: the jobs' splits are stacked (a stack's jobs have equal sizes)
         # padded to whole row blocks, so that a model's validation scores do not depend on its stack (below)
