@@ -128,6 +128,14 @@ def test_a_validation_point_far_in_a_float32_tail_leaves_the_recalibrated_moment
     assert torch.isfinite(g.mean).all() and torch.isfinite(g.variance).all()
     assert torch.isfinite(ops.crps(g, torch.zeros(3))).all()
     assert float(ops.quantile(g, torch.tensor([0.999], dtype=torch.float64)).max()) == pytest.approx(top, rel=1e-6)
+    # and the bottom: an overconfident model with a tenth of its validation targets beyond 4.7 sigma below puts
+    # the first knot near 1e-6, and R^-1 maps the lowest levels below what 2u - 1 can tell from -1 in float32
+    low = torch.cat([torch.linspace(-4.9, -4.7, 12), torch.linspace(-1.5, 1.5, 88)])
+    iso.fit(Normal(torch.zeros(100), torch.ones(100)), low)
+    for base in (Normal(torch.zeros(3), torch.ones(3)), Laplace(torch.zeros(3), torch.ones(3))):
+        g = iso.apply(base)
+        assert torch.isfinite(g.quantile_grid()).all() and torch.isfinite(g.mean).all()
+        assert torch.isfinite(ops.crps(g, torch.zeros(3))).all()
 
 
 def test_isotonic_knots_are_the_empirical_cdf_with_ties_merged():

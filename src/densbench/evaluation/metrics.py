@@ -221,7 +221,7 @@ class PredictiveMetrics(SummedMetric):
             out[name] = nan
         # a formula that fails without raising (NaN, or an infinite score) is said so beside the value, which
         # result.json writes as null: averaged over the other splits, a silent null would pass unnoticed
-        self.fallbacks.update({name: "not finite" for name, v in out.items()
+        self.fallbacks.update({f"{name} value": "not finite" for name, v in out.items()
                                if name not in missing and not bool(torch.isfinite(v))})
         return out
 

@@ -14,7 +14,7 @@ targets (``fit``), then changes the test predictive (``apply``) or only its inte
   isotonic fit is the points themselves. R interpolates them linearly (as scikit-learn's
   IsotonicRegression predicts), at every k-th point (see ``isotonic_knots``), so that R is a
   continuous CDF on [0, 1] and R(F(y)) has a density whose log is not biased by single gaps.
-  The recalibrated predictive is a ``densbench.distributions.classes.Recalibrated`` distribution (cdf, icdf,
+  The recalibrated predictive is a ``densbench.distributions.recalibrated.Recalibrated`` distribution (cdf, icdf,
   log_prob), which every metric scores through the generic operations.
 - ``conformal``: split conformal intervals (Lei et al. 2018) with the normalised score |y - mu| / sigma
   for location-scale families and the PIT score |F(y) - 1/2| otherwise, at the finite-sample
@@ -150,7 +150,7 @@ class Isotonic(Recalibration):
 
     def apply(self, dist: Distribution) -> Distribution:
         """R(F(.)) as a distribution."""
-        from densbench.distributions.classes import Recalibrated  # torch-heavy: not imported by the config checks
+        from densbench.distributions.recalibrated import Recalibrated  # torch-heavy: not imported by the config checks
 
         device = dist.mean.device
         return Recalibrated(dist, self.knots_p.to(device), self.knots_r.to(device))
