@@ -201,13 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     common = ["launcher=stacked", f"hydra.launcher.workers={args.workers}", f"resume={str(args.resume).lower()}",
               "report.enabled=false", f"hydra.sweep.dir={sweep_dir}", *args.extra]
     commands: list[str] = []
+    stages: list[dict] = []  # each stage's wall time, so the report can say what the networks alone cost
     started, epoch = time.perf_counter(), time.time()
     failed = 0
 
-    def run(overrides: list[str]) -> None:
+    def run(name: str, job_list: list[list[str]], overrides: list[str]) -> None:
         nonlocal failed
         commands.append("-m " + " ".join(overrides))
+        begun = time.perf_counter()
         failed += sweep(overrides) != 0
+        stages.append({"stage": name, "jobs": len(job_list), "wall_s": time.perf_counter() - begun})
 
     splits = {d: n_splits(d, args.root) for d in datasets}
     variants = [[f"method={m}"] for m in args.methods.split(",")]
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     gap_ensembles = sum(gap_splits(d, args.root) for d in gap_datasets) if "ensemble" in gap_methods else 0
     total = suite_total(splits, variants) + len(gap_singles) + gap_ensembles + len(extra_stage)  # one count and ETA
     stage1 = jobs(splits, variants) + gap_singles  # the gap splits' single models need nothing of the published ones
-    run(listed("stage1", stage1, sweep_dir, common + progress(total, 0, epoch)))
+    run("single models", stage1, listed("stage1", stage1, sweep_dir, common + progress(total, 0, epoch)))
     results = scan_results(sweep_dir)[0]
     ensembles, members = ensemble_jobs(collect(results), datasets)
     if gap_ensembles:
@@ -235,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         ensembles += more
         members.update({f"{d} (gap)": chosen for d, chosen in gap_members.items()})
     if ensembles:
-        run(listed("stage2", ensembles, sweep_dir, common + progress(total, len(stage1), epoch)))
+        run("deep ensembles", ensembles, listed("stage2", ensembles, sweep_dir, common + progress(total, len(stage1), epoch)))
     if extra_stage:
-        run(listed("baselines", extra_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
+        run("non-network baselines", extra_stage,
+            listed("baselines", extra_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
     stack_plan.shutdown()  # the workers' job is done; the report draws its figures on every core
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)
     suite = {"command": "python scripts/uci_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-             "wall_s": wall, "jobs": len(results), "multiruns": commands, "workers": args.workers,
+             "wall_s": wall, "jobs": len(results), "stages": stages, "multiruns": commands, "workers": args.workers,
              "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
              "ensemble_members": members}
     (sweep_dir / SUITE_FILE).write_text(json.dumps(suite, indent=2) + "\n")

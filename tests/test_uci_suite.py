@@ -169,6 +169,11 @@ def test_the_suite_command_on_a_slice_writes_the_report_with_published_rows(tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     suite = json.loads((tmp_path / "mr" / uci_report.SUITE_FILE).read_text())
     assert suite["jobs"] == 60 + 60 and suite["wall_s"] > 0  # 3 methods and 3 recalibrations of gaussian_nll, 20 splits
+    # the stages' wall times: what the report says the networks alone cost
+    assert [(s["stage"], s["jobs"]) for s in suite["stages"]] == [("single models", 100), ("deep ensembles", 20)]
+    assert 0 < sum(s["wall_s"] for s in suite["stages"]) <= suite["wall_s"]
+    networks = sum(s["wall_s"] for s in suite["stages"]) / 60
+    assert f"the neural networks alone (every stage but the baselines): **{networks:.1f} min**" in (out / "report.md").read_text()
     results = [json.loads(p.read_text()) for p in (tmp_path / "mr").rglob("result.json")]
     assert all(r["status"] == "ok" and r["launcher"] == "stacked" for r in results)
     # on each split, the ensemble's members are the single-model method with the lower NLL on that split's

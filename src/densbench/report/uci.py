@@ -126,6 +126,7 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
     if suite:
         lines += [f"The whole suite ran in **{suite['wall_s'] / 60:.1f} min** wall ({suite['wall_s']:.0f} s, "
                   f"{suite.get('jobs', '?')} jobs) on {suite.get('machine', 'this machine')}: `{suite['command']}`.", ""]
+        lines += stage_times(suite.get("stages") or [])
     lines += evaluation_cost(results)
     lines += _leaderboard(found, datasets, methods)
     atoms = {ds: target_atoms([r for runs in found[ds].values() for r in runs]) for ds in datasets}
@@ -175,6 +176,14 @@ def evaluation_cost(results: list[tuple[Path, dict]]) -> list[str]:
              "| dataset | method | train (s) | test (s) | test / train |", "|---|---|---|---|---|"]
     lines += [f"| {ds} | {name} | {train:.2f} | {test:.2f} | {ratio:.3f} |" for ratio, ds, name, train, test in ratios[:5]]
     return lines + [""]
+
+
+def stage_times(stages: list[dict]) -> list[str]:
+    """The suite's stages with their wall times, and the networks' share (every stage but the baselines)."""
+    parts = ", ".join(f"{s['stage']} {s['wall_s'] / 60:.1f} min ({s['jobs']} jobs)" for s in stages)
+    networks = sum(s["wall_s"] for s in stages if "baseline" not in s["stage"])
+    return [f"By stage: {parts}; the neural networks alone (every stage but the baselines): "
+            f"**{networks / 60:.1f} min**.", ""] if stages else []
 
 
 def _suite(sweep_dir: Path) -> dict | None:
