@@ -193,3 +193,71 @@ def test_float32_mixture_quantiles_at_the_outer_levels_are_finite():
     got = ops.quantile(d, p)
     want = torch.tensor(loc + scale * ndtri(np.array([0.005, 0.5, 0.995])), dtype=torch.float32).view(-1, 1)
     assert torch.isfinite(got).all() and torch.allclose(got, want.expand_as(got), rtol=2e-6)
+
+
+@pytest.mark.parametrize("k", [20, 50])
+def test_the_crps_of_many_heavy_tailed_passes_is_the_integral_of_its_squared_cdf_gap(k):
+    # MC dropout's 50 passes (or a 20-member ensemble) of a Student-t head: thinning each component's levels to
+    # five left tail cells 1e5 wide, where the rule's endpoint correction made the CRPS of df 2.05 negative
+    from scipy import special
+
+    g = np.random.default_rng(0)
+    n = 3
+    y = np.array([0.0, 3.0, 1e3])
+    for df in (2.05, 3.0):
+        loc, scale = g.normal(0, 0.05, (n, k)), 1 + 0.05 * g.normal(size=(n, k))
+        mix = torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(probs=torch.full((n, k), 1 / k, dtype=F64)),
+            torch.distributions.StudentT(torch.full((n, k), df, dtype=F64), torch.tensor(loc), torch.tensor(scale)))
+        got = ops.crps(mix, torch.tensor(y)).numpy()
+        for i in range(n):
+            def F(x, i=i):
+                return special.stdtr(df, (x - loc[i]) / scale[i]).mean()
+
+            assert got[i] == pytest.approx(crps_by_quadrature(F, y[i], [-1e4, -100, -10, 0, 10, 100, 1e4]), rel=1e-5)
+
+
+def crps_by_quadrature(F, y: float, cuts: list[float]) -> float:
+    """The integral of (F(x) - 1{x >= y})^2 by scipy's quad on pieces split at y and at the cuts."""
+    from scipy import integrate
+
+    pts = sorted({float(c) for c in cuts} | {float(y)})
+    def gap(x):
+        return F(x) ** 2 if x < y else (1 - F(x)) ** 2
+
+    pieces = [(-np.inf, pts[0]), *zip(pts[:-1], pts[1:]), (pts[-1], np.inf)]
+    return sum(integrate.quad(gap, a, b, limit=400, epsabs=1e-12, epsrel=1e-10)[0] for a, b in pieces)
+
+
+def test_a_crps_the_grid_rule_cannot_settle_is_recorded_in_the_fallbacks():
+    # components 1e15 apart in scale: the rule halves its cells CRPS_HALVINGS times and still doubts its
+    # estimate; the value is kept, and the run's fallbacks say so instead of nothing
+    from densbench.distributions.dispatch import recording_fallbacks
+
+    wide = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(probs=torch.tensor([[0.5, 0.5]], dtype=F64)),
+                                                 torch.distributions.Normal(torch.zeros(1, 2, dtype=F64), torch.tensor([[1e-12, 1e3]], dtype=F64)))
+    with recording_fallbacks() as used:
+        ops.crps(wide, torch.zeros(1, dtype=F64))
+    assert "halvings" in used["crps"]
+    plain = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(probs=torch.tensor([[0.5, 0.5]], dtype=F64)),
+                                                  torch.distributions.Normal(torch.zeros(1, 2, dtype=F64), torch.tensor([[1.0, 2.0]], dtype=F64)))
+    with recording_fallbacks() as used:
+        ops.crps(plain, torch.zeros(1, dtype=F64))
+    assert "crps" not in used
+
+
+def test_a_weightless_far_component_does_not_loosen_the_crps_check():
+    # the check's scale is the mixture's own interquartile span: the components' (a weightless one 1000 away)
+    # let the rule stop at 1.2e-3 relative error
+    comp = torch.distributions.Laplace(torch.tensor([[0.0, 1e3]], dtype=F64), torch.tensor([[1.0, 1e-3]], dtype=F64))
+    mix = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(probs=torch.tensor([[1.0, 0.0]], dtype=F64)), comp)
+    assert float(ops.crps(mix, torch.zeros(1, dtype=F64))) == pytest.approx(0.25, rel=1e-6)  # Laplace(0, 1) at 0: b/2
+
+
+def test_a_student_t_with_scalar_parameters_has_its_cdf_quantile_and_crps():
+    from scipy import stats
+
+    d = torch.distributions.StudentT(torch.tensor(4.0, dtype=F64), torch.tensor(0.5, dtype=F64), torch.tensor(2.0, dtype=F64))
+    assert float(ops.cdf(d, torch.tensor(1.0, dtype=F64))) == pytest.approx(stats.t.cdf(1.0, 4, 0.5, 2.0), rel=1e-12)
+    assert float(ops.icdf(d, torch.tensor(0.3, dtype=F64))) == pytest.approx(stats.t.ppf(0.3, 4, 0.5, 2.0), rel=1e-10)
+    assert math.isfinite(float(ops.crps(d, torch.tensor(1.0, dtype=F64))))

@@ -147,3 +147,27 @@ def test_a_candidate_is_chosen_at_the_targets_resolution():
     options = _spike_and_honest(y)
     assert candidates.choose(lambda i, noise: options[i], 2, None, y).index == 0  # the density NLL prefers the spike
     assert candidates.choose(lambda i, noise: options[i], 2, None, y, resolution=1.0).index == 1
+
+
+def test_an_interval_across_which_the_log_density_falls_by_hundreds_of_nats_keeps_its_digits():
+    # a unit bin one step from a narrow predictive's centre: the mass is too small for two CDF values, and one
+    # 16-point rule over the bin was 2.7 nats off for a Laplace of scale 1e-3 (-log of its mass: 500.7)
+    from scipy.special import betainc
+
+    from densbench.distributions.recalibrated import Recalibrated
+
+    y, h = torch.tensor([1.0], dtype=torch.float64), 1.0
+    for b in (1e-2, 1e-3, 1e-4):
+        lap = torch.distributions.Laplace(torch.tensor([0.0], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))
+        exact = -(math.log(0.5) - 0.5 / b + math.log(-math.expm1(-h / b)))  # 1/2 e^{-x/b} between 1/2 and 3/2
+        assert float(ops.interval_nll(lap, y, h)) == pytest.approx(exact, rel=1e-12)
+    for df in (30.0, 1000.0):  # an evidential predictive with much evidence: near-Gaussian, 25-50 nats out
+        t = torch.distributions.StudentT(torch.tensor([df], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64),
+                                         torch.tensor([0.05], dtype=torch.float64))
+        sf = [0.5 * betainc(df / 2, 0.5, df / (df + (x / 0.05) ** 2)) for x in (0.5, 1.5)]  # upper tails, no cancellation
+        exact = -math.log(sf[0] * (1 - sf[1] / sf[0]) / h)
+        assert float(ops.interval_nll(t, y, h)) == pytest.approx(exact, rel=1e-10)
+    # a Gaussian recalibrated by the identity map takes the generic route; the Gaussian's own is a closed form
+    base = torch.distributions.Normal(torch.tensor([0.0], dtype=torch.float64), torch.tensor([0.02], dtype=torch.float64))
+    same = Recalibrated(base, torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert float(ops.interval_nll(same, y, h)) == pytest.approx(float(ops.interval_nll(base, y, h)), rel=1e-10)

@@ -66,7 +66,8 @@ def scipy_apply(fn: Any, *args: Tensor) -> Tensor:
     out = fn(*(a.detach().to("cpu", torch.float64).numpy() for a in args))
     floats = [a.dtype for a in args if a.is_floating_point()]
     dtype = functools.reduce(torch.promote_types, floats) if floats else torch.float64
-    return torch.from_numpy(out).to(device=args[0].device, dtype=dtype)
+    # a 0-d input gives SciPy's scalar back, not an array
+    return torch.as_tensor(out).to(device=args[0].device, dtype=dtype)
 
 
 def betainc(a: Tensor, b: Tensor, x: Tensor, max_iter: int = 500) -> Tensor:
