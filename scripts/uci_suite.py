@@ -37,7 +37,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from densbench.__main__ import sweep
-from densbench.data.uci import FOLDERS, ROOT_VARIABLE, protocol
+from densbench.data.uci import FOLDERS, ROOT_VARIABLE, gap_split_count, protocol
 from densbench.distributions import families
 from densbench.launching import stack_plan
 from densbench.config import config_dir
@@ -117,8 +117,8 @@ def gap_jobs(datasets: list[str], methods: list[str], root: str) -> list[list[st
 
 
 def gap_splits(dataset: str, root: str) -> int:
-    """A dataset's number of gap splits: one per input."""
-    return len((Path(root) / FOLDERS[dataset] / "data" / "index_features.txt").read_text().split())
+    """A dataset's number of gap splits: one per input with a gap (a binary or bunched input has none)."""
+    return gap_split_count(Path(root) / FOLDERS[dataset] / "data")
 
 
 def ensemble_jobs(found: dict[str, dict[str, list[dict]]], datasets: list[str], gap: bool = False) -> tuple[list[list[str]], dict]:

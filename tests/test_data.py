@@ -171,3 +171,15 @@ def test_unknown_dataset_lists_the_allowed():
 def test_caps_for_quick_runs():
     d = D.load(OmegaConf.create(dict(name="hetero_sine", **SIZES, max_train=50, max_eval=20)))
     assert (len(d.train), len(d.val), len(d.test)) == (50, 20, 20)
+
+
+def test_a_column_constant_up_to_rounding_is_standardised_as_constant():
+    # naval's column of 0.998s has a standard deviation of 2e-13 from rounding alone: dividing by it mapped a
+    # value of 0.999 to 9e12
+    from densbench.data.datasets import Standardizer
+
+    column = np.full((500, 1), 0.998) + np.where(np.arange(500) % 7 == 0, 1e-16, 0.0).reshape(-1, 1)
+    assert 0 < column.std() < 1e-12
+    s = Standardizer.fit(np.hstack([column, np.arange(500.0).reshape(-1, 1)]))
+    z = s(np.array([[0.999, 250.0]]))
+    assert s.scale[0] == 1.0 and abs(z[0, 0] - 0.001) < 1e-9 and np.isclose(s.scale[1], np.arange(500.0).std())

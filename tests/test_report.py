@@ -209,3 +209,17 @@ def test_the_comparison_figure_puts_each_configurations_learning_curve_beside_it
     assert sorted(lines) == ["kl/gaussian", "nll/gaussian"]
     np.testing.assert_allclose(lines["nll/gaussian"], [[10, 1.0], [20, 0.8], [30, 0.8]])  # the mean of the two runs
     np.testing.assert_allclose(lines["kl/gaussian"], [[10, 2.0], [20, 1.5]])
+
+
+def test_a_row_over_fewer_runs_is_never_bold():
+    # the UCI suite's ensemble rows split by the member chosen per split: 2 of boston's 20 splits made a row
+    # whose mean (2.20) took the bold from every full row
+    from densbench.report.rows import best_marks
+
+    every, two = frozenset(map(str, range(20))), frozenset({"3", "11"})
+    rows = [{"dataset": "d", "splits": every, "nll": 2.5}, {"dataset": "d", "splits": every, "nll": 2.4},
+            {"dataset": "d", "splits": two, "nll": 2.2}, {"dataset": "d", "splits": frozenset({"None"}), "nll": 2.0},
+            # seeds of one setting, one of them lost: the same (no) splits, so rivals as ever
+            {"dataset": "e", "splits": frozenset({"None"}), "nll": 1.0}, {"dataset": "e", "splits": frozenset({"None"}), "nll": 0.9}]
+    marks = {i for i, m in best_marks(rows) if m == "nll"}
+    assert marks == {1, 5}

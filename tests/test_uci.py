@@ -121,14 +121,46 @@ def test_gap_splits_test_the_middle_third_of_one_inputs_range():
     d = load(cfg.dataset)
     column = d.x[:, 1]
     train = np.concatenate([d.train, d.val])
-    assert len(d.test) == len(d.x) - 2 * (len(d.x) // 3) and not set(d.test) & set(train)
-    assert set(d.test) | set(train) == set(range(len(d.x)))
-    # every training value of that input lies at or outside the test rows' range
+    assert not set(d.test) & set(train) and set(d.test) | set(train) == set(range(len(d.x)))
+    # every training value of that input lies strictly outside the test rows' range: yacht's inputs take a few
+    # values each, and a cut at n/3 put rows of one value on both sides (no gap at all)
     lo, hi = column[d.test].min(), column[d.test].max()
-    assert ((column[train] <= lo) | (column[train] >= hi)).all()
+    assert ((column[train] < lo) | (column[train] > hi)).all()
+    assert (column[train] < lo).any() and (column[train] > hi).any()
     # the same split on every load (ties keep row order); validation rows drawn from the whole training part
     again = load(cfg.dataset)
     assert np.array_equal(again.test, d.test) and np.array_equal(again.val, d.val)
     assert d.val.min() < len(d.x) // 2 < d.val.max()  # not the last rows of a table ordered by some column
+    assert d.test[: len(d.test) // 2].min() < np.median(d.test) < d.test[: len(d.test) // 2].max()  # max_eval's share: not a corner
     with pytest.raises(DataError, match="must be in 0..5 for the gap splits of yacht"):
         load(make_cfg("experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=6").dataset)
+
+
+def test_a_gap_split_cuts_between_distinct_values_and_an_input_without_a_gap_has_none():
+    from densbench.data.splits import gap_inputs, gap_split
+
+    g = np.random.default_rng(0)
+    n = 300
+    x = np.column_stack([g.normal(size=n),  # continuous: the thirds exactly, as ever
+                         g.integers(0, 2, n),  # binary: no value lies between two others
+                         np.where(g.random(n) < 0.8, 0.0, g.normal(size=n) ** 2 + 1),  # bunched at its minimum
+                         g.integers(0, 6, n).astype(float),  # six values: cut at the changes nearest the thirds
+                         np.full(n, 0.998)])  # constant
+    assert gap_inputs(x) == [0, 3]
+    train, test = gap_split(x, 0)
+    assert len(test) == n - 2 * (n // 3) and sorted(np.concatenate([train, test])) == list(range(n))
+    for d in (0, 3):
+        train, test = gap_split(x, d)
+        below, above = x[train, d] < x[test, d].min(), x[train, d] > x[test, d].max()
+        assert (below | above).all() and below.sum() >= 0.1 * n and above.sum() >= 0.1 * n
+    with pytest.raises(ValueError, match="input 1 has no gap split"):
+        gap_split(x, 1)
+
+
+@needs_layout
+def test_boston_has_no_gap_split_on_its_binary_input_and_the_error_says_so():
+    from densbench.data.uci import gap_split_count
+
+    assert gap_split_count(UCI_ROOT / "bostonHousing" / "data") == 12  # 13 inputs; chas (x3) is 0 or 1
+    with pytest.raises(DataError, match=r"must be in 0..11 for the gap splits of bostonHousing \(one per input with a gap; none on x3\)"):
+        load(make_cfg("experiment=uci_boston", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=12").dataset)

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["DataError", "TASKS", "Data", "load", "prepare", "describe", "fingerprint"]
 
 
+CONSTANT = 1e-12  # a column whose standard deviation is below this share of its mean's size is constant
+
+
 @dataclass(frozen=True)
 class Standardizer:
     """Affine map z = (v - loc) / scale fitted on a training split."""
@@ -40,7 +43,9 @@ class Standardizer:
         """Fit column means and standard deviations (constant columns get scale 1)."""
         loc = v.mean(0)
         scale = v.std(0)
-        scale = np.where(scale > 0, scale, 1.0)
+        # constant up to rounding too: naval's 0.998 column has a standard deviation of 2e-13, which would blow any
+        # other value up by 1e13
+        scale = np.where(scale > CONSTANT * np.abs(loc), scale, 1.0)
         return cls(loc, scale)
 
     @classmethod

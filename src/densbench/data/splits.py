@@ -83,15 +83,46 @@ def protocol_rows(train: np.ndarray, test: np.ndarray, val_fraction: float, tuni
     return (*carve_validation(train, val_fraction), test)
 
 
+GAP_SHARE = 0.1  # the least share of the rows each of a gap split's three parts holds
+
+
+def gap_cuts(column: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """(row order by the input, where the tested middle starts and ends in it): cut where the input's value
+    changes, nearest to the thirds, so equal values never fall on both sides; None where no such cut leaves
+    each part GAP_SHARE of the rows (a binary input, a constant one, one whose values bunch at an end)."""
+    order = np.argsort(column, kind="stable")
+    ordered, n = column[order], len(column)
+    changes = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1  # positions where a new value starts
+    least = max(1, int(np.ceil(GAP_SHARE * n)))
+    lows = changes[(changes >= least) & (changes <= n - 2 * least)]
+    if not lows.size:
+        return None
+    lo = int(lows[np.argmin(np.abs(lows - n // 3))])  # the first of equally near cuts: the same on every machine
+    highs = changes[(changes >= lo + least) & (changes <= n - least)]
+    if not highs.size:
+        return None
+    return order, lo, int(highs[np.argmin(np.abs(highs - (n - n // 3)))])
+
+
+def gap_inputs(x: np.ndarray) -> list[int]:
+    """The inputs a gap split can be cut on (gap_cuts), in column order: gap split i is on the i-th of them."""
+    return [d for d in range(x.shape[1]) if gap_cuts(x[:, d]) is not None]
+
+
 def gap_split(x: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gap split `dimension` (Foong et al. 2019): rows sorted by that input, the middle third tested, the outer
-    two thirds trained on; ties keep row order, so the split is the same on every machine. The training rows come
-    shuffled (legacy RandomState(dimension), stable across numpy versions), as a published split's do: validation
-    rows are carved from their end, and a table ordered by some column would otherwise give them one corner of it."""
-    order = np.argsort(x[:, dimension], kind="stable")
-    third = len(order) // 3
-    train = np.sort(np.concatenate([order[:third], order[len(order) - third:]]))
-    return train[np.random.RandomState(dimension).permutation(len(train))], np.sort(order[third:len(order) - third])
+    """Gap split on input `dimension` (Foong et al. 2019): rows sorted by that input, the middle third tested,
+    the outer two thirds trained on, cut between distinct values (gap_cuts), so every tested value lies strictly
+    between the training rows' (cutting at n/3 put tied rows on both sides: boston's binary input had no gap at
+    all). Both parts come shuffled (legacy RandomState(dimension), stable across numpy versions), as a published
+    split's do: validation rows are carved from the training rows' end and dataset.max_eval keeps the test
+    rows' first ones, which a table ordered by some column would otherwise take from one corner of it."""
+    cut = gap_cuts(x[:, dimension])
+    if cut is None:
+        raise ValueError(f"input {dimension} has no gap split (its values give no cut leaving {GAP_SHARE:.0%} of the rows to each part)")
+    order, lo, hi = cut
+    train, test = np.sort(np.concatenate([order[:lo], order[hi:]])), np.sort(order[lo:hi])
+    rng = np.random.RandomState(dimension)
+    return train[rng.permutation(len(train))], test[rng.permutation(len(test))]
 
 
 RESOLUTIONS = tuple(10.0 ** k for k in range(3, -7, -1))  # the recording grids a target is tested against, coarsest first

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densbench.data.splits import Data, gap_split, protocol_rows, target_list
+from densbench.data.splits import Data, gap_inputs, gap_split, protocol_rows, target_list
 from densbench.errors import DataError
 
 ROOT_VARIABLE = "DENSBENCH_UCI_ROOT"
@@ -132,11 +132,13 @@ def load(cfg) -> Data:
     inputs = set(targets) & set(features.tolist())
     if inputs:  # a target among the inputs: a model would read its answer
         raise DataError(f"{folder}: the target names column {min(inputs)}, which index_features.txt also lists as a feature")
-    if cfg.get("protocol") == "gap":  # one split per input: tested in the middle third of its range
-        if not 0 <= int(cfg.split) < len(features):
-            raise DataError(f"dataset.split must be in 0..{len(features) - 1} for the gap splits of {folder.parent.name} "
-                            f"(one per input), got {cfg.split}")
-        train, test = gap_split(table[:, features], int(cfg.split))
+    if cfg.get("protocol") == "gap":  # one split per input that has a gap: tested in the middle third of its range
+        inputs = gap_inputs(table[:, features])
+        if not 0 <= int(cfg.split) < len(inputs):
+            none = [f"x{features[d]}" for d in range(len(features)) if d not in inputs]
+            raise DataError(f"dataset.split must be in 0..{len(inputs) - 1} for the gap splits of {folder.parent.name} "
+                            f"(one per input with a gap; none on {', '.join(none) or 'no input'}), got {cfg.split}")
+        train, test = gap_split(table[:, features], inputs[int(cfg.split)])
     else:
         train, test = read_split(folder, int(cfg.split), len(table))
     train, val, test = protocol_rows(train, test, cfg.val_fraction, bool(cfg.get("tuning")))
@@ -146,6 +148,11 @@ def load(cfg) -> Data:
     data.notes["source"] = str(folder)
     data.notes["noise_precisions"] = noise_precisions(folder)
     return data
+
+
+def gap_split_count(folder: Path) -> int:
+    """How many gap splits a layout's dataset has: one per input with a gap (splits.gap_inputs)."""
+    return len(gap_inputs(_table(folder / "data.txt")[:, _ints(folder / "index_features.txt")]))
 
 
 def source_files(cfg, with_split: bool = True) -> list[str]:

@@ -61,7 +61,9 @@ def _main_table(rows: list[dict]) -> list[str]:
                     "probability score (ranked probability score for counts and classes); cal. error = mean absolute "
                     "calibration error of central intervals over 100 levels; ECE = expected calibration error, 15 bins; "
                     "cover@90 = share of test targets inside the central 90% interval; NLL - oracle = gap to the true "
-                    "distribution's NLL where it is known. Every metric is in `summary.csv`, every run in `runs.csv`.", ""]
+                    "distribution's NLL where it is known. Bold: the best of each dataset's rows over the splits of its "
+                    "fullest row (a row over other splits is no rival). Every metric is in `summary.csv`, every "
+                    "run in `runs.csv`.", ""]
 
 
 def _gradient_paths(rows: list[dict]) -> list[str]:

@@ -117,6 +117,7 @@ def summarise(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = dict(zip(ROW_KEYS, key))
         row["method"] = method_of(runs[0].get("config") or {}, runs[0].get("labels") or {})
         row["runs"] = len(runs)
+        row["splits"] = frozenset(str((r.get("labels") or {}).get("split")) for r in runs)  # which rows it can rival
         row["flagged"] = sum(1 for r in runs if r.get("flags"))
         row["stopped_early"] = sum(1 for r in runs if (r.get("train") or {}).get("stopped_early"))
         row["recalibrate"] = (runs[0].get("config") or {}).get("recalibrate", "none")
@@ -131,16 +132,28 @@ def summarise(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
     return rows
 
 
+def comparable(rows: list[dict], idx: list[int]) -> list[int]:
+    """Of a dataset's rows (indices), those over the same data splits as its row of the most splits: a row over
+    other splits is no rival (an ensemble row of the 2 of 20 splits whose members were one method, the gap protocol's
+    splits); rows that differ only in their seeds all are."""
+    full = max((rows[i].get("splits", frozenset()) for i in idx), key=len, default=frozenset())
+    return [i for i in idx if rows[i].get("splits", frozenset()) == full]
+
+
 def best_marks(rows: list[dict]) -> set[tuple[int, str]]:
+    """(row, metric) of the best value of each dataset's comparable rows in each headline column."""
     marks = set()
     by_dataset: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         by_dataset[r["dataset"]].append(i)
     for metric in MAIN_COLUMNS:
         lower = lower_is_better(metric)
-        for idx in by_dataset.values():
-            vals = [(rows[i].get(metric), i) for i in idx if rows[i].get(metric) is not None and math.isfinite(rows[i][metric])]
-            if len(vals) < 2:
+        for all_idx in by_dataset.values():
+            if len(all_idx) < 2:
+                continue
+            vals = [(rows[i].get(metric), i) for i in comparable(rows, all_idx)
+                    if rows[i].get(metric) is not None and math.isfinite(rows[i][metric])]
+            if not vals:
                 continue
             if lower is None:  # coverage: closest to nominal
                 best = min(vals, key=lambda t: abs(t[0] - 0.9))[1]
@@ -173,11 +186,12 @@ def sweep_leaderboard(rows: list[dict], title: str) -> Leaderboard:
     grads = {r["grad"] for r in rows}
     board = Leaderboard(caption=f"{title}: test metrics, mean ± standard error over seeds and splits (lower is better)",
                         row_header="dataset: loss / head", columns=[h for _, h in cols], digits=3,
-                        notes="Bold: the best of each dataset's rows in that column. cal. error: mean absolute calibration "
+                        notes="Bold: the best in that column of each dataset's rows over the splits of its fullest row (a "
+                              "row over other splits is no rival). cal. error: mean absolute calibration "
                               "error of central intervals over 100 levels.")
     cells = [[Cell(r.get(m, float("nan")), r.get(f"{m}_se")) for m, _ in cols] for r in rows]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
-        idx = [i for i, r in enumerate(rows) if r["dataset"] == ds]
+        idx = comparable(rows, [i for i, r in enumerate(rows) if r["dataset"] == ds])
         for k in range(len(cols)):
             for i, b in zip(idx, best_of([cells[i][k].mean for i in idx], board.digits)):
                 cells[i][k] = Cell(cells[i][k].mean, cells[i][k].pm, b)
