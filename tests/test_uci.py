@@ -84,6 +84,36 @@ def test_an_index_file_that_is_not_the_published_split_is_refused(tmp_path):
 
 
 @needs_layout
+@pytest.mark.parametrize("fault,message", [
+    (lambda rows: ["9999"] + rows[1:], r"index_test_3.txt: row 9999 \(line 1\) is outside data.txt's rows 0..307"),
+    (lambda rows: [rows[1]] + rows[1:], r"index_test_3.txt: row \d+ is listed 2 times"),
+    (lambda rows: [rows[0] + ".4"] + rows[1:], r"index_test_3.txt: row indices must be whole numbers, got \d+.4 \(line 1\)"),
+    (lambda rows: [], r"index_test_3.txt: is empty"),
+    (lambda rows: rows[:-1], r"list 307 rows, data.txt has 308"),
+])
+def test_a_malformed_index_file_is_refused_with_what_is_wrong_in_it(tmp_path, fault, message):
+    # every one of these was "differ from the protocol's regeneration", which sent a user to the wrong file or fault
+    shutil.copytree(UCI_ROOT / "yacht", tmp_path / "yacht")
+    index = tmp_path / "yacht" / "data" / "index_test_3.txt"
+    index.write_text("\n".join(fault(index.read_text().split())) + "\n")
+    with pytest.raises(DataError, match=message):
+        load(make_cfg("dataset=yacht", f"dataset.root={tmp_path}", "dataset.split=3").dataset)
+
+
+@needs_layout
+def test_a_nan_in_the_data_is_named_by_row_and_column(tmp_path):
+    shutil.copytree(UCI_ROOT / "yacht", tmp_path / "yacht")
+    data = tmp_path / "yacht" / "data" / "data.txt"
+    lines = data.read_text().splitlines()
+    cells = lines[10].split()
+    cells[3] = "nan"
+    lines[10] = " ".join(cells)
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"data.txt: 1 NaN values, the first in row 10 \(line 11\), column 3"):
+        load(make_cfg("dataset=yacht", f"dataset.root={tmp_path}").dataset)
+
+
+@needs_layout
 @pytest.mark.parametrize("target,message", [("3", "which index_features.txt also lists as a feature"),
                                             ("99", "must name columns 0..6 of data.txt")])
 def test_an_index_target_that_is_a_feature_or_no_column_is_refused(tmp_path, target, message):

@@ -12,6 +12,7 @@ permutation per split), so a corrupted or reordered index file is an error, not 
 from __future__ import annotations
 
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,9 +56,28 @@ def folder_of(cfg) -> Path:
 
 def _ints(path: Path) -> np.ndarray:
     try:
-        return np.atleast_1d(np.loadtxt(path, dtype=np.float64)).astype(np.int64)
+        with warnings.catch_warnings():  # an empty file: numpy warns, the check below says what is wrong
+            warnings.simplefilter("ignore", UserWarning)
+            values = np.atleast_1d(np.loadtxt(path, dtype=np.float64))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot be read as a list of row indices ({exc})") from exc
+    if not values.size:
+        raise DataError(f"{path}: is empty; it should list row indices")
+    whole = values == np.round(values)
+    if not whole.all():  # truncating 431.4 to 431 would pass every later check
+        raise DataError(f"{path}: row indices must be whole numbers, got {values[~whole][0]} (line {int(np.argmin(whole)) + 1})")
+    return values.astype(np.int64)
+
+
+def _rows(path: Path, rows: np.ndarray, n: int) -> None:
+    """An index file's rows must be distinct rows of data.txt's n."""
+    outside = (rows < 0) | (rows >= n)
+    if outside.any():
+        raise DataError(f"{path}: row {rows[outside][0]} (line {int(np.argmax(outside)) + 1}) is outside data.txt's "
+                        f"rows 0..{n - 1}")
+    values, counts = np.unique(rows, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{path}: row {values[counts > 1][0]} is listed {counts.max()} times")
 
 
 def noise_precisions(folder: Path) -> list[float] | None:
@@ -93,7 +113,13 @@ def read_split(folder: Path, split: int, n: int) -> tuple[np.ndarray, np.ndarray
     n_splits = protocol(folder)["splits"]
     if not 0 <= split < n_splits:
         raise DataError(f"dataset.split must be in 0..{n_splits - 1} for {folder.parent.name}, got {split}")
-    train, test = _ints(folder / f"index_train_{split}.txt"), _ints(folder / f"index_test_{split}.txt")
+    paths = folder / f"index_train_{split}.txt", folder / f"index_test_{split}.txt"
+    train, test = _ints(paths[0]), _ints(paths[1])
+    for path, rows in zip(paths, (train, test)):
+        _rows(path, rows, n)
+    if len(train) + len(test) != n:
+        raise DataError(f"{folder}/index_*_{split}.txt list {len(train) + len(test)} rows, data.txt has {n}: "
+                        "a row added to or missing from data.txt, or an index file cut short")
     want_train, want_test = regenerated_split(n, split)
     if not (np.array_equal(train, want_train) and np.array_equal(test, want_test)):
         raise DataError(f"{folder}/index_*_{split}.txt differ from the protocol's regeneration "
@@ -122,7 +148,9 @@ def load(cfg) -> Data:
     folder = folder_of(cfg)
     table = _table(folder / "data.txt")
     if np.isnan(table).any():
-        raise DataError(f"{folder / 'data.txt'}: {int(np.isnan(table).sum())} NaN values")
+        row, column = (int(i[0]) for i in np.nonzero(np.isnan(table)))
+        raise DataError(f"{folder / 'data.txt'}: {int(np.isnan(table).sum())} NaN values, the first in row {row} "
+                        f"(line {row + 1}), column {column}")
     features = _ints(folder / "index_features.txt")
     # dataset.targets: 0-based columns of data.txt, as the index files count them (naval: 16 and 17)
     targets = [int(t) for t in target_list(cfg.get("targets"))] or [int(_ints(folder / "index_target.txt")[0])]
