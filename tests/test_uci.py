@@ -148,12 +148,15 @@ def test_a_method_runs_on_a_uci_dataset_from_the_layout(tmp_path):
 @needs_layout
 def test_gap_splits_test_the_middle_third_of_one_inputs_range():
     cfg = make_cfg("experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=1")
+    from densbench.data.splits import gap_inputs
+
     d = load(cfg.dataset)
-    column = d.x[:, 1]
+    column = d.x[:, gap_inputs(d.x)[1]]  # gap split 1: the second input that has a gap
     train = np.concatenate([d.train, d.val])
-    assert not set(d.test) & set(train) and set(d.test) | set(train) == set(range(len(d.x)))
+    # the outer two thirds trained on, for every input alike (the splits of a dataset train as one stack)
+    assert len(train) == 2 * (len(d.x) // 3) and not set(d.test) & set(train)
     # every training value of that input lies strictly outside the test rows' range: yacht's inputs take a few
-    # values each, and a cut at n/3 put rows of one value on both sides (no gap at all)
+    # values each, and the middle third alone put rows of one value on both sides (no gap at all)
     lo, hi = column[d.test].min(), column[d.test].max()
     assert ((column[train] < lo) | (column[train] > hi)).all()
     assert (column[train] < lo).any() and (column[train] > hi).any()
@@ -162,11 +165,11 @@ def test_gap_splits_test_the_middle_third_of_one_inputs_range():
     assert np.array_equal(again.test, d.test) and np.array_equal(again.val, d.val)
     assert d.val.min() < len(d.x) // 2 < d.val.max()  # not the last rows of a table ordered by some column
     assert d.test[: len(d.test) // 2].min() < np.median(d.test) < d.test[: len(d.test) // 2].max()  # max_eval's share: not a corner
-    with pytest.raises(DataError, match="must be in 0..5 for the gap splits of yacht"):
-        load(make_cfg("experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=6").dataset)
+    with pytest.raises(DataError, match=r"must be in 0..2 for the gap splits of yacht \(one per input with a gap; none on x0, x2, x4\)"):
+        load(make_cfg("experiment=uci_yacht", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=3").dataset)
 
 
-def test_a_gap_split_cuts_between_distinct_values_and_an_input_without_a_gap_has_none():
+def test_a_gap_split_tests_only_values_strictly_inside_the_gap_and_an_input_without_one_has_none():
     from densbench.data.splits import gap_inputs, gap_split
 
     g = np.random.default_rng(0)
@@ -174,23 +177,26 @@ def test_a_gap_split_cuts_between_distinct_values_and_an_input_without_a_gap_has
     x = np.column_stack([g.normal(size=n),  # continuous: the thirds exactly, as ever
                          g.integers(0, 2, n),  # binary: no value lies between two others
                          np.where(g.random(n) < 0.8, 0.0, g.normal(size=n) ** 2 + 1),  # bunched at its minimum
-                         g.integers(0, 6, n).astype(float),  # six values: cut at the changes nearest the thirds
+                         g.integers(0, 6, n).astype(float),  # six values: the middle third's two inner ones tested
                          np.full(n, 0.998)])  # constant
     assert gap_inputs(x) == [0, 3]
-    train, test = gap_split(x, 0)
+    train, test = gap_split(x, 0)  # no ties: the middle third, every row in one part
     assert len(test) == n - 2 * (n // 3) and sorted(np.concatenate([train, test])) == list(range(n))
     for d in (0, 3):
         train, test = gap_split(x, d)
+        assert len(train) == 2 * (n // 3)  # the same for every input: a dataset's gap splits stack
         below, above = x[train, d] < x[test, d].min(), x[train, d] > x[test, d].max()
-        assert (below | above).all() and below.sum() >= 0.1 * n and above.sum() >= 0.1 * n
+        assert (below | above).all() and below.sum() == above.sum() == n // 3
+    assert set(np.unique(x[gap_split(x, 3)[1], 3])) < set(range(6))  # values tied with a training row: left out
     with pytest.raises(ValueError, match="input 1 has no gap split"):
         gap_split(x, 1)
 
 
 @needs_layout
-def test_boston_has_no_gap_split_on_its_binary_input_and_the_error_says_so():
+def test_boston_has_no_gap_split_on_its_binary_or_bunched_inputs_and_the_error_says_so():
     from densbench.data.uci import gap_split_count
 
-    assert gap_split_count(UCI_ROOT / "bostonHousing" / "data") == 12  # 13 inputs; chas (x3) is 0 or 1
-    with pytest.raises(DataError, match=r"must be in 0..11 for the gap splits of bostonHousing \(one per input with a gap; none on x3\)"):
-        load(make_cfg("experiment=uci_boston", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=12").dataset)
+    # 13 inputs; chas (x3) is 0 or 1, and zn (x1) is 0 on the outer and the middle third alike
+    assert gap_split_count(UCI_ROOT / "bostonHousing" / "data") == 11
+    with pytest.raises(DataError, match=r"must be in 0..10 for the gap splits of bostonHousing \(one per input with a gap; none on x1, x3\)"):
+        load(make_cfg("experiment=uci_boston", f"dataset.root={UCI_ROOT}", "dataset.protocol=gap", "dataset.split=11").dataset)

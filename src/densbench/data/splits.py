@@ -83,44 +83,40 @@ def protocol_rows(train: np.ndarray, test: np.ndarray, val_fraction: float, tuni
     return (*carve_validation(train, val_fraction), test)
 
 
-GAP_SHARE = 0.1  # the least share of the rows each of a gap split's three parts holds
+GAP_SHARE = 0.1  # the least share of the rows a gap split tests
 
 
-def gap_cuts(column: np.ndarray) -> tuple[np.ndarray, int, int] | None:
-    """(row order by the input, where the tested middle starts and ends in it): cut where the input's value
-    changes, nearest to the thirds, so equal values never fall on both sides; None where no such cut leaves
-    each part GAP_SHARE of the rows (a binary input, a constant one, one whose values bunch at an end)."""
+def gap_parts(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, tested rows) of the gap split on one input: rows sorted by it (ties in row order), the
+    outer two thirds trained on, and of the middle third the rows whose value lies strictly between the
+    training rows' (a middle row tied with a training value would sit in no gap: it is left out of both)."""
     order = np.argsort(column, kind="stable")
-    ordered, n = column[order], len(column)
-    changes = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1  # positions where a new value starts
-    least = max(1, int(np.ceil(GAP_SHARE * n)))
-    lows = changes[(changes >= least) & (changes <= n - 2 * least)]
-    if not lows.size:
-        return None
-    lo = int(lows[np.argmin(np.abs(lows - n // 3))])  # the first of equally near cuts: the same on every machine
-    highs = changes[(changes >= lo + least) & (changes <= n - least)]
-    if not highs.size:
-        return None
-    return order, lo, int(highs[np.argmin(np.abs(highs - (n - n // 3)))])
+    n = len(order)
+    third = n // 3
+    train = np.concatenate([order[:third], order[n - third:]])  # every input's: the splits of a dataset stack
+    middle = order[third:n - third]
+    inside = (column[middle] > column[order[third - 1]]) & (column[middle] < column[order[n - third]])
+    return train, middle[inside]
 
 
 def gap_inputs(x: np.ndarray) -> list[int]:
-    """The inputs a gap split can be cut on (gap_cuts), in column order: gap split i is on the i-th of them."""
-    return [d for d in range(x.shape[1]) if gap_cuts(x[:, d]) is not None]
+    """The inputs a gap split is cut on, in column order (gap split i is on the i-th): those whose middle third
+    keeps GAP_SHARE of the rows strictly inside the gap (not a binary input, a constant one, or one whose values
+    bunch in the middle)."""
+    least = max(1, int(np.ceil(GAP_SHARE * len(x))))
+    return [d for d in range(x.shape[1]) if len(gap_parts(x[:, d])[1]) >= least]
 
 
 def gap_split(x: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gap split on input `dimension` (Foong et al. 2019): rows sorted by that input, the middle third tested,
-    the outer two thirds trained on, cut between distinct values (gap_cuts), so every tested value lies strictly
-    between the training rows' (cutting at n/3 put tied rows on both sides: boston's binary input had no gap at
-    all). Both parts come shuffled (legacy RandomState(dimension), stable across numpy versions), as a published
-    split's do: validation rows are carved from the training rows' end and dataset.max_eval keeps the test
-    rows' first ones, which a table ordered by some column would otherwise take from one corner of it."""
-    cut = gap_cuts(x[:, dimension])
-    if cut is None:
-        raise ValueError(f"input {dimension} has no gap split (its values give no cut leaving {GAP_SHARE:.0%} of the rows to each part)")
-    order, lo, hi = cut
-    train, test = np.sort(np.concatenate([order[:lo], order[hi:]])), np.sort(order[lo:hi])
+    """Gap split on input `dimension` (Foong et al. 2019): the middle third of the rows sorted by that input tested,
+    the outer two thirds trained on (gap_parts), so every tested value lies strictly between the training rows'
+    (the middle third alone put tied rows on both sides: boston's binary input had no gap at all). Both parts
+    come shuffled (legacy RandomState(dimension), stable across numpy versions), as a published split's do:
+    validation rows are carved from the training rows' end and dataset.max_eval keeps the test rows' first ones,
+    which a table ordered by some column would otherwise take from one corner of it."""
+    train, test = (np.sort(part) for part in gap_parts(x[:, dimension]))
+    if len(test) == 0:
+        raise ValueError(f"input {dimension} has no gap split: no row of its middle third lies strictly between the outer thirds' values")
     rng = np.random.RandomState(dimension)
     return train[rng.permutation(len(train))], test[rng.permutation(len(test))]
 

@@ -20,9 +20,9 @@ def gap_section(standard: dict, gap: dict) -> list[str]:
         return []
     return ["### Gap splits: between the training ranges", "",
             "One split per input (Foong et al. 2019): rows sorted by that input, the middle third tested and the outer "
-            "two thirds trained on (validation carved from them as usual), cut between distinct values so that every "
-            "tested value lies strictly between the training rows' (an input whose values allow no such cut with a tenth "
-            "of the rows in each part, a binary one say, has no gap split). A predictive that knows what it has not "
+            "two thirds trained on (validation carved from them as usual); a middle row whose value ties with a training "
+            "row's sits in no gap and is left out, so every tested value lies strictly between the training rows' (an "
+            "input that keeps less than a tenth of the rows so, a binary one say, has no gap split). A predictive that knows what it has not "
             "seen widens there: its coverage stays near 90% while its NLL grows; an overconfident one loses coverage. "
             "Mean ± standard error over the gap splits, and over the published splits for comparison. An ensemble's "
             "members are, on each split, the single-model method with the lowest NLL on that split's validation rows "
