@@ -211,7 +211,7 @@ def test_the_comparison_figure_puts_each_configurations_learning_curve_beside_it
     np.testing.assert_allclose(lines["kl/gaussian"], [[10, 2.0], [20, 1.5]])
 
 
-def test_a_row_over_fewer_runs_is_never_bold():
+def test_a_row_over_other_splits_is_never_bold():
     # the UCI suite's ensemble rows split by the member chosen per split: 2 of boston's 20 splits made a row
     # whose mean (2.20) took the bold from every full row
     from densbench.report.rows import best_marks
