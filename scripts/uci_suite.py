@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown {', '.join(unknown)}; datasets: {', '.join(FOLDERS)}; methods: {', '.join(SINGLE)}")
     sweep_dir = Path(args.sweep_dir)
     out = args.out or (str(ROOT / "reports" / "uci") if args.publish else str(sweep_dir / "report"))
-    os.environ[ROOT_VARIABLE] = str(Path(args.root).resolve())  # the workers read the layout from here
     common = ["launcher=stacked", f"hydra.launcher.workers={args.workers}", f"resume={str(args.resume).lower()}",
               "report.enabled=false", f"hydra.sweep.dir={sweep_dir}", *args.extra]
     commands: list[str] = []
@@ -223,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     dropped = sorted({d for names in only.values() for d in names} - set(chosen))
     if dropped:
         ap.error(f"--baseline-only names {', '.join(dropped)}, not among --baseline-datasets ({', '.join(chosen)})")
+    os.environ[ROOT_VARIABLE] = str(Path(args.root).resolve())  # the workers read the layout from here (once args are checked)
     extra_stage = baseline_jobs(chosen, args.root, only) if args.baselines else []
     gap_datasets = [d for d in args.gap_datasets.split(",") if d in datasets] if args.gap else []
     gap_methods = args.gap_methods.split(",")

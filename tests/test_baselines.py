@@ -4,6 +4,7 @@ as what they are by methods and reports, and listed by scripts/uci_suite.py --ba
 
 import json
 import math
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -197,7 +198,10 @@ def test_recipes_are_networks_and_method_of_names_the_baselines():
 
 
 @needs_layout
-def test_uci_suite_baselines_stage_lists_every_split_and_the_gp_where_it_fits():
+def test_uci_suite_baselines_stage_lists_every_split_and_the_gp_where_it_fits(monkeypatch):
+    from densbench.data.uci import ROOT_VARIABLE
+
+    monkeypatch.delenv(ROOT_VARIABLE, raising=False)  # restored after the test, whatever main() sets in this process
     sys.path.insert(0, str(REPO / "scripts"))
     import uci_suite
 
@@ -213,6 +217,7 @@ def test_uci_suite_baselines_stage_lists_every_split_and_the_gp_where_it_fits():
             uci_suite.restrictions([bad])
     with pytest.raises(SystemExit):  # without the stage it restricts: argparse's one-line error, before any work
         uci_suite.main(["--root", str(UCI_ROOT), "--datasets", "yacht", "--baseline-only", "ngboost=yacht"])
+    assert ROOT_VARIABLE not in os.environ  # refused before it set anything for its workers
     assert not any(m in uci_suite.SINGLE for m in baselines())
 
 
