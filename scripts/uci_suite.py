@@ -204,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     started, epoch = time.perf_counter(), time.time()
     failed = 0
 
-    def run(name: str, job_list: list[list[str]], overrides: list[str]) -> None:
+    def run(name: str, job_list: list[list[str]], overrides: list[str], networks: bool = True) -> None:
         nonlocal failed
         commands.append("-m " + " ".join(overrides))
         begun = time.perf_counter()
         failed += sweep(overrides) != 0
-        stages.append({"stage": name, "jobs": len(job_list), "wall_s": time.perf_counter() - begun})
+        stages.append({"stage": name, "jobs": len(job_list), "wall_s": time.perf_counter() - begun, "networks": networks})
 
     splits = {d: n_splits(d, args.root) for d in datasets}
     variants = [[f"method={m}"] for m in args.methods.split(",")]
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         run("deep ensembles", ensembles, listed("stage2", ensembles, sweep_dir, common + progress(total, len(stage1), epoch)))
     if extra_stage:
         run("non-network baselines", extra_stage,
-            listed("baselines", extra_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)))
+            listed("baselines", extra_stage, sweep_dir, common + progress(total, len(stage1) + len(ensembles), epoch)), networks=False)
     stack_plan.shutdown()  # the workers' job is done; the report draws its figures on every core
     wall = time.perf_counter() - started
     results, skipped = scan_results(sweep_dir)

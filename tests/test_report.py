@@ -223,3 +223,6 @@ def test_a_row_over_other_splits_is_never_bold():
             {"dataset": "e", "splits": frozenset({"None"}), "nll": 1.0}, {"dataset": "e", "splits": frozenset({"None"}), "nll": 0.9}]
     marks = {i for i, m in best_marks(rows) if m == "nll"}
     assert marks == {1, 5}
+    # a dataset whose only full row has rivals over other splits alone: that row is best of nothing
+    lone = [{"dataset": "f", "splits": every, "nll": 2.5}, {"dataset": "f", "splits": two, "nll": 2.2}]
+    assert not {m for _, m in best_marks(lone)}

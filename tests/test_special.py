@@ -105,3 +105,52 @@ def test_student_t_quantiles_are_exact_when_no_table_reaches_the_tolerance(monke
     ref = torch.from_numpy(special.stdtrit(nu.numpy()[None, :], levels.numpy()[:, None]))
     ref[:, nu == math.inf] = torch.from_numpy(special.ndtri(levels.numpy()))[:, None]
     assert torch.equal(dspecial.student_t_icdf_levels(levels, nu), ref)
+
+
+@pytest.mark.parametrize("a", [1e-3, 0.5, 3.0, 19.99, 20.0, 150.0, 1e4, 1e8, 1e12])
+def test_the_half_step_of_lgamma_and_digamma_keeps_its_digits_for_every_argument(a):
+    import mpmath as mp
+
+    from densbench.distributions.special import digamma_half_step, log_gamma_half_step
+
+    mp.mp.dps = 40
+    x = torch.tensor([a], dtype=torch.float64)
+    want_r = mp.loggamma(mp.mpf(a) + 0.5) - mp.loggamma(mp.mpf(a))
+    want_d = mp.digamma(mp.mpf(a) + 0.5) - mp.digamma(mp.mpf(a))
+    # two lgammas of 1.7e9 subtracted (df 1e8) leave about 1e-8 of the difference's digits
+    assert float(log_gamma_half_step(x)) == pytest.approx(float(want_r), rel=1e-14)
+    assert float(digamma_half_step(x)) == pytest.approx(float(want_d), rel=2e-14)
+
+
+def test_the_half_step_of_lgamma_is_differentiable_with_the_digamma_half_step_as_its_derivative():
+    from densbench.distributions.special import digamma_half_step, log_gamma_half_step
+
+    x = torch.tensor([1e-2, 2.0, 19.5, 20.5, 300.0, 1e6], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(log_gamma_half_step, (x,))
+    (grad,) = torch.autograd.grad(log_gamma_half_step(x).sum(), x)
+    torch.testing.assert_close(grad, digamma_half_step(x.detach()), rtol=1e-13, atol=0)
+
+
+def _mp_student_t(nu, z):
+    import mpmath as mp
+
+    nu, z = mp.mpf(nu), mp.mpf(z)
+    log_f = mp.loggamma((nu + 1) / 2) - mp.loggamma(nu / 2) - mp.log(nu * mp.pi) / 2 - (nu + 1) / 2 * mp.log1p(z * z / nu)
+    cdf = 1 - mp.betainc(nu / 2, mp.mpf(1) / 2, 0, nu / (nu + z * z), regularized=True) / 2  # z >= 0
+    last = 2 * mp.sqrt(nu) * mp.beta(0.5, nu - 0.5) / ((nu - 1) * mp.beta(0.5, nu / 2) ** 2)
+    return log_f, z * (2 * cdf - 1) + 2 * mp.exp(log_f) * (nu + z * z) / (nu - 1) - last
+
+
+@pytest.mark.parametrize("nu", [1.5, 30.0, 1e4, 1e8, 1e12])
+def test_student_t_log_density_and_crps_keep_their_digits_up_to_the_gaussian_limit(nu):
+    import mpmath as mp
+
+    from densbench.distributions.families.student_t import _log_density, crps_student_t
+
+    mp.mp.dps = 60
+    log_f, crps = _mp_student_t(nu, 0.7)
+    t = torch.tensor([nu], dtype=torch.float64)
+    z = torch.tensor([0.7], dtype=torch.float64)
+    assert float(_log_density(z, t)) == pytest.approx(float(log_f), rel=1e-14)
+    d = torch.distributions.StudentT(t, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    assert float(crps_student_t(d, z)) == pytest.approx(float(crps), rel=1e-13)

@@ -87,6 +87,9 @@ def test_an_index_file_that_is_not_the_published_split_is_refused(tmp_path):
 @pytest.mark.parametrize("fault,message", [
     (lambda rows: ["9999"] + rows[1:], r"index_test_3.txt: row 9999 \(line 1\) is outside data.txt's rows 0..307"),
     (lambda rows: [rows[1]] + rows[1:], r"index_test_3.txt: row \d+ is listed 2 times"),
+    # the count of the row named (the lower of one listed twice and one listed three times), not the largest count
+    (lambda rows: (lambda a, b: [a, a, b, b, b] + [r for r in rows if r not in (a, b)][3:])(*sorted(rows[:2], key=int)),
+     r"index_test_3.txt: row \d+ is listed 2 times"),
     (lambda rows: [rows[0] + ".4"] + rows[1:], r"index_test_3.txt: row indices must be whole numbers, got \d+.4 \(line 1\)"),
     (lambda rows: [], r"index_test_3.txt: is empty"),
     (lambda rows: rows[:-1], r"list 307 rows, data.txt has 308"),

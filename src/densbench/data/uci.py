@@ -77,7 +77,8 @@ def _rows(path: Path, rows: np.ndarray, n: int) -> None:
                         f"rows 0..{n - 1}")
     values, counts = np.unique(rows, return_counts=True)
     if (counts > 1).any():
-        raise DataError(f"{path}: row {values[counts > 1][0]} is listed {counts.max()} times")
+        first = int(np.argmax(counts > 1))
+        raise DataError(f"{path}: row {values[first]} is listed {counts[first]} times")
 
 
 def noise_precisions(folder: Path) -> list[float] | None:

@@ -24,6 +24,8 @@ from torch.distributions.utils import lazy_property
 from densbench.distributions import ops
 from densbench.distributions.ops import HALF_LOG_2PI, INV_SQRT_PI, SQRT_2PI
 
+SQRT_HALF, LOG_2 = math.sqrt(0.5), math.log(2.0)
+
 
 class NormalMixture(MixtureSameFamily):
     """Mixture of K univariate Gaussians with batch shape [...]; parameters are [..., K]."""
@@ -69,9 +71,26 @@ def log_normal_mass(loc: Tensor, scale: Tensor, lo: Tensor, hi: Tensor) -> Tenso
     a_t, b_t = torch.where(upper, -b, a), torch.where(upper, -a, b)
     log_b = torch.special.log_ndtr(b_t)
     tail = log_b + torch.log(-torch.expm1(torch.special.log_ndtr(a_t) - log_b))
-    # an interval around the mean holds a mass no smaller than its distance to the far tails
-    middle = torch.log1p(-(torch.special.ndtr(a) + torch.special.ndtr(-b)))
-    return torch.where(upper | (b <= 0), tail, middle)
+    # an interval around the mean: Phi(b) - Phi(a) as erf(b/sqrt2)/2 + erf(-a/sqrt2)/2, two positive terms that keep
+    # their digits however narrow the interval (1 - Phi(a) - Phi(-b) cancels once it is under ~1e-8 sigma wide)
+    middle = torch.log(torch.special.erf(b * SQRT_HALF) + torch.special.erf(-a * SQRT_HALF)) - LOG_2
+    wide = torch.where(upper | (b <= 0), tail, middle)
+    # a narrow interval in a tail: the difference of two nearly equal CDFs keeps only 1e-16 / (its relative width)
+    # of its digits, so there the density is integrated instead (in logs: exact however far out)
+    w, m = b - a, (a + b) / 2
+    narrow = torch.isfinite(w) & (w * (m.abs() + w) < NARROW_SPAN)
+    return torch.where(narrow, _log_narrow_mass(torch.where(narrow, m, 0.0), torch.where(narrow, w, 1.0)), wide)
+
+
+NARROW_SPAN = 0.5  # w (|m| + w) below this: log f changes by at most ~0.5 across the interval
+NARROW_NODES = 8  # Gauss-Legendre nodes: exp of such a quadratic is a polynomial to 1e-20 at degree 15, which they integrate
+
+
+def _log_narrow_mass(m: Tensor, w: Tensor) -> Tensor:
+    """log of the standard normal's mass over (m - w/2, m + w/2) by Gauss-Legendre on the density, in logs."""
+    t, g = (torch.as_tensor(v, dtype=m.dtype, device=m.device) for v in np.polynomial.legendre.leggauss(NARROW_NODES))
+    x = m.unsqueeze(-1) + (w / 2).unsqueeze(-1) * t
+    return torch.log(w / 2) + torch.logsumexp(torch.log(g) - 0.5 * x * x, -1) - HALF_LOG_2PI
 
 
 def unit_bin(y: Tensor) -> tuple[Tensor, Tensor]:

@@ -41,7 +41,7 @@ PER_LEVEL = 5  # nodes per level at most: many components (MC dropout's passes) 
 # levels of the extra nodes placed at Gaussian components' weighted mean quantile (Components.grid): 40 even steps
 MID_LEVELS = [(i + 0.5) / 40 for i in range(40)]
 CHUNK_ELEMENTS = 250_000  # entries x components evaluated at once: small enough to stay in the CPU's cache
-CRPS_CHECK = 1e-6  # CRPS error estimate, relative to the components' interquartile span, above which nodes are halved
+CRPS_CHECK = 1e-6  # CRPS error estimate, relative to the mixture's interquartile span, above which nodes are halved
 CRPS_HALVINGS = 4
 
 
@@ -218,7 +218,7 @@ def crps(c: Components, y: Tensor) -> Tensor:
 
     The rule runs on the grid with y inserted and on its coarser check grid (a subset: no extra CDF
     evaluations); their difference over 2^3 - 1 estimates the finer rule's error, and a row whose
-    estimate exceeds CRPS_CHECK times its spread (the components' interquartile span) has its nodes
+    estimate exceeds CRPS_CHECK times its spread (the mixture's interquartile span) has its nodes
     halved, the previous nodes becoming the check grid.
     """
     gx, gF, gf, gkeep = c.grid()

@@ -26,6 +26,29 @@ def log_beta(a: Tensor, b: Tensor) -> Tensor:
     return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
 
 
+# From here the asymptotic series below are exact to double precision (their next terms, 691/(39936 a^11) and its
+# derivative, are under 1e-17 relative at a = 20); below it, lgamma's and digamma's own differences lose at most
+# a few units of 1e-16 times lgamma(20) ~ 39. Above it, those differences would cancel: at a = 1e8 two lgammas of
+# 1.7e9 leave about 4e-7 of their difference's digits (a Student-t of df 1e8, near the Gaussian limit).
+HALF_STEP_SERIES_FROM = 20.0
+
+
+def log_gamma_half_step(a: Tensor) -> Tensor:
+    """lgamma(a + 1/2) - lgamma(a), accurate for every a > 0 (a series where the two lgammas would cancel)."""
+    big = torch.clamp(a, min=HALF_STEP_SERIES_FROM)  # the series' branch never sees a small a: its gradient stays finite
+    u = 1 / (big * big)
+    series = 0.5 * torch.log(big) - (1 / 8 - u * (1 / 192 - u * (1 / 640 - u * (17 / 14336 - u * 31 / 18432)))) / big
+    return torch.where(a >= HALF_STEP_SERIES_FROM, series, torch.lgamma(a + 0.5) - torch.lgamma(a))
+
+
+def digamma_half_step(a: Tensor) -> Tensor:
+    """digamma(a + 1/2) - digamma(a), the derivative of log_gamma_half_step, as accurate."""
+    big = torch.clamp(a, min=HALF_STEP_SERIES_FROM)
+    u = 1 / (big * big)
+    series = 1 / (2 * big) + u * (1 / 8 - u * (1 / 64 - u * (1 / 128 - u * (17 / 2048 - u * 31 / 2048))))
+    return torch.where(a >= HALF_STEP_SERIES_FROM, series, torch.digamma(a + 0.5) - torch.digamma(a))
+
+
 def _continued_fraction(a: Tensor, b: Tensor, x: Tensor, max_iter: int) -> Tensor:
     # the continued fraction of I_x(a, b) by the modified Lentz method (Numerical Recipes' betacf):
     # it converges quickly for x < (a + 1) / (a + b + 2), which the caller arranges by symmetry

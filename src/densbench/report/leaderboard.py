@@ -45,10 +45,11 @@ class Leaderboard:
 
 
 def best_of(values: list[float], digits: int, lower: bool = True) -> list[bool]:
-    """Which values are the best at the printed precision (ties all best; missing values never)."""
+    """Which values are the best at the printed precision (ties all best; missing values never; a lone value,
+    best of nothing, neither)."""
     shown = [round(v, digits) if v is not None and math.isfinite(v) else None for v in values]
     finite = [v for v in shown if v is not None]
-    if not finite:
+    if len(finite) < 2:
         return [False] * len(values)
     best = min(finite) if lower else max(finite)
     return [v is not None and v == best for v in shown]

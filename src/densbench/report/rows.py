@@ -153,7 +153,7 @@ def best_marks(rows: list[dict]) -> set[tuple[int, str]]:
                 continue
             vals = [(rows[i].get(metric), i) for i in comparable(rows, all_idx)
                     if rows[i].get(metric) is not None and math.isfinite(rows[i][metric])]
-            if not vals:
+            if len(vals) < 2:  # a row with no rival is best of nothing
                 continue
             if lower is None:  # coverage: closest to nominal
                 best = min(vals, key=lambda t: abs(t[0] - 0.9))[1]

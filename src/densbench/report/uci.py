@@ -179,9 +179,9 @@ def evaluation_cost(results: list[tuple[Path, dict]]) -> list[str]:
 
 
 def stage_times(stages: list[dict]) -> list[str]:
-    """The suite's stages with their wall times, and the networks' share (every stage but the baselines)."""
+    """The suite's stages with their wall times, and the networks' share (the stages not marked networks: false)."""
     parts = ", ".join(f"{s['stage']} {s['wall_s'] / 60:.1f} min ({s['jobs']} jobs)" for s in stages)
-    networks = sum(s["wall_s"] for s in stages if "baseline" not in s["stage"])
+    networks = sum(s["wall_s"] for s in stages if s.get("networks", True))
     return [f"By stage: {parts}; the neural networks alone (every stage but the baselines): "
             f"**{networks / 60:.1f} min**.", ""] if stages else []
 

@@ -34,6 +34,7 @@ from densbench.distributions.families.base import (
 )
 from densbench.distributions.families.student_t import StudentT
 from densbench.distributions.positivity import head_positivity
+from densbench.distributions.special import digamma_half_step, log_gamma_half_step
 from densbench.lazy import D, torch
 
 if TYPE_CHECKING:
@@ -115,8 +116,8 @@ class Evidential(Family):
         k = torch.exp(log_nu - log_omega)
         d = y - raw["loc"]
         q = k * d * d
-        # the lgamma difference first: for a large alpha both terms are large and nearly equal
-        nll = ((torch.lgamma(alpha) - torch.lgamma(alpha + 0.5))
+        # lgamma(alpha) - lgamma(alpha + 1/2) as one difference: for a large alpha the two are large and nearly equal
+        nll = (-log_gamma_half_step(alpha)
                + 0.5 * (LOG_PI + log_omega - log_nu) + (alpha + 0.5) * torch.log1p(q))
         return nll, alpha, k, d, q
 
@@ -133,8 +134,8 @@ class Evidential(Family):
         d_log_beta = 0.5 - w
         # 1 / (1 + nu) = sigmoid(-log nu)
         d_log_nu = -d_log_beta * torch.sigmoid(-self.evidence_map.log_value(fixed["nu"]))
-        # the digamma difference first, so that log1p(q) is not lost against psi(alpha) for a large alpha
-        d_alpha = (torch.digamma(alpha) - torch.digamma(alpha + 0.5)) + torch.log1p(q)
+        # psi(alpha) - psi(alpha + 1/2) as one difference, so that log1p(q) is not lost against psi(alpha) for a large alpha
+        d_alpha = torch.log1p(q) - digamma_half_step(alpha)
         grads = {"loc": -(2 * alpha + 1) * k * d / (1 + q), "nu": d_log_nu * dlog(fixed["nu"]),
                  "alpha": d_alpha * self._derivative(fixed["alpha"]), "beta": d_log_beta * dlog(fixed["beta"])}
         return weighted_total(nll, weight), {f: g.mul_(weight) for f, g in grads.items()}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from densbench.distributions import ops
 from densbench.errors import ConfigError, positive
 from densbench.distributions.families.base import PositiveField, Raw, register, weighted_total
+from densbench.distributions.special import digamma_half_step, log_gamma_half_step
 from densbench.lazy import D, F, torch
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ DF_MIN = 2.0  # learned degrees of freedom stay above 2: finite variance
 
 def _log_density(z: Tensor, nu: Tensor) -> Tensor:
     """log f_nu(z) of the standard t."""
-    return (torch.lgamma((nu + 1) / 2) - torch.lgamma(nu / 2) - 0.5 * torch.log(nu * math.pi)
+    return (log_gamma_half_step(nu / 2) - 0.5 * torch.log(nu * math.pi)
             - (nu + 1) / 2 * torch.log1p(z * z / nu))
 
 
@@ -100,7 +101,7 @@ class StudentT(PositiveField):
         w = (nu + 1) / (nu + z2)
         grads = {"loc": (-w * z * inv_sigma).mul_(weight), "spread": ((1 - w * z2) * dlog).mul_(weight)}
         if self.df is None:
-            d_nu = 0.5 * (torch.digamma(nu / 2) - torch.digamma((nu + 1) / 2) + 1 / nu + torch.log1p(z2 / nu) - w * z2 / nu)
+            d_nu = 0.5 * (1 / nu - digamma_half_step(nu / 2) + torch.log1p(z2 / nu) - w * z2 / nu)
             grads["df"] = (d_nu * torch.sigmoid(raw["df"].detach())).mul_(weight)
         return weighted_total(nll, weight), grads
 
@@ -145,11 +146,11 @@ def standard_quantiles(p: Tensor, nu: Tensor) -> Tensor:
 @ops.crps.register("torch.distributions.StudentT")
 def crps_student_t(d: Any, y: Tensor) -> Tensor:
     """sigma [z (2 F(z) - 1) + 2 f(z) (nu + z^2)/(nu - 1) - 2 sqrt(nu) B(1/2, nu - 1/2) / ((nu - 1) B(1/2, nu/2)^2)], nu > 1."""
-    from densbench.distributions.special import log_beta
-
     nu = d.df
     z = (y - d.loc) / d.scale
-    half = torch.full_like(nu, 0.5)
-    last = 2 * torch.sqrt(nu) * torch.exp(log_beta(half, nu - 0.5) - 2 * log_beta(half, nu / 2)) / (nu - 1)
+    # log B(1/2, b) = log sqrt(pi) - [lgamma(b + 1/2) - lgamma(b)]: the differences, not the lgammas, keep their
+    # digits for a large nu (the last term tends to the Gaussian's 1/sqrt(pi))
+    ratio = torch.exp(2 * log_gamma_half_step(nu / 2) - log_gamma_half_step(nu - 0.5))
+    last = 2 * ops.INV_SQRT_PI * torch.sqrt(nu) * ratio / (nu - 1)
     crps = z * (2 * standard_cdf(z, nu.expand_as(z)) - 1) + 2 * torch.exp(_log_density(z, nu)) * (nu + z * z) / (nu - 1) - last
     return d.scale * torch.where(nu > 1, crps, torch.full_like(crps, math.inf))
