@@ -226,3 +226,5 @@ def test_a_row_over_other_splits_is_never_bold():
     # a dataset whose only full row has rivals over other splits alone: that row is best of nothing
     lone = [{"dataset": "f", "splits": every, "nll": 2.5}, {"dataset": "f", "splits": two, "nll": 2.2}]
     assert not {m for _, m in best_marks(lone)}
+    cauchy = [{"dataset": "g", "splits": every, "crps": 0.41}, {"dataset": "g", "splits": every, "crps": math.inf}]
+    assert (0, "crps") in best_marks(cauchy)  # an infinite score is a rival, and the finite one beats it

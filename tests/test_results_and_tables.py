@@ -82,6 +82,7 @@ def test_best_is_marked_at_the_printed_precision():
     assert best_of([0.1234, 0.1231, float("nan"), None], 3) == [True, True, False, False]
     assert best_of([0.2, 0.1], 2, lower=False) == [True, False]
     assert best_of([0.2, float("nan"), None], 2) == [False, False, False]  # one value beats no rival
+    assert best_of([1.234, float("inf")], 2) == [True, False]  # an infinite score (a Cauchy's CRPS) is a rival
 
 
 def _balanced(tex: str) -> bool:

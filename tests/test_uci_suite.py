@@ -258,7 +258,9 @@ def test_the_search_tunes_one_method_on_its_own_and_writes_its_settings_file(tmp
 def test_the_networks_time_leaves_out_the_stages_the_suite_marks_as_not_networks():
     stages = [{"stage": "single models", "jobs": 10, "wall_s": 60.0, "networks": True},
               {"stage": "gradient boosting", "jobs": 5, "wall_s": 600.0, "networks": False},  # no "baseline" in the name
-              {"stage": "deep ensembles", "jobs": 2, "wall_s": 30.0}]  # an older suite file: networks
+              {"stage": "deep ensembles", "jobs": 2, "wall_s": 30.0},  # an older suite file: by its name
+              {"stage": "non-network baselines", "jobs": 3, "wall_s": 120.0}]
     line = uci_report.stage_times(stages)[0]
     assert "networks alone (every stage but the baselines): **1.5 min**" in line and "gradient boosting 10.0 min (5 jobs)" in line
+    assert "non-network baselines 2.0 min (3 jobs)" in line
     assert uci_report.stage_times([]) == []

@@ -77,9 +77,12 @@ def log_normal_mass(loc: Tensor, scale: Tensor, lo: Tensor, hi: Tensor) -> Tenso
     wide = torch.where(upper | (b <= 0), tail, middle)
     # a narrow interval in a tail: the difference of two nearly equal CDFs keeps only 1e-16 / (its relative width)
     # of its digits, so there the density is integrated instead (in logs: exact however far out)
+    a, b = torch.broadcast_tensors(a, b)
     w, m = b - a, (a + b) / 2
     narrow = torch.isfinite(w) & (w * (m.abs() + w) < NARROW_SPAN)
-    return torch.where(narrow, _log_narrow_mass(torch.where(narrow, m, 0.0), torch.where(narrow, w, 1.0)), wide)
+    if not bool(narrow.any()):  # the nodes only where they are needed: a mixture's rows x components are many
+        return wide
+    return wide.masked_scatter(narrow, _log_narrow_mass(m[narrow], w[narrow]))
 
 
 NARROW_SPAN = 0.5  # w (|m| + w) below this: log f changes by at most ~0.5 across the interval

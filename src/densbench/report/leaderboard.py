@@ -46,10 +46,12 @@ class Leaderboard:
 
 def best_of(values: list[float], digits: int, lower: bool = True) -> list[bool]:
     """Which values are the best at the printed precision (ties all best; missing values never; a lone value,
-    best of nothing, neither)."""
+    best of nothing, neither: an infinite score is a rival, a missing or NaN one is not)."""
+    if sum(v is not None and not math.isnan(v) for v in values) < 2:
+        return [False] * len(values)
     shown = [round(v, digits) if v is not None and math.isfinite(v) else None for v in values]
     finite = [v for v in shown if v is not None]
-    if len(finite) < 2:
+    if not finite:
         return [False] * len(values)
     best = min(finite) if lower else max(finite)
     return [v is not None and v == best for v in shown]

@@ -151,9 +151,10 @@ def best_marks(rows: list[dict]) -> set[tuple[int, str]]:
         for all_idx in by_dataset.values():
             if len(all_idx) < 2:
                 continue
-            vals = [(rows[i].get(metric), i) for i in comparable(rows, all_idx)
-                    if rows[i].get(metric) is not None and math.isfinite(rows[i][metric])]
-            if len(vals) < 2:  # a row with no rival is best of nothing
+            scored = [(rows[i].get(metric), i) for i in comparable(rows, all_idx)
+                      if rows[i].get(metric) is not None and not math.isnan(rows[i][metric])]
+            vals = [(v, i) for v, i in scored if math.isfinite(v)]
+            if len(scored) < 2 or not vals:  # a row with no rival is best of nothing (an infinite score is a rival)
                 continue
             if lower is None:  # coverage: closest to nominal
                 best = min(vals, key=lambda t: abs(t[0] - 0.9))[1]
