@@ -24,8 +24,6 @@ from torch.distributions.utils import lazy_property
 from densbench.distributions import ops
 from densbench.distributions.ops import HALF_LOG_2PI, INV_SQRT_PI, SQRT_2PI
 
-SQRT_HALF, LOG_2 = math.sqrt(0.5), math.log(2.0)
-
 
 class NormalMixture(MixtureSameFamily):
     """Mixture of K univariate Gaussians with batch shape [...]; parameters are [..., K]."""
@@ -71,12 +69,11 @@ def log_normal_mass(loc: Tensor, scale: Tensor, lo: Tensor, hi: Tensor) -> Tenso
     a_t, b_t = torch.where(upper, -b, a), torch.where(upper, -a, b)
     log_b = torch.special.log_ndtr(b_t)
     tail = log_b + torch.log(-torch.expm1(torch.special.log_ndtr(a_t) - log_b))
-    # an interval around the mean: Phi(b) - Phi(a) as erf(b/sqrt2)/2 + erf(-a/sqrt2)/2, two positive terms that keep
-    # their digits however narrow the interval (1 - Phi(a) - Phi(-b) cancels once it is under ~1e-8 sigma wide)
-    middle = torch.log(torch.special.erf(b * SQRT_HALF) + torch.special.erf(-a * SQRT_HALF)) - LOG_2
+    # an interval around the mean holds a mass no smaller than its distance to the far tails (a narrow one: below)
+    middle = torch.log1p(-(torch.special.ndtr(a) + torch.special.ndtr(-b)))
     wide = torch.where(upper | (b <= 0), tail, middle)
-    # a narrow interval in a tail: the difference of two nearly equal CDFs keeps only 1e-16 / (its relative width)
-    # of its digits, so there the density is integrated instead (in logs: exact however far out)
+    # a narrow interval: the difference of two nearly equal CDFs keeps only 1e-16 / (its relative width) of its
+    # digits, so there the density is integrated instead (in logs: exact however far out)
     a, b = torch.broadcast_tensors(a, b)
     w, m = b - a, (a + b) / 2
     narrow = torch.isfinite(w) & (w * (m.abs() + w) < NARROW_SPAN)
