@@ -1,6 +1,7 @@
 """Reports are rebuilt from result.json files alone, failed runs included."""
 
 import csv
+import math
 import subprocess
 import sys
 
