@@ -8,9 +8,11 @@ In order (a step's outputs can be the next one's inputs):
 1. ``search``: scripts/uci_search.py --write, the optimiser settings chosen on validation data and
    written into conf/experiment/uci_<dataset>.yaml (reports/uci_search.*);
 2. ``suite``: scripts/uci_suite.py --publish --gap --baselines, the whole UCI suite with its gap splits and the
-   non-network baselines (NGBoost on the five smallest datasets), its report and LaTeX tables (reports/uci);
-3. ``headline``: the README's sweep, ``python -m densbench -m loss=kl,nll,mdn`` (reports/loss=kl,nll,mdn);
-4. the benchmarks: bench_stacked, bench_eval, bench_grads, bench_overhead, bench_numerics, bench_counts, bench_families
+   non-network baselines (NGBoost on the five smallest datasets), and its report (reports/uci);
+3. ``tables``: the suite's LaTeX tables from its runs, ``python -m densbench.report multirun/uci_suite --format latex``
+   (reports/uci/leaderboard.tex, uci_leaderboard.tex);
+4. ``headline``: the README's sweep, ``python -m densbench -m loss=kl,nll,mdn`` (reports/loss=kl,nll,mdn);
+5. the benchmarks: bench_stacked, bench_eval, bench_grads, bench_overhead, bench_numerics, bench_counts, bench_families
    (reports/bench_*).
 
 Every step runs with resume=false (nothing reused from an earlier run) in a fresh process; what ran,
@@ -42,6 +44,8 @@ STEPS = {
     # cost it over an hour; run them by hand (drop --baseline-only)
     "suite": [PY, "scripts/uci_suite.py", "--publish", "--gap", "--baselines", "--baseline-only",
               "ngboost=boston,concrete,energy,wine,yacht"],
+    # from the runs the suite step just wrote (the suite's --publish writes the Markdown report only)
+    "tables": [PY, "-m", "densbench.report", "multirun/uci_suite", "--format", "latex", "--out", "reports/uci"],
     # quoted: an override's value may not hold an unquoted '='
     "headline": [PY, "-m", "densbench", "-m", "loss=kl,nll,mdn", "resume=false", "report.dir='reports/loss=kl,nll,mdn'",
                  "hydra.sweep.dir='multirun/loss=kl,nll,mdn'"],

@@ -67,31 +67,3 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
         [sys.executable, "-m", "densbench", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
 
-
-# The launch cost of the real command (imports alone are seconds): tests that pay it are handed out first, so
-# the short in-process ones fill the cores at the end instead of one long test running on one core alone.
-_LAUNCHES = ("run_cli(", "subprocess.", "Popen(")
-
-
-def _launches(item: pytest.Item) -> bool:
-    import inspect
-
-    if item.get_closest_marker("slow"):
-        return True
-    try:
-        source = inspect.getsource(item.function)
-    except (AttributeError, OSError, TypeError):
-        return False
-    return any(s in source for s in _LAUNCHES)
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep a module whose fixtures are module-scoped on one worker (they are built once), and order the tests
-    that launch processes first (a stable sort: same order on every worker, as pytest-xdist requires)."""
-    for item in items:
-        defs = getattr(item, "_fixtureinfo", None)
-        scoped = defs is not None and any(d.scope == "module" for fs in defs.name2fixturedefs.values() for d in fs)
-        if scoped:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: not _launches(item))
