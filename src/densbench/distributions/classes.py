@@ -22,6 +22,7 @@ from torch.distributions import Categorical, Distribution, MixtureSameFamily, No
 from torch.distributions.utils import lazy_property
 
 from densbench.distributions import ops
+from densbench.distributions.gauss_rules import hermite, legendre
 from densbench.distributions.ops import HALF_LOG_2PI, INV_SQRT_PI, SQRT_2PI
 
 
@@ -88,7 +89,7 @@ NARROW_NODES = 8  # Gauss-Legendre nodes: exp of such a quadratic is a polynomia
 
 def _log_narrow_mass(m: Tensor, w: Tensor) -> Tensor:
     """log of the standard normal's mass over (m - w/2, m + w/2) by Gauss-Legendre on the density, in logs."""
-    t, g = (torch.as_tensor(v, dtype=m.dtype, device=m.device) for v in np.polynomial.legendre.leggauss(NARROW_NODES))
+    t, g = (torch.as_tensor(v, dtype=m.dtype, device=m.device) for v in legendre(NARROW_NODES))
     x = m.unsqueeze(-1) + (w / 2).unsqueeze(-1) * t
     return torch.log(w / 2) + torch.logsumexp(torch.log(g) - 0.5 * x * x, -1) - HALF_LOG_2PI
 
@@ -98,15 +99,9 @@ def unit_bin(y: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(y <= 0, torch.full_like(y, -math.inf), y - 0.5), y + 0.5
 
 
-@lru_cache(maxsize=8)
-def hermgauss(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Hermite nodes and weights for weight exp(-t^2)."""
-    return np.polynomial.hermite.hermgauss(n)
-
-
 def gauss_hermite(loc: Tensor, scale: Tensor, nodes: int) -> tuple[Tensor, Tensor]:
     """Nodes [Q, *shape] and weights [Q, 1...] for E over N(loc, scale^2) (shapes of loc)."""
-    t, w = (torch.as_tensor(a, dtype=loc.dtype, device=loc.device) for a in hermgauss(nodes))
+    t, w = (torch.as_tensor(a, dtype=loc.dtype, device=loc.device) for a in hermite(nodes))
     shape = (-1,) + (1,) * loc.dim()
     return loc.unsqueeze(0) + math.sqrt(2.0) * scale.unsqueeze(0) * t.view(shape), (w * INV_SQRT_PI).view(shape)
 
@@ -256,7 +251,7 @@ MAX_HALVINGS = 6  # a row in doubt has its panels halved at most this often
 @lru_cache(maxsize=16)
 def legendre_panels(lo: float, hi: float, width: float, nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights of Gauss-Legendre rules of `nodes` points on panels of about `width` covering [lo, hi]."""
-    t, w = np.polynomial.legendre.leggauss(nodes)
+    t, w = legendre(nodes)
     edges = np.linspace(lo, hi, max(1, math.ceil((hi - lo) / width)) + 1)
     half, mid = np.diff(edges)[:, None] / 2, (edges[:-1] + edges[1:])[:, None] / 2
     return (mid + half * t).reshape(-1), (half * w).reshape(-1)
@@ -275,7 +270,7 @@ def _panel_edges(p: InverseSinePosterior, loc: Tensor, scale: Tensor, matters: T
 
 def _kl_on_edges(p: InverseSinePosterior, rows: Tensor, edges: Tensor, nodes: int, log_q: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """KL for `rows` by `nodes`-point Gauss-Legendre rules on the panels between edges [n, E]."""
-    t, gw = (torch.as_tensor(a, dtype=edges.dtype, device=edges.device) for a in np.polynomial.legendre.leggauss(nodes))
+    t, gw = (torch.as_tensor(a, dtype=edges.dtype, device=edges.device) for a in legendre(nodes))
     half, mid = (edges[:, 1:] - edges[:, :-1]).unsqueeze(-1) / 2, (edges[:, 1:] + edges[:, :-1]).unsqueeze(-1) / 2
     x, w = (mid + half * t).flatten(1), (half * gw).flatten(1)  # [n, Q]; empty panels weigh 0
     log_p = p.log_lik(x, p.y[rows].unsqueeze(-1))

@@ -44,10 +44,16 @@ class Leaderboard:
     label: str = "tab:densbench"
 
 
+def contested(values: list[float | None]) -> bool:
+    """Whether a best among these means anything: at least two scored values (an infinite score is a rival, a
+    missing or NaN one is not), so a lone value is best of nothing."""
+    return sum(v is not None and not math.isnan(v) for v in values) >= 2
+
+
 def best_of(values: list[float], digits: int, lower: bool = True) -> list[bool]:
-    """Which values are the best at the printed precision (ties all best; missing values never; a lone value,
-    best of nothing, neither: an infinite score is a rival, a missing or NaN one is not)."""
-    if sum(v is not None and not math.isnan(v) for v in values) < 2:
+    """Which values are the best at the printed precision (ties all best; missing values never; nothing without
+    a rival: contested)."""
+    if not contested(values):
         return [False] * len(values)
     shown = [round(v, digits) if v is not None and math.isfinite(v) else None for v in values]
     finite = [v for v in shown if v is not None]

@@ -12,7 +12,7 @@ from typing import Any
 from densbench.config import REPLICATION_KEYS
 from densbench.methods import method_of
 from densbench.metric_catalog import columns, lower_is_better
-from densbench.report.leaderboard import Cell, Leaderboard, best_of, mean_se
+from densbench.report.leaderboard import Cell, Leaderboard, best_of, contested, mean_se
 from densbench.results import flat_config
 
 
@@ -151,10 +151,9 @@ def best_marks(rows: list[dict]) -> set[tuple[int, str]]:
         for all_idx in by_dataset.values():
             if len(all_idx) < 2:
                 continue
-            scored = [(rows[i].get(metric), i) for i in comparable(rows, all_idx)
-                      if rows[i].get(metric) is not None and not math.isnan(rows[i][metric])]
-            vals = [(v, i) for v, i in scored if math.isfinite(v)]
-            if len(scored) < 2 or not vals:  # a row with no rival is best of nothing (an infinite score is a rival)
+            scored = [(rows[i].get(metric), i) for i in comparable(rows, all_idx)]
+            vals = [(v, i) for v, i in scored if v is not None and math.isfinite(v)]
+            if not contested([v for v, _ in scored]) or not vals:
                 continue
             if lower is None:  # coverage: closest to nominal
                 best = min(vals, key=lambda t: abs(t[0] - 0.9))[1]
