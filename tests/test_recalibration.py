@@ -17,6 +17,7 @@ from densbench.distributions.dispatch import Unavailable
 from densbench.evaluation import recalibration
 from densbench.runs.checks import Incompatible, check_config
 from densbench.distributions.classes import NormalMixture
+from densbench.distributions.recalibrated import Recalibrated
 from densbench.evaluation.ensemble import uniform_mixture
 from densbench.errors import ConfigError
 from densbench.evaluation.metrics import PredictiveMetrics
@@ -112,6 +113,43 @@ def test_recalibrated_distribution_is_consistent():
     # the density integrates to one
     grid = torch.linspace(-30, 30, 200001, dtype=torch.float64).unsqueeze(-1).expand(-1, 7)
     assert torch.allclose(torch.trapezoid(g.log_prob(grid).exp(), grid, dim=0), torch.ones(7, dtype=torch.float64), atol=1e-4)
+
+
+def _recalibrated_by_quadrature(base, p, r, y):
+    """(mean, variance, CRPS) of R(F(x)) by adaptive quadrature on its CDF, breaking at the knots' quantiles."""
+    from scipy import integrate
+
+    G = lambda x: float(np.interp(float(base.cdf(torch.tensor(x, dtype=torch.float64))), p, r))  # noqa: E731
+    breaks = sorted(float(base.icdf(torch.tensor(v, dtype=torch.float64))) for v in p[1:-1])
+    c, s = float(base.mean), float(base.stddev)
+    lo, hi = c - 40 * s, c + 40 * s
+
+    def quad(f, a, b):
+        return integrate.quad(f, a, b, points=[x for x in breaks + [y] if a < x < b] or None, limit=500, epsabs=0, epsrel=1e-13)[0]
+
+    shift = quad(lambda x: 1 - G(x), c, hi) - quad(G, lo, c)  # E[Y] - c
+    ex2 = quad(lambda x: 2 * (x - c) * (1 - G(x)), c, hi) + quad(lambda x: 2 * (c - x) * G(x), lo, c)
+    return c + shift, ex2 - shift**2, quad(lambda x: (G(x) - float(x >= y)) ** 2, lo, hi)
+
+
+@pytest.mark.parametrize("loc,scale,y", [(1.5, 0.7, 1.0), (-2.0, 3.0, 5.0), (100.0, 0.01, 100.03)])
+def test_recalibrated_mean_variance_and_crps_are_exact_for_a_gaussian_base(loc, scale, y):
+    # sums over R's segments of the Gaussian's quantile integrals; the midpoint rule on 1000 levels they replace
+    # was 6e-6 sigma off in the mean, 9e-4 relative in the variance and up to 4e-6 in the CRPS
+    rng = np.random.default_rng(0)
+    p, r = (np.sort(np.concatenate([[0.0, 1.0], rng.uniform(0, 1, 12)])) for _ in range(2))
+    base = Normal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    g = Recalibrated(base, torch.tensor(p), torch.tensor(r))
+    mean, var, crps = _recalibrated_by_quadrature(base, p, r, y)
+    assert float(g.mean) == pytest.approx(mean, rel=0, abs=1e-12 * scale)
+    assert float(g.variance) == pytest.approx(var, rel=1e-12)
+    assert float(ops.crps(g, torch.tensor(y, dtype=torch.float64))) == pytest.approx(crps, rel=1e-12)
+    # a base without quantile integrals (Laplace) keeps the midpoint rule on its quantiles, close to the same
+    lap = Laplace(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    g = Recalibrated(lap, torch.tensor(p), torch.tensor(r))
+    mean, var, crps = _recalibrated_by_quadrature(lap, p, r, y)
+    assert float(g.mean) == pytest.approx(mean, rel=0, abs=1e-3 * scale)
+    assert float(ops.crps(g, torch.tensor(y, dtype=torch.float64))) == pytest.approx(crps, rel=1e-3)
 
 
 def test_a_validation_point_far_in_a_float32_tail_leaves_the_recalibrated_moments_finite():

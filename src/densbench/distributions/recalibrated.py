@@ -8,6 +8,8 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from densbench.distributions import ops
+from densbench.distributions.dispatch import Unavailable
+from densbench.distributions.quantile_integrals import quantile_integrals
 
 
 def piecewise_linear(x: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,21 +66,57 @@ class Recalibrated(Distribution):
             self._grid = self.icdf(levels.view(-1, *([1] * len(self.batch_shape))).expand(-1, *self.batch_shape))
         return self._grid
 
+    def segments(self, c: Tensor, lo: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """R's slopes [S, 1...] and the base's quantile integrals (I0, I1, I2) [S, *batch] about c over R's segments
+        (their lower levels raised to `lo` where given); Unavailable where the base's family has none."""
+        shape = (-1, *([1] * len(self.batch_shape)))
+        p, r = self.knots_p.double(), self.knots_r.double()
+        slopes = ((r[1:] - r[:-1]) / (p[1:] - p[:-1])).view(shape)
+        below, above = p[:-1].view(shape), p[1:].view(shape)
+        if lo is not None:
+            below, above = torch.maximum(below, lo), torch.maximum(above, lo)
+        below, above = torch.broadcast_tensors(below, above, c.double())[:2]
+        return slopes, quantile_integrals(self.base, below, above, c)
+
+    def _moments(self) -> tuple[Tensor, Tensor]:
+        """(mean, variance): exact as sums over R's segments where the base has quantile integrals (the density is
+        R's slope times f between two knots' quantiles), else by the quantile midpoint rule."""
+        if getattr(self, "_mean_var", None) is None:
+            try:
+                c = self.base.mean.double()
+                slopes, (i0, _, i2) = self.segments(c)
+                shift = (slopes * i0).sum(0)
+                self._mean_var = (c + shift, (slopes * i2).sum(0) - shift * shift)
+            except Unavailable:
+                q = self.quantile_grid()
+                mean = q.mean(0)
+                self._mean_var = (mean, (q - mean).pow(2).mean(0))
+        return self._mean_var
+
     @property
     def mean(self) -> Tensor:
-        """By the quantile midpoint rule: through R the mean has no closed form."""
-        if getattr(self, "_mean", None) is None:
-            self._mean = self.quantile_grid().mean(0)
-        return self._mean
+        """Exact through the base's quantile integrals, else by the quantile midpoint rule."""
+        return self._moments()[0]
 
     @property
     def variance(self) -> Tensor:
-        """By the quantile midpoint rule."""
-        q = self.quantile_grid()
-        return (q - self.mean).pow(2).mean(0)
+        """Exact through the base's quantile integrals, else by the quantile midpoint rule."""
+        return self._moments()[1]
 
 
 @ops.crps.register(Recalibrated)
 def _recalibrated_crps(d: Recalibrated, y: Tensor) -> Tensor:
-    """The generic quantile integral, on the grid the mean and variance already use."""
-    return ops.crps_from_quantiles(d.quantile_grid(), y.double())
+    """Exact where the base has quantile integrals, else the generic quantile integral on the grid of the mean.
+
+    CRPS = 2 int_0^1 (1{y < G^-1(tau)} - tau)(G^-1(tau) - y) dtau; with tau = R(u) = r_k + s_k (u - p_k) on R's
+    segment k and G^-1(tau) = Q(u), that is 2 sum_k s_k [I0_k over u > F(y) - (r_k - s_k p_k) I0_k - s_k I1_k].
+    """
+    y = y.double()
+    try:
+        slopes, (i0, i1, _) = d.segments(y)
+        _, (above, _, _) = d.segments(y, lo=ops.cdf(d.base, y).double())
+    except Unavailable:
+        return ops.crps_from_quantiles(d.quantile_grid(), y)
+    shape = slopes.shape
+    intercept = d.knots_r[:-1].double().view(shape) - slopes * d.knots_p[:-1].double().view(shape)
+    return 2 * (slopes * (above - intercept * i0 - slopes * i1)).sum(0)

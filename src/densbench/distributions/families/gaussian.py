@@ -9,6 +9,7 @@ count targets, Gauss-Hermite quadrature, the NLL-optimal spread factor) are regi
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from densbench.distributions import ops
@@ -17,6 +18,7 @@ from densbench.distributions.families.base import Family, Raw, register, total, 
 from densbench.lazy import D, torch
 from densbench.distributions.ops import HALF_LOG_2PI, INV_SQRT_PI, std_normal_cdf, std_normal_pdf
 from densbench.distributions.positivity import SPREAD_TARGETS, Spread, head_positivity
+from densbench.distributions.quantile_integrals import quantile_integrals
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -131,6 +133,26 @@ def crps_normal(d: Any, y: Tensor) -> Tensor:
     """CRPS of N(loc, scale^2) at y: sigma [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)]."""
     z = (y - d.loc) / d.scale
     return d.scale * (z * (2 * std_normal_cdf(z) - 1) + 2 * std_normal_pdf(z) - INV_SQRT_PI)
+
+
+@quantile_integrals.register("torch.distributions.Normal")
+def _normal_quantile_integrals(d: Any, lo: Tensor, hi: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """In z = (x - mu) / sigma between a = Phi^-1(lo) and b = Phi^-1(hi), with t = (c - mu) / sigma:
+    I0 = sigma [phi(a) - phi(b) - t (hi - lo)],
+    I1 = sigma [lo phi(a) - hi phi(b) + (Phi(b sqrt 2) - Phi(a sqrt 2)) / (2 sqrt pi) - t (hi^2 - lo^2) / 2]
+    (by parts, with phi^2 = phi(z sqrt 2) / sqrt(2 pi)), I2 = sigma^2 [(1 + t^2)(hi - lo) + a phi(a) - b phi(b)
+    - 2 t (phi(a) - phi(b))]; the levels stand for Phi(a) and Phi(b), so no width is a difference of CDF values."""
+    sigma = d.scale.double()
+    t = (c.double() - d.loc.double()) / sigma
+    a, b = torch.special.ndtri(lo), torch.special.ndtri(hi)
+    pa, pb = std_normal_pdf(a), std_normal_pdf(b)
+    za, zb = (torch.where(torch.isinf(z), torch.zeros_like(p), z * p) for z, p in ((a, pa), (b, pb)))  # 0 at the ends
+    width, dphi = hi - lo, pa - pb
+    i0 = sigma * (dphi - t * width)
+    i1 = sigma * (lo * pa - hi * pb + (std_normal_cdf(math.sqrt(2) * b) - std_normal_cdf(math.sqrt(2) * a)) * INV_SQRT_PI / 2
+                  - t * (hi * hi - lo * lo) / 2)
+    i2 = sigma * sigma * ((1 + t * t) * width + za - zb - 2 * t * dphi)
+    return i0, i1, i2
 
 
 @ops.log_interval_mass.register("torch.distributions.Normal")
