@@ -188,9 +188,8 @@ def test_a_bin_narrow_against_the_spread_keeps_its_digits_in_the_middle_and_in_t
     normal = torch.distributions.Normal(torch.zeros_like(y), torch.ones_like(y))
     lone = NormalMixture(torch.zeros(len(z), 1, dtype=torch.float64), torch.zeros(len(z), 1, dtype=torch.float64),
                          torch.ones(len(z), 1, dtype=torch.float64))
-    lo_f, hi_f = (y - h / 2).tolist(), (y + h / 2).tolist()  # the bin's ends as scored (their rounding is the input's)
     for i, (zi, wi) in enumerate(zip(z, w)):
-        lo, hi = mp.mpf(lo_f[i]), mp.mpf(hi_f[i])
+        lo, hi = mp.mpf(zi) - mp.mpf(wi) / 2, mp.mpf(zi) + mp.mpf(wi) / 2  # the bin itself, not its ends rounded
         mass = mp.ncdf(-lo) - mp.ncdf(-hi) if lo > 0 else mp.ncdf(hi) - mp.ncdf(lo)  # each side's small tail
         want = float(-mp.log(mass / mp.mpf(wi)))
         assert float(ops.interval_nll(normal, y, h)[i]) == pytest.approx(want, rel=1e-13, abs=1e-13), (zi, wi)
@@ -212,6 +211,6 @@ def test_a_bin_narrow_against_the_spread_keeps_its_digits_for_a_family_without_a
         for y in (0.0, 1e-7, 0.3, 4.0, 12.0, -3.0):
             for h in (1e-2, 1e-4, 1e-6, 1e-9, 1e-12):
                 yt = torch.tensor([y], **f64)
-                lo, hi = mp.mpf(float(yt - h / 2)), mp.mpf(float(yt + h / 2))
+                lo, hi = mp.mpf(y) - mp.mpf(h) / 2, mp.mpf(y) + mp.mpf(h) / 2
                 want = float(-mp.log(mp.quad(pdf, [lo, 0, hi] if lo < 0 < hi else [lo, hi]) / mp.mpf(h)))
                 assert float(ops.interval_nll(dist, yt, h)) == pytest.approx(want, rel=0, abs=tol), (dist, y, h)
