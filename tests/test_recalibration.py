@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 import torch
 from torch.distributions import Laplace, Normal, StudentT
 
@@ -401,3 +402,43 @@ def test_recalibrations_without_the_plain_job_score_their_shared_models_as_train
     assert scale["status"] == isotonic["status"] == "ok"
     assert isotonic["metrics_uncalibrated"] == scale["metrics_uncalibrated"] and "nll" in scale["metrics_uncalibrated"]
     assert isotonic["trained_by"] == str(tmp_path / "scale")
+
+
+def test_a_steep_segment_a_subnormal_knot_and_a_bin_across_a_knot_keep_their_digits():
+    # an overconfident model's isotonic map has segments 1e-9 wide rising by 0.3 (slope 3e8), and knots down to
+    # 1e-300: slope times integral cancelled (CRPS 1.624 for 0.190) or overflowed (a mean of -inf)
+    f64 = dict(dtype=torch.float64)
+    base = Normal(torch.tensor(0.0, **f64), torch.tensor(1.0, **f64))
+    p, r = np.array([0.0, 0.4, 0.4 + 1e-9, 1.0]), np.array([0.0, 0.3, 0.6, 1.0])
+    g = Recalibrated(base, torch.tensor(p), torch.tensor(r))
+    mean, var, crps = _recalibrated_by_quadrature(base, p, r, 0.0)
+    assert float(ops.crps(g, torch.tensor(0.0, **f64))) == pytest.approx(crps, rel=1e-9)
+    assert float(g.mean) == pytest.approx(mean, abs=1e-9) and float(g.variance) == pytest.approx(var, rel=1e-9)
+    # a knot at 1e-310: 5% of the mass where the Gaussian has 1e-310; its mean there is -phi(b) / 1e-310, b = Q(1e-310)
+    g = Recalibrated(base, torch.tensor([0.0, 1e-310, 0.5, 1.0], **f64), torch.tensor([0.0, 0.05, 0.5, 1.0], **f64))
+    b = stats.norm.isf(1e-310) * -1
+    tail_mean = -math.exp(stats.norm.logpdf(b) - math.log(1e-310))
+    half = -stats.norm.pdf(0) / 0.5  # the average of Q over (0, 1/2], and minus that over (1/2, 1)
+    want = 0.05 * tail_mean + 0.45 * (half + stats.norm.pdf(b) / 0.5) + 0.5 * -half
+    assert float(g.mean) == pytest.approx(want, rel=1e-10)
+    assert math.isfinite(float(g.variance)) and math.isfinite(float(ops.crps(g, torch.tensor(0.0, **f64))))
+    # NLL@h of a bin across a knot's quantile: G's density jumps there, so the mass is summed segment by segment
+    g = Recalibrated(base, torch.tensor([0.0, 0.97, 1.0], **f64), torch.tensor([0.0, 0.5, 1.0], **f64))
+    import mpmath as mp
+
+    mp.mp.dps = 40
+    k = mp.sqrt(2) * mp.erfinv(2 * mp.mpf(0.97) - 1)  # the knot's quantile, exactly
+    for h in (1e-3, 1e-6):
+        y = torch.tensor([float(k) + 0.4 * h], **f64)  # the bin (y - h/2, y + h/2] holds it
+        lo, hi = mp.mpf(float(y)) - mp.mpf(h) / 2, mp.mpf(float(y)) + mp.mpf(h) / 2
+        mass = mp.mpf(0.5) / mp.mpf(0.97) * (mp.ncdf(k) - mp.ncdf(lo)) + mp.mpf(0.5) / (1 - mp.mpf(0.97)) * (mp.ncdf(hi) - mp.ncdf(k))
+        # the quantile in float64 is uncertain by 1e-16, which moves the mass by ~1e-15 / h of itself
+        assert float(ops.interval_nll(g, y, h)) == pytest.approx(float(-mp.log(mass / h)), abs=1e-15 / h)
+
+
+def test_the_normal_cdf_keeps_its_lower_tail():
+    # torch's Normal.cdf goes through 1 + erf and is 0 below -8.3 sigma; a recalibrated CRPS places y by it
+    d = Normal(torch.tensor([0.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 0.5], dtype=torch.float64))
+    y = torch.tensor([-30.0, -10.0], dtype=torch.float64)
+    want = stats.norm.cdf(y.numpy(), [0.0, 2.0], [1.0, 0.5])
+    np.testing.assert_allclose(ops.cdf(d, y).numpy(), want, rtol=1e-12)

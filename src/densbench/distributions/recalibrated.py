@@ -3,13 +3,15 @@ values (densbench.evaluation.recalibration's isotonic method), as a torch Distri
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from densbench.distributions import ops
 from densbench.distributions.dispatch import Unavailable
-from densbench.distributions.quantile_integrals import quantile_integrals
+from densbench.distributions.quantile_averages import quantile_averages
 
 
 def piecewise_linear(x: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,27 +68,26 @@ class Recalibrated(Distribution):
             self._grid = self.icdf(levels.view(-1, *([1] * len(self.batch_shape))).expand(-1, *self.batch_shape))
         return self._grid
 
-    def segments(self, c: Tensor, lo: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """R's slopes [S, 1...] and the base's quantile integrals (I0, I1, I2) [S, *batch] about c over R's segments
-        (their lower levels raised to `lo` where given); Unavailable where the base's family has none."""
+    def segments(self, c: Tensor, floor: Tensor | None = None) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """R's rises [S, 1...], the widths of its segments in levels and the base's averages (A0, A1, A2) about c over
+        them [S, *batch] (their levels raised to `floor` where given); Unavailable where the base's family has none."""
         shape = (-1, *([1] * len(self.batch_shape)))
         p, r = self.knots_p.double(), self.knots_r.double()
-        slopes = ((r[1:] - r[:-1]) / (p[1:] - p[:-1])).view(shape)
         below, above = p[:-1].view(shape), p[1:].view(shape)
-        if lo is not None:
-            below, above = torch.maximum(below, lo), torch.maximum(above, lo)
-        below, above = torch.broadcast_tensors(below, above, c.double())[:2]
-        return slopes, quantile_integrals(self.base, below, above, c)
+        if floor is not None:
+            below, above = torch.maximum(below, floor), torch.maximum(above, floor)
+        below, above, c = torch.broadcast_tensors(below, above, c.double())
+        return (r[1:] - r[:-1]).view(shape), above - below, quantile_averages(self.base, below, above, c[0])
 
     def _moments(self) -> tuple[Tensor, Tensor]:
-        """(mean, variance): exact as sums over R's segments where the base has quantile integrals (the density is
+        """(mean, variance): exact as sums over R's segments where the base has quantile averages (G's density is
         R's slope times f between two knots' quantiles), else by the quantile midpoint rule."""
         if getattr(self, "_mean_var", None) is None:
             try:
                 c = self.base.mean.double()
-                slopes, (i0, _, i2) = self.segments(c)
-                shift = (slopes * i0).sum(0)
-                self._mean_var = (c + shift, (slopes * i2).sum(0) - shift * shift)
+                rises, _, (a0, _, a2) = self.segments(c)
+                shift = (rises * a0).sum(0)
+                self._mean_var = (c + shift, (rises * a2).sum(0) - shift * shift)
             except Unavailable:
                 q = self.quantile_grid()
                 mean = q.mean(0)
@@ -95,28 +96,43 @@ class Recalibrated(Distribution):
 
     @property
     def mean(self) -> Tensor:
-        """Exact through the base's quantile integrals, else by the quantile midpoint rule."""
+        """Exact through the base's quantile averages, else by the quantile midpoint rule."""
         return self._moments()[0]
 
     @property
     def variance(self) -> Tensor:
-        """Exact through the base's quantile integrals, else by the quantile midpoint rule."""
+        """Exact through the base's quantile averages, else by the quantile midpoint rule."""
         return self._moments()[1]
 
 
 @ops.crps.register(Recalibrated)
 def _recalibrated_crps(d: Recalibrated, y: Tensor) -> Tensor:
-    """Exact where the base has quantile integrals, else the generic quantile integral on the grid of the mean.
+    """Exact where the base has quantile averages, else the generic quantile integral on the grid of the mean.
 
     CRPS = 2 int_0^1 (1{y < G^-1(tau)} - tau)(G^-1(tau) - y) dtau; with tau = R(u) = r_k + s_k (u - p_k) on R's
-    segment k and G^-1(tau) = Q(u), that is 2 sum_k s_k [I0_k over u > F(y) - (r_k - s_k p_k) I0_k - s_k I1_k].
+    segment k of width w_k and rise d_k = s_k w_k, and G^-1(tau) = Q(u), segment k adds
+    2 d_k [avg 1{u > F(y)} (Q - y) - r_k A0_k - d_k A1_k]: rises times averages, which neither overflow nor cancel.
     """
     y = y.double()
     try:
-        slopes, (i0, i1, _) = d.segments(y)
-        _, (above, _, _) = d.segments(y, lo=ops.cdf(d.base, y).double())
+        rises, widths, (a0, a1, _) = d.segments(y)
+        _, kept, (b0, _, _) = d.segments(y, floor=ops.cdf(d.base, y).double())
     except Unavailable:
         return ops.crps_from_quantiles(d.quantile_grid(), y)
-    shape = slopes.shape
-    intercept = d.knots_r[:-1].double().view(shape) - slopes * d.knots_p[:-1].double().view(shape)
-    return 2 * (slopes * (above - intercept * i0 - slopes * i1)).sum(0)
+    above = torch.where(kept > 0, b0 * (kept / widths), torch.zeros_like(b0))  # the part of the segment above F(y)
+    r = d.knots_r[:-1].double().view(rises.shape)
+    return 2 * (rises * (above - r * a0 - rises * a1)).sum(0)
+
+
+@ops.log_interval_mass.register(Recalibrated)
+def _recalibrated_interval(d: Recalibrated, lo: Tensor, hi: Tensor) -> Tensor:
+    """log sum_k s_k P_F(bin within segment k's quantiles): the base's own interval masses, so a bin across a knot's
+    quantile (where G's density jumps) keeps the digits a rule on the log-density would lose there."""
+    shape = (-1, *([1] * lo.dim()))
+    p, r = d.knots_p.double(), d.knots_r.double()
+    edges = ops.icdf(d.base, p.view(shape).expand(-1, *lo.shape)).double()  # [S + 1, *batch]
+    a, b = torch.maximum(lo.double(), edges[:-1]), torch.minimum(hi.double(), edges[1:])
+    inside = b > a
+    log_mass = ops.log_interval_mass(d.base, torch.where(inside, a, lo.double()), torch.where(inside, b, hi.double()))
+    log_slope = (torch.log(r[1:] - r[:-1]) - torch.log(p[1:] - p[:-1])).view(shape)
+    return torch.logsumexp(torch.where(inside, log_slope + log_mass, torch.full_like(log_mass, -math.inf)), 0)
