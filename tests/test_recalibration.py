@@ -414,6 +414,25 @@ def test_a_steep_segment_a_subnormal_knot_and_a_bin_across_a_knot_keep_their_dig
     mean, var, crps = _recalibrated_by_quadrature(base, p, r, 0.0)
     assert float(ops.crps(g, torch.tensor(0.0, **f64))) == pytest.approx(crps, rel=1e-9)
     assert float(g.mean) == pytest.approx(mean, abs=1e-9) and float(g.variance) == pytest.approx(var, rel=1e-9)
+    # a knot 1e-13 below 1 (a validation point 7.4 sigma out) and y just above its quantile: F(y) in float64 cannot
+    # place y within that last segment (1.7e-3 off at 8.3 sigma), its upper tail can
+    from scipy import integrate
+    from scipy.special import log_ndtr
+
+    top = 1 - 1e-13
+    g = Recalibrated(base, torch.tensor([0.0, 0.5, top, 1.0], **f64), torch.tensor([0.0, 0.5, 0.9, 1.0], **f64))
+    gap = 1 - top  # 1.0003e-13: the knot as stored
+    x_top = stats.norm.isf(gap)
+
+    def survival(x):  # 1 - G(x), from the Normal's upper tail
+        sf = math.exp(log_ndtr(-x))
+        return 0.1 * sf / gap if x > x_top else 0.1 + 0.4 * (sf - gap) / (0.5 - gap) if x > 0 else sf
+
+    for y in (7.5, 8.3, 9.0):
+        parts = [(-40, 0), (0, x_top), (x_top, y)]
+        below = sum(integrate.quad(lambda x: (1 - survival(x)) ** 2, a, b, epsabs=1e-15, epsrel=1e-13, limit=200)[0] for a, b in parts)
+        want = below + integrate.quad(lambda x: survival(x) ** 2, y, 40, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+        assert float(ops.crps(g, torch.tensor(y, **f64))) == pytest.approx(want, rel=1e-10), y
     # a knot at 1e-310: 5% of the mass where the Gaussian has 1e-310; its mean there is -phi(b) / 1e-310, b = Q(1e-310)
     g = Recalibrated(base, torch.tensor([0.0, 1e-310, 0.5, 1.0], **f64), torch.tensor([0.0, 0.05, 0.5, 1.0], **f64))
     b = stats.norm.isf(1e-310) * -1

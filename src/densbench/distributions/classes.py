@@ -75,8 +75,10 @@ def log_normal_mass(loc: Tensor, scale: Tensor, lo: Tensor, hi: Tensor) -> Tenso
     wide = torch.where(upper | (b <= 0), tail, middle)
     # a narrow interval: the difference of two nearly equal CDFs keeps only 1e-16 / (its relative width) of its
     # digits, so there the density is integrated instead (in logs: exact however far out)
-    a, b = torch.broadcast_tensors(a, b)
-    w, m = b - a, (a + b) / 2
+    # the width from the ends themselves: b - a would carry the rounding of each standardised end, ulp(a) / w of it
+    w = (hi.double() - lo.double()) / scale.double()
+    a, b, w = torch.broadcast_tensors(a, b, w)
+    m = (a + b) / 2
     narrow = torch.isfinite(w) & (w * (m.abs() + w) < NARROW_SPAN)
     if not bool(narrow.any()):  # the nodes only where they are needed: a mixture's rows x components are many
         return wide

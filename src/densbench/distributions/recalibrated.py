@@ -68,16 +68,13 @@ class Recalibrated(Distribution):
             self._grid = self.icdf(levels.view(-1, *([1] * len(self.batch_shape))).expand(-1, *self.batch_shape))
         return self._grid
 
-    def segments(self, c: Tensor, floor: Tensor | None = None) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """R's rises [S, 1...], the widths of its segments in levels and the base's averages (A0, A1, A2) about c over
-        them [S, *batch] (their levels raised to `floor` where given); Unavailable where the base's family has none."""
+    def segments(self, c: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """R's rises [S, 1...] and the base's averages (A0, A1, A2, A0+) about c over its segments [S, *batch];
+        Unavailable where the base's family has none."""
         shape = (-1, *([1] * len(self.batch_shape)))
         p, r = self.knots_p.double(), self.knots_r.double()
-        below, above = p[:-1].view(shape), p[1:].view(shape)
-        if floor is not None:
-            below, above = torch.maximum(below, floor), torch.maximum(above, floor)
-        below, above, c = torch.broadcast_tensors(below, above, c.double())
-        return (r[1:] - r[:-1]).view(shape), above - below, quantile_averages(self.base, below, above, c[0])
+        below, above, c = torch.broadcast_tensors(p[:-1].view(shape), p[1:].view(shape), c.double())
+        return (r[1:] - r[:-1]).view(shape), quantile_averages(self.base, below, above, c[0])
 
     def _moments(self) -> tuple[Tensor, Tensor]:
         """(mean, variance): exact as sums over R's segments where the base has quantile averages (G's density is
@@ -85,7 +82,7 @@ class Recalibrated(Distribution):
         if getattr(self, "_mean_var", None) is None:
             try:
                 c = self.base.mean.double()
-                rises, _, (a0, _, a2) = self.segments(c)
+                rises, (a0, _, a2, _) = self.segments(c)
                 shift = (rises * a0).sum(0)
                 self._mean_var = (c + shift, (rises * a2).sum(0) - shift * shift)
             except Unavailable:
@@ -111,15 +108,13 @@ def _recalibrated_crps(d: Recalibrated, y: Tensor) -> Tensor:
 
     CRPS = 2 int_0^1 (1{y < G^-1(tau)} - tau)(G^-1(tau) - y) dtau; with tau = R(u) = r_k + s_k (u - p_k) on R's
     segment k of width w_k and rise d_k = s_k w_k, and G^-1(tau) = Q(u), segment k adds
-    2 d_k [avg 1{u > F(y)} (Q - y) - r_k A0_k - d_k A1_k]: rises times averages, which neither overflow nor cancel.
+    2 d_k [A0+_k - r_k A0_k - d_k A1_k] (A0+: the average of (Q - y)^+, 1{u > F(y)} (Q - y)): rises times averages, which neither overflow nor cancel.
     """
     y = y.double()
     try:
-        rises, widths, (a0, a1, _) = d.segments(y)
-        _, kept, (b0, _, _) = d.segments(y, floor=ops.cdf(d.base, y).double())
+        rises, (a0, a1, _, above) = d.segments(y)
     except Unavailable:
         return ops.crps_from_quantiles(d.quantile_grid(), y)
-    above = torch.where(kept > 0, b0 * (kept / widths), torch.zeros_like(b0))  # the part of the segment above F(y)
     r = d.knots_r[:-1].double().view(rises.shape)
     return 2 * (rises * (above - r * a0 - rises * a1)).sum(0)
 

@@ -143,13 +143,14 @@ def _normal_cdf(d: Any, y: Tensor) -> Tensor:
 
 
 @quantile_averages.register("torch.distributions.Normal")
-def _normal_quantile_averages(d: Any, lo: Tensor, hi: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _normal_quantile_averages(d: Any, lo: Tensor, hi: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """In z = (x - mu) / sigma between a = Phi^-1(lo) and b = Phi^-1(hi), w = hi - lo and t = (c - mu) / sigma:
     A0 = sigma [(phi(a) - phi(b)) / w - t], A1 = sigma [(Phi(b sqrt 2) - Phi(a sqrt 2)) / (2 sqrt(pi) w^2) - phi(b) / w
     - t / 2] (by parts, phi^2 being a Normal of variance 1/2 over 2 sqrt pi), A2 = sigma^2 [1 + t^2 + (a phi(a)
-    - b phi(b)) / w - 2 t (phi(a) - phi(b)) / w]; each ratio in logs (w may be subnormal). Across a segment narrow
-    against its distance to 0 or 1 these differences cancel (to 1e-16 / w of their size): there Gauss-Legendre
-    on Q, its nodes above 1/2 placed from 1 - u so that they keep their digits."""
+    - b phi(b)) / w - 2 t (phi(a) - phi(b)) / w], and A0+ the same as A0 over the part above t, whose level width
+    comes from Phi(-t) above the median (1 - Phi(t) would keep nothing of a segment 1e-13 below 1); each ratio in
+    logs (w may be subnormal). Across a segment narrow against its distance to 0 or 1 these differences cancel
+    (to 1e-16 / w of their size): there Gauss-Legendre on Q, its nodes above 1/2 placed from 1 - u."""
     from densbench.distributions.classes import log_normal_mass
     from densbench.distributions.gauss_rules import legendre
     from densbench.distributions.quantile_averages import NARROW, NARROW_NODES
@@ -158,20 +159,30 @@ def _normal_quantile_averages(d: Any, lo: Tensor, hi: Tensor, c: Tensor) -> tupl
     t = (c.double() - d.loc.double()) / sigma
     width, log_width = hi - lo, torch.log(hi - lo)
     a, b = torch.special.ndtri(lo), torch.special.ndtri(hi)
-    ra, rb = (torch.exp(-0.5 * z * z - HALF_LOG_2PI - log_width) for z in (a, b))  # phi / w; 0 at +-inf
+    upper = lo >= 0.5
+    # the part of the segment above t, in levels: all of it, none, or from Phi(t) (or 1 - Phi(-t)) up to hi
+    part = torch.where(upper, std_normal_cdf(-t) - (1 - hi), hi - std_normal_cdf(t))
+    part = torch.minimum(torch.where(t <= a, width, torch.where(t >= b, torch.zeros_like(width), part.clamp_min(0))), width)
+    ra, rb, rt = (torch.exp(-0.5 * z * z - HALF_LOG_2PI - log_width) for z in (a, b, torch.maximum(a, torch.minimum(t, b))))
     za, zb = (torch.where(torch.isinf(z), torch.zeros_like(r), z * r) for z, r in ((a, ra), (b, rb)))
     squared = torch.exp(log_normal_mass(torch.zeros_like(a), torch.full_like(a, math.sqrt(0.5)), a, b) - 2 * log_width)
     a0 = ra - rb - t
     a1 = squared * INV_SQRT_PI / 2 - rb - t / 2
     a2 = 1 + t * t + za - zb - 2 * t * (ra - rb)
-    upper = lo >= 0.5
+    above = torch.where(t >= b, torch.zeros_like(a0), rt - rb - t * part / width)
     narrow = width < NARROW * torch.where(upper, 1 - hi, lo)  # 1 - hi is exact above 1/2
     if bool(narrow.any()):
         x, g = (torch.as_tensor(v, dtype=torch.float64, device=lo.device).view(-1, *([1] * lo.dim())) for v in legendre(NARROW_NODES))
         s, g = (1 + x) / 2, g / 2  # lambda at the nodes; weights of an average
-        z = torch.where(upper, -torch.special.ndtri((1 - hi) + width * (1 - s)), torch.special.ndtri(lo + width * s)) - t
+
+        def q(level_width: Tensor) -> Tensor:  # Q - c at the nodes of the top `level_width` of the segment
+            return torch.where(upper, -torch.special.ndtri((1 - hi) + level_width * (1 - s)),
+                               torch.special.ndtri(hi - level_width * (1 - s))) - t
+
+        z = q(width)
         a0, a1, a2 = (torch.where(narrow, (g * v).sum(0), closed) for v, closed in ((z, a0), (s * z, a1), (z * z, a2)))
-    return sigma * a0, sigma * a1, sigma * sigma * a2
+        above = torch.where(narrow, (part / width) * (g * q(part).clamp_min(0)).sum(0), above)
+    return sigma * a0, sigma * a1, sigma * sigma * a2, sigma * above
 
 
 @ops.log_interval_mass.register("torch.distributions.Normal")
