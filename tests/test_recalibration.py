@@ -505,6 +505,8 @@ def test_hundreds_of_knots_cost_a_window_per_entry_and_give_every_segments_sums(
     assert torch.allclose(g.variance, var, rtol=1e-12, atol=0)
     assert torch.allclose(ops.crps(g, y), crps, rtol=1e-12, atol=0)
     assert torch.allclose(ops.log_interval_mass(g, lo, hi), log_mass, rtol=0, atol=1e-9)
+    # a reversed bin, segments apart, holds nothing (its window is empty)
+    assert torch.equal(ops.log_interval_mass(g, hi + 5, lo - 5), torch.full_like(lo, -math.inf))
     # a base without quantile averages (Laplace) keeps the midpoint rule for its moments, and its interval masses
     # come from the overlapped segments alike
     lap = Laplace(loc, scale)

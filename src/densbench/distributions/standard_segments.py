@@ -98,7 +98,7 @@ class StandardSegments:
         flat_lo, flat_hi = lo.reshape(-1), hi.reshape(-1)
         first, last = self.window((flat_lo - loc) / scale, (flat_hi - loc) / scale)
         # every (entry, segment) pair of the windows, entry by entry
-        counts = last - first + 1
+        counts = (last - first + 1).clamp_min(0)  # none for a reversed bin (lo above hi): its mass is 0
         entry = torch.repeat_interleave(torch.arange(len(counts), device=lo.device), counts)
         starts = torch.cumsum(counts, 0) - counts
         k = first[entry] + torch.arange(len(entry), device=lo.device) - starts[entry]
