@@ -476,13 +476,17 @@ def _every_segment(base, p, r, y, lo, hi):
     shift = (d * a0).sum(0)
     b0, b1, _, above = quantile_averages(base, pl, ph, y)
     crps = 2 * (d * (above - r[:-1].view(-1, 1) * b0 - d * b1)).sum(0)
-    edges = ops.icdf(base, p.view(-1, 1).expand(-1, len(y))).double()
+    return c + shift, (d * a2).sum(0) - shift**2, crps, _every_segments_mass(base, p, r, lo, hi)
+
+
+def _every_segments_mass(base, p, r, lo, hi):
+    """log sum_k s_k P_F((lo, hi] within segment k's quantiles), every segment for every entry."""
+    edges = ops.icdf(base, p.view(-1, 1).expand(-1, len(lo))).double()
     a, b = torch.maximum(lo, edges[:-1]), torch.minimum(hi, edges[1:])
     inside = b > a
     log_mass = ops.log_interval_mass(base, torch.where(inside, a, lo), torch.where(inside, b, hi))
-    log_slope = (torch.log(d.squeeze(1)) - torch.log(p[1:] - p[:-1])).view(-1, 1)
-    mass = torch.logsumexp(torch.where(inside, log_slope + log_mass, torch.full_like(log_mass, -math.inf)), 0)
-    return c + shift, (d * a2).sum(0) - shift**2, crps, mass
+    log_slope = (torch.log(r[1:] - r[:-1]) - torch.log(p[1:] - p[:-1])).view(-1, 1)
+    return torch.logsumexp(torch.where(inside, log_slope + log_mass, torch.full_like(log_mass, -math.inf)), 0)
 
 
 def test_hundreds_of_knots_cost_a_window_per_entry_and_give_every_segments_sums():
@@ -507,14 +511,7 @@ def test_hundreds_of_knots_cost_a_window_per_entry_and_give_every_segments_sums(
     assert torch.allclose(ops.log_interval_mass(g, lo, hi), log_mass, rtol=0, atol=1e-9)
     # a reversed bin, segments apart, holds nothing (its window is empty)
     assert torch.equal(ops.log_interval_mass(g, hi + 5, lo - 5), torch.full_like(lo, -math.inf))
-    # a base without quantile averages (Laplace) keeps the midpoint rule for its moments, and its interval masses
-    # come from the overlapped segments alike
+    # a base without quantile averages (Laplace) still takes the window for its interval masses, which need none
     lap = Laplace(loc, scale)
-    g = Recalibrated(lap, p, r)
-    edges = ops.icdf(lap, p.view(-1, 1).expand(-1, n)).double()
-    a, b = torch.maximum(lo, edges[:-1]), torch.minimum(hi, edges[1:])
-    inside = b > a
-    log_each = ops.log_interval_mass(lap, torch.where(inside, a, lo), torch.where(inside, b, hi))
-    log_slope = (torch.log(r[1:] - r[:-1]) - torch.log(p[1:] - p[:-1])).view(-1, 1)
-    want = torch.logsumexp(torch.where(inside, log_slope + log_each, torch.full_like(log_each, -math.inf)), 0)
-    assert torch.allclose(ops.log_interval_mass(g, lo, hi), want, rtol=0, atol=1e-9)
+    want = _every_segments_mass(lap, p, r, lo, hi)
+    assert torch.allclose(ops.log_interval_mass(Recalibrated(lap, p, r), lo, hi), want, rtol=0, atol=1e-9)
