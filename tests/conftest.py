@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from densbench import numerics
 from densbench.config import compose_config
+from prewarmed import Server
 
 REPO = Path(__file__).resolve().parents[1]
 # Figures that must not depend on a stack's size or the launcher agree bit for bit where MKL's strict
@@ -59,11 +61,19 @@ def cfg_factory():
     return make_cfg
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m densbench ARGS` in cwd and return the completed process."""
+_PREWARMED = Server()
+atexit.register(_PREWARMED.close)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None,
+            fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m densbench ARGS` in cwd and return the completed process: in a fork of a prewarmed interpreter
+    (prewarmed.py), or in a fresh one where the test is about what happens before the imports (fresh=True, or an
+    environment that sets more than PYTHONPATH: kernel and thread variables are read when torch loads)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
     full_env.update(env or {})
+    if not fresh and set(env or {}) <= {"PYTHONPATH"}:
+        return _PREWARMED.run(args, cwd, full_env, timeout)
     return subprocess.run(
         [sys.executable, "-m", "densbench", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
-

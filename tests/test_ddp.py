@@ -23,7 +23,8 @@ def single_and_ddp(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     single = run_cli([*COMMON, f"hydra.run.dir={tmp}/single"], cwd=tmp)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = run_cli([*COMMON, "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp}/ddp"], cwd=tmp)
+    # fresh: Lightning starts the second rank by rerunning the command line of this process
+    ddp = run_cli([*COMMON, "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp}/ddp"], cwd=tmp, fresh=True)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     return tmp
 

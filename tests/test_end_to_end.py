@@ -16,7 +16,7 @@ def headline_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     proc = run_cli(
         ["-m", "loss=kl,nll,mdn", "experiment=fast", "figures=true", f"hydra.sweep.dir={tmp}/multirun"],
-        cwd=tmp,
+        cwd=tmp, fresh=True,  # the README's main job, as a user starts it
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, proc

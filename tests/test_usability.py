@@ -23,10 +23,10 @@ def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('torch was imported')\n")
     env = {"PYTHONPATH": f"{fake.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = run_cli(["optimizer.lr=-1"], cwd=tmp_path, env=env)
+    proc = run_cli(["optimizer.lr=-1"], cwd=tmp_path, env=env, fresh=True)
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert proc.returncode == 1 and lines == ["densbench: optimizer.lr=-1 must be a positive number"]
-    proc = run_cli(["loss=kl", "dataset=faithful"], cwd=tmp_path, env=env)
+    proc = run_cli(["loss=kl", "dataset=faithful"], cwd=tmp_path, env=env, fresh=True)
     assert proc.returncode == 1 and "densbench: incompatible: loss=kl trains on the true gaussian" in proc.stderr
     assert "torch was imported" not in proc.stderr
 
