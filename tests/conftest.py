@@ -68,11 +68,11 @@ atexit.register(_PREWARMED.close)
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None,
             fresh: bool = False) -> subprocess.CompletedProcess:
     """Run `python -m densbench ARGS` in cwd and return the completed process: in a fork of a prewarmed interpreter
-    (prewarmed.py), or in a fresh one where the test is about what happens before the imports (fresh=True, or an
-    environment that sets more than PYTHONPATH: kernel and thread variables are read when torch loads)."""
+    (prewarmed.py), or in a fresh one where the test is about what happens before or during the imports or at the
+    interpreter's exit (fresh=True), or where the environment differs from the one the prewarmed imports saw."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
     full_env.update(env or {})
-    if not fresh and set(env or {}) <= {"PYTHONPATH"}:
+    if not fresh and _PREWARMED.serves(full_env):
         return _PREWARMED.run(args, cwd, full_env, timeout)
     return subprocess.run(
         [sys.executable, "-m", "densbench", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env

@@ -91,7 +91,7 @@ def test_gpu_job_without_gpu_is_skipped(tmp_path):
     ],
 )
 def test_unknown_option_or_key_fails_before_training(tmp_path, args, message):
-    proc = run_cli(args, cwd=tmp_path, timeout=120)
+    proc = run_cli(args, cwd=tmp_path, timeout=120, fresh=True)  # all a user sees
     assert proc.returncode != 0
     assert message in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("densbench: "), proc.stderr  # one line

@@ -55,6 +55,7 @@ def test_this_test_process_computes_with_the_pinned_kernels():
 @pytest.mark.slow
 def test_figures_do_not_depend_on_the_callers_cpu_kernels_or_threads(tmp_path):
     def run(name, env=None, extra=()):
+        # the reference in a fork of the tests' prewarmed interpreter; the variations' environments make them fresh
         proc = run_cli([*RUN, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads((tmp_path / name / "result.json").read_text())
@@ -121,9 +122,11 @@ def test_a_near_tie_in_validation_does_not_move_the_selected_epoch():
 def test_the_basic_stacked_and_parallel_launchers_give_the_same_figures(tmp_path):
     args = ["-m", *RUN, "seed=0,1", "loss=nll,mdn"]
     runs = {}
+    # the stacked sweep, whose worker pool lives until the interpreter's exit, as a user starts it; the others in
+    # forks of the tests' prewarmed interpreter (the parallel launcher's jobs run in fresh worker processes anyway)
     for name, launcher in (("basic", []), ("stacked", ["launcher=stacked", "hydra.launcher.workers=2"]),
                            ("parallel", ["launcher=parallel"])):
-        proc = run_cli([*args, *launcher, f"hydra.sweep.dir={tmp_path / name}"], cwd=tmp_path)
+        proc = run_cli([*args, *launcher, f"hydra.sweep.dir={tmp_path / name}"], cwd=tmp_path, fresh=name == "stacked")
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = {p.parent.name: _figures(json.loads(p.read_text())) for p in (tmp_path / name).rglob("result.json")}
     assert len(runs["basic"]) == 4

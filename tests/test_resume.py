@@ -270,7 +270,7 @@ def test_values_whose_square_overflows_are_refused_by_column(tmp_path, column, w
 def test_an_unwritable_output_directory_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    proc = run_cli(["experiment=fast", f"hydra.run.dir={blocker}/run"], cwd=tmp_path, timeout=120)
+    proc = run_cli(["experiment=fast", f"hydra.run.dir={blocker}/run"], cwd=tmp_path, timeout=120, fresh=True)
     assert proc.returncode == 2
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"densbench: cannot write to the output directory {blocker}/run")

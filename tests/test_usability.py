@@ -207,7 +207,7 @@ def test_the_count_head_benchmark_times_a_whole_run_and_reads_its_step_time(tmp_
 
 
 def test_help_opens_with_the_commands_a_user_needs_first(tmp_path):
-    proc = run_cli(["--help"], cwd=tmp_path, timeout=120)
+    proc = run_cli(["--help"], cwd=tmp_path, timeout=120, fresh=True)
     assert proc.returncode == 0
     first = proc.stdout.splitlines()
     assert first[0].startswith("densbench: ") and "powered by Hydra" not in proc.stdout
