@@ -1,7 +1,7 @@
 """`python -m densbench ARGS` in a fork of an interpreter that has already imported densbench's dependencies.
 
 Importing torch, Lightning and Hydra costs about 8 s of CPU in every process, and the end-to-end tests start
-dozens of commands: on CI's two cores that was half of the suite's time. A test worker starts this file once as
+dozens of commands: about 7 of the suite's 24 CPU-minutes on CI's two cores. A test worker starts this file once as
 a server (`python prewarmed.py`); it imports densbench first (so the numerical pinning happens before torch loads,
 as in a command) and then what a run imports, and afterwards only forks. Each fork takes the test's working
 directory, environment, arguments and output files, and runs `densbench` as `python -m densbench` would, at the
@@ -39,6 +39,11 @@ READ_AT_IMPORT = ("ATEN_", "MKL_", "OMP_", "GOMP_", "OPENBLAS_", "CUDA_VISIBLE_D
 PRELOAD = ("densbench", "densbench.__main__", "densbench.runs.execution")
 
 
+def read_at_import(env: dict) -> dict:
+    """The variables of env whose values the imports fix."""
+    return {k: v for k, v in env.items() if k.startswith(READ_AT_IMPORT)}
+
+
 class Server:
     """The client side: one server process per test worker, started on first use."""
 
@@ -51,11 +56,8 @@ class Server:
     def serves(self, env: dict) -> bool:
         """Whether a fork would see what a fresh interpreter started with env sees: the same variables that are read
         when torch and densbench load (kernels, threads, devices), and nothing on PYTHONPATH but this folder."""
-        def loaded(e: dict) -> dict:
-            return {k: v for k, v in e.items() if k.startswith(READ_AT_IMPORT)}
-
         path = env.get("PYTHONPATH", "")
-        return loaded(env) == loaded(self.env) and path in {"", HERE, self.env.get("PYTHONPATH", "")}
+        return read_at_import(env) == read_at_import(self.env) and path in {"", HERE, self.env.get("PYTHONPATH", "")}
 
     def run(self, args: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
         """Run `python -m densbench ARGS` in a fork and return it as subprocess.run would."""
@@ -129,11 +131,12 @@ def _become(request: dict) -> None:
     from densbench import timing
 
     timing.PROCESS_START = time.time()  # a process that starts now: its start-up is its own
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    for fd, path in ((1, request["out"]), (2, request["err"])):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-    sys.stdin = open(os.devnull)
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        opened = os.open(path, flags, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.stdin = open(0, closefd=False)  # a reader of the new fd 0: the server's holds lines it buffered from its pipe
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -178,6 +181,7 @@ def _run() -> None:
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         os._exit(code)
+
 
 if __name__ == "__main__":
     _request = _serve()
