@@ -16,14 +16,16 @@ def loss_curve(tmp_path, grad, *overrides):
 
 
 @pytest.mark.parametrize(
-    "dataset,family",
-    [("sine_gaussian", "auto"), ("sine_bernoulli", "auto"), ("sine_bernoulli", "categorical"), ("sine_poisson", "auto")],
+    "dataset,family,steps",
+    # the GLM document's whole setting (5000 full-batch SGD steps) once; its other problems for the first 1000,
+    # where the same float64 steps show the same agreement at a fifth of the suite's time
+    [("sine_gaussian", "auto", 1000), ("sine_bernoulli", "auto", 1000), ("sine_bernoulli", "categorical", 5000),
+     ("sine_poisson", "auto", 1000)],
 )
-def test_glm_document_runs_identical(tmp_path, dataset, family):
-    # the GLM document's whole setting: 5000 full-batch SGD steps
-    args = ("experiment=glm_doc", f"dataset={dataset}", f"head.distribution={family}")
+def test_glm_document_runs_identical(tmp_path, dataset, family, steps):
+    args = ("experiment=glm_doc", f"dataset={dataset}", f"head.distribution={family}", f"loop.max_steps={steps}")
     a, b = loss_curve(tmp_path, "analytic", *args), loss_curve(tmp_path, "autograd", *args)
-    assert a.shape == b.shape == (5000,)
+    assert a.shape == b.shape == (steps,)
     assert float((a - b).abs().max()) < 1e-5
     assert a[-500:].mean() < a[:10].mean()  # it trained
 
