@@ -18,6 +18,13 @@ on kin8nm); the others keep the protocol's epochs.
     python scripts/uci_search.py --write         # ... and write the chosen settings into conf/experiment
     python scripts/uci_search.py --datasets yacht,boston --splits 0 --lrs 0.01 --batches 32  # a slice
     python scripts/uci_search.py --method student_t --write   # student_t's own settings (conf/settings)
+    python scripts/uci_search.py --method student_t --around-shared --write   # ... near the shared ones only
+
+With --method M --around-shared, M's search is local: per dataset, the settings every method shares (the
+base method's choice) and the learning rates next to theirs in --lrs, at their batch size and epochs; the
+regeneration (scripts/regenerate.py) refines every network method but the base and MC dropout (which keeps
+its published code's settings) this way, so each trains with its own learning rate, never a worse one on
+the stand-in data than the shared setting.
 
 The protocol's width is not searched (n_hidden.txt); weight decay stays at the protocol's 1e-3.
 """
@@ -78,6 +85,22 @@ def grid_of(datasets: list[str], lrs: list[float], batches: list[int], factors: 
     return grids
 
 
+def shared_setting(dataset: str, conf: Path = ROOT / "conf" / "experiment") -> Setting:
+    """The settings every method shares on a dataset: the base method's choice in experiment/uci_<dataset>.yaml."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(conf / f"uci_{dataset}.yaml")
+    return float(cfg.optimizer.lr), int(cfg.loop.batch_size), int(cfg.loop.max_epochs)
+
+
+def around(setting: Setting, lrs: list[float]) -> list[Setting]:
+    """The shared setting and, at its batch size and epoch budget, the learning rates next to its own in lrs."""
+    lr, batch, epochs = setting
+    ladder = sorted(set(lrs) | {lr})
+    i = ladder.index(lr)
+    return [(x, batch, epochs) for x in ladder[max(0, i - 1):i + 2]]
+
+
 def scores(sweep_dir: Path) -> dict[str, dict[Setting, list[float]]]:
     """Stand-in test NLL (NLL@h where the targets have a resolution) per dataset and setting, one value per split."""
     out: dict[str, dict[Setting, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -125,10 +148,13 @@ def write_settings(method: str, dataset: str, setting: Setting, record: str, con
 
 
 def report(found: dict, chosen: dict, splits: list[int], seconds: float, command: list[str],
-           factors: list[int], long: set[str], method: str = BASE) -> str:
+           factors: list[int], long: set[str], method: str = BASE, around_shared: bool = False) -> str:
     """The search as Markdown: every grid point's stand-in NLL per dataset, the chosen one in bold."""
     longer = " or ".join(f"{f} times" for f in factors if f != 1)
     budgets = f"the protocol's epochs, or {longer} them on {', '.join(sorted(long))}" if longer and long else "the protocol's epochs"
+    if around_shared:
+        budgets = (f"the one every method shares on the dataset; the grid: those shared settings, {BASE}'s choice in "
+                   "conf/experiment/uci_<dataset>.yaml, and the learning rates next to theirs, at their batch size and epochs")
     tuned = "Base method: mean-variance Gaussian NLL" if method == BASE else f"Method: {method}"
     lines = ["# UCI optimiser search" + ("" if method == BASE else f": {method}"), "",
              f"{tuned}, the UCI protocol's width. Every run is in "
@@ -164,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epoch-factors", default=",".join(map(str, EPOCH_FACTORS)), help="epoch budgets tried on the long datasets, in protocol epochs")
     ap.add_argument("--long-datasets", default=LONG, help="datasets whose epoch budget is searched")
     ap.add_argument("--root", default=str(ROOT.parent / "shared" / "uci"))
-    ap.add_argument("--sweep-dir", default="multirun/uci_search")
+    ap.add_argument("--sweep-dir", default=None, help="default: multirun/uci_search, or multirun/uci_search_<method>")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--method", default=BASE, help=f"the method to tune (default {BASE}, whose settings every method shares)")
+    ap.add_argument("--around-shared", action="store_true",
+                    help="with --method: try only the shared settings of conf/experiment (the base method's choice) and the "
+                         "learning rates next to theirs in --lrs, at their batch size and epochs (a cheaper, local search)")
     ap.add_argument("--write", action="store_true", help="write the chosen settings into conf/experiment (conf/settings/<method> with --method)")
     args = ap.parse_args(argv)
     datasets = args.datasets.split(",")
@@ -177,13 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.method not in methods:
         ap.error(f"--method {args.method!r} is not a network method of conf/method (a baseline has no optimiser to "
                  f"tune); they are {', '.join(sorted(methods))}")
+    if args.around_shared and args.method == BASE:
+        ap.error(f"--around-shared refines another method from {BASE}'s settings; {BASE} is searched on the whole grid")
     splits = [int(s) for s in args.splits.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     factors = [int(f) for f in args.epoch_factors.split(",")]
-    sweep_dir = Path(args.sweep_dir)
+    sweep_dir = Path(args.sweep_dir or ("multirun/uci_search" if args.method == BASE else f"multirun/uci_search_{args.method}"))
     long = set(args.long_datasets.split(",")) & set(datasets)
-    grids = grid_of(datasets, lrs, batches, factors, long, Path(args.root))
+    if args.around_shared:
+        grids = {d: around(shared_setting(d), lrs) for d in datasets}
+    else:
+        grids = grid_of(datasets, lrs, batches, factors, long, Path(args.root))
     command = sweep_command(grids, splits, sweep_dir, args.method)
     started = time.perf_counter()
     # the data folder through the environment: dataset.root cannot be set before a swept experiment picks the dataset
@@ -199,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = "uci_search" if args.method == BASE else f"uci_search_{args.method}"
     (out / f"{stem}.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command, factors,
-                                           long, args.method) + "\n")
+                                           long, args.method, args.around_shared) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(
         {"method": args.method, "splits": splits, "seconds": seconds, "command": command[1:],
          "chosen": {d: {"lr": lr, "batch_size": b, "max_epochs": e} for d, (lr, b, e) in chosen.items()},

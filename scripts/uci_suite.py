@@ -104,9 +104,12 @@ GAP_METHODS = "gaussian_nll,mc_dropout,evidential,ensemble"  # a point estimate'
 GAP_DATASETS = "boston,concrete,energy,kin8nm,power,wine,yacht"
 
 
-def ensemble_overrides(member: str) -> list[str]:
-    """A deep ensemble of `member`'s networks: method=ensemble with that method's loss and head."""
-    return ["method=ensemble", f"loss={recipes()[member].loss}", f"head={recipes()[member].head}"]
+def ensemble_overrides(member: str, dataset: str) -> list[str]:
+    """A deep ensemble of `member`'s networks: method=ensemble with that method's loss and head, trained as that
+    method trains on the dataset (its own settings, conf/settings/<member>/<dataset>.yaml, where it has them)."""
+    own = Path(config_dir(), "settings", member, f"{dataset}.yaml").exists()
+    return ["method=ensemble", f"loss={recipes()[member].loss}", f"head={recipes()[member].head}",
+            *([f"settings={member}/{dataset}"] if own else [])]
 
 
 def gap_jobs(datasets: list[str], methods: list[str], root: str) -> list[list[str]]:
@@ -131,7 +134,7 @@ def ensemble_jobs(found: dict[str, dict[str, list[dict]]], datasets: list[str], 
             print(f"uci_suite: no single-model {'gap ' if gap else ''}run of {d} finished; no ensemble for it", file=sys.stderr)
             continue
         members[d] = {i: m for i, (m, _) in sorted(choices.items())}
-        out += [[f"experiment=uci_{d}", *ensemble_overrides(m), *(["dataset.protocol=gap"] if gap else []), f"dataset.split={i}"]
+        out += [[f"experiment=uci_{d}", *ensemble_overrides(m, d), *(["dataset.protocol=gap"] if gap else []), f"dataset.split={i}"]
                 for i, m in members[d].items()]
     return out, members
 

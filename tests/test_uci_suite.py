@@ -264,3 +264,27 @@ def test_the_networks_time_leaves_out_the_stages_the_suite_marks_as_not_networks
     assert "networks alone (every stage but the baselines): **1.5 min**" in line and "gradient boosting 10.0 min (5 jobs)" in line
     assert "non-network baselines 2.0 min (3 jobs)" in line
     assert uci_report.stage_times([]) == []
+
+
+def test_a_local_search_tries_the_shared_setting_and_its_neighbouring_learning_rates(tmp_path):
+    lrs = [0.001, 0.003, 0.01, 0.03]
+    assert uci_search.around((0.01, 128, 40), lrs) == [(0.003, 128, 40), (0.01, 128, 40), (0.03, 128, 40)]
+    assert uci_search.around((0.03, 32, 400), lrs) == [(0.01, 32, 400), (0.03, 32, 400)]  # the grid's edge
+    assert uci_search.around((0.002, 32, 40), lrs) == [(0.001, 32, 40), (0.002, 32, 40), (0.003, 32, 40)]  # off the grid
+    shared = OmegaConf.load(REPO / "conf" / "experiment" / "uci_yacht.yaml")
+    assert uci_search.shared_setting("yacht") == (shared.optimizer.lr, shared.loop.batch_size, shared.loop.max_epochs)
+    with pytest.raises(SystemExit):  # the base method is the one the others are refined from
+        uci_search.main(["--around-shared", "--datasets", "yacht", "--sweep-dir", str(tmp_path / "base")])
+    assert not (tmp_path / "base").exists()
+
+
+def test_an_ensemble_trains_with_its_members_methods_own_settings_where_it_has_them():
+    import uci_suite
+
+    own = uci_suite.ensemble_overrides("mc_dropout", "boston")  # conf/settings/mc_dropout/boston.yaml exists
+    assert own[-1] == "settings=mc_dropout/boston"
+    assert not any(o.startswith("settings=") for o in uci_suite.ensemble_overrides("gaussian_nll", "boston"))
+    cfg = make_cfg("experiment=uci_boston", *own)
+    mine = make_cfg("experiment=uci_boston", "method=mc_dropout")
+    assert (cfg.optimizer.lr, cfg.loop.max_epochs) == (mine.optimizer.lr, mine.loop.max_epochs)
+    assert cfg.ensemble.members == 5
