@@ -5,8 +5,8 @@ on a grid of learning rates, batch sizes and epoch budgets, on the first splits,
 (`dataset.tuning=true`): the published split's test rows are never read; a stand-in test set is
 carved from the training rows (as large as the validation set), the validation set that chooses the
 best epoch within the budget from the rest. A setting is scored by its mean stand-in NLL
-over the splits; the best one per dataset is what the suite uses for every method on that dataset
-(the experiment configs hold it). With --method, the same search tunes another method on its own: the
+over the splits; the best one per dataset is shared by every method on that dataset (the experiment
+configs hold it), each method then refining its own learning rate near it (--around-shared, below). With --method, the same search tunes another method on its own: the
 chosen settings go to conf/settings/<method>/<dataset>.yaml, which that method then trains with in place
 of the shared ones (its record: reports/uci_search_<method>.md).
 
@@ -21,7 +21,9 @@ on kin8nm); the others keep the protocol's epochs.
     python scripts/uci_search.py --method student_t --around-shared --write   # ... near the shared ones only
 
 With --method M --around-shared, M's search is local: per dataset, the settings every method shares (the
-base method's choice) and the learning rates next to theirs in --lrs, at their batch size and epochs; the
+base method's choice) and the learning rates next to theirs in --lrs (one step down and one up, where --lrs
+has them), at their batch size and epochs, writing the learning rate alone (batch and epochs follow the
+shared settings, whatever a later base search chooses); the
 regeneration (scripts/regenerate.py) refines every network method but the base and MC dropout (which keeps
 its published code's settings) this way, so each trains with its own learning rate, never a worse one on
 the stand-in data than the shared setting.
@@ -101,8 +103,10 @@ def around(setting: Setting, lrs: list[float]) -> list[Setting]:
     return [(x, batch, epochs) for x in ladder[max(0, i - 1):i + 2]]
 
 
-def scores(sweep_dir: Path) -> dict[str, dict[Setting, list[float]]]:
-    """Stand-in test NLL (NLL@h where the targets have a resolution) per dataset and setting, one value per split."""
+def scores(sweep_dir: Path, grids: dict[str, list[Setting]] | None = None,
+           splits: list[int] | None = None) -> dict[str, dict[Setting, list[float]]]:
+    """Stand-in test NLL (NLL@h where the targets have a resolution) per dataset and setting, one value per split;
+    with grids and splits, only the runs of this search (a sweep folder may hold an earlier grid's runs)."""
     out: dict[str, dict[Setting, list[float]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(sweep_dir.glob("*/result.json")):
         res = read_result(path.parent)
@@ -114,6 +118,9 @@ def scores(sweep_dir: Path) -> dict[str, dict[Setting, list[float]]]:
         nll = (metrics.get("nll_binned") if metrics.get("nll_binned") is not None else metrics.get("nll")) \
             if res.get("status") == "ok" else None
         setting = (float(cfg["optimizer"]["lr"]), int(cfg["loop"]["batch_size"]), int(cfg["loop"]["max_epochs"]))
+        if (grids is not None and setting not in grids.get(cfg["dataset"]["name"], [])) or \
+                (splits is not None and int(cfg["dataset"]["split"]) not in splits):
+            continue
         out[cfg["dataset"]["name"]][setting].append(
             nll if nll is not None and math.isfinite(nll) else math.inf)
     return out
@@ -136,15 +143,24 @@ def write_choice(dataset: str, setting: Setting, conf: Path = ROOT / "conf" / "e
     return path
 
 
-def write_settings(method: str, dataset: str, setting: Setting, record: str, conf: Path = ROOT / "conf" / "settings") -> Path:
-    """Write one method's chosen settings on one dataset to settings/<method>/<dataset>.yaml (Hydra's settings group)."""
+def write_settings(method: str, dataset: str, setting: Setting, record: str, conf: Path = ROOT / "conf" / "settings",
+                   lr_only: bool = False) -> Path:
+    """Write one method's chosen settings on one dataset to settings/<method>/<dataset>.yaml (Hydra's settings group);
+    lr_only (a search around the shared settings): the learning rate alone, so batch and epochs follow the shared ones."""
     lr, batch, epochs = setting
     path = conf / method / f"{dataset}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# @package _global_\n# {method} on {dataset}: {MARK[2:]} --method {method} ({record}); the rest\n"
+    budget = "" if lr_only else f"loop:\n  batch_size: {batch}\n  max_epochs: {epochs}\n"
+    how = " --around-shared" if lr_only else ""
+    path.write_text(f"# @package _global_\n# {method} on {dataset}: {MARK[2:]} --method {method}{how} ({record}); the rest\n"
                     f"# of its training is the dataset's (conf/experiment/uci_{dataset}.yaml)\n"
-                    f"optimizer:\n  lr: {lr}\nloop:\n  batch_size: {batch}\n  max_epochs: {epochs}\n")
+                    f"optimizer:\n  lr: {lr}\n{budget}")
     return path
+
+
+def own_settings(method: str, conf: Path = ROOT / "conf" / "settings") -> list[Path]:
+    """A method's settings files that no search wrote (MC dropout's published budget): a search must not replace them."""
+    return [p for p in sorted((conf / method).glob("*.yaml")) if MARK[2:] not in p.read_text()]
 
 
 def report(found: dict, chosen: dict, splits: list[int], seconds: float, command: list[str],
@@ -162,7 +178,8 @@ def report(found: dict, chosen: dict, splits: list[int], seconds: float, command
              "training rows stand in as a test set and 10% of the rest choose the epoch within the budget "
              f"({budgets}). Score: mean stand-in "
              f"NLL, at the targets' resolution where they have one (NLL@h), over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and "
-             + ("the suite uses it for every method on that dataset (conf/experiment/uci_<dataset>.yaml)." if method == BASE
+             + ("every method shares it on that dataset (conf/experiment/uci_<dataset>.yaml), and the network methods but MC "
+                "dropout then refine their learning rate near it (reports/uci_search_<method>.md)." if method == BASE
                 else f"{method} trains with it on that dataset (conf/settings/{method}/<dataset>.yaml).")
              + " The rows held out from these splits are test rows of other published splits, so settings shared by "
              "all 20 splits are not blind to every split's test rows (per-split choices are: the epoch, MC dropout's "
@@ -208,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                  f"tune); they are {', '.join(sorted(methods))}")
     if args.around_shared and args.method == BASE:
         ap.error(f"--around-shared refines another method from {BASE}'s settings; {BASE} is searched on the whole grid")
+    kept = own_settings(args.method) if args.write else []
+    if kept:
+        ap.error(f"{args.method} has settings no search wrote ({', '.join(p.name for p in kept)} in conf/settings/"
+                 f"{args.method}); --write would replace them: move them away first")
     splits = [int(s) for s in args.splits.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -223,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     # the data folder through the environment: dataset.root cannot be set before a swept experiment picks the dataset
     proc = subprocess.run(command, env={**os.environ, ROOT_VARIABLE: args.root})
     seconds = time.perf_counter() - started
-    found = scores(sweep_dir)
+    found = scores(sweep_dir, grids, splits)
     missing = [d for d in datasets if d not in found]
     if missing:
         print(f"uci_search: no results for {', '.join(missing)} (exit status {proc.returncode})", file=sys.stderr)
@@ -235,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.md").write_text(report({d: found[d] for d in datasets}, chosen, splits, seconds, command, factors,
                                            long, args.method, args.around_shared) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(
-        {"method": args.method, "splits": splits, "seconds": seconds, "command": command[1:],
+        {"method": args.method, "around_shared": args.around_shared, "splits": splits, "seconds": seconds, "command": command[1:],
          "chosen": {d: {"lr": lr, "batch_size": b, "max_epochs": e} for d, (lr, b, e) in chosen.items()},
          "scores": {d: {f"lr={lr:g},batch={b},epochs={e}": v for (lr, b, e), v in found[d].items()} for d in datasets}},
         indent=2) + "\n")
@@ -246,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.method == BASE:
             written = f" -> {write_choice(ds, setting)}"
         else:
-            written = f" -> {write_settings(args.method, ds, setting, f'reports/{stem}.md')}"
+            written = f" -> {write_settings(args.method, ds, setting, f'reports/{stem}.md', lr_only=args.around_shared)}"
         print(f"uci_search: {args.method} on {ds}: lr {lr:g}, batch {batch}, epochs {epochs}{written}")
     return 0 if proc.returncode == 0 else 1
 

@@ -232,8 +232,8 @@ def test_discrete_targets_are_recognised_from_the_data_the_runs_read():
 def test_the_search_tunes_one_method_on_its_own_and_writes_its_settings_file(tmp_path, monkeypatch):
     written, original = {}, uci_search.write_settings
     monkeypatch.setattr(uci_search, "write_settings",  # into a scratch conf/settings, not the repository's
-                        lambda method, ds, setting, record: written.setdefault(
-                            (method, ds), original(method, ds, setting, record, tmp_path / "settings")))
+                        lambda method, ds, setting, record, **kw: written.setdefault(
+                            (method, ds), original(method, ds, setting, record, tmp_path / "settings", **kw)))
     status = uci_search.main(["--method", "student_t", "--datasets", "yacht", "--splits", "0", "--lrs", "0.01,0.03",
                               "--batches", "32", "--epoch-factors", "1", "--root", str(UCI_ROOT), "--write",
                               "--sweep-dir", str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
@@ -288,3 +288,30 @@ def test_an_ensemble_trains_with_its_members_methods_own_settings_where_it_has_t
     mine = make_cfg("experiment=uci_boston", "method=mc_dropout")
     assert (cfg.optimizer.lr, cfg.loop.max_epochs) == (mine.optimizer.lr, mine.loop.max_epochs)
     assert cfg.ensemble.members == 5
+
+
+def test_a_local_search_writes_the_learning_rate_alone_scores_only_its_own_runs_and_keeps_published_settings(tmp_path):
+    path = uci_search.write_settings("student_t", "yacht", (0.03, 32, 400), "record.md", tmp_path, lr_only=True)
+    loaded = OmegaConf.load(path)
+    assert loaded.optimizer.lr == 0.03 and "loop" not in loaded  # batch and epochs follow the shared settings
+    assert uci_search.own_settings("student_t", tmp_path) == []  # written by a search: a search may replace it
+    # MC dropout's published budget was written by hand: a search that would overwrite it is refused before any run
+    assert [p.name for p in uci_search.own_settings("mc_dropout")] and all(
+        p.name in {f.name for f in (REPO / "conf" / "settings" / "mc_dropout").glob("*.yaml")}
+        for p in uci_search.own_settings("mc_dropout"))
+    with pytest.raises(SystemExit):
+        uci_search.main(["--method", "mc_dropout", "--around-shared", "--write", "--datasets", "yacht",
+                         "--sweep-dir", str(tmp_path / "mcd")])
+    assert not (tmp_path / "mcd").exists()
+    # a sweep folder holding an earlier grid's or other splits' runs: only this search's are scored
+    runs = {"a": (0.01, 0, 1.0), "b": (0.03, 0, 2.0), "old_grid": (0.001, 0, -9.0), "other_split": (0.01, 5, -9.0)}
+    for name, (lr, split, nll) in runs.items():
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        (tmp_path / "sweep" / name / "result.json").write_text(json.dumps({
+            "status": "ok", "metrics": {"nll": nll},
+            "config": {"dataset": {"name": "yacht", "tuning": True, "split": split},
+                       "optimizer": {"lr": lr}, "loop": {"batch_size": 32, "max_epochs": 400}}}))
+    grid = {"yacht": uci_search.around((0.03, 32, 400), [0.01, 0.03])}
+    found = uci_search.scores(tmp_path / "sweep", grid, [0])
+    assert found["yacht"] == {(0.01, 32, 400): [1.0], (0.03, 32, 400): [2.0]}
+    assert uci_search.choose(found["yacht"]) == (0.01, 32, 400)
