@@ -6,9 +6,7 @@
 In order (a step's outputs can be the next one's inputs):
 
 1. ``search``: scripts/uci_search.py --write, the optimiser settings chosen on validation data and
-   written into conf/experiment/uci_<dataset>.yaml (reports/uci_search.*); then ``search_<method>`` for every
-   network method but the base and MC dropout: its own learning rate near those settings, written into
-   conf/settings/<method>/<dataset>.yaml (reports/uci_search_<method>.*);
+   written into conf/experiment/uci_<dataset>.yaml (reports/uci_search.*);
 2. ``suite``: scripts/uci_suite.py --publish --gap --baselines, the whole UCI suite with its gap splits and the
    non-network baselines (NGBoost on the five smallest datasets), and its report (reports/uci);
 3. ``tables``: the suite's LaTeX tables from its runs, ``python -m densbench.report multirun/uci_suite --format latex``
@@ -38,12 +36,8 @@ from densbench.provenance import code_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TUNED = ("beta_nll", "evidential", "faithful", "mdn", "natural", "student_t")  # methods refined on their own
 STEPS = {
     "search": [PY, "scripts/uci_search.py", "--write"],
-    # then each network method's own learning rate, near the shared settings just written (MC dropout keeps its
-    # published code's settings; the ensembles train with their members' method's)
-    **{f"search_{m}": [PY, "scripts/uci_search.py", "--method", m, "--around-shared", "--write"] for m in TUNED},
     # with the gap splits and the baselines: CatBoost on all nine datasets, the GP where its row limit allows
     # (boston, concrete, energy, yacht), NGBoost on the five smallest: at its paper's settings (2000 trees) it
     # takes about 66 s a split of kin8nm's 7.4k training rows on this machine, so the four large datasets would

@@ -6,7 +6,7 @@ on a grid of learning rates, batch sizes and epoch budgets, on the first splits,
 carved from the training rows (as large as the validation set), the validation set that chooses the
 best epoch within the budget from the rest. A setting is scored by its mean stand-in NLL
 over the splits; the best one per dataset is shared by every method on that dataset (the experiment
-configs hold it), each method then refining its own learning rate near it (--around-shared, below). With --method, the same search tunes another method on its own: the
+configs hold it) unless the method has settings of its own (--method, below). With --method, the same search tunes another method on its own: the
 chosen settings go to conf/settings/<method>/<dataset>.yaml, which that method then trains with in place
 of the shared ones (its record: reports/uci_search_<method>.md).
 
@@ -23,10 +23,10 @@ on kin8nm); the others keep the protocol's epochs.
 With --method M --around-shared, M's search is local: per dataset, the settings every method shares (the
 base method's choice) and the learning rates next to theirs in --lrs (one step down and one up, where --lrs
 has them), at their batch size and epochs, writing the learning rate alone (batch and epochs follow the
-shared settings, whatever a later base search chooses); the
-regeneration (scripts/regenerate.py) refines every network method but the base and MC dropout (which keeps
-its published code's settings) this way, so each trains with its own learning rate, never a worse one on
-the stand-in data than the shared setting.
+shared settings, whatever a later base search chooses), so M trains with its own learning rate, never a
+worse one on the stand-in data than the shared setting. (The committed suite does not use it yet: the
+regeneration that would have was not landed; MC dropout keeps its published code's settings, and a search
+that would overwrite settings no search wrote is refused.)
 
 The protocol's width is not searched (n_hidden.txt); weight decay stays at the protocol's 1e-3.
 """
@@ -178,8 +178,7 @@ def report(found: dict, chosen: dict, splits: list[int], seconds: float, command
              "training rows stand in as a test set and 10% of the rest choose the epoch within the budget "
              f"({budgets}). Score: mean stand-in "
              f"NLL, at the targets' resolution where they have one (NLL@h), over splits {', '.join(map(str, splits))} (± standard error); lowest wins, and "
-             + ("every method shares it on that dataset (conf/experiment/uci_<dataset>.yaml), and the network methods but MC "
-                "dropout then refine their learning rate near it (reports/uci_search_<method>.md)." if method == BASE
+             + ("the suite uses it for every method on that dataset (conf/experiment/uci_<dataset>.yaml)." if method == BASE
                 else f"{method} trains with it on that dataset (conf/settings/{method}/<dataset>.yaml).")
              + " The rows held out from these splits are test rows of other published splits, so settings shared by "
              "all 20 splits are not blind to every split's test rows (per-split choices are: the epoch, MC dropout's "

@@ -316,18 +316,3 @@ def test_a_local_search_writes_the_learning_rate_alone_scores_only_its_own_runs_
     assert found["yacht"] == {(0.01, 32, 400): [1.0], (0.03, 32, 400): [2.0]}
     assert uci_search.choose(found["yacht"]) == (0.01, 32, 400)
 
-
-def test_every_refined_method_has_its_learning_rate_on_every_dataset_and_its_ensembles_train_with_it():
-    import regenerate
-    import uci_suite
-
-    for method in regenerate.TUNED:
-        for dataset in uci_search.DATASETS:
-            path = REPO / "conf" / "settings" / method / f"{dataset}.yaml"
-            assert path.is_file(), f"{path}: run scripts/regenerate.py (its search_{method} step writes it)"
-            written = OmegaConf.load(path)
-            assert set(written) == {"optimizer"} and set(written.optimizer) == {"lr"}  # batch and epochs stay shared
-            assert f"settings={method}/{dataset}" in uci_suite.ensemble_overrides(method, dataset)
-            cfg = make_cfg(f"experiment=uci_{dataset}", f"method={method}")
-            assert cfg.optimizer.lr == written.optimizer.lr
-            assert uci_search.shared_setting(dataset)[1:] == (cfg.loop.batch_size, cfg.loop.max_epochs)

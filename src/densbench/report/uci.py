@@ -148,10 +148,7 @@ def section(results: list[tuple[Path, dict]], sweep_dir: Path) -> list[str]:
               "targets standardised on the training rows; 10% of each training split held out to choose the epoch by "
               "validation NLL; optimiser settings and the epoch budget per dataset (the protocol's n_epochs.txt, or ten "
               "times it on the five smallest datasets where the search finds that better) from `scripts/uci_search.py` "
-              "(validation data carved from training splits 0-2, never test data), then each method's own learning rate "
-              "near them on the same data (`--method M --around-shared`: conf/settings/M; a deep ensemble trains as its "
-              "members' method does; MC dropout keeps its published code's budget on the five smallest datasets); "
-              "± is a standard error over splits.", ""]
+              "(validation data carved from training splits 0-2, never test data); ± is a standard error over splits.", ""]
     lines += recalibration_section({name: collect(results, name) for name in RECALIBRATIONS}, datasets)
     for ds in datasets:
         lines += _dataset_table(ds, found[ds], methods)
