@@ -24,9 +24,8 @@ With --method M --around-shared, M's search is local: per dataset, the settings 
 base method's choice) and the learning rates next to theirs in --lrs (one step down and one up, where --lrs
 has them), at their batch size and epochs, writing the learning rate alone (batch and epochs follow the
 shared settings, whatever a later base search chooses), so M trains with its own learning rate, never a
-worse one on the stand-in data than the shared setting. (The committed suite does not use it yet: the
-regeneration that would have was not landed; MC dropout keeps its published code's settings, and a search
-that would overwrite settings no search wrote is refused.)
+worse one on the stand-in data than the shared setting. A search that would overwrite settings no search
+wrote (MC dropout's published budget) is refused before it runs.
 
 The protocol's width is not searched (n_hidden.txt); weight decay stays at the protocol's 1e-3.
 """
@@ -167,10 +166,13 @@ def report(found: dict, chosen: dict, splits: list[int], seconds: float, command
            factors: list[int], long: set[str], method: str = BASE, around_shared: bool = False) -> str:
     """The search as Markdown: every grid point's stand-in NLL per dataset, the chosen one in bold."""
     longer = " or ".join(f"{f} times" for f in factors if f != 1)
-    budgets = f"the protocol's epochs, or {longer} them on {', '.join(sorted(long))}" if longer and long else "the protocol's epochs"
     if around_shared:
         budgets = (f"the one every method shares on the dataset; the grid: those shared settings, {BASE}'s choice in "
                    "conf/experiment/uci_<dataset>.yaml, and the learning rates next to theirs, at their batch size and epochs")
+    elif longer and long:
+        budgets = f"the protocol's epochs, or {longer} them on {', '.join(sorted(long))}"
+    else:
+        budgets = "the protocol's epochs"
     tuned = "Base method: mean-variance Gaussian NLL" if method == BASE else f"Method: {method}"
     lines = ["# UCI optimiser search" + ("" if method == BASE else f": {method}"), "",
              f"{tuned}, the UCI protocol's width. Every run is in "

@@ -295,10 +295,10 @@ def test_a_local_search_writes_the_learning_rate_alone_scores_only_its_own_runs_
     loaded = OmegaConf.load(path)
     assert loaded.optimizer.lr == 0.03 and "loop" not in loaded  # batch and epochs follow the shared settings
     assert uci_search.own_settings("student_t", tmp_path) == []  # written by a search: a search may replace it
-    # MC dropout's published budget was written by hand: a search that would overwrite it is refused before any run
-    assert [p.name for p in uci_search.own_settings("mc_dropout")] and all(
-        p.name in {f.name for f in (REPO / "conf" / "settings" / "mc_dropout").glob("*.yaml")}
-        for p in uci_search.own_settings("mc_dropout"))
+    # MC dropout's published budget was written by hand, every file of it: a search that would overwrite it is
+    # refused before any run
+    by_hand = sorted((REPO / "conf" / "settings" / "mc_dropout").glob("*.yaml"))
+    assert by_hand and uci_search.own_settings("mc_dropout") == by_hand
     with pytest.raises(SystemExit):
         uci_search.main(["--method", "mc_dropout", "--around-shared", "--write", "--datasets", "yacht",
                          "--sweep-dir", str(tmp_path / "mcd")])
